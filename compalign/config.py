@@ -1,0 +1,267 @@
+"""params.yaml: one section per stage, validated by one pydantic model before any work starts.
+
+`load_params(path, overrides)` returns a `Params` or raises `UserError` with one line naming the
+offending key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from compalign.errors import UserError
+
+Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
+Seed = Annotated[int, Field(ge=0)]
+
+
+class Section(BaseModel):
+    """A params section: unknown keys are errors, values are checked on assignment too."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataParams(Section):
+    """Which dataset, how it is split, and where it is looked for on disk."""
+
+    source: str = "digits"
+    root: str = "data/raw"
+    download: bool = False
+    seed: Seed = 0
+    val_fraction: Fraction = 0.15
+    test_fraction: Fraction = 0.25
+    limit: Annotated[int, Field(ge=10)] | None = None
+    image_size: Annotated[int, Field(ge=4, le=1024)] | None = None
+    image_mode: Literal["RGB", "L"] = "RGB"
+    target: str | None = None
+
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, value: str) -> str:
+        from compalign.data import SOURCES
+
+        return _one_of(value, SOURCES)
+
+
+class TrainingParams(Section):
+    """Settings shared by reference training and alignment fine-tuning."""
+
+    epochs: Annotated[int, Field(ge=1)] = 30
+    batch_size: Annotated[int, Field(ge=1)] = 64
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: Annotated[float, Field(gt=0.0)] = 0.05
+    momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9
+    weight_decay: Annotated[float, Field(ge=0.0)] = 5e-4
+    augment: bool = False
+    seed: Seed = 0
+
+
+class ReferenceParams(TrainingParams):
+    """The dense reference model and how it is trained."""
+
+    model: str = "small_cnn"
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        from compalign.models import MODELS
+
+        return _one_of(value, MODELS)
+
+
+class CompressParams(Section):
+    """Which compressors, at which sparsities (fraction of prunable weights set to zero)."""
+
+    methods: list[str] = Field(default_factory=lambda: ["magnitude_global"], min_length=1)
+    sparsities: list[Fraction] = Field(
+        default_factory=lambda: [0.9, 0.95, 0.97, 0.98], min_length=1
+    )
+
+    @field_validator("methods")
+    @classmethod
+    def _known_methods(cls, values: list[str]) -> list[str]:
+        from compalign.compress import COMPRESSORS
+
+        return _unique([_one_of(value, COMPRESSORS) for value in values])
+
+    @field_validator("sparsities")
+    @classmethod
+    def _sorted_sparsities(cls, values: list[float]) -> list[float]:
+        return sorted(set(values))
+
+
+class KDParams(Section):
+    """Hinton knowledge distillation."""
+
+    temperature: Annotated[float, Field(gt=0.0)] = 4.0
+    alpha: Annotated[float, Field(ge=0.0, le=1.0)] = 0.9
+
+
+NO_FINE_TUNING = "none"
+
+
+class AlignParams(TrainingParams):
+    """Fine-tuning of each compressed model with each loss ("none": audited as compressed)."""
+
+    losses: list[str] = Field(default_factory=lambda: [NO_FINE_TUNING, "ce", "kd"], min_length=1)
+    epochs: Annotated[int, Field(ge=1)] = 10
+    lr: Annotated[float, Field(gt=0.0)] = 0.01
+    kd: KDParams = Field(default_factory=KDParams)
+
+    @field_validator("losses")
+    @classmethod
+    def _known_losses(cls, values: list[str]) -> list[str]:
+        from compalign.losses import LOSSES
+
+        return _unique([_one_of(value, [NO_FINE_TUNING, *LOSSES]) for value in values])
+
+    def loss_hyperparameters(self, loss: str) -> dict[str, Any]:
+        """The hyperparameters of `loss` (its sub-section, if it has one)."""
+        section = getattr(self, loss, None)
+        return section.model_dump() if isinstance(section, BaseModel) else {}
+
+    def training_settings(self) -> dict[str, Any]:
+        """The settings every loss's fine-tuning shares (everything but the losses and their
+        hyperparameter sub-sections)."""
+        return self.model_dump(include=set(TrainingParams.model_fields))
+
+
+class AuditParams(Section):
+    """How the models are audited."""
+
+    batch_size: Annotated[int, Field(ge=1)] = 512
+
+
+class RunParams(Section):
+    """Settings of the run as a whole, not of one stage (they enter no stage's cache key except
+    `device`, which training stages record)."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    experiment: Annotated[str, Field(min_length=1)] = "compalign"
+    threads: Annotated[int, Field(ge=1)] | None = None
+    workers: Annotated[int, Field(ge=1, le=64)] = 2
+
+
+class Params(Section):
+    """The whole params.yaml."""
+
+    data: DataParams = Field(default_factory=DataParams)
+    reference: ReferenceParams = Field(default_factory=ReferenceParams)
+    compress: CompressParams = Field(default_factory=CompressParams)
+    align: AlignParams = Field(default_factory=AlignParams)
+    audit: AuditParams = Field(default_factory=AuditParams)
+    run: RunParams = Field(default_factory=RunParams)
+
+    def flat(self) -> dict[str, Any]:
+        """{"section.key": value} for every leaf, lists as their YAML text (for MLflow params)."""
+        return dict(_flatten(self.model_dump()))
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    items = []
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            items += _flatten(value, f"{prefix}{key}.")
+        else:
+            items.append((f"{prefix}{key}", value))
+    return items
+
+
+def _one_of(value: str, allowed: Any) -> str:
+    if value not in allowed:
+        raise ValueError(f"unknown name {value!r}; choose one of {', '.join(sorted(allowed))}")
+    return value
+
+
+def _unique(values: list[str]) -> list[str]:
+    return list(dict.fromkeys(values))
+
+
+def _format_error(error: ValidationError, prefix: str) -> str:
+    """One line for the first problem: the dotted key, what is wrong, what is allowed."""
+    first = error.errors()[0]
+    key = ".".join(str(part) if isinstance(part, str) else f"[{part}]" for part in first["loc"])
+    key = key.replace(".[", "[")
+    if first["type"] == "extra_forbidden":
+        *parents, name = first["loc"]
+        model: Any = Params
+        for part in parents:
+            model = model.model_fields[part].annotation
+        allowed = sorted(model.model_fields)
+        close = difflib.get_close_matches(str(name), allowed, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        message = f"unknown key{hint}; allowed keys: {', '.join(allowed)}"
+    else:
+        message = first["msg"].removeprefix("Value error, ")
+        if first["type"] not in ("missing",):
+            message += f" (got {first['input']!r})"
+    more = len(error.errors()) - 1
+    suffix = f" [+{more} more problem{'s' if more > 1 else ''}]" if more else ""
+    return f"{prefix}{key}: {message}{suffix}"
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """ "section.key=value" -> (["section", "key"], value parsed as YAML)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key or "." not in key:
+        raise UserError(
+            f"--set {text!r}: expected section.key=value, for example reference.epochs=5"
+        )
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as error:
+        raise UserError(f"--set {text!r}: the value is not valid YAML ({error.problem})") from error
+    return key.split("."), value
+
+
+def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set each "section.key=value" in a copy of the raw params tree."""
+    tree = yaml.safe_load(yaml.safe_dump(tree)) or {}
+    for text in overrides:
+        path, value = parse_override(text)
+        node = tree
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise UserError(f"--set {text!r}: {part} is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return tree
+
+
+def validate(tree: Any, source: str = "params") -> Params:
+    """Validate a raw params tree; UserError with one line on the first problem."""
+    if tree is None:
+        tree = {}
+    if not isinstance(tree, dict):
+        raise UserError(f"{source}: expected a mapping of sections, got {type(tree).__name__}")
+    try:
+        return Params.model_validate(tree)
+    except ValidationError as error:
+        raise UserError(_format_error(error, f"{source}: ")) from None
+
+
+def load_params(
+    path: str | Path | None = "params.yaml", overrides: list[str] | None = None
+) -> Params:
+    """Read params.yaml (or `path`), apply `--set` overrides, validate."""
+    tree: Any = {}
+    label = "params"
+    if path is not None:
+        path = Path(path)
+        label = str(path)
+        if not path.is_file():
+            raise UserError(
+                f"{path}: params file not found; pass --params FILE or create params.yaml"
+            )
+        try:
+            tree = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as error:
+            raise UserError(f"{path}: not valid YAML ({error})".replace("\n", " ")) from error
+    if overrides:
+        tree = apply_overrides(tree or {}, overrides)
+    return validate(tree, label)

@@ -1,0 +1,138 @@
+"""Training and inference loops, written out so a reader can follow them.
+
+One loop serves reference training (loss = cross-entropy) and alignment fine-tuning (a loss from
+`compalign.losses` that also sees the frozen reference model's logits on the same batch). All
+randomness (shuffling, augmentation) comes from one seeded `torch.Generator`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from compalign.data import Split
+from compalign.losses import LossFn
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What `fit` needs to know; built from the `reference` or `align` params section."""
+
+    epochs: int
+    batch_size: int
+    optimizer: str = "sgd"  # "sgd" (momentum, Nesterov) or "adamw"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    augment: bool = False
+    seed: int = 0
+
+
+EpochCallback = Callable[[int, dict[str, float]], None]
+
+
+def resolve_device(device: str) -> torch.device:
+    """ "auto" -> cuda when available, else cpu."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """SGD with Nesterov momentum, or AdamW; weight decay on every trainable tensor."""
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(
+        parameters,
+        lr=config.lr,
+        momentum=config.momentum,
+        nesterov=config.momentum > 0,
+        weight_decay=config.weight_decay,
+    )
+
+
+def augment_batch(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random crop with 4-pixel zero padding and random horizontal flip (the CIFAR recipe)."""
+    count, _, height, width = images.shape
+    padded = F.pad(images, (4, 4, 4, 4))
+    rows = torch.randint(0, 9, (count,), generator=generator)
+    cols = torch.randint(0, 9, (count,), generator=generator)
+    flips = torch.rand(count, generator=generator) < 0.5
+    out = torch.empty_like(images)
+    for index in range(count):
+        row, col = int(rows[index]), int(cols[index])
+        crop = padded[index, :, row : row + height, col : col + width]
+        out[index] = crop.flip(-1) if flips[index] else crop
+    return out
+
+
+def fit(
+    model: nn.Module,
+    train: Split,
+    config: TrainConfig,
+    loss_fn: LossFn,
+    reference: nn.Module | None = None,
+    device: torch.device | str = "cpu",
+    on_epoch: EpochCallback | None = None,
+) -> nn.Module:
+    """Train `model` on `train` with `loss_fn(logits, reference_logits, labels)`; cosine schedule.
+
+    With `reference`, its logits on each (augmented) batch are computed without gradients and
+    passed to the loss; the reference stays frozen in eval mode.
+    """
+    device = torch.device(device)
+    model.to(device).train()
+    if reference is not None:
+        reference.to(device).eval()  # frozen: its logits are computed under no_grad below
+    generator = torch.Generator().manual_seed(config.seed)
+    optimizer = make_optimizer(model, config)
+    steps_per_epoch = math.ceil(len(train) / config.batch_size)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=config.epochs * steps_per_epoch
+    )
+    for epoch in range(config.epochs):
+        order = torch.randperm(len(train), generator=generator)
+        total_loss = correct = 0.0
+        for start in range(0, len(train), config.batch_size):
+            index = order[start : start + config.batch_size]
+            images = train.normalise(train.images[index])
+            if config.augment:
+                images = augment_batch(images, generator)
+            images, labels = images.to(device), train.labels[index].to(device)
+            reference_logits = None
+            if reference is not None:
+                with torch.no_grad():
+                    reference_logits = reference(images)
+            logits = model(images)
+            loss = loss_fn(logits, reference_logits, labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total_loss += float(loss.detach()) * len(index)
+            correct += float((logits.argmax(1) == labels).sum())
+        if on_epoch is not None:
+            on_epoch(
+                epoch, {"loss": total_loss / len(train), "train_accuracy": correct / len(train)}
+            )
+    return model.eval()
+
+
+@torch.no_grad()
+def predict_logits(
+    model: nn.Module, split: Split, batch_size: int = 512, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """Logits of `model` (eval mode) on every example of `split`, in order, on the CPU."""
+    device = torch.device(device)
+    model.to(device).eval()
+    outputs = []
+    for start in range(0, len(split), batch_size):
+        images = split.normalise(split.images[start : start + batch_size]).to(device)
+        outputs.append(model(images).float().cpu())
+    return torch.cat(outputs)

@@ -1,0 +1,125 @@
+"""The `compalign` command line.
+
+Params are validated before anything is imported or written: a user's mistake is one line on
+stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from compalign.config import Params, load_params
+from compalign.errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
+
+ParamsOption = Annotated[
+    Path, typer.Option("--params", "-p", help="params file (YAML, one section per stage)")
+]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="override one value: section.key=value (repeatable)"),
+]
+
+
+def _prepare_process(params: Params, refresh: bool = False) -> None:
+    """Environment for Prefect/MLflow, torch threads, and SIGTERM handled like Ctrl-C."""
+    from flows.runtime import configure_environment
+
+    configure_environment()
+    if refresh:
+        os.environ["COMPALIGN_REFRESH"] = "1"
+        os.environ["PREFECT_TASKS_REFRESH_CACHE"] = "true"
+    if params.run.threads:
+        import torch
+
+        torch.set_num_threads(params.run.threads)
+
+    def interrupt(_signum, _frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+@app.command()
+def run(
+    params_file: ParamsOption = Path("params.yaml"),
+    overrides: SetOption = None,
+    refresh: Annotated[bool, typer.Option(help="recompute every stage, ignoring caches")] = False,
+) -> None:
+    """Run the whole pipeline (Prefect flow): prepare, reference, compress, align, audit."""
+    params = load_params(params_file, overrides or [])
+    _prepare_process(params, refresh)
+    import pandas as pd
+
+    from flows.pipeline import run_pipeline
+    from tasks.report import print_summary
+
+    result = run_pipeline(params)
+    print_summary(pd.DataFrame(result["summary"]))
+    typer.echo(
+        f"MLflow parent run {result['parent_run_id']} in experiment "
+        f"{params.run.experiment!r} ({result['tracking_uri']}).\n"
+        f"See it with `make ui`, then open "
+        f"http://127.0.0.1:5000/#/experiments/{result['experiment_id']}/runs/{result['parent_run_id']}"
+    )
+
+
+@app.command()
+def stage(
+    name: Annotated[str, typer.Argument(help="prepare, reference, compress, align or audit")],
+    params_file: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Run one stage into DVC's fixed paths (what dvc.yaml's commands call)."""
+    params = load_params(params_file)
+    _prepare_process(params)
+    from flows.stages import STAGES
+
+    if name not in STAGES:
+        raise UserError(f"stage {name!r}: unknown; choose one of {', '.join(STAGES)}")
+    STAGES[name](params)
+
+
+@app.command("params")
+def show_params(
+    params_file: ParamsOption = Path("params.yaml"), overrides: SetOption = None
+) -> None:
+    """Validate the params and print them in full, defaults included."""
+    import yaml
+
+    params = load_params(params_file, overrides or [])
+    typer.echo(yaml.safe_dump(params.model_dump(), sort_keys=False).rstrip())
+
+
+def main() -> None:
+    """Entry point: a UserError becomes one line on stderr and exit code 2."""
+    try:
+        app(standalone_mode=False)
+    except UserError as error:
+        typer.echo(f"error: {error}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo(
+            "interrupted: finished stages are cached; run the same command to resume", err=True
+        )
+        sys.exit(130)
+    except (typer.Exit, SystemExit) as done:
+        code = getattr(done, "exit_code", getattr(done, "code", 0))
+        sys.exit(code)
+    except Exception as error:  # click's usage errors
+        import click
+
+        if isinstance(error, click.ClickException):
+            error.show()
+            sys.exit(2)
+        raise
+
+
+if __name__ == "__main__":
+    main()

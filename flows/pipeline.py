@@ -1,0 +1,140 @@
+"""The pipeline flow: prepare -> reference -> compress -> align -> audit, cached per task.
+
+Every task caches across runs on its inputs' content digests, its own params and its code, so a
+rerun with nothing changed finishes with every task Cached, and changing one `align` setting
+reruns only the alignments it touches and their audits.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from prefect import flow
+from prefect.futures import wait
+from prefect.runtime import flow_run
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from compalign.config import Params
+from compalign.data import load_split, read_manifest
+from compalign.train import resolve_device
+from flows.plan import compressed_labels, model_grid, reference_labels
+from tasks import tracking
+from tasks.align import align_task
+from tasks.audit import audit_task
+from tasks.compress import compress_task
+from tasks.data import prepare_task
+from tasks.logs import stage_logger
+from tasks.report import publish_summary
+from tasks.train import train_reference_task
+
+REPORT_DIR = Path("reports/pipeline")
+
+
+def log_data_lineage(track: tracking.Tracking, run_id: str, data: dict[str, Any]) -> None:
+    """Tag the parent with the data digest and record the prepared dataset as its input."""
+    manifest = read_manifest(data["path"], verify=False)
+    frames = []
+    for split in ("train", "val", "test"):
+        part = load_split(data["path"], split, manifest)
+        frames.append(
+            pd.DataFrame(
+                {"example_id": part.example_ids, "split": split, "label": part.labels.numpy()}
+            )
+        )
+    tracking.set_tags(
+        track, run_id, {"data_digest": manifest["sha256"], "dataset": manifest["source"]}
+    )
+    tracking.log_dataset(
+        track, run_id, pd.concat(frames, ignore_index=True), manifest, data["path"], "training"
+    )
+
+
+def run_name(params: Params) -> str:
+    return f"pipeline-{params.data.source}-{params.reference.model}"
+
+
+@flow(name="compalign-pipeline", flow_run_name="{params[data][source]}-{params[reference][model]}")
+def pipeline(params: dict[str, Any]) -> dict[str, Any]:
+    """Run the whole pipeline for one validated params tree; return where its results are."""
+    settings = Params.model_validate(params)
+    device = str(resolve_device(settings.run.device))
+    track = tracking.setup(settings.run.experiment)
+    closed = tracking.close_orphans(track)
+    logger = stage_logger()
+    if closed:
+        logger.info("marked %d run(s) of killed processes as KILLED", closed)
+    parent = tracking.start_parent(
+        track,
+        run_name(settings),
+        settings.flat(),
+        tags={
+            "orchestrator": "prefect",
+            "prefect_flow_run_id": str(flow_run.get_id()),
+            "model": settings.reference.model,
+            "device": device,
+            "host": socket.gethostname(),
+        },
+    )
+    logger.info("MLflow parent run %s (experiment %s)", parent, track["experiment_id"])
+    status = "FAILED"
+    try:
+        audit = settings.audit.model_dump()
+        data = prepare_task(settings.data.model_dump())
+        log_data_lineage(track, parent, data)
+        reference = train_reference_task(data, settings.reference.model_dump(), device)
+        reference_audit = audit_task(
+            data, reference, None, audit, reference_labels(settings), track, device, parent
+        )
+        compressed: dict[tuple[str, float], Any] = {}
+        audits = []
+        for spec in model_grid(settings):
+            key = (spec.method, spec.sparsity)
+            if key not in compressed:
+                compressed[key] = compress_task.submit(reference, spec.method, spec.sparsity)
+            model = compressed[key]
+            if spec.fine_tuned:
+                model = align_task.submit(
+                    data,
+                    reference,
+                    model,
+                    spec.loss,
+                    settings.align.loss_hyperparameters(spec.loss),
+                    settings.align.training_settings(),
+                    device,
+                )
+            audits.append(
+                audit_task.submit(
+                    data,
+                    model,
+                    reference_audit,
+                    audit,
+                    compressed_labels(settings, spec),
+                    track,
+                    device,
+                    parent,
+                )
+            )
+        wait(audits)
+        results = [reference_audit] + [future.result() for future in audits]
+        summary = publish_summary(track, parent, results, REPORT_DIR)
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        tracking.finish_run(track, parent, status)
+    return {
+        "parent_run_id": parent,
+        "experiment_id": track["experiment_id"],
+        "tracking_uri": track["uri"],
+        "summary": summary.to_dict(orient="records"),
+    }
+
+
+def run_pipeline(params: Params) -> dict[str, Any]:
+    """Run the flow with a thread pool of `run.workers` tasks at a time."""
+    runner = ThreadPoolTaskRunner(max_workers=params.run.workers)
+    return pipeline.with_options(task_runner=runner)(params.model_dump())

@@ -1,0 +1,161 @@
+"""The pipeline's stages as DVC runs them: `compalign stage <name>`, fixed output paths.
+
+The same task functions as the Prefect flow (called plainly, without the Prefect engine) and the
+same content-addressed store: a stage whose output the flow already made is copied from the store
+instead of recomputed. dvc.yaml declares these paths as the stages' deps and outs.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+from compalign.config import Params
+from compalign.train import resolve_device
+from flows.plan import compressed_labels, model_grid, reference_labels
+from tasks import tracking
+from tasks.align import align
+from tasks.audit import METRICS_FILE, audit_model
+from tasks.compress import compress
+from tasks.data import prepare
+from tasks.report import print_summary, publish_summary
+from tasks.store import artifact_of
+from tasks.train import train_reference
+
+DATA_DIR = Path("data/prepared")
+REFERENCE_DIR = Path("models/reference")
+COMPRESSED_DIR = Path("models/compressed")
+ALIGNED_DIR = Path("models/aligned")
+AUDIT_MODELS_DIR = Path("reports/audit/models")
+AUDIT_METRICS_DIR = Path("reports/audit/metrics")
+AUDIT_SUMMARY_DIR = Path("reports/audit/summary")
+
+
+def _device(params: Params) -> str:
+    return str(resolve_device(params.run.device))
+
+
+def _fresh(directory: Path) -> Path:
+    """An empty output directory (DVC removes outs before a stage runs; a direct call may not)."""
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    return directory
+
+
+def stage_prepare(params: Params) -> None:
+    prepare(params.data.model_dump(), out_dir=str(DATA_DIR))
+
+
+def stage_reference(params: Params) -> None:
+    train_reference(
+        artifact_of(DATA_DIR),
+        params.reference.model_dump(),
+        _device(params),
+        out_dir=str(REFERENCE_DIR),
+    )
+
+
+def stage_compress(params: Params) -> None:
+    _fresh(COMPRESSED_DIR)
+    reference = artifact_of(REFERENCE_DIR)
+    for spec in {(s.method, s.sparsity): s for s in model_grid(params)}.values():
+        compress(
+            reference,
+            spec.method,
+            spec.sparsity,
+            out_dir=str(COMPRESSED_DIR / spec.compressed_name),
+        )
+
+
+def stage_align(params: Params) -> None:
+    _fresh(ALIGNED_DIR)
+    data, reference = artifact_of(DATA_DIR), artifact_of(REFERENCE_DIR)
+    for spec in model_grid(params):
+        if spec.fine_tuned:
+            align(
+                data,
+                reference,
+                artifact_of(COMPRESSED_DIR / spec.compressed_name),
+                spec.loss,
+                params.align.loss_hyperparameters(spec.loss),
+                params.align.training_settings(),
+                _device(params),
+                out_dir=str(ALIGNED_DIR / spec.name),
+            )
+
+
+def stage_audit(params: Params) -> None:
+    """Audit every model, write one metrics JSON per model for `dvc metrics show`, log to MLflow."""
+    _fresh(AUDIT_MODELS_DIR)
+    _fresh(AUDIT_METRICS_DIR)
+    device, audit = _device(params), params.audit.model_dump()
+    data = artifact_of(DATA_DIR)
+    track = tracking.setup(params.run.experiment)
+    tracking.close_orphans(track)
+    parent = tracking.start_parent(
+        track,
+        f"dvc-{params.data.source}-{params.reference.model}",
+        params.flat(),
+        tags={
+            "orchestrator": "dvc",
+            "model": params.reference.model,
+            "device": device,
+            "host": socket.gethostname(),
+        },
+    )
+    status = "FAILED"
+    try:
+        labels = reference_labels(params)
+        reference_audit = audit_model(
+            data,
+            artifact_of(REFERENCE_DIR),
+            None,
+            audit,
+            labels,
+            track,
+            device,
+            parent,
+            out_dir=str(AUDIT_MODELS_DIR / labels["name"]),
+        )
+        results = [reference_audit]
+        for spec in model_grid(params):
+            model_dir = (
+                ALIGNED_DIR / spec.name
+                if spec.fine_tuned
+                else COMPRESSED_DIR / spec.compressed_name
+            )
+            results.append(
+                audit_model(
+                    data,
+                    artifact_of(model_dir),
+                    reference_audit,
+                    audit,
+                    compressed_labels(params, spec),
+                    track,
+                    device,
+                    parent,
+                    out_dir=str(AUDIT_MODELS_DIR / spec.name),
+                )
+            )
+        for result in results:
+            metrics = json.loads((Path(result["path"]) / METRICS_FILE).read_text())
+            name = result["labels"]["name"]
+            (AUDIT_METRICS_DIR / f"{name}.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        summary = publish_summary(track, parent, results, AUDIT_SUMMARY_DIR)
+        status = "FINISHED"
+    finally:
+        tracking.finish_run(track, parent, status)
+    print_summary(summary)
+    print(f"MLflow parent run {parent} (experiment {params.run.experiment!r}, {track['uri']})")
+
+
+STAGES: dict[str, Callable[[Params], None]] = {
+    "prepare": stage_prepare,
+    "reference": stage_reference,
+    "compress": stage_compress,
+    "align": stage_align,
+    "audit": stage_audit,
+}

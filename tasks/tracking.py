@@ -1,0 +1,302 @@
+"""MLflow tracking: one parent run per pipeline run, one nested child run per audited model.
+
+Children are logged at most once per cache key: a child whose key already has a FINISHED run is
+not logged again (the new parent points to the existing run), and runs of the same key left
+unfinished by a killed process are deleted before logging afresh.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import socket
+import subprocess
+import threading
+import warnings
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypedDict
+
+import mlflow
+import pandas as pd
+import torch
+from mlflow.entities import DatasetInput, InputTag, RunStatus
+from mlflow.tracking import MlflowClient
+from torch import nn
+from torch.nn.utils import prune
+
+import compalign
+from tasks.store import PACKAGE_DIR, refresh_requested
+
+DEFAULT_STORE = "mlflow.db"
+DEFAULT_ARTIFACTS = "mlartifacts"
+KEY_TAG = "compalign.key"
+ROLE_TAG = "role"
+PID_TAG = "compalign.pid"
+HOST_TAG = "compalign.host"
+
+# SQLite allows one writer at a time; tasks running in threads take turns.
+_LOCK = threading.RLock()
+
+# Known, understood MLflow notices that would otherwise repeat for every child run: the dataset
+# recorded as lineage is ids and labels (no model schema is inferred from it), and the pickle
+# format is the one that saves pruned and quantized models (NOTES: pt2 fails on them).
+warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")
+
+
+class _DropPickleNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Saving pytorch model by Pickle")
+
+
+logging.getLogger("mlflow.pytorch").addFilter(_DropPickleNotice())
+
+
+class Tracking(TypedDict):
+    """Where runs go. `store_id` changes when the store is recreated, so it enters cache keys."""
+
+    uri: str
+    experiment_id: str
+    store_id: str
+
+
+def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI, or the project's SQLite store `mlflow.db` in the working directory."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / DEFAULT_STORE}"
+
+
+def setup(experiment: str) -> Tracking:
+    """Point MLflow at the project store and get (or create) the experiment."""
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    with _LOCK:
+        found = client.get_experiment_by_name(experiment)
+        if found is None:
+            location = None
+            if "MLFLOW_TRACKING_URI" not in os.environ:
+                location = (Path.cwd() / DEFAULT_ARTIFACTS).as_uri()
+            client.create_experiment(experiment, artifact_location=location)
+            found = client.get_experiment_by_name(experiment)
+    return Tracking(
+        uri=uri,
+        experiment_id=found.experiment_id,
+        store_id=f"{uri}|{found.experiment_id}|{found.creation_time}",
+    )
+
+
+def git_state() -> dict[str, str]:
+    """The commit of the working tree and whether it has uncommitted changes."""
+    root = PACKAGE_DIR.parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return {"git_commit": "unknown", "git_dirty": "unknown"}
+    return {"git_commit": commit, "git_dirty": str(bool(dirty)).lower()}
+
+
+def _process_tags() -> dict[str, str]:
+    return {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def close_orphans(tracking: Tracking) -> int:
+    """Mark KILLED the runs this host left RUNNING from processes that no longer exist."""
+    client = MlflowClient(tracking["uri"])
+    closed = 0
+    with _LOCK:
+        runs = client.search_runs(
+            [tracking["experiment_id"]],
+            filter_string=f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{socket.gethostname()}'",
+        )
+        for run in runs:
+            pid = run.data.tags.get(PID_TAG, "")
+            if pid.isdigit() and not _pid_alive(int(pid)):
+                client.set_terminated(run.info.run_id, status="KILLED")
+                closed += 1
+    return closed
+
+
+def start_parent(
+    tracking: Tracking, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str]
+) -> str:
+    """Create the pipeline's parent run with its flattened params, code version and process."""
+    client = MlflowClient(tracking["uri"])
+    all_tags = {
+        ROLE_TAG: "pipeline",
+        "compalign.version": compalign.__version__,
+        **git_state(),
+        **_process_tags(),
+        **tags,
+    }
+    with _LOCK:
+        run = client.create_run(tracking["experiment_id"], run_name=run_name, tags=all_tags)
+        client.log_batch(
+            run.info.run_id,
+            params=[mlflow.entities.Param(k, _param_text(v)) for k, v in params.items()],
+        )
+    return run.info.run_id
+
+
+def _param_text(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, list | dict) else str(value)
+
+
+def finish_run(tracking: Tracking, run_id: str, status: str = "FINISHED") -> None:
+    """End a run with `status` (FINISHED, FAILED or KILLED)."""
+    with _LOCK:
+        MlflowClient(tracking["uri"]).set_terminated(run_id, status=status)
+
+
+def set_tags(tracking: Tracking, run_id: str, tags: Mapping[str, Any]) -> None:
+    """Set several tags on a run."""
+    with _LOCK:
+        client = MlflowClient(tracking["uri"])
+        client.log_batch(run_id, tags=[mlflow.entities.RunTag(k, str(v)) for k, v in tags.items()])
+
+
+def log_metrics(tracking: Tracking, run_id: str, metrics: Mapping[str, float]) -> None:
+    """Log several metrics on a run (names made MLflow-safe)."""
+    with _LOCK:
+        MlflowClient(tracking["uri"]).log_batch(
+            run_id,
+            metrics=[
+                mlflow.entities.Metric(safe_name(k), float(v), 0, 0)
+                for k, v in metrics.items()
+                if v == v  # NaN (a class absent from the test split) is not logged
+            ],
+        )
+
+
+def log_artifacts(tracking: Tracking, run_id: str, paths: Mapping[str, str | Path]) -> None:
+    """Upload files or directories: {artifact sub-path ("" for the root): local path}."""
+    with _LOCK:
+        client = MlflowClient(tracking["uri"])
+        for artifact_path, local in paths.items():
+            local = Path(local)
+            if local.is_dir():
+                client.log_artifacts(run_id, str(local), artifact_path or None)
+            else:
+                client.log_artifact(run_id, str(local), artifact_path or None)
+
+
+def log_dataset(
+    tracking: Tracking,
+    run_id: str,
+    split_frame: pd.DataFrame,
+    manifest: Mapping[str, Any],
+    data_path: str,
+    context: str,
+) -> None:
+    """Record the prepared dataset (ids, splits, labels; digest from its manifest) as a run input."""
+    dataset = mlflow.data.from_pandas(
+        split_frame,
+        source=str(Path(data_path).resolve()),
+        targets="label",
+        name=f"{manifest['source']}",
+        digest=manifest["sha256"][:12],
+    )
+    entity = DatasetInput(
+        dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)]
+    )
+    with _LOCK:
+        MlflowClient(tracking["uri"]).log_inputs(run_id, datasets=[entity])
+
+
+def safe_name(name: str) -> str:
+    """A metric or tag name MLflow accepts (letters, digits, _ - . / and spaces)."""
+    return re.sub(r"[^\w\-./ ]", "_", name)
+
+
+def existing_child(tracking: Tracking, key: str) -> str | None:
+    """The FINISHED run already logged for `key`; unfinished runs of that key are deleted."""
+    client = MlflowClient(tracking["uri"])
+    runs = client.search_runs(
+        [tracking["experiment_id"]], filter_string=f"tags.`{KEY_TAG}` = '{key}'"
+    )
+    finished = [run for run in runs if run.info.status == RunStatus.to_string(RunStatus.FINISHED)]
+    for run in runs:
+        if run not in finished[:1]:
+            client.delete_run(run.info.run_id)
+    return finished[0].info.run_id if finished else None
+
+
+def exportable(model: nn.Module) -> nn.Module:
+    """`model` (changed in place) with pruning masks folded into the weights, on the CPU.
+
+    Folding removes the forward hooks, so the logged model is a plain module anyone can load.
+    """
+    model = model.cpu().eval()
+    for module in model.modules():
+        for name in [
+            n[: -len("_mask")]
+            for n, _ in module.named_buffers(recurse=False)
+            if n.endswith("_mask")
+        ]:
+            prune.remove(module, name)
+    return model
+
+
+def log_child_once(
+    tracking: Tracking,
+    parent_run_id: str,
+    key: str,
+    run_name: str,
+    tags: Mapping[str, str],
+    metrics: Mapping[str, float],
+    artifacts: Mapping[str, str | Path],
+    model: Callable[[], nn.Module] | None = None,
+    dataset: Callable[[], tuple[pd.DataFrame, Mapping[str, Any], str]] | None = None,
+) -> tuple[str, bool]:
+    """Log a nested child run for one model unless `key` already has one; (run_id, newly_logged).
+
+    `model` and `dataset` are loaders, called only when the run is logged. The model goes in as
+    an MLflow model (pickle format, explicit pip requirements), the state-dict checkpoint and
+    tables as artifacts.
+    """
+    with _LOCK:
+        found = None if refresh_requested() else existing_child(tracking, key)
+        if found is not None:
+            return found, False
+        all_tags = {KEY_TAG: key, **_process_tags(), **tags}
+        with mlflow.start_run(
+            run_name=run_name,
+            experiment_id=tracking["experiment_id"],
+            parent_run_id=parent_run_id,
+            tags=all_tags,
+        ) as run:
+            run_id = run.info.run_id
+            log_metrics(tracking, run_id, metrics)
+            log_artifacts(tracking, run_id, artifacts)
+            if dataset is not None:
+                log_dataset(tracking, run_id, *dataset(), context="test")
+            if model is not None:
+                mlflow.pytorch.log_model(
+                    exportable(model()),
+                    name="model",
+                    serialization_format="pickle",
+                    pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "torchvision"],
+                    code_paths=[str(PACKAGE_DIR)],
+                )
+        return run_id, True

@@ -1,0 +1,75 @@
+"""Stage `reference`: train the dense reference model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+
+from compalign.checkpoint import save_checkpoint
+from compalign.config import ReferenceParams, TrainingParams
+from compalign.data import load_split, read_manifest
+from compalign.losses import LOSSES
+from compalign.models import build_model
+from compalign.train import TrainConfig, fit, predict_logits
+from tasks.logs import epoch_logger, stage_logger
+from tasks.options import task_options
+from tasks.store import Artifact, materialize, require
+
+
+def train_config(section: TrainingParams) -> TrainConfig:
+    """The training loop's settings from a `reference` or `align` params section."""
+    return TrainConfig(**section.model_dump(include=set(TrainingParams.model_fields)))
+
+
+def architecture_of(model_name: str, manifest: dict[str, Any]) -> dict[str, Any]:
+    """build_model's arguments for `model_name` on the prepared dataset of `manifest`."""
+    height, _, channels = manifest["image_shape"]
+    return {
+        "name": model_name,
+        "num_classes": manifest["num_classes"],
+        "in_channels": channels,
+        "image_size": height,
+    }
+
+
+def train_reference(
+    data: Artifact, reference: dict[str, Any], device: str, out_dir: str | None = None
+) -> Artifact:
+    """Train `reference.model` on the training split; record its validation accuracy."""
+
+    def build(scratch: Path) -> None:
+        params = ReferenceParams.model_validate(reference)
+        data_dir = require(data, "prepared dataset")
+        manifest = read_manifest(data_dir)
+        architecture = architecture_of(params.model, manifest)
+        model = build_model(**architecture, seed=params.seed)
+        train, val = load_split(data_dir, "train", manifest), load_split(data_dir, "val", manifest)
+        fit(
+            model,
+            train,
+            train_config(params),
+            LOSSES["ce"](),
+            device=device,
+            on_epoch=epoch_logger("reference", params.epochs),
+        )
+        val_accuracy = float(
+            (predict_logits(model, val, device=device).argmax(1) == val.labels).float().mean()
+        )
+        stage_logger().info("reference %s: validation accuracy %.4f", params.model, val_accuracy)
+        save_checkpoint(
+            model,
+            architecture,
+            scratch,
+            stage="reference",
+            val_accuracy=val_accuracy,
+            data_digest=data["digest"],
+        )
+
+    return materialize(
+        "reference", {"data": data, "reference": reference, "device": device}, build, out_dir
+    )
+
+
+train_reference_task = task(train_reference, **task_options("reference"))
