@@ -62,15 +62,15 @@ def _digits(params: Any) -> RawDataset:
     )
 
 
-def _not_found(source: str, where: Path, how: str) -> UserError:
+def _not_found(source: str, where: Path | str, how: str) -> UserError:
     return UserError(
-        f"data.source={source}: dataset not found under {where} (downloading is off); {how}, "
+        f"data.source={source}: dataset not found at {where} (downloading is off); {how}, "
         f"or set data.root to the folder that holds it"
     )
 
 
 def _torchvision_arrays(
-    params: Any, source: str, cls_name: str, folder: str, splits: dict[str, dict[str, Any]]
+    params: Any, source: str, cls_name: str, files: str, splits: dict[str, dict[str, Any]]
 ) -> RawDataset:
     """Read a torchvision dataset whose pixels sit in memory as `.data` (CIFAR, MNIST, SVHN)."""
     import torchvision
@@ -84,7 +84,7 @@ def _torchvision_arrays(
         except RuntimeError as error:
             raise _not_found(
                 source,
-                root / folder,
+                ", ".join(str(root / name) for name in files.split(", ")),
                 f"put the official {cls_name} files there (torchvision.datasets.{cls_name} layout) "
                 "or rerun with data.download=true on a machine with internet",
             ) from error
@@ -163,6 +163,12 @@ def _load_pil(paths: Sequence[str], image_size: int | None, mode: str) -> np.nda
                 image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
             array = np.asarray(image, dtype=np.uint8)
         images.append(array if array.ndim == 3 else array[..., None])
+    sides = sorted({image.shape[0] for image in images})
+    if len(sides) > 1:
+        raise UserError(
+            f"data: the images have different sizes ({sides[0]}..{sides[-1]} pixels square after "
+            "centre-cropping); set data.image_size"
+        )
     return np.stack(images)
 
 

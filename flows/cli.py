@@ -63,6 +63,10 @@ def run(
 
     result = run_pipeline(params)
     print_summary(pd.DataFrame(result["summary"]))
+    cached = sum(task["state"] == "Cached" for task in result["tasks"])
+    typer.echo(
+        f"{len(result['tasks'])} tasks: {cached} Cached, {len(result['tasks']) - cached} run"
+    )
     typer.echo(
         f"MLflow parent run {result['parent_run_id']} in experiment "
         f"{params.run.experiment!r} ({result['tracking_uri']}).\n"

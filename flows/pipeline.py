@@ -80,20 +80,24 @@ def pipeline(params: dict[str, Any]) -> dict[str, Any]:
     )
     logger.info("MLflow parent run %s (experiment %s)", parent, track["experiment_id"])
     status = "FAILED"
+    futures = []
     try:
         audit = settings.audit.model_dump()
-        data = prepare_task(settings.data.model_dump())
-        log_data_lineage(track, parent, data)
-        reference = train_reference_task(data, settings.reference.model_dump(), device)
-        reference_audit = audit_task(
+        data = prepare_task.submit(settings.data.model_dump())
+        reference = train_reference_task.submit(data, settings.reference.model_dump(), device)
+        reference_audit = audit_task.submit(
             data, reference, None, audit, reference_labels(settings), track, device, parent
         )
+        futures += [("prepare", "", data), ("reference", "", reference)]
+        futures.append(("audit", "reference", reference_audit))
+        log_data_lineage(track, parent, data.result())
         compressed: dict[tuple[str, float], Any] = {}
-        audits = []
+        audits = [reference_audit]
         for spec in model_grid(settings):
             key = (spec.method, spec.sparsity)
             if key not in compressed:
                 compressed[key] = compress_task.submit(reference, spec.method, spec.sparsity)
+                futures.append(("compress", spec.compressed_name, compressed[key]))
             model = compressed[key]
             if spec.fine_tuned:
                 model = align_task.submit(
@@ -105,6 +109,7 @@ def pipeline(params: dict[str, Any]) -> dict[str, Any]:
                     settings.align.training_settings(),
                     device,
                 )
+                futures.append(("align", spec.name, model))
             audits.append(
                 audit_task.submit(
                     data,
@@ -117,8 +122,9 @@ def pipeline(params: dict[str, Any]) -> dict[str, Any]:
                     parent,
                 )
             )
-        wait(audits)
-        results = [reference_audit] + [future.result() for future in audits]
+            futures.append(("audit", spec.name, audits[-1]))
+        wait([future for _, _, future in futures])
+        results = [future.result() for future in audits]
         summary = publish_summary(track, parent, results, REPORT_DIR)
         status = "FINISHED"
     except KeyboardInterrupt:
@@ -126,10 +132,18 @@ def pipeline(params: dict[str, Any]) -> dict[str, Any]:
         raise
     finally:
         tracking.finish_run(track, parent, status)
+    states = [
+        {"stage": stage, "model": name, "state": future.state.name}
+        for stage, name, future in futures
+    ]
+    cached = sum(state["state"] == "Cached" for state in states)
+    logger.info("%d tasks: %d Cached, %d run", len(states), cached, len(states) - cached)
     return {
         "parent_run_id": parent,
         "experiment_id": track["experiment_id"],
         "tracking_uri": track["uri"],
+        "flow_run_id": str(flow_run.get_id()),
+        "tasks": states,
         "summary": summary.to_dict(orient="records"),
     }
 

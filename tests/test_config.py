@@ -1,0 +1,82 @@
+"""params.yaml validation: one line naming the key, nothing else."""
+
+from __future__ import annotations
+
+import pytest
+
+from compalign.config import Params, load_params, validate
+from compalign.errors import UserError
+from conftest import ROOT, TINY
+
+
+def test_params_yaml_is_the_documented_defaults():
+    """The shipped params.yaml holds exactly the model's defaults (no drift between the two)."""
+    assert load_params(ROOT / "params.yaml") == Params()
+
+
+def test_tiny_profile_is_valid():
+    params = load_params(TINY)
+    assert params.data.limit == 200 and params.run.experiment == "tiny"
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "hint"),
+    [
+        ("reference.epochs=-1", "reference.epochs", "greater than or equal to 1"),
+        ("reference.epoch=3", "reference.epoch", "did you mean 'epochs'"),
+        ("compress.sparsities=[0.5, 1.2]", "compress.sparsities[1]", "less than 1"),
+        ("align.losses=[ce, kdd]", "align.losses", "choose one of"),
+        ("reference.lr=abc", "reference.lr", "valid number"),
+        ("reference.optimizer=adam", "reference.optimizer", "'sgd' or 'adamw'"),
+        ("data.source=imagenet", "data.source", "cifar10"),
+        ("nosuch.key=1", "nosuch", "allowed keys: align, audit, compress, data, reference, run"),
+    ],
+)
+def test_bad_values_name_the_key(override, key, hint):
+    with pytest.raises(UserError) as caught:
+        load_params(ROOT / "params.yaml", [override])
+    message = str(caught.value)
+    assert "\n" not in message
+    assert f" {key}:" in message and hint in message
+
+
+def test_override_parses_yaml_values():
+    params = load_params(
+        ROOT / "params.yaml", ["compress.sparsities=[0.5,0.8]", "align.kd.alpha=0.5"]
+    )
+    assert params.compress.sparsities == [0.5, 0.8]
+    assert params.align.kd.alpha == 0.5
+
+
+@pytest.mark.parametrize("override", ["reference.epochs", "=3", "epochs=3"])
+def test_malformed_override(override):
+    with pytest.raises(UserError, match="section.key=value"):
+        load_params(ROOT / "params.yaml", [override])
+
+
+def test_missing_and_broken_files(tmp_path):
+    with pytest.raises(UserError, match="params file not found"):
+        load_params(tmp_path / "nope.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("data: [unclosed\n")
+    with pytest.raises(UserError, match="not valid YAML"):
+        load_params(broken)
+    with pytest.raises(UserError, match="expected a mapping"):
+        validate([1, 2])
+
+
+def test_flat_params_cover_every_leaf():
+    flat = Params().flat()
+    assert flat["reference.epochs"] == 30
+    assert flat["align.kd.temperature"] == 4.0
+
+    def leaves(tree):
+        return sum(leaves(v) if isinstance(v, dict) else 1 for v in tree.values())
+
+    assert len(flat) == leaves(Params().model_dump())
+    assert flat["compress.sparsities"] == [0.9, 0.95, 0.97, 0.98]
+
+
+def test_sparsities_sorted_and_deduplicated():
+    params = validate({"compress": {"sparsities": [0.9, 0.5, 0.9]}})
+    assert params.compress.sparsities == [0.5, 0.9]

@@ -1,0 +1,172 @@
+"""The Prefect flow end to end on the tiny profile: MLflow runs, lineage and cache hits."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+pytestmark = pytest.mark.slow
+
+COMPRESSED = [
+    f"magnitude_global-{s}-{loss}" for s in ("0.9", "0.97") for loss in ("none", "ce", "kd")
+]
+
+
+def children_of(client: MlflowClient, result: dict) -> dict[str, object]:
+    runs = client.search_runs(
+        [result["experiment_id"]],
+        filter_string=f"tags.mlflow.parentRunId = '{result['parent_run_id']}'",
+    )
+    return {run.info.run_name: run for run in runs}
+
+
+def states_by_stage(result: dict) -> dict[str, Counter]:
+    counts: dict[str, Counter] = {}
+    for task in result["tasks"]:
+        counts.setdefault(task["stage"], Counter())[task["state"]] += 1
+    return counts
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, prefect_server):
+    """Three runs in one project: fresh, unchanged (all cached), one align setting changed."""
+    import os
+
+    from compalign.config import load_params
+    from conftest import TINY
+    from flows.pipeline import run_pipeline
+
+    project = tmp_path_factory.mktemp("project")
+    previous = os.getcwd()
+    os.chdir(project)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    try:
+        first = run_pipeline(load_params(TINY))
+        second = run_pipeline(load_params(TINY))
+        third = run_pipeline(load_params(TINY, ["align.epochs=3"]))
+    finally:
+        os.chdir(previous)
+    return project, first, second, third
+
+
+def test_first_run_logs_parent_and_one_child_per_model(runs):
+    project, first, _, _ = runs
+    assert first["tracking_uri"] == f"sqlite:///{project / 'mlflow.db'}"
+    assert {task["state"] for task in first["tasks"]} == {"Completed"}
+    client = MlflowClient(first["tracking_uri"])
+    parent = client.get_run(first["parent_run_id"])
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["reference.epochs"] == "8"
+    assert parent.data.params["compress.sparsities"] == "[0.9, 0.97]"
+    assert (
+        len(parent.data.tags["git_commit"]) in (7, 40)
+        or parent.data.tags["git_commit"] == "unknown"
+    )
+    assert len(parent.data.tags["data_digest"]) == 64
+    assert parent.inputs.dataset_inputs[0].dataset.digest == parent.data.tags["data_digest"][:12]
+
+    children = children_of(client, first)
+    assert sorted(children) == sorted(["reference", *COMPRESSED])
+    reference = children["reference"]
+    assert reference.data.tags["role"] == "reference"
+    assert 0.5 < reference.data.metrics["accuracy"] <= 1.0
+    assert {f"recall.{c}" for c in range(10)} <= set(reference.data.metrics)
+    for name in COMPRESSED:
+        child = children[name]
+        method, sparsity, loss = name.split("-")
+        tags = child.data.tags
+        assert (tags["role"], tags["compressor"], tags["sparsity"], tags["loss"]) == (
+            "compressed",
+            method,
+            sparsity,
+            loss,
+        )
+        assert (tags["dataset"], tags["model"]) == ("digits", "small_cnn")
+        assert tags["reference_run_id"] == reference.info.run_id
+        metrics = child.data.metrics
+        assert {"accuracy", "mismatches", "mismatches_ref_correct", "recall.0"} <= set(metrics)
+        assert metrics["mismatches_ref_correct"] <= metrics["mismatches"]
+        assert metrics["weight_sparsity"] == pytest.approx(float(sparsity), abs=1e-3)
+        assert parent.data.tags[f"child.{name}"] == child.info.run_id
+        assert parent.data.metrics[f"{name}/mismatches"] == metrics["mismatches"]
+
+
+def test_child_artifacts_agree_with_metrics_and_load_back(runs):
+    _, first, _, _ = runs
+    client = MlflowClient(first["tracking_uri"])
+    child = children_of(client, first)["magnitude_global-0.97-kd"]
+    run_id = child.info.run_id
+    listed = {item.path for item in client.list_artifacts(run_id)}
+    assert {"predictions.parquet", "checkpoint"} <= listed  # the MLflow model is a LoggedModel
+    table = pd.read_parquet(client.download_artifacts(run_id, "predictions.parquet"))
+    assert list(table.columns) == [
+        "example_id",
+        "label",
+        "reference_prediction",
+        "reference_confidence",
+        "compressed_prediction",
+        "compressed_confidence",
+        "mismatch",
+    ]
+    assert int(table.mismatch.sum()) == child.data.metrics["mismatches"]
+    right = table.reference_prediction == table.label
+    assert int((table.mismatch & right).sum()) == child.data.metrics["mismatches_ref_correct"]
+    assert table.compressed_prediction.eq(table.label).mean() == pytest.approx(
+        child.data.metrics["accuracy"]
+    )
+
+    # the state-dict checkpoint (weights_only) and the MLflow model give the same predictions
+    from compalign.checkpoint import load_checkpoint
+
+    checkpoint = load_checkpoint(Path(client.download_artifacts(run_id, "checkpoint"))).eval()
+    logged = mlflow.pytorch.load_model(f"runs:/{run_id}/model").eval()
+    images = torch.randn(5, 1, 8, 8)
+    assert torch.allclose(checkpoint(images), logged(images), atol=1e-6)
+
+
+def test_rerun_with_nothing_changed_is_all_cached_and_logs_no_children(runs):
+    _, first, second, _ = runs
+    assert {task["state"] for task in second["tasks"]} == {"Cached"}
+    assert len(second["tasks"]) == len(first["tasks"]) == 1 + 1 + 2 + 4 + 7
+    client = MlflowClient(second["tracking_uri"])
+    assert children_of(client, second) == {}
+    parent = client.get_run(second["parent_run_id"])
+    first_children = children_of(client, first)
+    for name, child in first_children.items():
+        assert parent.data.tags[f"child.{name}"] == child.info.run_id
+    assert [row["run_id"] for row in second["summary"]] == [
+        row["run_id"] for row in first["summary"]
+    ]
+
+
+def test_changing_an_align_setting_reruns_only_alignment_and_its_audits(runs):
+    _, first, _, third = runs
+    stages = states_by_stage(third)
+    assert stages["prepare"] == Counter({"Cached": 1})
+    assert stages["reference"] == Counter({"Cached": 1})
+    assert stages["compress"] == Counter({"Cached": 2})
+    assert stages["align"] == Counter({"Completed": 4})
+    # the reference's and the un-fine-tuned models' audits do not depend on alignment
+    assert stages["audit"] == Counter({"Cached": 3, "Completed": 4})
+    client = MlflowClient(third["tracking_uri"])
+    new_children = children_of(client, third)
+    assert sorted(new_children) == sorted(n for n in COMPRESSED if not n.endswith("none"))
+    reference_id = children_of(client, first)["reference"].info.run_id
+    assert {child.data.tags["reference_run_id"] for child in new_children.values()} == {
+        reference_id
+    }
+
+
+def test_no_run_left_running(runs):
+    _, first, _, _ = runs
+    client = MlflowClient(first["tracking_uri"])
+    running = client.search_runs(
+        [first["experiment_id"]], filter_string="attributes.status = 'RUNNING'"
+    )
+    assert running == []

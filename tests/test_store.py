@@ -1,0 +1,79 @@
+"""The content-addressed store: keys, atomic entries, stale Prefect records."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tasks import store
+
+
+def manifest_builder(calls):
+    def build(scratch):
+        calls.append(scratch)
+        (scratch / "out.txt").write_text("result")
+        (scratch / store.MANIFEST).write_text(
+            json.dumps({"file": "out.txt", "sha256": store.sha256_file(scratch / "out.txt")})
+        )
+
+    return build
+
+
+def test_key_depends_on_digests_and_params_not_paths():
+    base = {"data": {"path": "a/b", "digest": "d1"}, "reference": {"epochs": 3}}
+    moved = {
+        "data": {"path": "elsewhere", "digest": "d1"},
+        "reference": {"epochs": 3},
+        "out_dir": "x",
+    }
+    key = store.stage_key("reference", base)
+    assert key == store.stage_key("reference", moved)
+    assert key != store.stage_key("reference", {**base, "reference": {"epochs": 4}})
+    assert key != store.stage_key("reference", {**base, "data": {"path": "a/b", "digest": "d2"}})
+    assert key != store.stage_key("align", base)
+    assert key.startswith("reference-")
+
+
+def test_materialize_builds_once_and_copies_to_out_dir(project):
+    calls = []
+    first = store.materialize("prepare", {"x": 1}, manifest_builder(calls))
+    second = store.materialize("prepare", {"x": 1}, manifest_builder(calls), out_dir="view")
+    assert len(calls) == 1
+    assert first["digest"] == second["digest"]
+    assert (project / "view" / "out.txt").read_text() == "result"
+
+
+def test_failed_build_leaves_no_entry(project):
+    def broken(scratch):
+        (scratch / "half.txt").write_text("half")
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        store.materialize("prepare", {"x": 2}, broken)
+    entry = store.entry_dir(store.stage_key("prepare", {"x": 2}))
+    assert not entry.exists()
+    assert not list(entry.parent.glob(".tmp-*"))
+
+
+def test_cache_key_drops_stale_prefect_record(project):
+    """A Prefect result record whose store entry was deleted by hand is dropped, so the task
+    runs again instead of returning a path that no longer exists."""
+    key_fn = store.prefect_cache_key("prepare")
+    key = key_fn(None, {"x": 3})
+    store.PREFECT_RESULTS_DIR.mkdir(parents=True)
+    record = store.PREFECT_RESULTS_DIR / key
+    record.write_text("{}")
+    assert key_fn(None, {"x": 3}) == key
+    assert not record.exists()
+    store.materialize("prepare", {"x": 3}, manifest_builder([]))
+    record.write_text("{}")
+    key_fn(None, {"x": 3})
+    assert record.exists()
+
+
+def test_require_refuses_changed_inputs(project):
+    artifact = store.materialize("prepare", {"x": 4}, manifest_builder([]))
+    (project / artifact["path"] / store.MANIFEST).write_text("{}")
+    with pytest.raises(store.UserError, match="changed since it was made"):
+        store.require(artifact, "dataset")
