@@ -81,12 +81,14 @@ def stage(
     params_file: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Run one stage into DVC's fixed paths (what dvc.yaml's commands call)."""
+    from tasks.store import STAGE_CODE
+
+    if name not in STAGE_CODE:
+        raise UserError(f"stage {name!r}: unknown; choose one of {', '.join(STAGE_CODE)}")
     params = load_params(params_file)
     _prepare_process(params)
     from flows.stages import STAGES
 
-    if name not in STAGES:
-        raise UserError(f"stage {name!r}: unknown; choose one of {', '.join(STAGES)}")
     STAGES[name](params)
 
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 
-from compalign.config import Params, load_params, validate
+from compalign.config import Params, _flatten, load_params, validate
 from compalign.errors import UserError
 from conftest import ROOT, TINY
 
@@ -12,6 +13,12 @@ from conftest import ROOT, TINY
 def test_params_yaml_is_the_documented_defaults():
     """The shipped params.yaml holds exactly the model's defaults (no drift between the two)."""
     assert load_params(ROOT / "params.yaml") == Params()
+
+
+def test_params_yaml_spells_out_every_key():
+    """DVC reads the keys its stages name straight from params.yaml: none may be left implicit."""
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert Params.model_validate(raw).flat().keys() == dict(_flatten(raw)).keys()
 
 
 def test_tiny_profile_is_valid():

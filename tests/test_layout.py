@@ -1,0 +1,47 @@
+"""The project's shape: a core without orchestration imports, DVC and Prefect stages in step."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import yaml
+
+from compalign.config import Params
+from conftest import ROOT
+from tasks.store import STAGE_CODE
+
+
+def test_core_package_imports_no_orchestration_or_tracking():
+    code = (
+        "import pkgutil, importlib, sys, compalign\n"
+        "for m in pkgutil.iter_modules(compalign.__path__): importlib.import_module('compalign.' + m.name)\n"
+        "bad = sorted({n.split('.')[0] for n in sys.modules} & {'prefect', 'mlflow', 'dvc'})\n"
+        "print(','.join(bad))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == ""
+
+
+def test_dvc_stages_mirror_the_flow_stages():
+    """Same stage names; each DVC stage's code deps are exactly the files its cache key hashes;
+    its params are params.yaml sections or keys that exist."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert list(stages) == list(STAGE_CODE) == ["prepare", "reference", "compress", "align", "audit"]
+    sections = Params.model_fields
+    for name, stage in stages.items():
+        assert stage["cmd"] == f"compalign stage {name}"
+        code = sorted(dep for dep in stage["deps"] if dep.endswith(".py"))
+        assert code == sorted(STAGE_CODE[name]), name
+        assert name == "prepare" or name in {"reference", "compress"} or "data/prepared" in stage["deps"]
+        for param in stage["params"]:
+            section, _, key = param.partition(".")
+            assert section in sections, param
+            if key:
+                assert key in sections[section].annotation.model_fields, param
+
+
+def test_dvc_config_has_analytics_off_and_a_local_remote():
+    config = (ROOT / ".dvc" / "config").read_text()
+    assert "analytics = false" in config
+    assert "remote = local" in config and "url = ../dvc-storage" in config
