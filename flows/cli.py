@@ -29,22 +29,29 @@ SetOption = Annotated[
 
 
 def _prepare_process(params: Params, refresh: bool = False) -> None:
-    """Environment for Prefect/MLflow, torch threads, and SIGTERM handled like Ctrl-C."""
+    """Environment for Prefect/MLflow, torch's thread count, and SIGTERM as a clean exit.
+
+    Inside a flow Prefect turns SIGTERM into TerminationSignal (the flow marks its MLflow parent
+    KILLED), then re-delivers it to the handler installed here, which exits with 143 through
+    the normal shutdown: finally blocks and atexit hooks run, so the temporary Prefect server
+    stops instead of outliving the process.
+    """
     from flows.runtime import configure_environment
 
     configure_environment()
     if refresh:
         os.environ["COMPALIGN_REFRESH"] = "1"
         os.environ["PREFECT_TASKS_REFRESH_CACHE"] = "true"
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     if params.run.threads:
         import torch
 
         torch.set_num_threads(params.run.threads)
 
-    def interrupt(_signum, _frame):
-        raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, interrupt)
+def _exit_on_sigterm(_signum: int, _frame: object) -> None:
+    typer.echo("terminated: finished stages are cached; run the same command to resume", err=True)
+    raise SystemExit(143)
 
 
 @app.command()
@@ -61,7 +68,13 @@ def run(
     from flows.pipeline import run_pipeline
     from tasks.report import print_summary
 
-    result = run_pipeline(params)
+    try:
+        result = run_pipeline(params)
+    except KeyboardInterrupt:
+        typer.echo(
+            "interrupted: finished stages are cached; run the same command to resume", err=True
+        )
+        raise typer.Exit(130) from None
     print_summary(pd.DataFrame(result["summary"]))
     cached = sum(task["state"] == "Cached" for task in result["tasks"])
     typer.echo(
@@ -104,27 +117,13 @@ def show_params(
 
 
 def main() -> None:
-    """Entry point: a UserError becomes one line on stderr and exit code 2."""
+    """Entry point: a UserError becomes one line on stderr and exit code 2 (usage errors are
+    typer's: usage, the error, exit code 2)."""
     try:
-        app(standalone_mode=False)
+        app()
     except UserError as error:
         typer.echo(f"error: {error}", err=True)
         sys.exit(2)
-    except KeyboardInterrupt:
-        typer.echo(
-            "interrupted: finished stages are cached; run the same command to resume", err=True
-        )
-        sys.exit(130)
-    except (typer.Exit, SystemExit) as done:
-        code = getattr(done, "exit_code", getattr(done, "code", 0))
-        sys.exit(code)
-    except Exception as error:  # click's usage errors
-        import click
-
-        if isinstance(error, click.ClickException):
-            error.show()
-            sys.exit(2)
-        raise
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from typing import Any
 
 import pandas as pd
 from prefect import flow
+from prefect.exceptions import TerminationSignal
 from prefect.futures import wait
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -127,7 +128,7 @@ def pipeline(params: dict[str, Any]) -> dict[str, Any]:
         results = [future.result() for future in audits]
         summary = publish_summary(track, parent, results, REPORT_DIR)
         status = "FINISHED"
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, TerminationSignal):
         status = "KILLED"
         raise
     finally:

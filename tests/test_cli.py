@@ -8,6 +8,7 @@ import subprocess
 import time
 
 import pandas as pd
+import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -38,13 +39,27 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, needle)
         assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
+def wait_for_alignment(process, project):
+    """Block until the first alignment is in the store (the run is then in its middle)."""
+    deadline = time.monotonic() + 300
+    align_dir = project / "artifacts" / "align"
+    while not (align_dir.is_dir() and any(align_dir.glob("*/manifest.json"))):
+        assert process.poll() is None, process.stdout.read()
+        assert time.monotonic() < deadline, "no alignment finished in time"
+        time.sleep(0.05)
+
+
 def start_run(project, *extra):
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
     for name in ("PREFECT_HOME", "PREFECT_LOCAL_STORAGE_PATH", "MLFLOW_TRACKING_URI"):
         env.pop(name, None)
     return subprocess.Popen(
         [str(BIN / "compalign"), "run", "--params", str(TINY), *extra],
-        cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 
@@ -55,14 +70,12 @@ def test_killed_run_resumes_from_cache_without_duplicates(tmp_path):
     # enough alignments that the kill lands in the middle of them
     extra = ["--set", "compress.sparsities=[0.5,0.7,0.8,0.9,0.95,0.97]", "--set", "run.workers=1"]
     process = start_run(tmp_path, *extra)
-    deadline = time.monotonic() + 300
-    align_dir = tmp_path / "artifacts" / "align"
-    while not (align_dir.is_dir() and any(align_dir.glob("*/manifest.json"))):
-        assert process.poll() is None, process.stdout.read()
-        assert time.monotonic() < deadline, "no alignment finished in time"
-        time.sleep(0.05)
+    wait_for_alignment(process, tmp_path)
+    server = psutil.Process(process.pid).children(recursive=True)  # its temporary Prefect server
     process.send_signal(signal.SIGKILL)
     process.wait()
+    for child in server:  # nothing survives SIGKILL's lack of clean-up but the server: reap it
+        child.kill()
     finished_before = {p.parent.name for p in (tmp_path / "artifacts").glob("*/*/manifest.json")}
 
     result = run_cli("run", "--params", str(TINY), *extra, cwd=tmp_path)
@@ -70,7 +83,11 @@ def test_killed_run_resumes_from_cache_without_duplicates(tmp_path):
     log = result.stdout + result.stderr
     for stage in ("prepare", "reference"):
         assert f"Task run '{stage}-" in log
-        assert all("Cached" in line for line in log.splitlines() if f"Task run '{stage}-" in line and "Finished" in line)
+        assert all(
+            "Cached" in line
+            for line in log.splitlines()
+            if f"Task run '{stage}-" in line and "Finished" in line
+        )
     finished_after = {p.parent.name for p in (tmp_path / "artifacts").glob("*/*/manifest.json")}
     assert finished_before <= finished_after  # nothing lost
 
@@ -83,7 +100,24 @@ def test_killed_run_resumes_from_cache_without_duplicates(tmp_path):
     assert all(r.info.status == "FINISHED" for r in children)
     parents = [r for r in runs if r.data.tags.get("role") == "pipeline"]
     assert sorted(r.info.status for r in parents) == ["FINISHED", "KILLED"]
-    pd.read_parquet(tmp_path / SUMMARY).to_parquet(tmp_path / "resumed.parquet")
+
+
+@pytest.mark.slow
+def test_sigterm_exits_143_cleanly(tmp_path):
+    """SIGTERM mid-run: exit code 143, the MLflow parent KILLED, the Prefect server stopped."""
+    process = start_run(tmp_path, "--set", "align.epochs=40")
+    wait_for_alignment(process, tmp_path)
+    children = psutil.Process(process.pid).children(recursive=True)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 143, output
+    assert "terminated: finished stages are cached" in output
+    psutil.wait_procs(children, timeout=30)
+    assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("tiny")
+    parents = client.search_runs([experiment.experiment_id], filter_string="tags.role = 'pipeline'")
+    assert [run.info.status for run in parents] == ["KILLED"]
 
 
 @pytest.mark.slow

@@ -19,7 +19,9 @@ def test_core_package_imports_no_orchestration_or_tracking():
         "bad = sorted({n.split('.')[0] for n in sys.modules} & {'prefect', 'mlflow', 'dvc'})\n"
         "print(','.join(bad))"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
     assert result.stdout.strip() == ""
 
 
@@ -27,13 +29,19 @@ def test_dvc_stages_mirror_the_flow_stages():
     """Same stage names; each DVC stage's code deps are exactly the files its cache key hashes;
     its params are params.yaml sections or keys that exist."""
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    assert list(stages) == list(STAGE_CODE) == ["prepare", "reference", "compress", "align", "audit"]
+    assert (
+        list(stages) == list(STAGE_CODE) == ["prepare", "reference", "compress", "align", "audit"]
+    )
     sections = Params.model_fields
     for name, stage in stages.items():
         assert stage["cmd"] == f"compalign stage {name}"
         code = sorted(dep for dep in stage["deps"] if dep.endswith(".py"))
         assert code == sorted(STAGE_CODE[name]), name
-        assert name == "prepare" or name in {"reference", "compress"} or "data/prepared" in stage["deps"]
+        assert (
+            name == "prepare"
+            or name in {"reference", "compress"}
+            or "data/prepared" in stage["deps"]
+        )
         for param in stage["params"]:
             section, _, key = param.partition(".")
             assert section in sections, param
