@@ -38,6 +38,7 @@ class DataParams(Section):
     image_size: Annotated[int, Field(ge=4, le=1024)] | None = None
     image_mode: Literal["RGB", "L"] = "RGB"
     target: str | None = None
+    label_groups: dict[str, list[Annotated[int, Field(ge=0)]]] = Field(default_factory=dict)
 
     @field_validator("source")
     @classmethod
@@ -101,16 +102,41 @@ class KDParams(Section):
     alpha: Annotated[float, Field(ge=0.0, le=1.0)] = 0.9
 
 
+Weight = Annotated[float, Field(ge=0.0)]
+
+
+class LabelPreservingParams(Section):
+    """Weights of the multi-part label-preserving loss (see compalign.losses.label_preserving)."""
+
+    w_ce: Weight = 1.0
+    w_kd: Weight = 1.0
+    w_logit: Weight = 0.1
+    w_mm: Weight = 1.0
+    temperature: Annotated[float, Field(gt=0.0)] = 4.0
+
+
+class PerformanceWeightedParams(Section):
+    """Meyer & Wong's performance-weighted loss."""
+
+    gamma: Annotated[float, Field(ge=0.0)] = 5.0
+    m: Annotated[float, Field(ge=0.0, le=1.0)] = 0.75
+
+
 NO_FINE_TUNING = "none"
 
 
 class AlignParams(TrainingParams):
     """Fine-tuning of each compressed model with each loss ("none": audited as compressed)."""
 
-    losses: list[str] = Field(default_factory=lambda: [NO_FINE_TUNING, "ce", "kd"], min_length=1)
-    epochs: Annotated[int, Field(ge=1)] = 10
+    losses: list[str] = Field(
+        default_factory=lambda: [NO_FINE_TUNING, "ce", "kd", "label_preserving", "pw"], min_length=1
+    )
+    epochs: Annotated[int, Field(ge=1)] = 20
     lr: Annotated[float, Field(gt=0.0)] = 0.01
+    tune: bool = False
     kd: KDParams = Field(default_factory=KDParams)
+    label_preserving: LabelPreservingParams = Field(default_factory=LabelPreservingParams)
+    pw: PerformanceWeightedParams = Field(default_factory=PerformanceWeightedParams)
 
     @field_validator("losses")
     @classmethod
@@ -134,6 +160,18 @@ class AuditParams(Section):
     """How the models are audited."""
 
     batch_size: Annotated[int, Field(ge=1)] = 512
+    seed: Seed = 0
+    bootstrap_samples: Annotated[int, Field(ge=100, le=100_000)] = 1000
+    confidence_level: Annotated[float, Field(gt=0.5, lt=1.0)] = 0.95
+    calibration_bins: Annotated[int, Field(ge=2, le=100)] = 15
+    groups: list[str] | None = None
+    attribution_samples: Annotated[int, Field(ge=0)] = 64
+    attribution_methods: list[Literal["saliency", "integrated_gradients"]] = Field(
+        default_factory=lambda: ["saliency", "integrated_gradients"]
+    )
+    integrated_gradients_steps: Annotated[int, Field(ge=2, le=512)] = 32
+    top_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1
+    figure_examples: Annotated[int, Field(ge=0, le=32)] = 6
 
 
 class RunParams(Section):

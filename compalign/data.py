@@ -339,6 +339,15 @@ def build_table(params: Any) -> tuple[pa.Table, dict[str, Any]]:
         raise UserError(
             f"data.source={params.source}: the dataset at {params.root} has no examples"
         )
+    groups = raw.groups if len(raw.groups.columns) else pd.DataFrame(index=range(len(raw.labels)))
+    for name, members in params.label_groups.items():
+        # a derived binary group: 1 for examples whose label is one of `members`
+        unknown = sorted(set(members) - set(range(len(raw.class_names))))
+        if unknown:
+            raise UserError(
+                f"data.label_groups.{name}: labels {unknown} are not classes of {params.source}"
+            )
+        groups[name] = np.isin(raw.labels, members).astype(np.int64)
     split = assign_splits(raw, params)
     kept = _limit(split, params.limit, params.seed)
     images = raw.load_images(kept)
@@ -364,11 +373,11 @@ def build_table(params: Any) -> tuple[pa.Table, dict[str, Any]]:
         "split": pa.array(split),
         "label": pa.array(labels, type=pa.int64()),
     }
-    group_names = [str(name) for name in raw.groups.columns]
+    group_names = [str(name) for name in groups.columns]
     for name in group_names:
         if name in ("example_id", "split", "label", "image"):
             raise UserError(f"data: group column {name!r} clashes with a reserved column name")
-        columns[name] = pa.array(raw.groups[name].to_numpy()[kept])
+        columns[name] = pa.array(groups[name].to_numpy()[kept])
     flat = np.ascontiguousarray(images).reshape(count, -1)
     columns["image"] = pa.FixedSizeBinaryArray.from_buffers(
         pa.binary(flat.shape[1]), count, [None, pa.py_buffer(flat.tobytes())]

@@ -21,7 +21,13 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from compalign.config import Params
 from compalign.data import load_split, read_manifest
 from compalign.train import resolve_device
-from flows.plan import compressed_labels, model_grid, reference_labels
+from flows.plan import (
+    BASELINE_LOSS,
+    compressed_labels,
+    grid_by_compression,
+    model_grid,
+    reference_labels,
+)
 from tasks import tracking
 from tasks.align import align_task
 from tasks.audit import audit_task
@@ -92,27 +98,27 @@ def pipeline(params: dict[str, Any]) -> dict[str, Any]:
         futures += [("prepare", "", data), ("reference", "", reference)]
         futures.append(("audit", "reference", reference_audit))
         log_data_lineage(track, parent, data.result())
-        compressed: dict[tuple[str, float], Any] = {}
         audits = [reference_audit]
-        for spec in model_grid(settings):
-            key = (spec.method, spec.sparsity)
-            if key not in compressed:
-                compressed[key] = compress_task.submit(reference, spec.method, spec.sparsity)
-                futures.append(("compress", spec.compressed_name, compressed[key]))
-            model = compressed[key]
-            if spec.fine_tuned:
-                model = align_task.submit(
-                    data,
-                    reference,
-                    model,
-                    spec.loss,
-                    settings.align.loss_hyperparameters(spec.loss),
-                    settings.align.training_settings(),
-                    device,
-                )
-                futures.append(("align", spec.name, model))
-            audits.append(
-                audit_task.submit(
+        for specs in grid_by_compression(settings):
+            spec = specs[0]
+            compressed_model = compress_task.submit(reference, spec.method, spec.sparsity)
+            futures.append(("compress", spec.compressed_name, compressed_model))
+            baseline = None  # the `ce` audit at this compression: reduction factors need it
+            for spec in specs:  # `ce` first
+                model = compressed_model
+                if spec.fine_tuned:
+                    model = align_task.submit(
+                        data,
+                        reference,
+                        compressed_model,
+                        spec.loss,
+                        settings.align.loss_hyperparameters(spec.loss),
+                        settings.align.training_settings(),
+                        device,
+                        settings.align.tune,
+                    )
+                    futures.append(("align", spec.name, model))
+                audit_future = audit_task.submit(
                     data,
                     model,
                     reference_audit,
@@ -121,11 +127,15 @@ def pipeline(params: dict[str, Any]) -> dict[str, Any]:
                     track,
                     device,
                     parent,
+                    baseline,
                 )
-            )
-            futures.append(("audit", spec.name, audits[-1]))
+                if spec.loss == BASELINE_LOSS:
+                    baseline = audit_future
+                audits.append(audit_future)
+                futures.append(("audit", spec.name, audit_future))
         wait([future for _, _, future in futures])
-        results = [future.result() for future in audits]
+        by_name = {result["labels"]["name"]: result for result in (f.result() for f in audits)}
+        results = [by_name["reference"]] + [by_name[spec.name] for spec in model_grid(settings)]
         summary = publish_summary(track, parent, results, REPORT_DIR)
         status = "FINISHED"
     except (KeyboardInterrupt, TerminationSignal):

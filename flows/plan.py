@@ -39,6 +39,18 @@ def model_grid(params: Params) -> list[ModelSpec]:
     ]
 
 
+BASELINE_LOSS = "ce"  # reduction factors are mismatches of `ce` / mismatches of a loss
+
+
+def grid_by_compression(params: Params) -> list[list[ModelSpec]]:
+    """The grid grouped by (compressor, sparsity), the baseline loss first in each group (its
+    audit is an input of the others')."""
+    groups: dict[tuple[str, float], list[ModelSpec]] = {}
+    for spec in model_grid(params):
+        groups.setdefault((spec.method, spec.sparsity), []).append(spec)
+    return [sorted(specs, key=lambda s: s.loss != BASELINE_LOSS) for specs in groups.values()]
+
+
 def reference_labels(params: Params) -> dict[str, str]:
     """Tags of the reference's child run."""
     return {

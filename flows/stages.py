@@ -15,7 +15,13 @@ from pathlib import Path
 
 from compalign.config import Params
 from compalign.train import resolve_device
-from flows.plan import compressed_labels, model_grid, reference_labels
+from flows.plan import (
+    BASELINE_LOSS,
+    compressed_labels,
+    grid_by_compression,
+    model_grid,
+    reference_labels,
+)
 from tasks import tracking
 from tasks.align import align
 from tasks.audit import METRICS_FILE, audit_model
@@ -83,6 +89,7 @@ def stage_align(params: Params) -> None:
                 params.align.loss_hyperparameters(spec.loss),
                 params.align.training_settings(),
                 _device(params),
+                params.align.tune,
                 out_dir=str(ALIGNED_DIR / spec.name),
             )
 
@@ -121,14 +128,15 @@ def stage_audit(params: Params) -> None:
             out_dir=str(AUDIT_MODELS_DIR / labels["name"]),
         )
         results = [reference_audit]
-        for spec in model_grid(params):
-            model_dir = (
-                ALIGNED_DIR / spec.name
-                if spec.fine_tuned
-                else COMPRESSED_DIR / spec.compressed_name
-            )
-            results.append(
-                audit_model(
+        for specs in grid_by_compression(params):
+            baseline = None
+            for spec in specs:  # the `ce` baseline first: the others' reduction factors need it
+                model_dir = (
+                    ALIGNED_DIR / spec.name
+                    if spec.fine_tuned
+                    else COMPRESSED_DIR / spec.compressed_name
+                )
+                result = audit_model(
                     data,
                     artifact_of(model_dir),
                     reference_audit,
@@ -137,9 +145,14 @@ def stage_audit(params: Params) -> None:
                     track,
                     device,
                     parent,
+                    baseline,
                     out_dir=str(AUDIT_MODELS_DIR / spec.name),
                 )
-            )
+                if spec.loss == BASELINE_LOSS:
+                    baseline = result
+                results.append(result)
+        by_name = {result["labels"]["name"]: result for result in results}
+        results = [by_name["reference"]] + [by_name[spec.name] for spec in model_grid(params)]
         for result in results:
             metrics = json.loads((Path(result["path"]) / METRICS_FILE).read_text())
             name = result["labels"]["name"]

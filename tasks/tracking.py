@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import socket
 import subprocess
 import threading
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -184,16 +185,18 @@ def log_metrics(tracking: Tracking, run_id: str, metrics: Mapping[str, float]) -
             metrics=[
                 mlflow.entities.Metric(safe_name(k), float(v), 0, 0)
                 for k, v in metrics.items()
-                if v == v  # NaN (a class absent from the test split) is not logged
+                # NaN (a class absent from the split) and inf (a reduction factor over zero
+                # mismatches) are not logged; the summary table shows them
+                if v is not None and math.isfinite(v)
             ],
         )
 
 
-def log_artifacts(tracking: Tracking, run_id: str, paths: Mapping[str, str | Path]) -> None:
-    """Upload files or directories: {artifact sub-path ("" for the root): local path}."""
+def log_artifacts(tracking: Tracking, run_id: str, paths: Iterable[tuple[str, str | Path]]) -> None:
+    """Upload files or directories: (artifact folder, "" for the root; local path) pairs."""
     with _LOCK:
         client = MlflowClient(tracking["uri"])
-        for artifact_path, local in paths.items():
+        for artifact_path, local in paths:
             local = Path(local)
             if local.is_dir():
                 client.log_artifacts(run_id, str(local), artifact_path or None)
@@ -265,7 +268,8 @@ def log_child_once(
     run_name: str,
     tags: Mapping[str, str],
     metrics: Mapping[str, float],
-    artifacts: Mapping[str, str | Path],
+    artifacts: Iterable[tuple[str, str | Path]],
+    params: Mapping[str, Any] | None = None,
     model: Callable[[], nn.Module] | None = None,
     dataset: Callable[[], tuple[pd.DataFrame, Mapping[str, Any], str]] | None = None,
 ) -> tuple[str, bool]:
@@ -287,6 +291,11 @@ def log_child_once(
             tags=all_tags,
         ) as run:
             run_id = run.info.run_id
+            if params:
+                MlflowClient(tracking["uri"]).log_batch(
+                    run_id,
+                    params=[mlflow.entities.Param(k, _param_text(v)) for k, v in params.items()],
+                )
             log_metrics(tracking, run_id, metrics)
             log_artifacts(tracking, run_id, artifacts)
             if dataset is not None:

@@ -39,10 +39,12 @@ def test_repro_metrics_status_and_push(tmp_path):
     assert (project / "data/prepared/dataset.parquet").is_file()
     assert (project / "models/reference/model.pt").is_file()
     assert sorted(p.name for p in (project / "models/aligned").iterdir()) == [
-        f"magnitude_global-{s}-{loss}" for s in ("0.9", "0.97") for loss in ("ce", "kd")
+        f"magnitude_global-{s}-{loss}"
+        for s in ("0.9", "0.97")
+        for loss in ("ce", "kd", "label_preserving", "pw")
     ]
     metrics_dir = project / "reports/audit/metrics"
-    assert len(list(metrics_dir.glob("*.json"))) == 1 + 6
+    assert len(list(metrics_dir.glob("*.json"))) == 1 + 10
     kd = json.loads((metrics_dir / "magnitude_global-0.97-kd.json").read_text())
     assert {"accuracy", "mismatches", "mismatches_ref_correct", "recall.0"} <= set(kd)
 

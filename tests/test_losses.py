@@ -73,3 +73,84 @@ def test_gradients_reach_only_the_compressed_model(name):
     assert any(
         not torch.equal(a, b) for a, b in zip(student_before, student.parameters(), strict=True)
     )
+
+
+def test_label_preserving_by_hand():
+    """Example 1 is a mismatch (compressed argmax 0, reference argmax 1), example 2 is not.
+    w_ce=1, w_kd=0, w_logit=0.5, w_mm=2:
+      CE   = mean(log(1 + e^-2), log(1 + e^-1))
+      MSE  = mean((2-0)^2, (0-1)^2, (0-0)^2, (1-2)^2) = 1.5
+      mm   = CE([2, 0], label 1) over the one mismatched example = log(1 + e^2)"""
+    compressed = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    reference = torch.tensor([[0.0, 1.0], [0.0, 2.0]])
+    labels = torch.tensor([0, 1])
+    cross_entropy = (math.log(1 + math.exp(-2)) + math.log(1 + math.exp(-1))) / 2
+    expected = cross_entropy + 0.5 * 1.5 + 2 * math.log(1 + math.exp(2))
+    loss = LOSSES["label_preserving"](w_ce=1, w_kd=0, w_logit=0.5, w_mm=2)
+    assert float(loss(compressed, reference, labels)) == pytest.approx(expected, abs=1e-6)
+    assert expected == pytest.approx(5.223951, abs=1e-5)
+
+
+def test_label_preserving_kd_term_and_no_mismatch():
+    """Without mismatches the mismatch term vanishes; the KD term is Hinton's T^2 KL."""
+    compressed = torch.tensor([[0.0, 0.0]])
+    reference = torch.tensor([[2 * LN3, 0.0]])  # argmax 0, as argmax([0, 0]) is: no mismatch
+    labels = torch.tensor([0])
+    kl = 0.75 * math.log(1.5) + 0.25 * math.log(0.5)
+    loss = LOSSES["label_preserving"](w_ce=0, w_kd=1, w_logit=0, w_mm=5, temperature=2.0)
+    assert float(loss(compressed, reference, labels)) == pytest.approx(4 * kl, abs=1e-6)
+
+
+def pw_by_hand(gamma, m):
+    """Two examples, reference p = [0.75, 0.25] on both. Example 1 (y=0): the reference is
+    right, weight m + (1-m) 0.25^gamma, target the reference's p, compressed logits [0, 0] ->
+    soft CE = ln 2. Example 2 (y=1): the reference is wrong, weight m + (1-m) 0.75^gamma, target
+    one-hot(1), compressed p = [0.25, 0.75] -> CE = -ln 0.75."""
+    first = (m + (1 - m) * 0.25**gamma) * math.log(2)
+    second = (m + (1 - m) * 0.75**gamma) * -math.log(0.75)
+    return (first + second) / 2
+
+
+def test_performance_weighted_by_hand():
+    compressed = torch.tensor([[0.0, 0.0], [0.0, LN3]])
+    reference = torch.tensor([[LN3, 0.0], [LN3, 0.0]])
+    labels = torch.tensor([0, 1])
+    loss = LOSSES["pw"](gamma=5.0, m=0.75)(compressed, reference, labels)
+    assert float(loss) == pytest.approx(pw_by_hand(5.0, 0.75), abs=1e-6)
+    assert pw_by_hand(5.0, 0.75) == pytest.approx(0.376429, abs=1e-5)
+    assert float(LOSSES["pw"](gamma=1.0, m=0.3)(compressed, reference, labels)) == pytest.approx(
+        pw_by_hand(1.0, 0.3), abs=1e-6
+    )
+
+
+def test_performance_weights_and_targets_rules():
+    """Weights grow as the reference's true-class probability falls; targets are the reference's
+    distribution where it is right and one-hot where it is wrong."""
+    from compalign.losses import performance_weights
+
+    reference = torch.tensor([[LN3, 0.0], [LN3, 0.0], [0.0, 0.0]])
+    labels = torch.tensor([0, 1, 0])
+    weights, targets = performance_weights(reference, labels, gamma=2.0, m=0.5)
+    assert torch.allclose(weights, torch.tensor([0.5 + 0.5 * 0.25**2, 0.5 + 0.5 * 0.75**2, 0.625]))
+    assert torch.allclose(targets, torch.tensor([[0.75, 0.25], [0.0, 1.0], [0.5, 0.5]]))
+    assert weights[1] > weights[0]
+
+
+def test_performance_weighted_binary_single_logit():
+    """One logit per example: p(y=1) = sigmoid(z); the same numbers as the two-class case."""
+    compressed = torch.tensor([0.0, LN3])
+    reference = torch.tensor([-LN3, -LN3])  # sigmoid = 0.25: p = [0.75, 0.25]
+    labels = torch.tensor([0, 1])
+    loss = LOSSES["pw"](gamma=5.0, m=0.75)(compressed, reference, labels)
+    assert float(loss) == pytest.approx(pw_by_hand(5.0, 0.75), abs=1e-6)
+
+
+def test_weights_come_from_the_frozen_reference():
+    """The PW loss's gradient w.r.t. the reference logits is zero: weights and targets are
+    constants of the reference, so nothing flows back into it."""
+    compressed = torch.randn(6, 3, requires_grad=True)
+    reference = torch.randn(6, 3, requires_grad=True)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    LOSSES["pw"]()(compressed, reference, labels).backward()
+    assert reference.grad is None or torch.count_nonzero(reference.grad) == 0
+    assert torch.count_nonzero(compressed.grad) > 0

@@ -13,9 +13,8 @@ from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow
 
-COMPRESSED = [
-    f"magnitude_global-{s}-{loss}" for s in ("0.9", "0.97") for loss in ("none", "ce", "kd")
-]
+LOSSES = ("none", "ce", "kd", "label_preserving", "pw")
+COMPRESSED = [f"magnitude_global-{s}-{loss}" for s in ("0.9", "0.97") for loss in LOSSES]
 
 
 def children_of(client: MlflowClient, result: dict) -> dict[str, object]:
@@ -72,7 +71,7 @@ def test_first_run_logs_parent_and_one_child_per_model(runs):
     assert parent.inputs.dataset_inputs[0].dataset.digest == parent.data.tags["data_digest"][:12]
 
     children = children_of(client, first)
-    assert sorted(children) == sorted(["reference", *COMPRESSED])
+    assert sorted(children) == sorted(["reference", *COMPRESSED]), sorted(children)
     reference = children["reference"]
     assert reference.data.tags["role"] == "reference"
     assert 0.5 < reference.data.metrics["accuracy"] <= 1.0
@@ -95,6 +94,24 @@ def test_first_run_logs_parent_and_one_child_per_model(runs):
         assert metrics["weight_sparsity"] == pytest.approx(float(sparsity), abs=1e-3)
         assert parent.data.tags[f"child.{name}"] == child.info.run_id
         assert parent.data.metrics[f"{name}/mismatches"] == metrics["mismatches"]
+        # the full audit: intervals, calibration, class and group fairness, attributions
+        assert (
+            metrics["mismatches_ci_low"] <= metrics["mismatches"] <= metrics["mismatches_ci_high"]
+        )
+        assert 0 <= metrics["ece"] <= 1 and "ece_change" in metrics
+        assert {"worst_class_recall_change", "recall_gap_change", "recall_change.3"} <= set(metrics)
+        assert {"group.odd.0.accuracy", "group.odd.accuracy_gap_change"} <= set(metrics)
+        for method in ("saliency", "integrated_gradients"):
+            assert -1 <= metrics[f"attribution.{method}.spearman_mean"] <= 1
+            assert 0 <= metrics[f"attribution.{method}.iou_p50"] <= 1
+        if loss not in ("ce", "none") and metrics["mismatches"] > 0:
+            assert (
+                "reduction_factor" in metrics
+                and tags["baseline_run_id"]
+                == children[f"magnitude_global-{sparsity}-ce"].info.run_id
+            )
+        if loss == "pw":
+            assert child.data.params == {"loss.gamma": "5.0", "loss.m": "0.75"}
 
 
 def test_child_artifacts_agree_with_metrics_and_load_back(runs):
@@ -103,7 +120,13 @@ def test_child_artifacts_agree_with_metrics_and_load_back(runs):
     child = children_of(client, first)["magnitude_global-0.97-kd"]
     run_id = child.info.run_id
     listed = {item.path for item in client.list_artifacts(run_id)}
-    assert {"predictions.parquet", "checkpoint"} <= listed  # the MLflow model is a LoggedModel
+    assert {
+        "predictions.parquet",
+        "checkpoint",
+        "metrics.json",
+        "attribution_agreement.parquet",
+        "attribution_agreement.png",
+    } <= listed  # the MLflow model is a LoggedModel, not a run artifact
     table = pd.read_parquet(client.download_artifacts(run_id, "predictions.parquet"))
     assert list(table.columns) == [
         "example_id",
@@ -133,7 +156,7 @@ def test_child_artifacts_agree_with_metrics_and_load_back(runs):
 def test_rerun_with_nothing_changed_is_all_cached_and_logs_no_children(runs):
     _, first, second, _ = runs
     assert {task["state"] for task in second["tasks"]} == {"Cached"}
-    assert len(second["tasks"]) == len(first["tasks"]) == 1 + 1 + 2 + 4 + 7
+    assert len(second["tasks"]) == len(first["tasks"]) == 1 + 1 + 2 + 8 + 11
     client = MlflowClient(second["tracking_uri"])
     assert children_of(client, second) == {}
     parent = client.get_run(second["parent_run_id"])
@@ -151,12 +174,13 @@ def test_changing_an_align_setting_reruns_only_alignment_and_its_audits(runs):
     assert stages["prepare"] == Counter({"Cached": 1})
     assert stages["reference"] == Counter({"Cached": 1})
     assert stages["compress"] == Counter({"Cached": 2})
-    assert stages["align"] == Counter({"Completed": 4})
-    # the reference's and the un-fine-tuned models' audits do not depend on alignment
-    assert stages["audit"] == Counter({"Cached": 3, "Completed": 4})
+    assert stages["align"] == Counter({"Completed": 8})
+    # the reference's audit does not depend on alignment; every other audit does, the
+    # un-fine-tuned models' through their reduction factor against the (retrained) ce model
+    assert stages["audit"] == Counter({"Cached": 1, "Completed": 10})
     client = MlflowClient(third["tracking_uri"])
     new_children = children_of(client, third)
-    assert sorted(new_children) == sorted(n for n in COMPRESSED if not n.endswith("none"))
+    assert sorted(new_children) == sorted(COMPRESSED)
     reference_id = children_of(client, first)["reference"].info.run_id
     assert {child.data.tags["reference_run_id"] for child in new_children.values()} == {
         reference_id

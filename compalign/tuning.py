@@ -1,0 +1,98 @@
+"""Automatic choice of a loss's weights on the validation split (Joseph et al., 2012.01604,
+first version: the weights of the label-preserving loss are tuned automatically).
+
+Each candidate fine-tunes a fresh copy of the compressed model with the same training settings;
+the winner leaves the fewest validation mismatches with the reference among the candidates whose
+validation accuracy is at least that of the configured weights (ties: higher accuracy, then the
+earlier candidate). The configured weights are always candidate 0, so tuning never picks a model
+less accurate than the untuned one on the validation split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+
+from compalign.data import Split
+from compalign.losses import LOSSES
+from compalign.train import EpochCallback, TrainConfig, fit, predict_logits
+
+# Overrides tried on top of the configured hyperparameters; small on purpose (each candidate is
+# a full fine-tuning run). Ranges follow the papers: KD's usual T and alpha; the authors of the
+# performance-weighted loss used m in [0.3, 0.95] and gamma in [0.5, 5].
+TUNING_GRIDS: dict[str, list[dict[str, float]]] = {
+    "kd": [
+        {"alpha": 0.5},
+        {"alpha": 0.99},
+        {"temperature": 2.0},
+        {"temperature": 8.0},
+    ],
+    "label_preserving": [
+        {"w_logit": 0.0},
+        {"w_logit": 0.5},
+        {"w_mm": 2.0},
+        {"w_mm": 0.5},
+        {"w_kd": 2.0},
+    ],
+    "pw": [
+        {"gamma": 2.0},
+        {"gamma": 1.0, "m": 0.5},
+        {"gamma": 0.5, "m": 0.9},
+        {"m": 0.3},
+    ],
+}
+
+
+def candidates(loss: str, configured: dict[str, Any]) -> list[dict[str, Any]]:
+    """The configured hyperparameters, then each grid override applied on top (duplicates
+    dropped). A loss without a grid (ce) has the configured candidate only."""
+    found = [dict(configured)]
+    for override in TUNING_GRIDS.get(loss, []):
+        candidate = {**configured, **override}
+        if candidate not in found:
+            found.append(candidate)
+    return found
+
+
+def tune_loss(
+    make_model: Callable[[], nn.Module],
+    reference: nn.Module,
+    train: Split,
+    val: Split,
+    loss: str,
+    configured: dict[str, Any],
+    config: TrainConfig,
+    device: torch.device | str = "cpu",
+    on_candidate: Callable[[int, dict[str, Any]], EpochCallback | None] | None = None,
+) -> tuple[nn.Module, dict[str, Any], pd.DataFrame]:
+    """Fine-tune one model per candidate; return the chosen model, its hyperparameters and the
+    search table (one row per candidate: hyperparameters, val_mismatches, val_accuracy, chosen)."""
+    reference_predictions = predict_logits(reference, val, device=device).argmax(1)
+    rows, models = [], []
+    for index, hyperparameters in enumerate(candidates(loss, configured)):
+        model = make_model()
+        on_epoch = on_candidate(index, hyperparameters) if on_candidate else None
+        fit(model, train, config, LOSSES[loss](**hyperparameters), reference, device, on_epoch)
+        predictions = predict_logits(model, val, device=device).argmax(1)
+        rows.append(
+            {
+                **hyperparameters,
+                "val_mismatches": int((predictions != reference_predictions).sum()),
+                "val_accuracy": float((predictions == val.labels).float().mean()),
+            }
+        )
+        models.append(model)
+    table = pd.DataFrame(rows)
+    floor = table.loc[0, "val_accuracy"]
+    eligible = table[table.val_accuracy >= floor]
+    best = eligible.sort_values(
+        ["val_mismatches", "val_accuracy"], ascending=[True, False], kind="stable"
+    ).index[0]
+    table["chosen"] = table.index == best
+    chosen = {key: table.loc[best, key] for key in configured}
+    chosen = {key: type(configured[key])(value) for key, value in chosen.items()}
+    return models[best], chosen, table
