@@ -127,7 +127,7 @@ def summary_markdown(frame: pd.DataFrame) -> str:
     head = ""
     if len(reference):
         head = f"Reference accuracy {reference.accuracy.iloc[0]:.4f}, ECE {reference.ece.iloc[0]:.3f}.\n\n"
-    return head + display_frame(frame).to_markdown(index=False)
+    return head + display_frame(frame).to_markdown(index=False, disable_numparse=True)
 
 
 def publish_summary(
