@@ -3,11 +3,17 @@
 A checkpoint directory holds `model.pt` (loaded with `weights_only=True`: tensors and plain
 Python values only, never pickled code) and `manifest.json` with its sha256. A file whose digest
 does not match its manifest is refused.
+
+Every kind of compressed model rebuilds from its architecture name and the state dict: a float
+model (pruning masks stored separately and re-applied; a structurally pruned model's layers
+resized to the saved shapes), or a quantized/half one (an empty model of the right structure is
+built, then the saved int8/half state loaded into it).
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,29 +27,44 @@ from compalign.models import build_model
 
 CHECKPOINT_FILE = "model.pt"
 MANIFEST_FILE = "manifest.json"
-FORMAT_VERSION = 1
+# torch.load of quantized tensors warns from inside torch about its own TypedStorage use
+warnings.filterwarnings("ignore", message="TypedStorage is deprecated")
+
+FORMAT_VERSION = 2
+KINDS = ("float", "quantize_dynamic", "quantize_static", "half")
 
 
 def save_checkpoint(
-    model: nn.Module, architecture: dict[str, Any], out_dir: str | Path, **metadata: Any
+    model: nn.Module,
+    architecture: dict[str, Any],
+    out_dir: str | Path,
+    kind: str = "float",
+    half_dtype: str = "bfloat16",
+    **metadata: Any,
 ) -> dict[str, Any]:
-    """Write `model` (masks kept separately) to out_dir/model.pt and its manifest; return it.
+    """Write `model` to out_dir/model.pt and its manifest; return the manifest.
 
-    `architecture` holds build_model's arguments: name, num_classes, in_channels, image_size.
+    `architecture` holds build_model's arguments: name, num_classes, in_channels, image_size;
+    `kind` is "float" (masks kept separately) or the quantization method that produced it.
     """
+    if kind not in KINDS:
+        raise ValueError(f"unknown checkpoint kind {kind!r}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": FORMAT_VERSION,
+        "kind": kind,
+        "half_dtype": half_dtype,
         "architecture": dict(architecture),
-        "state_dict": plain_state_dict(model),
-        "masks": masks_of(model),
+        "state_dict": plain_state_dict(model) if kind == "float" else model.state_dict(),
+        "masks": masks_of(model) if kind == "float" else {},
     }
     path = out_dir / CHECKPOINT_FILE
     torch.save(payload, path)
     manifest = {
         "file": CHECKPOINT_FILE,
         "sha256": sha256_file(path),
+        "kind": kind,
         "architecture": dict(architecture),
         **metadata,
     }
@@ -75,13 +96,25 @@ def load_checkpoint(checkpoint_dir: str | Path, device: str | torch.device = "cp
     payload = torch.load(path, map_location="cpu", weights_only=True)
     if payload.get("format") != FORMAT_VERSION:
         raise UserError(f"{path}: checkpoint format {payload.get('format')} is not supported")
+    return rebuild(payload).to(device)
+
+
+def rebuild(payload: dict[str, Any]) -> nn.Module:
+    """The model a checkpoint payload describes, weights loaded, in eval mode."""
     architecture = payload["architecture"]
-    model = build_model(
-        architecture["name"],
-        architecture["num_classes"],
-        architecture["in_channels"],
-        architecture["image_size"],
-    )
-    model.load_state_dict(payload["state_dict"])
-    apply_masks(model, payload["masks"])
-    return model.to(device)
+    model = build_model(**architecture)
+    state = payload["state_dict"]
+    if payload["kind"] == "float":
+        from compalign.structured import resize_to_state_dict
+
+        resize_to_state_dict(model, state)
+        model.load_state_dict(state)
+        return apply_masks(model, payload["masks"]).eval()
+    from compalign import quantize
+
+    size, channels = architecture["image_size"], architecture["in_channels"]
+    example = torch.zeros(1, channels, size, size)
+    dtype = getattr(torch, payload["half_dtype"])
+    model = quantize.rebuild(model.eval(), payload["kind"], example, dtype)
+    model.load_state_dict(state)
+    return model.eval()

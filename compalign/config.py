@@ -74,13 +74,54 @@ class ReferenceParams(TrainingParams):
         return _one_of(value, MODELS)
 
 
+class RandomParams(Section):
+    """Random unstructured pruning (the baseline)."""
+
+    seed: Seed = 0
+
+
+class GradualParams(Section):
+    """Zhu & Gupta's gradual magnitude pruning, in fine-tuning steps (null: derived from the run
+    length: prune from step 0 to 60% of the steps, 10 mask updates)."""
+
+    initial_sparsity: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    start_step: Annotated[int, Field(ge=0)] | None = None
+    end_step: Annotated[int, Field(ge=1)] | None = None
+    frequency: Annotated[int, Field(ge=1)] | None = None
+
+
+class StructuredParams(Section):
+    """Channel pruning with physical removal; `compress.sparsities` are fractions of MACs removed."""
+
+    importance: Literal["l1", "taylor"] = "l1"
+    global_pruning: bool = False
+
+
+class HalfParams(Section):
+    """Half-precision weights."""
+
+    dtype: Literal["float16", "bfloat16"] = "bfloat16"
+
+
 class CompressParams(Section):
-    """Which compressors, at which sparsities (fraction of prunable weights set to zero)."""
+    """Which compressors, at which levels: the fraction of prunable weights set to zero for
+    unstructured pruning, the fraction of MACs removed for `structured`; quantizers have none."""
 
     methods: list[str] = Field(default_factory=lambda: ["magnitude_global"], min_length=1)
     sparsities: list[Fraction] = Field(
         default_factory=lambda: [0.9, 0.95, 0.97, 0.98], min_length=1
     )
+    calibration_batches: Annotated[int, Field(ge=1, le=1000)] = 8
+    calibration_batch_size: Annotated[int, Field(ge=1)] = 64
+    random: RandomParams = Field(default_factory=RandomParams)
+    gradual_magnitude: GradualParams = Field(default_factory=GradualParams)
+    structured: StructuredParams = Field(default_factory=StructuredParams)
+    half: HalfParams = Field(default_factory=HalfParams)
+
+    def options(self, method: str) -> dict[str, Any]:
+        """The settings of compressor `method` (its sub-section, if it has one)."""
+        section = getattr(self, method, None)
+        return section.model_dump() if isinstance(section, BaseModel) else {}
 
     @field_validator("methods")
     @classmethod
@@ -134,6 +175,7 @@ class AlignParams(TrainingParams):
     epochs: Annotated[int, Field(ge=1)] = 20
     lr: Annotated[float, Field(gt=0.0)] = 0.01
     tune: bool = False
+    quantization_aware: bool = False
     kd: KDParams = Field(default_factory=KDParams)
     label_preserving: LabelPreservingParams = Field(default_factory=LabelPreservingParams)
     pw: PerformanceWeightedParams = Field(default_factory=PerformanceWeightedParams)
@@ -172,6 +214,9 @@ class AuditParams(Section):
     integrated_gradients_steps: Annotated[int, Field(ge=2, le=512)] = 32
     top_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1
     figure_examples: Annotated[int, Field(ge=0, le=32)] = 6
+    latency_warmup: Annotated[int, Field(ge=0)] = 5
+    latency_repeats: Annotated[int, Field(ge=1)] = 30
+    latency_batch_sizes: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [1, 64])
 
 
 class RunParams(Section):

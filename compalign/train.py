@@ -34,6 +34,7 @@ class TrainConfig:
 
 
 EpochCallback = Callable[[int, dict[str, float]], None]
+StepCallback = Callable[[int, nn.Module], None]
 
 
 def resolve_device(device: str) -> torch.device:
@@ -41,6 +42,11 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def total_steps(train_size: int, config: TrainConfig) -> int:
+    """Optimisation steps of a `fit` run."""
+    return config.epochs * math.ceil(train_size / config.batch_size)
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -80,11 +86,13 @@ def fit(
     reference: nn.Module | None = None,
     device: torch.device | str = "cpu",
     on_epoch: EpochCallback | None = None,
+    on_step: StepCallback | None = None,
 ) -> nn.Module:
     """Train `model` on `train` with `loss_fn(logits, reference_logits, labels)`; cosine schedule.
 
     With `reference`, its logits on each (augmented) batch are computed without gradients and
-    passed to the loss; the reference stays frozen in eval mode.
+    passed to the loss; the reference stays frozen in eval mode. `on_step(step, model)` runs
+    before each optimisation step (gradual pruning updates its masks there).
     """
     device = torch.device(device)
     model.to(device).train()
@@ -92,14 +100,17 @@ def fit(
         reference.to(device).eval()  # frozen: its logits are computed under no_grad below
     generator = torch.Generator().manual_seed(config.seed)
     optimizer = make_optimizer(model, config)
-    steps_per_epoch = math.ceil(len(train) / config.batch_size)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-        optimizer, T_max=config.epochs * steps_per_epoch
+        optimizer, T_max=total_steps(len(train), config)
     )
+    step = 0
     for epoch in range(config.epochs):
         order = torch.randperm(len(train), generator=generator)
         total_loss = correct = 0.0
         for start in range(0, len(train), config.batch_size):
+            if on_step is not None:
+                on_step(step, model)
+            step += 1
             index = order[start : start + config.batch_size]
             images = train.normalise(train.images[index])
             if config.augment:
@@ -124,12 +135,20 @@ def fit(
     return model.eval()
 
 
+def runs_on(model: nn.Module, device: torch.device | str) -> torch.device:
+    """`device` for a float32 model; the CPU for a quantized or half-precision one (int8 kernels
+    are CPU kernels, and half models are measured where they are deployed)."""
+    quantized = any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in model.modules())
+    half = any(p.dtype in (torch.float16, torch.bfloat16) for p in model.parameters())
+    return torch.device("cpu") if quantized or half else torch.device(device)
+
+
 @torch.no_grad()
 def predict_logits(
     model: nn.Module, split: Split, batch_size: int = 512, device: torch.device | str = "cpu"
 ) -> torch.Tensor:
     """Logits of `model` (eval mode) on every example of `split`, in order, on the CPU."""
-    device = torch.device(device)
+    device = runs_on(model, device)
     model.to(device).eval()
     outputs = []
     for start in range(0, len(split), batch_size):

@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from compalign.data import Split
-from compalign.losses import LOSSES
-from compalign.train import EpochCallback, TrainConfig, fit, predict_logits
+from compalign.losses import LOSSES, LossFn
+from compalign.train import EpochCallback, predict_logits
 
 # Overrides tried on top of the configured hyperparameters; small on purpose (each candidate is
 # a full fine-tuning run). Ranges follow the papers: KD's usual T and alpha; the authors of the
@@ -59,24 +59,22 @@ def candidates(loss: str, configured: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def tune_loss(
-    make_model: Callable[[], nn.Module],
+    train_candidate: Callable[[LossFn, EpochCallback | None], nn.Module],
     reference: nn.Module,
-    train: Split,
     val: Split,
     loss: str,
     configured: dict[str, Any],
-    config: TrainConfig,
     device: torch.device | str = "cpu",
     on_candidate: Callable[[int, dict[str, Any]], EpochCallback | None] | None = None,
 ) -> tuple[nn.Module, dict[str, Any], pd.DataFrame]:
-    """Fine-tune one model per candidate; return the chosen model, its hyperparameters and the
-    search table (one row per candidate: hyperparameters, val_mismatches, val_accuracy, chosen)."""
+    """Fine-tune one model per candidate with `train_candidate(loss_fn, on_epoch)`; return the
+    chosen model, its hyperparameters and the search table (one row per candidate:
+    hyperparameters, val_mismatches, val_accuracy, chosen)."""
     reference_predictions = predict_logits(reference, val, device=device).argmax(1)
     rows, models = [], []
     for index, hyperparameters in enumerate(candidates(loss, configured)):
-        model = make_model()
         on_epoch = on_candidate(index, hyperparameters) if on_candidate else None
-        fit(model, train, config, LOSSES[loss](**hyperparameters), reference, device, on_epoch)
+        model = train_candidate(LOSSES[loss](**hyperparameters), on_epoch)
         predictions = predict_logits(model, val, device=device).argmax(1)
         rows.append(
             {

@@ -18,11 +18,15 @@ from prefect.futures import wait
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from compalign.compress import COMPRESSORS
 from compalign.config import Params
 from compalign.data import load_split, read_manifest
 from compalign.train import resolve_device
 from flows.plan import (
     BASELINE_LOSS,
+    align_arguments,
+    compress_arguments,
+    compressed_id,
     compressed_labels,
     grid_by_compression,
     model_grid,
@@ -32,6 +36,7 @@ from tasks import tracking
 from tasks.align import align_task
 from tasks.audit import audit_task
 from tasks.compress import compress_task
+from tasks.costs import costs_task, latency_settings
 from tasks.data import prepare_task
 from tasks.logs import stage_logger
 from tasks.report import publish_summary
@@ -57,6 +62,16 @@ def log_data_lineage(track: tracking.Tracking, run_id: str, data: dict[str, Any]
     tracking.log_dataset(
         track, run_id, pd.concat(frames, ignore_index=True), manifest, data["path"], "training"
     )
+
+
+def compressed_future(settings: Params, spec, data, reference, cache: dict, futures: list):
+    """The compress task of a spec, submitted once per compress output (see compressed_id)."""
+    name = compressed_id(settings, spec)
+    if name not in cache:
+        needs_data, arguments = compress_arguments(settings, spec)
+        cache[name] = compress_task.submit(data if needs_data else None, reference, **arguments)
+        futures.append(("compress", name, cache[name]))
+    return cache[name]
 
 
 def run_name(params: Params) -> str:
@@ -87,7 +102,8 @@ def pipeline(params: dict[str, Any]) -> dict[str, Any]:
     )
     logger.info("MLflow parent run %s (experiment %s)", parent, track["experiment_id"])
     status = "FAILED"
-    futures = []
+    futures = []  # (stage, model, future) of every submitted task
+    finished = []  # (stage, model, state) of the tasks run directly
     try:
         audit = settings.audit.model_dump()
         data = prepare_task.submit(settings.data.model_dump())
@@ -99,23 +115,18 @@ def pipeline(params: dict[str, Any]) -> dict[str, Any]:
         futures.append(("audit", "reference", reference_audit))
         log_data_lineage(track, parent, data.result())
         audits = [reference_audit]
+        models = {"reference": reference}
+        compressed: dict[tuple, Any] = {}
         for specs in grid_by_compression(settings):
-            spec = specs[0]
-            compressed_model = compress_task.submit(reference, spec.method, spec.sparsity)
-            futures.append(("compress", spec.compressed_name, compressed_model))
             baseline = None  # the `ce` audit at this compression: reduction factors need it
             for spec in specs:  # `ce` first
+                compressed_model = compressed_future(
+                    settings, spec, data, reference, compressed, futures
+                )
                 model = compressed_model
                 if spec.fine_tuned:
                     model = align_task.submit(
-                        data,
-                        reference,
-                        compressed_model,
-                        spec.loss,
-                        settings.align.loss_hyperparameters(spec.loss),
-                        settings.align.training_settings(),
-                        device,
-                        settings.align.tune,
+                        data, reference, compressed_model, **align_arguments(settings, spec, device)
                     )
                     futures.append(("align", spec.name, model))
                 audit_future = audit_task.submit(
@@ -132,11 +143,27 @@ def pipeline(params: dict[str, Any]) -> dict[str, Any]:
                 if spec.loss == BASELINE_LOSS:
                     baseline = audit_future
                 audits.append(audit_future)
+                models[spec.name] = model
                 futures.append(("audit", spec.name, audit_future))
         wait([future for _, _, future in futures])
         by_name = {result["labels"]["name"]: result for result in (f.result() for f in audits)}
-        results = [by_name["reference"]] + [by_name[spec.name] for spec in model_grid(settings)]
-        summary = publish_summary(track, parent, results, REPORT_DIR)
+        names = ["reference"] + [spec.name for spec in model_grid(settings)]
+        results = [by_name[name] for name in names]
+        # costs one model at a time, once nothing else runs: latency is measured undisturbed
+        costs = {}
+        for name in names:
+            state = costs_task(
+                data,
+                models[name].result(),
+                latency_settings(audit),
+                name,
+                track,
+                by_name[name]["run_id"],
+                return_state=True,
+            )
+            finished.append(("costs", name, state))
+            costs[name] = state.result()["costs"]
+        summary = publish_summary(track, parent, results, REPORT_DIR, costs)
         status = "FINISHED"
     except (KeyboardInterrupt, TerminationSignal):
         status = "KILLED"
@@ -146,7 +173,7 @@ def pipeline(params: dict[str, Any]) -> dict[str, Any]:
     states = [
         {"stage": stage, "model": name, "state": future.state.name}
         for stage, name, future in futures
-    ]
+    ] + [{"stage": stage, "model": name, "state": state.name} for stage, name, state in finished]
     cached = sum(state["state"] == "Cached" for state in states)
     logger.info("%d tasks: %d Cached, %d run", len(states), cached, len(states) - cached)
     return {
@@ -159,7 +186,22 @@ def pipeline(params: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def task_workers(params: Params) -> int:
+    """`run.workers`, or 1 when a compressor traces with torch.fx: FX patches
+    torch.nn.Module.__call__ process-wide while it traces, so tasks in other threads must not
+    run models at the same time."""
+    if any(COMPRESSORS[method].traces_globally for method in params.compress.methods):
+        return 1
+    return params.run.workers
+
+
 def run_pipeline(params: Params) -> dict[str, Any]:
-    """Run the flow with a thread pool of `run.workers` tasks at a time."""
-    runner = ThreadPoolTaskRunner(max_workers=params.run.workers)
+    """Run the flow with a thread pool of `task_workers(params)` tasks at a time."""
+    workers = task_workers(params)
+    if workers < params.run.workers:
+        print(
+            f"note: running one task at a time (run.workers={params.run.workers}): "
+            "quantize_static traces models with torch.fx, which is not thread-safe"
+        )
+    runner = ThreadPoolTaskRunner(max_workers=workers)
     return pipeline.with_options(task_runner=runner)(params.model_dump())

@@ -17,6 +17,9 @@ from compalign.config import Params
 from compalign.train import resolve_device
 from flows.plan import (
     BASELINE_LOSS,
+    align_arguments,
+    compress_arguments,
+    compressed_id,
     compressed_labels,
     grid_by_compression,
     model_grid,
@@ -26,6 +29,7 @@ from tasks import tracking
 from tasks.align import align
 from tasks.audit import METRICS_FILE, audit_model
 from tasks.compress import compress
+from tasks.costs import latency_settings, measure_costs
 from tasks.data import prepare
 from tasks.report import print_summary, publish_summary
 from tasks.store import artifact_of
@@ -66,14 +70,19 @@ def stage_reference(params: Params) -> None:
 
 def stage_compress(params: Params) -> None:
     _fresh(COMPRESSED_DIR)
-    reference = artifact_of(REFERENCE_DIR)
-    for spec in {(s.method, s.sparsity): s for s in model_grid(params)}.values():
-        compress(
-            reference,
-            spec.method,
-            spec.sparsity,
-            out_dir=str(COMPRESSED_DIR / spec.compressed_name),
-        )
+    data, reference = artifact_of(DATA_DIR), artifact_of(REFERENCE_DIR)
+    done = set()
+    for spec in model_grid(params):
+        name = compressed_id(params, spec)
+        if name not in done:
+            needs_data, arguments = compress_arguments(params, spec)
+            compress(
+                data if needs_data else None,
+                reference,
+                **arguments,
+                out_dir=str(COMPRESSED_DIR / name),
+            )
+            done.add(name)
 
 
 def stage_align(params: Params) -> None:
@@ -84,12 +93,8 @@ def stage_align(params: Params) -> None:
             align(
                 data,
                 reference,
-                artifact_of(COMPRESSED_DIR / spec.compressed_name),
-                spec.loss,
-                params.align.loss_hyperparameters(spec.loss),
-                params.align.training_settings(),
-                _device(params),
-                params.align.tune,
+                artifact_of(COMPRESSED_DIR / compressed_id(params, spec)),
+                **align_arguments(params, spec, _device(params)),
                 out_dir=str(ALIGNED_DIR / spec.name),
             )
 
@@ -128,13 +133,14 @@ def stage_audit(params: Params) -> None:
             out_dir=str(AUDIT_MODELS_DIR / labels["name"]),
         )
         results = [reference_audit]
+        model_dirs = {"reference": REFERENCE_DIR}
         for specs in grid_by_compression(params):
             baseline = None
             for spec in specs:  # the `ce` baseline first: the others' reduction factors need it
                 model_dir = (
                     ALIGNED_DIR / spec.name
                     if spec.fine_tuned
-                    else COMPRESSED_DIR / spec.compressed_name
+                    else COMPRESSED_DIR / compressed_id(params, spec)
                 )
                 result = audit_model(
                     data,
@@ -151,13 +157,24 @@ def stage_audit(params: Params) -> None:
                 if spec.loss == BASELINE_LOSS:
                     baseline = result
                 results.append(result)
+                model_dirs[spec.name] = model_dir
         by_name = {result["labels"]["name"]: result for result in results}
         results = [by_name["reference"]] + [by_name[spec.name] for spec in model_grid(params)]
-        for result in results:
-            metrics = json.loads((Path(result["path"]) / METRICS_FILE).read_text())
+        costs = {}
+        for result in results:  # one at a time, after the audits, like the flow
             name = result["labels"]["name"]
+            costs[name] = measure_costs(
+                data,
+                artifact_of(model_dirs[name]),
+                latency_settings(audit),
+                name,
+                track,
+                result["run_id"],
+            )["costs"]
+            metrics = json.loads((Path(result["path"]) / METRICS_FILE).read_text())
+            metrics.update(costs[name])
             (AUDIT_METRICS_DIR / f"{name}.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        summary = publish_summary(track, parent, results, AUDIT_SUMMARY_DIR)
+        summary = publish_summary(track, parent, results, AUDIT_SUMMARY_DIR, costs)
         status = "FINISHED"
     finally:
         tracking.finish_run(track, parent, status)

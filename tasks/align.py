@@ -1,4 +1,4 @@
-"""Stage `align`: fine-tune a compressed model with an alignment loss, masks kept applied."""
+"""Stage `align`: fine-tune a compressed model with an alignment loss, as its compressor needs."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from typing import Any
 from prefect import task
 
 from compalign.checkpoint import load_checkpoint, read_checkpoint_manifest, save_checkpoint
-from compalign.compress import weight_sparsity
+from compalign.compress import COMPRESSORS, weight_sparsity
 from compalign.config import TrainingParams
 from compalign.data import load_split, read_manifest
+from compalign.finetune import fine_tune
 from compalign.losses import LOSSES
-from compalign.train import fit
 from compalign.tuning import TUNING_GRIDS, tune_loss
 from tasks.logs import epoch_logger, stage_logger
 from tasks.options import task_options
@@ -26,6 +26,9 @@ def align(
     data: Artifact,
     reference: Artifact,
     compressed: Artifact,
+    method: str,
+    level: float | None,
+    options: dict[str, Any],
     loss: str,
     hyperparameters: dict[str, Any],
     training: dict[str, Any],
@@ -33,26 +36,42 @@ def align(
     tune: bool = False,
     out_dir: str | None = None,
 ) -> Artifact:
-    """Fine-tune `compressed` on the training split with `LOSSES[loss](**hyperparameters)`;
-    with `tune`, first choose the hyperparameters on the validation split (compalign.tuning)."""
+    """Fine-tune the compressed model of `method` with `LOSSES[loss](**hyperparameters)`; with
+    `tune`, first choose the hyperparameters on the validation split (compalign.tuning)."""
 
     def build(scratch: Path) -> None:
         data_dir = require(data, "prepared dataset")
         compressed_dir = require(compressed, "compressed checkpoint")
+        reference_dir = require(reference, "reference checkpoint")
         settings = TrainingParams.model_validate(training)
-        reference_model = load_checkpoint(require(reference, "reference checkpoint"))
+        reference_model = load_checkpoint(reference_dir)
         manifest = read_manifest(data_dir)
         train = load_split(data_dir, "train", manifest)
-        chosen = dict(hyperparameters)
-        if tune and loss in TUNING_GRIDS:
-            model, chosen, table = tune_loss(
+
+        def train_candidate(loss_fn, on_epoch):
+            return fine_tune(
+                method,
+                level,
+                options,
                 lambda: load_checkpoint(compressed_dir),
+                lambda: load_checkpoint(reference_dir),
                 reference_model,
                 train,
+                train_config(settings),
+                loss_fn,
+                device,
+                on_epoch,
+            )
+
+        chosen = dict(hyperparameters)
+        tuned = bool(tune and loss in TUNING_GRIDS)
+        if tuned:
+            model, chosen, table = tune_loss(
+                train_candidate,
+                reference_model,
                 load_split(data_dir, "val", manifest),
                 loss,
                 hyperparameters,
-                train_config(settings),
                 device,
                 on_candidate=lambda index, values: epoch_logger(
                     f"tune {loss} candidate {index} {values}", settings.epochs
@@ -63,29 +82,25 @@ def align(
                 "tuned %s: chose %s\n%s", loss, chosen, table.to_string(index=False)
             )
         else:
-            model = load_checkpoint(compressed_dir)
-            fit(
-                model,
-                train,
-                train_config(settings),
-                LOSSES[loss](**hyperparameters),
-                reference=reference_model,
-                device=device,
-                on_epoch=epoch_logger(f"align {loss}", settings.epochs),
+            model = train_candidate(
+                LOSSES[loss](**hyperparameters), epoch_logger(f"align {loss}", settings.epochs)
             )
-        measured = weight_sparsity(model)
-        stage_logger().info("aligned with %s: weight sparsity still %.4f", loss, measured)
+        quantized = COMPRESSORS[method].family == "quantization"
+        measured = 0.0 if quantized else weight_sparsity(model)
+        stage_logger().info("%s aligned with %s: weight sparsity %.4f", method, loss, measured)
         source = read_checkpoint_manifest(compressed_dir)
         save_checkpoint(
             model,
             source["architecture"],
             scratch,
+            kind=source["kind"],
+            half_dtype=options.get("dtype", "bfloat16"),
             stage="align",
             loss=loss,
             hyperparameters=chosen,
-            tuned=bool(tune and loss in TUNING_GRIDS),
-            compressor=source["compressor"],
-            sparsity=source["sparsity"],
+            tuned=tuned,
+            compressor=method,
+            sparsity=level,
             measured_sparsity=measured,
         )
 
@@ -93,6 +108,9 @@ def align(
         "data": data,
         "reference": reference,
         "compressed": compressed,
+        "method": method,
+        "level": level,
+        "options": options,
         "loss": loss,
         "hyperparameters": hyperparameters,
         "training": training,

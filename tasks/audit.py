@@ -81,6 +81,12 @@ def _attributions(model, test: Split, indices: np.ndarray, targets: np.ndarray, 
     }
 
 
+def attributable(model) -> bool:
+    """Gradient attributions need a differentiable model: int8 kernels have no gradients, so
+    quantized models get no attribution agreement (half-precision ones do)."""
+    return not any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in model.modules())
+
+
 def _json_safe(metrics: dict[str, float]) -> dict[str, float | str]:
     """JSON has no inf/NaN: such values are written as the strings "inf", "-inf", "nan"."""
     return {k: (v if math.isfinite(v) else str(v)) for k, v in metrics.items()}
@@ -149,7 +155,7 @@ def _agreement(
     """Attribution agreement with the reference on its fixed sample: per-example Spearman rank
     correlation and top-k IoU per method, their mean and quantiles, a table and a figure."""
     path = reference_dir / ATTRIBUTIONS_FILE
-    if not audit["attribution_samples"] or not path.is_file():
+    if not audit["attribution_samples"] or not path.is_file() or not attributable(model):
         return {}
     saved = np.load(path)
     indices, targets = saved["indices"], saved["targets"]

@@ -19,6 +19,17 @@ HEADLINE = [
     "mismatches_ref_correct",
     "reduction_factor",
 ]
+COSTS = [
+    "params_total",
+    "params_nonzero",
+    "macs",
+    "size_bytes",
+    "size_gzip_bytes",
+    "latency_ms_b1",
+    "latency_ms_b64",
+    "latency_threads",
+]
+RELATIVE = ["params_nonzero", "macs", "size_bytes", "latency_ms_b1", "latency_ms_b64"]
 INTERVALS = [
     "mismatches",
     "mismatches_ref_correct",
@@ -47,10 +58,14 @@ def _attribution(metrics: dict[str, float]) -> float:
     return float("nan")
 
 
-def summary_frame(results: list[dict[str, Any]]) -> pd.DataFrame:
+def summary_frame(
+    results: list[dict[str, Any]], costs: dict[str, dict[str, float]] | None = None
+) -> pd.DataFrame:
     """One row per audited model: labels, headline metrics with their intervals, reduction
-    factors against `ce`, class and group fairness, attribution agreement, ECE, MLflow run id."""
+    factors against `ce`, class and group fairness, attribution agreement, ECE, costs (and
+    their ratio to the reference's: `<cost>_ratio`), MLflow run id."""
     rows = []
+    costs = costs or {}
     for result in results:
         labels, metrics = result["labels"], result["metrics"]
         nan = float("nan")
@@ -60,6 +75,7 @@ def summary_frame(results: list[dict[str, Any]]) -> pd.DataFrame:
             "compressor": labels["compressor"],
             "sparsity": float(labels["sparsity"]),
             "loss": labels["loss"],
+            "level_kind": labels.get("level_kind", "weight_sparsity"),
         }
         row.update({column: metrics.get(column, nan) for column in HEADLINE})
         row["reduction_factor_ref_correct"] = metrics.get("reduction_factor_ref_correct", nan)
@@ -73,9 +89,15 @@ def summary_frame(results: list[dict[str, Any]]) -> pd.DataFrame:
         row["group"], row["group_gap_change"] = _group_gap(metrics)
         row["attribution_agreement"] = _attribution(metrics)
         row["ece"] = metrics.get("ece", nan)
+        row.update({column: costs.get(labels["name"], {}).get(column, nan) for column in COSTS})
         row["run_id"] = result["run_id"]
         rows.append(row)
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    reference = frame[frame.role == "reference"]
+    for column in RELATIVE:
+        base = reference[column].iloc[0] if len(reference) else nan
+        frame[f"{column}_ratio"] = frame[column] / base if base else nan
+    return frame
 
 
 def _number(value: float, digits: int = 2) -> str:
@@ -95,14 +117,18 @@ def _with_interval(row: pd.Series, column: str, digits: int) -> str:
     return f"{_number(value, digits)} [{_number(low, digits)}, {_number(high, digits)}]"
 
 
+def _level(row: pd.Series) -> str:
+    return "–" if row.level_kind == "none" else f"{row.sparsity:g}"
+
+
 def display_frame(frame: pd.DataFrame) -> pd.DataFrame:
-    """The compressed rows as strings: what the terminal and the Markdown table show."""
+    """What compression cost beyond accuracy, per compressed model, as strings."""
     shown = []
     for _, row in frame[frame.role != "reference"].iterrows():
         shown.append(
             {
                 "compressor": row.compressor,
-                "sparsity": f"{row.sparsity:g}",
+                "level": _level(row),
                 "loss": row.loss,
                 "accuracy": _number(row.accuracy, 4),
                 "Δ acc.": f"{row.accuracy_change:+.4f}",
@@ -121,21 +147,54 @@ def display_frame(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(shown)
 
 
+def costs_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """What each model costs, the reference first, ratios to the reference's, as strings."""
+    if "macs" not in frame or frame.macs.isna().all():
+        return pd.DataFrame()
+    shown = []
+    for _, row in frame.iterrows():
+        shown.append(
+            {
+                "compressor": row.compressor if row.role != "reference" else "reference",
+                "level": _level(row) if row.role != "reference" else "–",
+                "loss": row.loss if row.role != "reference" else "–",
+                "nonzero params": f"{row.params_nonzero:,.0f}",
+                "MACs ×": _number(row.macs_ratio, 2),
+                "size ×": _number(row.size_bytes_ratio, 2),
+                "gzip size ×": _number(row.size_gzip_bytes / frame.size_gzip_bytes.iloc[0], 2),
+                "latency b1 ms": _number(row.latency_ms_b1, 2),
+                "×": _number(row.latency_ms_b1_ratio, 2),
+                "latency b64 ms": _number(row.latency_ms_b64, 2),
+                "× ": _number(row.latency_ms_b64_ratio, 2),
+            }
+        )
+    return pd.DataFrame(shown)
+
+
 def summary_markdown(frame: pd.DataFrame) -> str:
     """The comparison table as Markdown, with the reference's accuracy above it."""
     reference = frame[frame.role == "reference"]
     head = ""
     if len(reference):
-        head = f"Reference accuracy {reference.accuracy.iloc[0]:.4f}, ECE {reference.ece.iloc[0]:.3f}.\n\n"
-    return head + display_frame(frame).to_markdown(index=False, disable_numparse=True)
+        head = _reference_line(reference.iloc[0]) + ".\n\n"
+    text = head + display_frame(frame).to_markdown(index=False, disable_numparse=True)
+    costs = costs_frame(frame)
+    if len(costs):
+        text += "\n\nCosts (CPU latency: median of repeated runs after warm-up):\n\n"
+        text += costs.to_markdown(index=False, disable_numparse=True)
+    return text
 
 
 def publish_summary(
-    tracking: Tracking, parent_run_id: str, results: list[dict[str, Any]], out_dir: str | Path
+    tracking: Tracking,
+    parent_run_id: str,
+    results: list[dict[str, Any]],
+    out_dir: str | Path,
+    costs: dict[str, dict[str, float]] | None = None,
 ) -> pd.DataFrame:
     """Write summary.{parquet,md} to `out_dir`, log them on the parent run, point it at each
     child run (tag `child.<name>`) and copy the headline metrics onto it as `<name>/<metric>`."""
-    frame = summary_frame(results)
+    frame = summary_frame(results, costs)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     frame.to_parquet(out_dir / "summary.parquet", index=False)
@@ -160,22 +219,36 @@ def publish_summary(
 
 
 def print_summary(frame: pd.DataFrame, console: Console | None = None) -> None:
-    """The comparison table on the terminal."""
+    """The comparison table, then the costs table, on the terminal."""
     if console is None:
         console = Console()
-        if not console.is_terminal:  # logs and CI: do not squeeze the table into 80 columns
+        if not console.is_terminal:  # logs and CI: do not squeeze the tables into 80 columns
             console = Console(width=200)
-    shown = display_frame(frame)
-    table = Table(title="compressed vs reference (test split; intervals: bootstrap 95%)")
-    for column in shown.columns:
-        table.add_column(
-            column, justify="left" if column in ("compressor", "loss") else "right", no_wrap=True
-        )
-    for row in shown.itertuples(index=False):
-        table.add_row(*row)
     reference = frame[frame.role == "reference"]
+    tables = [
+        ("compressed vs reference (test split; intervals: bootstrap 95%)", display_frame(frame)),
+        ("costs (CPU; × = relative to the reference)", costs_frame(frame)),
+    ]
+    for title, shown in tables:
+        if not len(shown):
+            continue
+        table = Table(title=title)
+        for column in shown.columns:
+            justify = "left" if column in ("compressor", "loss") else "right"
+            table.add_column(column, justify=justify, no_wrap=True)
+        for row in shown.itertuples(index=False):
+            table.add_row(*row)
+        console.print(table)
     if len(reference):
-        table.caption = (
-            f"reference accuracy {reference.accuracy.iloc[0]:.4f}, ECE {reference.ece.iloc[0]:.3f}"
+        console.print(_reference_line(reference.iloc[0]))
+
+
+def _reference_line(row: pd.Series) -> str:
+    text = f"Reference: accuracy {row.accuracy:.4f}, ECE {row.ece:.3f}"
+    if not math.isnan(row.get("macs", float("nan"))):
+        text += (
+            f", {row.params_total:,.0f} parameters, {row.macs / 1e6:.2f} MMACs, "
+            f"{row.size_bytes / 1e3:.0f} kB, latency {row.latency_ms_b1:.2f} ms at batch 1 and "
+            f"{row.latency_ms_b64:.2f} ms at batch 64 ({row.latency_threads:.0f} threads)"
         )
-    console.print(table)
+    return text

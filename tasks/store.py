@@ -32,37 +32,53 @@ TASKS_DIR = Path(__file__).resolve().parent
 
 # The source files each stage's output depends on (dvc.yaml lists the same files as deps; a test
 # keeps the two in step). Editing one of them reruns that stage and everything after it.
+# Loading or saving any checkpoint involves the code that rebuilds every kind of model.
+CHECKPOINT_CODE = [
+    "compalign/checkpoint.py",
+    "compalign/compress.py",
+    "compalign/models.py",
+    "compalign/quantize.py",
+    "compalign/structured.py",
+]
 STAGE_CODE: dict[str, list[str]] = {
     "prepare": ["compalign/data.py", "compalign/files.py", "tasks/data.py"],
-    "reference": [
-        "compalign/data.py",
-        "compalign/models.py",
-        "compalign/train.py",
-        "compalign/losses.py",
-        "compalign/checkpoint.py",
-        "tasks/train.py",
-    ],
-    "compress": ["compalign/compress.py", "compalign/checkpoint.py", "tasks/compress.py"],
-    "align": [
-        "compalign/data.py",
-        "compalign/train.py",
-        "compalign/losses.py",
-        "compalign/compress.py",
-        "compalign/checkpoint.py",
-        "compalign/tuning.py",
-        "tasks/align.py",
-    ],
-    "audit": [
-        "compalign/data.py",
-        "compalign/audit.py",
-        "compalign/fairness.py",
-        "compalign/attribution.py",
-        "compalign/train.py",
-        "compalign/checkpoint.py",
-        "tasks/audit.py",
-        "tasks/tracking.py",
-    ],
+    "reference": sorted(
+        {"compalign/data.py", "compalign/losses.py", "compalign/train.py", "tasks/train.py"}
+        | set(CHECKPOINT_CODE)
+    ),
+    "compress": sorted(
+        {"compalign/data.py", "compalign/losses.py", "tasks/compress.py"} | set(CHECKPOINT_CODE)
+    ),
+    "align": sorted(
+        {
+            "compalign/data.py",
+            "compalign/finetune.py",
+            "compalign/losses.py",
+            "compalign/train.py",
+            "compalign/tuning.py",
+            "tasks/align.py",
+        }
+        | set(CHECKPOINT_CODE)
+    ),
+    "audit": sorted(
+        {
+            "compalign/attribution.py",
+            "compalign/audit.py",
+            "compalign/data.py",
+            "compalign/fairness.py",
+            "compalign/train.py",
+            "tasks/audit.py",
+            "tasks/tracking.py",
+        }
+        | set(CHECKPOINT_CODE)
+    ),
+    # run by the flow after every audit, and by DVC's audit stage (it has no stage of its own)
+    "costs": sorted(
+        {"compalign/costs.py", "compalign/data.py", "tasks/costs.py", "tasks/tracking.py"}
+        | set(CHECKPOINT_CODE)
+    ),
 }
+PIPELINE_STAGES = ["prepare", "reference", "compress", "align", "audit"]  # the DVC stages
 
 # Parameters that say where or under which parent to put a result, not what the result is.
 NOT_IN_KEY = frozenset({"out_dir", "parent_run_id"})

@@ -57,3 +57,72 @@ def test_masks_stay_applied_during_fine_tuning():
     zeros = sum(int((state[f"{n}.weight"] == 0).sum()) for n in masks_of(model) for n in [n[:-7]])
     total = sum(m.weight.numel() for m, _ in prunable_parameters(model))
     assert zeros / total == pytest.approx(0.9, abs=1e-3)
+
+
+def test_layerwise_prunes_each_layer_to_the_target():
+    model = COMPRESSORS["magnitude_layerwise"](build_model("resnet20", 10, 3, 8), 0.6)
+    for mask in masks_of(model).values():
+        assert float((~mask).float().mean()) == pytest.approx(0.6, abs=0.01)
+    assert weight_sparsity(model) == pytest.approx(0.6, abs=1e-3)
+
+
+def test_random_is_seeded_and_reaches_the_target():
+    def masks(seed):
+        model = COMPRESSORS["random"](build_model("small_cnn", 10, 1, 8), 0.8, {"seed": seed})
+        assert weight_sparsity(model) == pytest.approx(0.8, abs=1e-3)
+        return torch.cat([m.flatten() for m in masks_of(model).values()])
+
+    assert torch.equal(masks(0), masks(0))
+    assert not torch.equal(masks(0), masks(1))
+
+
+@pytest.mark.parametrize(
+    ("step", "expected"),
+    [
+        (0, 0.0),  # t0: the initial sparsity
+        (50, 0.9 + (0.0 - 0.9) * (1 - 50 / 200) ** 3),  # an update step
+        (60, 0.9 + (0.0 - 0.9) * (1 - 50 / 200) ** 3),  # between updates: the last update holds
+        (100, 0.9 - 0.9 * 0.5**3),
+        (150, 0.9 - 0.9 * 0.25**3),
+        (200, 0.9),  # t0 + n dt: the final sparsity
+        (500, 0.9),
+    ],
+)
+def test_gradual_schedule_values(step, expected):
+    """Zhu & Gupta: s_t = s_f + (s_i - s_f)(1 - (t - t0)/(n dt))^3, masks every dt steps
+    (here t0 = 0, dt = 50, n = 4)."""
+    from compalign.compress import gradual_sparsity
+
+    value = gradual_sparsity(step, 0.0, 0.9, start_step=0, end_step=200, frequency=50)
+    assert value == pytest.approx(expected)
+
+
+def test_gradual_schedule_starting_late_and_from_an_initial_sparsity():
+    from compalign.compress import gradual_sparsity
+
+    assert gradual_sparsity(10, 0.2, 0.8, 100, 300, 100) == 0.2
+    assert gradual_sparsity(200, 0.2, 0.8, 100, 300, 100) == pytest.approx(0.8 - 0.6 * 0.5**3)
+
+
+def test_gradual_updates_prune_every_layer_and_never_revive_weights():
+    """Each update re-prunes every layer to the scheduled sparsity by effective magnitude;
+    weights pruned once stay pruned as the sparsity grows."""
+    from compalign.compress import GradualSchedule
+
+    model = build_model("small_cnn", 10, 1, 8)
+    schedule = GradualSchedule(0.0, 0.8, start_step=0, end_step=40, frequency=10)
+    previous = None
+    for step in range(0, 50):
+        schedule.update(step, model)
+        with torch.no_grad():  # a training step: weights move, pruned ones may try to come back
+            for module, _ in prunable_parameters(model):
+                module.weight_orig.add_(torch.randn_like(module.weight_orig) * 0.01)
+        current = torch.cat([m.flatten() for m in masks_of(model).values()])
+        if previous is not None:
+            assert not (current & ~previous).any()
+        previous = current
+    assert [s for _, s in schedule.history] == pytest.approx(
+        [0.0, 0.8 - 0.8 * 0.75**3, 0.8 - 0.8 * 0.5**3, 0.8 - 0.8 * 0.25**3, 0.8]
+    )
+    for mask in masks_of(model).values():
+        assert float((~mask).float().mean()) == pytest.approx(0.8, abs=0.01)

@@ -47,6 +47,7 @@ def test_repro_metrics_status_and_push(tmp_path):
     assert len(list(metrics_dir.glob("*.json"))) == 1 + 10
     kd = json.loads((metrics_dir / "magnitude_global-0.97-kd.json").read_text())
     assert {"accuracy", "mismatches", "mismatches_ref_correct", "recall.0"} <= set(kd)
+    assert {"macs", "size_bytes", "latency_ms_b1", "latency_ms_b64"} <= set(kd)  # costs too
 
     shown = dvc("metrics", "show", cwd=project)
     assert "reports/audit/metrics/reference.json" in shown and "mismatches" in shown

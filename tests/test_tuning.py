@@ -9,7 +9,7 @@ from compalign import tuning
 from compalign.compress import COMPRESSORS
 from compalign.data import Split
 from compalign.models import build_model
-from compalign.train import TrainConfig
+from compalign.train import TrainConfig, fit
 
 
 def test_candidates_start_with_the_configured_weights():
@@ -32,7 +32,7 @@ def split(seed, count=48):
     )
 
 
-def test_tuning_picks_fewest_val_mismatches_at_no_lower_accuracy(monkeypatch):
+def test_tuning_picks_fewest_val_mismatches_at_no_lower_accuracy():
     reference = build_model("small_cnn", 4, 1, 8, seed=0).eval()
     pruned = COMPRESSORS["magnitude_global"](build_model("small_cnn", 4, 1, 8, seed=0), 0.9)
     state = {k: v.clone() for k, v in pruned.state_dict().items()}
@@ -42,14 +42,14 @@ def test_tuning_picks_fewest_val_mismatches_at_no_lower_accuracy(monkeypatch):
         model.load_state_dict(state)
         return model
 
+    train, val = split(1), split(2)
+
+    def train_candidate(loss_fn, on_epoch):
+        config = TrainConfig(epochs=1, batch_size=16, lr=0.05)
+        return fit(make(), train, config, loss_fn, reference, on_epoch=on_epoch)
+
     model, chosen, table = tuning.tune_loss(
-        make,
-        reference,
-        split(1),
-        split(2),
-        "pw",
-        {"gamma": 5.0, "m": 0.75},
-        TrainConfig(epochs=1, batch_size=16, lr=0.05),
+        train_candidate, reference, val, "pw", {"gamma": 5.0, "m": 0.75}
     )
     assert list(table.columns[:2]) == ["gamma", "m"] and table.chosen.sum() == 1
     winner = table[table.chosen].iloc[0]

@@ -1,0 +1,132 @@
+"""What a compressed model costs to store and to run: parameters, serialized bytes, CPU latency.
+
+Works on every kind of model the pipeline produces: float models (possibly carrying
+`torch.nn.utils.prune` masks), FX GraphModules with int8 modules, dynamically quantized models and
+half-precision models wrapped in `compalign.quantize.CastInput`. The caller's model is never
+changed: masks are folded into a copy or into a fresh state dict.
+"""
+
+from __future__ import annotations
+
+import copy
+import gzip
+import io
+import statistics
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.ao.nn.quantized as nnq
+from torch import nn
+from torch.nn.utils import prune
+
+# Quantized modules keep their weights packed (not as parameters); these expose them via
+# weight() / bias(). The dynamic Linear and the fused ConvReLU modules are subclasses.
+_PACKED = (nnq.Linear, nnq.Conv1d, nnq.Conv2d, nnq.Conv3d)
+
+
+def dense_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of `model` with every pruning mask folded into its weight (no hooks left)."""
+    # After a forward pass with gradients, a pruned module's `weight` attribute is a non-leaf
+    # tensor (weight_orig * mask), which deepcopy refuses; it is recomputed from weight_orig and
+    # the mask when the mask is folded below, so the copy gets a detached stand-in.
+    memo: dict[int, Any] = {}
+    for module in model.modules():
+        for hook in module._forward_pre_hooks.values():
+            if isinstance(hook, prune.BasePruningMethod):
+                value = getattr(module, hook._tensor_name, None)
+                if isinstance(value, torch.Tensor):
+                    memo[id(value)] = value.detach().clone()
+    clone = copy.deepcopy(model, memo)
+    for module in clone.modules():
+        for hook in list(module._forward_pre_hooks.values()):
+            if isinstance(hook, prune.BasePruningMethod):
+                prune.remove(module, hook._tensor_name)
+    return clone
+
+
+def _folded_state_dict(model: nn.Module) -> dict[str, Any]:
+    """The state dict with masks folded in ("weight" = weight_orig * weight_mask), as stored dense."""
+    state = model.state_dict()
+    folded: dict[str, Any] = {}
+    for key, value in state.items():
+        if key.endswith("_mask") and key[: -len("_mask")] + "_orig" in state:
+            continue
+        if key.endswith("_orig") and key[: -len("_orig")] + "_mask" in state:
+            base = key[: -len("_orig")]
+            folded[base] = value * state[base + "_mask"]
+        else:
+            folded[key] = value
+    return folded
+
+
+def parameter_counts(model: nn.Module) -> dict[str, int]:
+    """Total and nonzero parameters ({"params_total", "params_nonzero"}), masks applied.
+
+    Also counts the packed int8 weights and biases of quantized conv/linear modules.
+    """
+    buffers = dict(model.named_buffers())
+    total = nonzero = 0
+    for name, parameter in model.named_parameters():
+        value = parameter.detach()
+        if name.endswith("_orig"):
+            mask = buffers.get(name[: -len("_orig")] + "_mask")
+            if mask is not None:
+                value = value * mask
+        total += value.numel()
+        nonzero += int(torch.count_nonzero(value))
+    for module in model.modules():
+        if isinstance(module, _PACKED):
+            for value in (module.weight(), module.bias()):
+                if value is not None:
+                    value = value.dequantize() if value.is_quantized else value
+                    total += value.numel()
+                    nonzero += int(torch.count_nonzero(value))
+    return {"params_total": total, "params_nonzero": nonzero}
+
+
+def serialized_size(model: nn.Module) -> dict[str, int]:
+    """Bytes of the state dict as torch.save writes it, masks folded in ({"size_bytes"}), and of
+    the same bytes gzip-compressed ({"size_gzip_bytes"})."""
+    buffer = io.BytesIO()
+    torch.save(_folded_state_dict(model), buffer)
+    data = buffer.getvalue()
+    # mtime=0: the same model gives the same compressed bytes on every run
+    return {"size_bytes": len(data), "size_gzip_bytes": len(gzip.compress(data, 6, mtime=0))}
+
+
+def measure_latency(
+    model: nn.Module,
+    example: torch.Tensor,
+    batch_sizes: Sequence[int] = (1, 64),
+    warmup: int = 5,
+    repeats: int = 30,
+) -> dict[str, float]:
+    """Median CPU milliseconds per forward pass at each batch size ({"latency_ms_b1", ...}) and
+    the thread count used ({"latency_threads"}); `example` is one input [1, C, H, W]."""
+    if example.dim() != 4 or example.shape[0] != 1:
+        raise ValueError(
+            f"example must be one input of shape [1, C, H, W], got {list(example.shape)}"
+        )
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
+    # Timed on a dense eval-mode copy: a deployed pruned model has its masks folded in (the
+    # mask multiply of the prune hooks is not part of its cost), and the caller's model keeps
+    # its masks and mode.
+    timed = dense_copy(model).eval()
+    example = example.detach().cpu().float()
+    result: dict[str, float] = {}
+    with torch.inference_mode():
+        for batch_size in batch_sizes:
+            batch = example.expand(batch_size, *example.shape[1:]).contiguous()
+            for _ in range(warmup):
+                timed(batch)
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                timed(batch)
+                times.append(time.perf_counter() - start)
+            result[f"latency_ms_b{batch_size}"] = statistics.median(times) * 1000.0
+    result["latency_threads"] = torch.get_num_threads()
+    return result

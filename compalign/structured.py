@@ -1,0 +1,408 @@
+"""Structured (channel) pruning to a MAC budget, with physical removal (torch-pruning).
+
+Meyer & Wong (arXiv 2211.10285) prune filters until a target fraction of FLOPs is removed, with
+Taylor importance computed from their alignment loss. Here the fraction is of the multiply-
+accumulates that torch-pruning's op counter reports for one forward pass (convolutions dominate
+it; batch norm, activations, pooling and the classifier are counted too).
+
+torch-pruning's pruners take a *channel* ratio, not a MAC budget, and MACs removed are a step
+function of that ratio. `prune_structured` therefore searches: a bisection over the ratios at
+which some group changes size, then, for local pruning, a per-group refinement between the two
+neighbouring steps (each group either keeps the lower step's channels or loses one more), so that
+the budget is met even where one uniform step jumps past the tolerance.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+
+import torch
+import torch_pruning as tp
+from torch import nn
+from torch.nn.utils import prune as torch_prune
+
+# No group loses more than this fraction of its channels (and every group keeps at least one):
+# a layer with no channels left would cut the network in two.
+MAX_PRUNING_RATIO = 0.9
+
+GradientFn = Callable[[nn.Module], None]
+
+
+# --------------------------------------------------------------------------------------------
+# MAC counting
+
+
+def _has_prune_masks(model: nn.Module) -> bool:
+    return any(
+        isinstance(hook, torch_prune.BasePruningMethod)
+        for module in model.modules()
+        for hook in module._forward_pre_hooks.values()
+    )
+
+
+def _folded_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of `model` with any torch.nn.utils.prune masks folded into plain weights.
+
+    A masked module's pruned tensor (e.g. `weight`) is a non-leaf attribute (weight_orig * mask),
+    which deepcopy refuses; seeding deepcopy's memo with a detached clone of it gets past that,
+    then `prune.remove` on the copy turns it into an ordinary parameter. The caller's model and
+    its masks are untouched.
+    """
+    memo: dict[int, object] = {}
+    for module in model.modules():
+        for hook in module._forward_pre_hooks.values():
+            if isinstance(hook, torch_prune.BasePruningMethod):
+                tensor = getattr(module, hook._tensor_name, None)
+                if isinstance(tensor, torch.Tensor):
+                    memo[id(tensor)] = tensor.detach().clone()
+    folded = copy.deepcopy(model, memo)
+    for module in folded.modules():
+        for hook in list(module._forward_pre_hooks.values()):
+            if isinstance(hook, torch_prune.BasePruningMethod):
+                torch_prune.remove(module, hook._tensor_name)
+    return folded
+
+
+def count_macs(model: nn.Module, example_inputs: torch.Tensor) -> int:
+    """Multiply-accumulates of one forward pass over `example_inputs` (the whole batch), counted by
+    torch_pruning.utils.count_ops_and_params; prune masks are folded in (dense MACs) first."""
+    if _has_prune_masks(model):
+        model = _folded_copy(model)
+    # count_ops_and_params deep-copies the model itself and returns the batch's count divided by
+    # the batch size (a float); multiplying back gives the batch's count. (Its Linear hook adds
+    # the bias once per call, not per example, so the count is not exactly linear in the batch.)
+    per_example, _ = tp.utils.count_ops_and_params(model, example_inputs)
+    return int(round(per_example * example_inputs.shape[0]))
+
+
+# --------------------------------------------------------------------------------------------
+# Structured pruning
+
+
+class _KeepTopChannels:
+    """Wraps a group importance so that each group's most important channels are never pruned.
+
+    Needed for global pruning: torch-pruning 1.6.1 does not enforce `max_pruning_ratio` within a
+    single global step, and a group whose every channel falls under the global threshold is
+    silently left *unpruned* (DependencyGraph.check_pruning_group), which would make MACs removed
+    non-monotonic in the ratio.
+    """
+
+    def __init__(self, base: Callable, keep_fraction: float) -> None:
+        self.base = base
+        self.keep_fraction = keep_fraction
+
+    def __call__(self, group) -> torch.Tensor | None:
+        imp = self.base(group)
+        if imp is None:
+            return None
+        keep = min(len(imp), max(1, math.ceil(len(imp) * self.keep_fraction)))
+        imp = imp.clone()
+        imp[torch.topk(imp, keep).indices] = math.inf
+        return imp
+
+
+def _make_importance(importance: str, global_pruning: bool):
+    if importance == "l1":
+        base = tp.importance.GroupMagnitudeImportance(p=1)
+    elif importance == "taylor":
+        base = tp.importance.GroupTaylorImportance()
+    else:
+        raise ValueError(f"importance must be 'l1' or 'taylor', got {importance!r}")
+    return _KeepTopChannels(base, 1.0 - MAX_PRUNING_RATIO) if global_pruning else base
+
+
+def _last_linear_name(model: nn.Module) -> str:
+    names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    if not names:
+        raise ValueError("structured pruning needs a final nn.Linear classifier to keep intact")
+    return names[-1]
+
+
+def _pruned_count(channels: int, ratio: float) -> int:
+    """Channels torch-pruning removes from a scope of `channels` at `ratio` (BasePruner._prune)."""
+    return channels - int(channels * (1 - ratio))
+
+
+def _step_ratios(sizes: list[int], ratio_max: float) -> list[float]:
+    """0, then one ratio strictly inside each interval on which every scope's pruned count,
+    ceil(n * r), is constant.
+
+    Breakpoints are k / n for each scope size n; midpoints avoid float round-off at the
+    breakpoints themselves. Only the ratio 0 prunes nothing: any r > 0 removes a channel.
+    """
+    points = {0.0, ratio_max}
+    for n in set(sizes):
+        points.update(k / n for k in range(1, n + 1) if k / n < ratio_max)
+    ordered = sorted(points)
+    return [0.0] + [(a + b) / 2 for a, b in zip(ordered, ordered[1:], strict=False)]
+
+
+class _Search:
+    """Builds pruned trial copies of one dense model and measures the MAC fraction they remove."""
+
+    def __init__(
+        self,
+        dense: nn.Module,
+        example_inputs: torch.Tensor,
+        importance: Callable,
+        grads: dict[str, torch.Tensor] | None,
+        global_pruning: bool,
+    ) -> None:
+        self.dense = dense
+        self.example_inputs = example_inputs
+        self.importance = importance
+        self.grads = grads
+        self.global_pruning = global_pruning
+        self.ignored_name = _last_linear_name(dense)
+        self.dense_macs = count_macs(dense, example_inputs)
+
+    def pruner(self, model: nn.Module, ratio: float, overrides: dict[str, float]):
+        modules = dict(model.named_modules())
+        return tp.pruner.BasePruner(
+            model,
+            self.example_inputs,
+            importance=self.importance,
+            global_pruning=self.global_pruning,
+            pruning_ratio=ratio,
+            pruning_ratio_dict={modules[name]: r for name, r in overrides.items()} or None,
+            max_pruning_ratio=MAX_PRUNING_RATIO,
+            ignored_layers=[modules[self.ignored_name]],
+        )
+
+    def groups(self) -> tuple[list[tuple[str, int]], int]:
+        """(root module name, channels) of every prunable group in torch-pruning's order, and the
+        total channel count that global pruning's ratio refers to."""
+        probe = copy.deepcopy(self.dense)
+        pruner = self.pruner(probe, 0.0, {})
+        names = {module: name for name, module in probe.named_modules()}
+        groups = []
+        for group in pruner.DG.get_all_groups(
+            ignored_layers=pruner.ignored_layers, root_module_types=pruner.root_module_types
+        ):
+            root = group[0][0].target.module
+            groups.append((names[root], pruner.DG.get_out_channels(root)))
+        return groups, pruner.initial_total_channels
+
+    def trial(
+        self, ratio: float, overrides: dict[str, float] | None = None
+    ) -> tuple[nn.Module, float]:
+        model = copy.deepcopy(self.dense)
+        if self.grads is not None:
+            for name, param in model.named_parameters():
+                param.grad = self.grads[name]
+        self.pruner(model, ratio, overrides or {}).step()
+        removed = 1.0 - count_macs(model, self.example_inputs) / self.dense_macs
+        return model, removed
+
+
+def _gradients(dense: nn.Module, gradient_fn: GradientFn) -> dict[str, torch.Tensor]:
+    """Run `gradient_fn` once on a scratch copy and keep only the gradients it leaves.
+
+    Once, not per trial: every trial starts from the same dense weights, so one set of gradients
+    serves them all, costs one pass of the caller's loss, and keeps the ranking identical across
+    trials even when gradient_fn draws fresh batches (the bisection relies on that). A scratch
+    copy, so that batch-norm statistics updated by a train-mode forward do not leak into the result.
+    """
+    scratch = copy.deepcopy(dense)
+    scratch.zero_grad(set_to_none=True)
+    gradient_fn(scratch)
+    grads = {}
+    missing = []
+    for name, param in scratch.named_parameters():
+        if param.grad is None:
+            missing.append(name)
+        else:
+            grads[name] = param.grad.detach().clone()
+    if missing:
+        raise ValueError(
+            f"gradient_fn left no gradient on {len(missing)} parameter(s), e.g. {missing[:3]}; "
+            "Taylor importance needs gradients of every parameter"
+        )
+    return grads
+
+
+def _finish(result: nn.Module, dense: nn.Module) -> nn.Module:
+    """Give the pruned copy the dense model's train/eval modes and requires_grad flags, no grads.
+
+    torch-pruning's tracing switches the model to eval mode, and pruned parameters are recreated
+    as fresh nn.Parameters (requires_grad=True) carrying pruned copies of the trial's gradients.
+    """
+    modes = {name: module.training for name, module in dense.named_modules()}
+    for name, module in result.named_modules():
+        module.training = modes.get(name, module.training)
+    flags = {name: param.requires_grad for name, param in dense.named_parameters()}
+    for name, param in result.named_parameters():
+        param.grad = None
+        param.requires_grad_(flags.get(name, True))
+    return result
+
+
+def prune_structured(
+    model: nn.Module,
+    flops_fraction: float,
+    example_inputs: torch.Tensor,
+    importance: str = "l1",
+    gradient_fn: GradientFn | None = None,
+    global_pruning: bool = False,
+    tolerance: float = 0.01,
+) -> tuple[nn.Module, float]:
+    """Channel pruning with physical removal (torch-pruning) until `flops_fraction` of the MACs
+    are removed, within `tolerance`; returns (new smaller model, fraction removed).
+
+    `importance` is "l1" (GroupMagnitudeImportance, p=1) or "taylor" (GroupTaylorImportance,
+    Molchanov et al. 2019; Meyer & Wong score with their alignment loss). For Taylor,
+    `gradient_fn(m)` must fill `.grad` of every parameter of `m` (run the loss on a few batches,
+    call backward); it is called once, on a scratch copy whose gradients every trial reuses. The
+    last nn.Linear is never pruned, so the output size is kept. No group loses more than
+    MAX_PRUNING_RATIO of its channels. The input model is not modified. Raises ValueError if the
+    target cannot be reached within the tolerance, naming the closest fraction reached.
+    """
+    if not 0.0 < flops_fraction < 1.0:
+        raise ValueError(f"flops_fraction must be in (0, 1), got {flops_fraction}")
+    if tolerance <= 0:
+        raise ValueError(f"tolerance must be positive, got {tolerance}")
+    scorer = _make_importance(importance, global_pruning)
+    if importance == "taylor" and gradient_fn is None:
+        raise ValueError("Taylor importance needs a gradient_fn that fills the model's gradients")
+
+    # A plain copy (prune masks folded in, no stale gradients) that every trial deep-copies.
+    dense = _folded_copy(model)
+    dense.zero_grad(set_to_none=True)
+    grads = _gradients(dense, gradient_fn) if importance == "taylor" else None
+    search = _Search(dense, example_inputs, scorer, grads, global_pruning)
+
+    groups, total = search.groups()
+    sizes = [n for _, n in groups]
+    if global_pruning:
+        # One global scope; _KeepTopChannels shields ceil(10%) of each group, so the ratio must
+        # stay below the share of channels that can be pruned at all (else the threshold is inf).
+        prunable = sum(n - max(1, math.ceil(n * (1 - MAX_PRUNING_RATIO))) for n in sizes)
+        ratios = _step_ratios([total], min(MAX_PRUNING_RATIO, prunable / total))
+    else:
+        # Every group keeps at least one channel: int(n * (1 - r)) >= 1.
+        ratios = _step_ratios(sizes, min([MAX_PRUNING_RATIO] + [1 - 1 / n for n in sizes]))
+
+    reached: list[float] = []
+
+    def evaluate(ratio: float, overrides: dict[str, float] | None = None):
+        pruned, removed = search.trial(ratio, overrides)
+        reached.append(removed)
+        return pruned, removed
+
+    def within(removed: float) -> bool:
+        return abs(removed - flops_fraction) <= tolerance
+
+    def fail() -> ValueError:
+        closest = min(reached, key=lambda value: abs(value - flops_fraction))
+        return ValueError(
+            f"cannot remove {flops_fraction:.4f} of the MACs within {tolerance}: the closest "
+            f"reached was {closest:.4f} (most reachable {max(reached):.4f}, with at most "
+            f"{MAX_PRUNING_RATIO:.0%} of any group's channels removed)"
+        )
+
+    # Bisection over the step ratios; MACs removed never decrease along `ratios`.
+    pruned, removed = evaluate(ratios[-1])
+    if within(removed):
+        return _finish(pruned, dense), removed
+    if removed < flops_fraction:
+        raise fail()
+    lo, hi = 0, len(ratios) - 1  # invariant: removed(lo) below the window, removed(hi) above
+    lo_removed = 0.0  # ratios[0] = 0 prunes nothing
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        pruned, removed = evaluate(ratios[mid])
+        if within(removed):
+            return _finish(pruned, dense), removed
+        if removed < flops_fraction:
+            lo, lo_removed = mid, removed
+        else:
+            hi = mid
+    if global_pruning:
+        raise fail()
+
+    # Local pruning: the uniform step from ratios[lo] to ratios[hi] jumps over the window. Each
+    # group either stays at the lower step or loses its one extra channel; measure each group's
+    # own jump, then add groups, largest jump first, while the total stays under the window's top.
+    r_lo, r_hi = ratios[lo], ratios[hi]
+    steppers = [name for name, n in groups if _pruned_count(n, r_hi) > _pruned_count(n, r_lo)]
+    jumps = []
+    for name in steppers:
+        pruned, removed = evaluate(r_lo, {name: r_hi})
+        if within(removed):
+            return _finish(pruned, dense), removed
+        if removed > lo_removed:
+            jumps.append((removed - lo_removed, name))
+    jumps.sort(key=lambda item: -item[0])  # stable: ties keep torch-pruning's group order
+    chosen: dict[str, float] = {}
+    current = lo_removed
+    for jump, name in jumps:
+        if current + jump > flops_fraction + tolerance:
+            continue
+        pruned, removed = evaluate(r_lo, {**chosen, name: r_hi})
+        if removed <= flops_fraction + tolerance:
+            chosen[name] = r_hi
+            current = removed
+            if within(removed):
+                return _finish(pruned, dense), removed
+    raise fail()
+
+
+# --------------------------------------------------------------------------------------------
+# Rebuilding a pruned model from a state dict
+
+
+def _resized(old: torch.Tensor | None, shape: torch.Size, parameter: bool):
+    """An uninitialised tensor of `shape` like `old` (values come from load_state_dict)."""
+    if old is None:
+        return None
+    new = torch.empty(shape, dtype=old.dtype, device=old.device)
+    if parameter:
+        return nn.Parameter(new, requires_grad=old.requires_grad)
+    return new
+
+
+def resize_to_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> nn.Module:
+    """Reshape `model`'s Conv2d, Linear and BatchNorm2d layers in place to the shapes in
+    `state_dict` (a structurally pruned model's), ready for a strict `load_state_dict`."""
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Conv2d | nn.Linear | nn.BatchNorm2d):
+            continue
+        prefix = f"{name}." if name else ""
+        weight_key = f"{prefix}weight"
+        if weight_key in state_dict:
+            shape = state_dict[weight_key].shape
+        elif f"{prefix}running_mean" in state_dict:  # batch norm without affine parameters
+            shape = state_dict[f"{prefix}running_mean"].shape
+        else:
+            continue
+        current = module.weight if module.weight is not None else module.running_mean
+        if current is not None and current.shape == shape:
+            continue
+
+        if isinstance(module, nn.Conv2d):
+            out_channels, in_per_group = shape[0], shape[1]
+            depthwise = (
+                module.groups > 1 and module.groups == module.in_channels == module.out_channels
+            )
+            if depthwise:
+                module.groups = out_channels
+            module.out_channels = out_channels
+            module.in_channels = in_per_group * module.groups
+            module.weight = _resized(module.weight, shape, parameter=True)
+            module.bias = _resized(module.bias, torch.Size([out_channels]), parameter=True)
+        elif isinstance(module, nn.Linear):
+            module.out_features, module.in_features = shape[0], shape[1]
+            module.weight = _resized(module.weight, shape, parameter=True)
+            module.bias = _resized(module.bias, torch.Size([shape[0]]), parameter=True)
+        else:
+            features = torch.Size([shape[0]])
+            module.num_features = shape[0]
+            module.weight = _resized(module.weight, features, parameter=True)
+            module.bias = _resized(module.bias, features, parameter=True)
+            if module.running_mean is not None:
+                module.running_mean = _resized(module.running_mean, features, parameter=False)
+                module.running_var = _resized(module.running_var, features, parameter=False)
+    return model

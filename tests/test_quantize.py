@@ -1,0 +1,286 @@
+"""Post-training quantization, half precision, QAT and checkpoint rebuilding (compalign.quantize)."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import io
+
+import pytest
+import torch
+import torch.ao.nn.intrinsic.quantized as nniq
+import torch.ao.nn.quantized as nnq
+import torch.ao.nn.quantized.dynamic as nnqd
+from torch import nn
+from torch.nn.utils import parametrize, prune
+
+from compalign.compress import COMPRESSORS
+from compalign.data import Split
+from compalign.losses import LOSSES
+from compalign.models import build_model
+from compalign.quantize import (
+    CastInput,
+    convert_qat,
+    prepare_qat,
+    quantize_dynamic,
+    quantize_static,
+    rebuild,
+    to_half,
+)
+from compalign.train import TrainConfig, fit
+
+# (model name, channels, image size): the digits CNN and the CIFAR ResNet-20
+SHAPES = {"small_cnn": (1, 8), "resnet20": (3, 32)}
+METHODS = ["quantize_dynamic", "quantize_static", "half"]
+
+# torch.load of quantized tensors warns that TypedStorage is deprecated (inside torch's own code)
+pytestmark = pytest.mark.filterwarnings("ignore:TypedStorage is deprecated")
+
+
+def inputs(name: str, count: int, seed: int = 0) -> torch.Tensor:
+    channels, size = SHAPES[name]
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(count, channels, size, size, generator=generator)
+
+
+@functools.cache
+def _float_model(name: str) -> nn.Module:
+    channels, size = SHAPES[name]
+    model = build_model(name, 10, channels, size)
+    model.train()
+    with torch.no_grad():
+        for index in range(3):
+            model(inputs(name, 64, seed=100 + index))
+    return model.eval()
+
+
+def float_model(name: str) -> nn.Module:
+    """A random model whose batch-norm statistics match the inputs, as a trained model's would."""
+    return copy.deepcopy(_float_model(name))
+
+
+def compress(model: nn.Module, method: str, name: str, dtype=torch.float16) -> nn.Module:
+    if method == "quantize_dynamic":
+        return quantize_dynamic(model)
+    if method == "quantize_static":
+        return quantize_static(model, [inputs(name, 32, seed=1), inputs(name, 32, seed=2)])
+    return to_half(model, dtype)
+
+
+def random_split(name: str, count: int = 64) -> Split:
+    channels, size = SHAPES[name]
+    generator = torch.Generator().manual_seed(0)
+    return Split(
+        images=torch.randint(
+            0, 256, (count, channels, size, size), dtype=torch.uint8, generator=generator
+        ),
+        labels=torch.arange(count) % 10,
+        example_ids=[str(i) for i in range(count)],
+        mean=torch.full((1, channels, 1, 1), 0.5),
+        std=torch.full((1, channels, 1, 1), 0.25),
+        groups=None,
+    )
+
+
+def round_trip(model: nn.Module) -> dict:
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+def agreement(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.argmax(1) == b.argmax(1)).float().mean())
+
+
+@pytest.mark.parametrize("name", list(SHAPES))
+@pytest.mark.parametrize(
+    "method, dtype, tolerance, min_agreement",
+    [
+        pytest.param("quantize_dynamic", None, 0.05, 0.85, id="dynamic"),
+        pytest.param("quantize_static", None, 0.15, 0.75, id="static"),
+        pytest.param("half", torch.float16, 0.01, 0.95, id="float16"),
+        pytest.param("half", torch.bfloat16, 0.05, 0.9, id="bfloat16"),
+    ],
+)
+def test_ptq_close_to_float(name, method, dtype, tolerance, min_agreement):
+    """Each post-training method changes the logits only a little and rarely the prediction."""
+    model = float_model(name)
+    compressed = compress(model, method, name, dtype)
+    slow = name == "resnet20" and dtype == torch.float16  # float16 convs are slow on CPU
+    x = inputs(name, 64 if slow else 256, seed=7)
+    with torch.no_grad():
+        reference, output = model(x), compressed(x)
+    assert output.dtype == torch.float32 and output.shape == reference.shape
+    assert not compressed.training
+    scale = reference.abs().max()
+    relative = float((output - reference).abs().max() / scale)
+    assert 0 < relative < tolerance
+    # A random network's logits are nearly tied on many inputs, where any rounding may flip the
+    # argmax; where the float model is clearly decided, the compressed one agrees.
+    top2 = reference.topk(2, dim=1).values
+    clear = top2[:, 0] - top2[:, 1] > 0.05 * scale
+    assert clear.sum() >= 16
+    assert agreement(output[clear], reference[clear]) >= 0.95
+    assert agreement(output, reference) >= min_agreement
+
+
+def test_quantized_modules_are_present():
+    """Static: fused int8 conv+relu and int8 linear; dynamic: int8 Linear; half: half weights."""
+    model = float_model("resnet20")
+    static = compress(model, "quantize_static", "resnet20")
+    static_types = {type(module) for module in static.modules()}
+    assert nniq.ConvReLU2d in static_types and nnq.Linear in static_types
+    assert not any(isinstance(m, (nn.Conv2d, nn.BatchNorm2d, nn.Linear)) for m in static.modules())
+    dynamic = quantize_dynamic(model)
+    assert isinstance(dynamic.fc, nnqd.Linear) and dynamic.fc.weight().dtype == torch.qint8
+    assert isinstance(dynamic.conv1, nn.Conv2d)  # dynamic quantization leaves convs in float
+    for dtype in (torch.float16, torch.bfloat16):
+        half = to_half(model, dtype)
+        assert isinstance(half, CastInput)
+        assert {p.dtype for p in half.parameters()} == {dtype}
+
+
+def test_caller_model_unchanged_and_masks_folded():
+    """Quantizing a pruned model keeps its masks; the quantized copy holds the pruned zeros."""
+    model = COMPRESSORS["magnitude_global"](float_model("small_cnn"), 0.5)
+    model(inputs("small_cnn", 4)).sum().backward()  # a forward with gradients: the awkward case
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    for method in METHODS:
+        compress(model, method, "small_cnn")
+    assert prune.is_pruned(model) and model.state_dict().keys() == before.keys()
+    assert all(torch.equal(before[key], value) for key, value in model.state_dict().items())
+    half = to_half(model)
+    assert not prune.is_pruned(half)
+    zeros = float((half.module[0].weight == 0).float().mean())
+    assert zeros == pytest.approx(float((model[0].weight == 0).float().mean()))
+
+
+@pytest.mark.parametrize(
+    "method, dtype",
+    [
+        pytest.param("quantize_dynamic", None, id="dynamic"),
+        pytest.param("quantize_static", None, id="static"),
+        pytest.param("half", torch.float16, id="float16"),
+        pytest.param("half", torch.bfloat16, id="bfloat16"),
+    ],
+)
+def test_rebuild_round_trip(method, dtype):
+    """save -> torch.load(weights_only) -> rebuild(fresh model) -> load_state_dict: same outputs."""
+    model = float_model("resnet20")
+    compressed = compress(model, method, "resnet20", dtype)
+    x = inputs("resnet20", 8, seed=9)
+    empty = rebuild(
+        build_model("resnet20", 10, 3, 32, seed=5), method, x[:1], dtype or torch.float16
+    )
+    with torch.no_grad():
+        assert not torch.equal(empty(x), compressed(x))
+        empty.load_state_dict(round_trip(compressed))
+        assert torch.equal(empty(x), compressed(x))
+    assert not empty.training
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_qat_fine_tunes_and_converts(method):
+    """prepare_qat -> fit -> convert_qat gives the deployable module types and reloads exactly."""
+    model = float_model("small_cnn")
+    example = inputs("small_cnn", 2)
+    prepared = prepare_qat(model, method, example)
+    before = {k: v.clone() for k, v in prepared.state_dict().items()}
+    fit(
+        prepared,
+        random_split("small_cnn"),
+        TrainConfig(epochs=2, batch_size=16, lr=0.05),
+        LOSSES["ce"](),
+    )
+    changed = [k for k, v in prepared.state_dict().items() if not torch.equal(before[k], v)]
+    assert changed  # the optimizer moved the weights
+    converted = convert_qat(prepared, method)
+    assert not converted.training
+    types = {type(module) for module in converted.modules()}
+    if method == "quantize_static":
+        assert nniq.ConvReLU2d in types and nnq.Linear in types
+    elif method == "quantize_dynamic":
+        assert nnqd.Linear in types and nn.Conv2d in types
+    else:
+        assert isinstance(converted, CastInput)
+        assert {p.dtype for p in converted.parameters()} == {torch.float16}
+    assert not any(parametrize.is_parametrized(module) for module in converted.modules())
+    x = inputs("small_cnn", 32, seed=3)
+    empty = rebuild(build_model("small_cnn", 10, 1, 8, seed=5), method, example[:1])
+    empty.load_state_dict(round_trip(converted))
+    with torch.no_grad():
+        out = converted(x)
+        assert torch.isfinite(out).all() and torch.equal(empty(x), out)
+        # the fake-quantized model predicts what the converted model does
+        assert agreement(prepared(x), out) >= 0.9
+
+
+def test_qat_weights_match_deployed_weights():
+    """The weights trained against are exactly those the converted int8 / half model holds."""
+    model = float_model("small_cnn")
+    example = inputs("small_cnn", 2)
+    dynamic = prepare_qat(model, "quantize_dynamic", example)
+    linear = dynamic[-1]
+    assert torch.equal(
+        linear.weight, convert_qat(dynamic, "quantize_dynamic")[-1].weight().dequantize()
+    )
+    half = prepare_qat(model, "half", example, dtype=torch.bfloat16)
+    converted = convert_qat(half, "half", torch.bfloat16)
+    assert torch.equal(half[0].weight.to(torch.bfloat16), converted.module[0].weight)
+    with pytest.raises(ValueError, match="prepared for"):
+        convert_qat(half, "half", torch.float16)
+
+
+@pytest.mark.parametrize("method", ["quantize_dynamic", "half"])
+def test_qat_gradient_is_straight_through(method):
+    """Rounding in the forward pass still passes the full gradient to every float weight."""
+    model = float_model("small_cnn")
+    prepared = prepare_qat(model, method, inputs("small_cnn", 2)).eval()  # BN as in `model`
+    prepared(inputs("small_cnn", 8)).sum().backward()
+    original = prepared[-1].parametrizations.weight.original
+    reference = copy.deepcopy(model)
+    reference(inputs("small_cnn", 8)).sum().backward()
+    assert original.grad is not None and (original.grad != 0).all()
+    assert torch.allclose(original.grad, reference[-1].weight.grad, rtol=0.05, atol=1e-3)
+
+
+def test_qat_static_eval_does_not_move_ranges():
+    """Evaluating the prepared model leaves its quantization ranges alone; training moves them."""
+    model = float_model("small_cnn")
+    prepared = prepare_qat(model, "quantize_static", inputs("small_cnn", 2))
+    with torch.no_grad():
+        prepared(inputs("small_cnn", 32, seed=3))  # train mode: the ranges are initialised
+    prepared.eval()
+    with torch.no_grad():
+        prepared(inputs("small_cnn", 32, seed=3))  # the hook switches the observers off
+    before = {k: v.clone() for k, v in prepared.state_dict().items()}
+    with torch.no_grad():
+        prepared(inputs("small_cnn", 32, seed=4) * 3)
+    assert all(torch.equal(before[k], v) for k, v in prepared.state_dict().items())
+    prepared.train()
+    with torch.no_grad():
+        prepared(inputs("small_cnn", 32, seed=4) * 3)
+    assert any(not torch.equal(before[k], v) for k, v in prepared.state_dict().items())
+
+
+def test_deterministic():
+    """The same model and calibration data give bit-identical quantized models."""
+    model = float_model("small_cnn")
+    x = inputs("small_cnn", 16, seed=5)
+    for method in METHODS:
+        with torch.no_grad():
+            assert torch.equal(
+                compress(model, method, "small_cnn")(x), compress(model, method, "small_cnn")(x)
+            )
+
+
+def test_rejects_unknown_method_and_dtype():
+    """Unknown methods and non-half dtypes are refused with a clear error."""
+    model = float_model("small_cnn")
+    with pytest.raises(ValueError, match="unknown quantization method"):
+        prepare_qat(model, "int4", inputs("small_cnn", 1))
+    with pytest.raises(ValueError, match="float16 or torch.bfloat16"):
+        to_half(model, torch.float64)
+    with pytest.raises(ValueError, match="calibration batch"):
+        quantize_static(model, [])
