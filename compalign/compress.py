@@ -21,6 +21,8 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
+from compalign.errors import UserError
+
 PRUNABLE = (nn.Conv2d, nn.Linear)
 
 
@@ -163,14 +165,21 @@ def structured(
 
     options = options or {}
     importance = options.get("importance", "l1")
-    pruned, _ = prune_structured(
-        model,
-        flops_fraction,
-        calibration.example if calibration else torch.zeros(1, 3, 32, 32),
-        importance=importance,
-        gradient_fn=calibration.gradient_fn if importance == "taylor" and calibration else None,
-        global_pruning=options.get("global_pruning", False),
-    )
+    try:
+        pruned, _ = prune_structured(
+            model,
+            flops_fraction,
+            calibration.example if calibration else torch.zeros(1, 3, 32, 32),
+            importance=importance,
+            gradient_fn=calibration.gradient_fn if importance == "taylor" and calibration else None,
+            global_pruning=options.get("global_pruning", False),
+            round_to=options.get("round_to"),
+        )
+    except ValueError as error:
+        raise UserError(
+            f"compress.structured at {flops_fraction:g}: {error}; choose another level"
+            + (" or a smaller compress.structured.round_to" if options.get("round_to") else "")
+        ) from error
     return pruned
 
 

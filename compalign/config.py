@@ -95,6 +95,8 @@ class StructuredParams(Section):
 
     importance: Literal["l1", "taylor"] = "l1"
     global_pruning: bool = False
+    # channel counts in multiples of this (faster CPU kernels; implies global thresholds)
+    round_to: Annotated[int, Field(ge=2, le=64)] | None = None
 
 
 class HalfParams(Section):
@@ -214,8 +216,8 @@ class AuditParams(Section):
     integrated_gradients_steps: Annotated[int, Field(ge=2, le=512)] = 32
     top_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1
     figure_examples: Annotated[int, Field(ge=0, le=32)] = 6
-    latency_warmup: Annotated[int, Field(ge=0)] = 5
-    latency_repeats: Annotated[int, Field(ge=1)] = 30
+    latency_warmup: Annotated[int, Field(ge=0)] = 10
+    latency_repeats: Annotated[int, Field(ge=1)] = 50
     latency_batch_sizes: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [1, 64])
 
 

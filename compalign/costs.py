@@ -96,6 +96,29 @@ def serialized_size(model: nn.Module) -> dict[str, int]:
     return {"size_bytes": len(data), "size_gzip_bytes": len(gzip.compress(data, 6, mtime=0))}
 
 
+def deployable(model: nn.Module) -> nn.Module:
+    """An eval-mode copy as it would be deployed on a CPU: pruning masks folded into the weights,
+    and, for a float model, batch norm folded into the preceding convolutions (torch.fx's
+    conv-bn fusion, the usual inference-time rewrite). Quantized models already carry their
+    fused int8 modules; half-precision models and models FX cannot trace are left unfused.
+
+    FX tracing patches torch.nn.Module.__call__ process-wide while it runs: call this only
+    when no other thread runs a model (the pipeline measures costs one model at a time)."""
+    copied = dense_copy(model).eval()
+    floats = all(p.dtype == torch.float32 for p in copied.parameters())
+    quantized = any(
+        type(m).__module__.startswith("torch.ao.nn.quantized") for m in copied.modules()
+    )
+    if not floats or quantized or not any(isinstance(m, nn.BatchNorm2d) for m in copied.modules()):
+        return copied
+    from torch.fx.experimental.optimization import fuse
+
+    try:
+        return fuse(copied)
+    except Exception:  # a model FX cannot trace symbolically is timed as it is
+        return copied
+
+
 def measure_latency(
     model: nn.Module,
     example: torch.Tensor,
@@ -104,17 +127,18 @@ def measure_latency(
     repeats: int = 30,
 ) -> dict[str, float]:
     """Median CPU milliseconds per forward pass at each batch size ({"latency_ms_b1", ...}) and
-    the thread count used ({"latency_threads"}); `example` is one input [1, C, H, W]."""
+    the thread count used ({"latency_threads"}), of the model as `deployable` makes it;
+    `example` is one input [1, C, H, W]."""
     if example.dim() != 4 or example.shape[0] != 1:
         raise ValueError(
             f"example must be one input of shape [1, C, H, W], got {list(example.shape)}"
         )
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
-    # Timed on a dense eval-mode copy: a deployed pruned model has its masks folded in (the
-    # mask multiply of the prune hooks is not part of its cost), and the caller's model keeps
-    # its masks and mode.
-    timed = dense_copy(model).eval()
+    # Timed on a deployable copy: a deployed pruned model has its masks folded in (the mask
+    # multiply of the prune hooks is not part of its cost), a deployed float CNN its batch norm;
+    # the caller's model keeps its masks and mode.
+    timed = deployable(model)
     example = example.detach().cpu().float()
     result: dict[str, float] = {}
     with torch.inference_mode():
