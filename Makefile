@@ -38,6 +38,7 @@ repro: setup
 
 bench: setup
 	$(BIN)/python bench/overhead.py
+	$(BIN)/python bench/compression_costs.py
 
 lint: setup
 	$(BIN)/ruff check .
