@@ -231,6 +231,49 @@ class RunParams(Section):
     workers: Annotated[int, Field(ge=1, le=64)] = 2
 
 
+class PopulationsParams(Section):
+    """Populations of independently trained models (Hooker et al.): K dense members with seeds
+    first_seed .. first_seed+K-1, and K compressed members per level and loss, each from its own
+    dense member. Reference training and fine-tuning use the `reference` and `align` sections."""
+
+    size: Annotated[int, Field(ge=2, le=256)] = 8
+    first_seed: Seed = 0
+    compressor: str = "gradual_magnitude"
+    sparsities: list[Fraction] = Field(default_factory=lambda: [0.5, 0.8, 0.9, 0.95], min_length=1)
+    losses: list[str] = Field(default_factory=lambda: ["ce", "label_preserving"], min_length=1)
+    significance: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.05
+    gallery_examples: Annotated[int, Field(ge=0, le=200)] = 24
+    runner: Literal["local", "dask"] = "local"
+    workers: Annotated[int, Field(ge=1, le=256)] | None = None
+    dask_address: str | None = None
+    dask_workers: Annotated[int, Field(ge=1, le=256)] = 2
+    threads_per_task: Annotated[int, Field(ge=1, le=256)] = 1
+    vectorise: bool = False
+
+    @field_validator("compressor")
+    @classmethod
+    def _known_compressor(cls, value: str) -> str:
+        from compalign.compress import COMPRESSORS
+
+        return _one_of(value, COMPRESSORS)
+
+    @field_validator("losses")
+    @classmethod
+    def _known_losses(cls, values: list[str]) -> list[str]:
+        from compalign.losses import LOSSES
+
+        return _unique([_one_of(value, [NO_FINE_TUNING, *LOSSES]) for value in values])
+
+    @field_validator("sparsities")
+    @classmethod
+    def _sorted(cls, values: list[float]) -> list[float]:
+        return sorted(set(values))
+
+    @property
+    def seeds(self) -> list[int]:
+        return list(range(self.first_seed, self.first_seed + self.size))
+
+
 class Params(Section):
     """The whole params.yaml."""
 
@@ -239,6 +282,7 @@ class Params(Section):
     compress: CompressParams = Field(default_factory=CompressParams)
     align: AlignParams = Field(default_factory=AlignParams)
     audit: AuditParams = Field(default_factory=AuditParams)
+    populations: PopulationsParams = Field(default_factory=PopulationsParams)
     run: RunParams = Field(default_factory=RunParams)
 
     def flat(self) -> dict[str, Any]:

@@ -89,6 +89,39 @@ def run(
 
 
 @app.command()
+def populations(
+    params_file: ParamsOption = Path("params.yaml"),
+    overrides: SetOption = None,
+    refresh: Annotated[bool, typer.Option(help="recompute every member, ignoring caches")] = False,
+) -> None:
+    """Populations of dense and compressed models: Pruning Identified Exemplars and disparately
+    impacted classes (Hooker et al.); settings in the `populations` section."""
+    params = load_params(params_file, overrides or [])
+    _prepare_process(params, refresh)
+    import pandas as pd
+
+    from flows.populations import REPORT_DIR, run_populations
+    from tasks.population_report import print_populations
+
+    try:
+        result = run_populations(params)
+    except KeyboardInterrupt:
+        typer.echo(
+            "interrupted: finished members are cached; run the same command to resume", err=True
+        )
+        raise typer.Exit(130) from None
+    print_populations(pd.DataFrame(result["summary"]))
+    cached = sum(task["state"] == "Cached" for task in result["tasks"])
+    typer.echo(
+        f"{len(result['tasks'])} tasks: {cached} Cached, {len(result['tasks']) - cached} run"
+    )
+    typer.echo(
+        f"Tables and galleries in {REPORT_DIR}/; MLflow parent run {result['parent_run_id']} "
+        f"in experiment {params.run.experiment!r} (`make ui`)."
+    )
+
+
+@app.command()
 def stage(
     name: Annotated[str, typer.Argument(help="prepare, reference, compress, align or audit")],
     params_file: ParamsOption = Path("params.yaml"),

@@ -78,6 +78,9 @@ STAGE_CODE: dict[str, list[str]] = {
         | set(CHECKPOINT_CODE)
     ),
 }
+STAGE_CODE["predict"] = sorted(
+    {"compalign/data.py", "compalign/train.py", "tasks/predict.py"} | set(CHECKPOINT_CODE)
+)  # population members' test predictions (the populations flow; no DVC stage)
 PIPELINE_STAGES = ["prepare", "reference", "compress", "align", "audit"]  # the DVC stages
 
 # Parameters that say where or under which parent to put a result, not what the result is.

@@ -1,0 +1,188 @@
+"""Populations of models: Pruning Identified Exemplars and classes compression disparately
+impacts (Hooker et al., "What Do Compressed Deep Neural Networks Forget?", arXiv 1911.05248).
+
+Inputs are integer prediction arrays of shape [K, N]: the predicted label of each of K members
+of a population on each of N test examples.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy import stats
+
+
+def modal_labels(
+    predictions: np.ndarray, num_classes: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The most frequent label of each example over the population's members, and the fraction
+    of members that predicted it. Ties go to the smallest label (argmax returns the first)."""
+    predictions = np.asarray(predictions, dtype=np.int64)
+    members, count = predictions.shape
+    classes = num_classes or int(predictions.max()) + 1
+    votes = np.zeros((count, classes), dtype=np.int64)
+    np.add.at(votes, (np.tile(np.arange(count), members), predictions.ravel()), 1)
+    modes = votes.argmax(axis=1)
+    return modes, votes[np.arange(count), modes] / members
+
+
+def pies(reference_predictions: np.ndarray, compressed_predictions: np.ndarray) -> np.ndarray:
+    """Pruning Identified Exemplars: examples whose modal label in the compressed population
+    differs from the modal label in the dense population (the true label plays no part).
+    Both arrays are [K, N] predicted labels; returns a boolean mask of length N."""
+    classes = int(max(np.max(reference_predictions), np.max(compressed_predictions))) + 1
+    reference_modes, _ = modal_labels(reference_predictions, classes)
+    compressed_modes, _ = modal_labels(compressed_predictions, classes)
+    return reference_modes != compressed_modes
+
+
+def population_accuracy(
+    predictions: np.ndarray, labels: np.ndarray, mask: np.ndarray | None = None
+) -> float:
+    """Mean top-1 accuracy of the members on the examples in `mask` (all when None); NaN when
+    the mask selects nothing."""
+    correct = np.asarray(predictions) == np.asarray(labels)[None, :]
+    if mask is not None:
+        correct = correct[:, np.asarray(mask, dtype=bool)]
+    return float(correct.mean()) if correct.size else float("nan")
+
+
+def pie_summary(
+    reference_predictions: np.ndarray, compressed_predictions: np.ndarray, labels: np.ndarray
+) -> dict[str, float]:
+    """PIE count and fraction, top-1 of both populations on PIEs and on the other examples, and
+    the PIEs where the compressed population's modal label is the true one."""
+    mask = pies(reference_predictions, compressed_predictions)
+    compressed_modes, _ = modal_labels(
+        compressed_predictions, int(max(compressed_predictions.max(), labels.max())) + 1
+    )
+    return {
+        "pie_count": int(mask.sum()),
+        "pie_fraction": float(mask.mean()),
+        "pies_compressed_mode_correct": int((mask & (compressed_modes == labels)).sum()),
+        "reference_top1_on_pies": population_accuracy(reference_predictions, labels, mask),
+        "reference_top1_on_rest": population_accuracy(reference_predictions, labels, ~mask),
+        "compressed_top1_on_pies": population_accuracy(compressed_predictions, labels, mask),
+        "compressed_top1_on_rest": population_accuracy(compressed_predictions, labels, ~mask),
+        "reference_top1": population_accuracy(reference_predictions, labels),
+        "compressed_top1": population_accuracy(compressed_predictions, labels),
+    }
+
+
+def pie_table(
+    example_ids: list[str],
+    labels: np.ndarray,
+    reference_predictions: np.ndarray,
+    compressed_predictions: np.ndarray,
+) -> pd.DataFrame:
+    """One row per PIE: example_id, label, both modal labels and the fraction of each
+    population's members that agree with its mode."""
+    classes = int(max(reference_predictions.max(), compressed_predictions.max(), labels.max())) + 1
+    reference_modes, reference_agreement = modal_labels(reference_predictions, classes)
+    compressed_modes, compressed_agreement = modal_labels(compressed_predictions, classes)
+    mask = reference_modes != compressed_modes
+    return pd.DataFrame(
+        {
+            "example_id": np.asarray(example_ids)[mask],
+            "label": np.asarray(labels)[mask],
+            "reference_mode": reference_modes[mask],
+            "compressed_mode": compressed_modes[mask],
+            "reference_agreement": reference_agreement[mask],
+            "compressed_agreement": compressed_agreement[mask],
+            "compressed_mode_correct": (compressed_modes == labels)[mask],
+        }
+    )
+
+
+def normalised_recalls(predictions: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """[K, classes]: each member's recall of each class minus its own top-1 accuracy (the
+    quantity Hooker et al. compare, so that an overall accuracy drop is not a class effect)."""
+    predictions, labels = np.asarray(predictions), np.asarray(labels)
+    result = np.full((len(predictions), num_classes), np.nan)
+    for member, predicted in enumerate(predictions):
+        top1 = (predicted == labels).mean()
+        for label in range(num_classes):
+            members = labels == label
+            if members.any():
+                result[member, label] = (predicted[members] == label).mean() - top1
+    return result
+
+
+def class_impact(
+    reference_predictions: np.ndarray,
+    compressed_predictions: np.ndarray,
+    labels: np.ndarray,
+    class_names: list[str],
+    alpha: float = 0.05,
+) -> pd.DataFrame:
+    """Per class, Welch's two-sided t-test (unequal variances) between the dense and the
+    compressed members' normalised recalls (`normalised_recalls`). A class with p <= alpha is
+    disparately impacted; `change` (compressed mean - dense mean of the normalised recall) gives
+    the direction and size."""
+    dense = normalised_recalls(reference_predictions, labels, len(class_names))
+    sparse = normalised_recalls(compressed_predictions, labels, len(class_names))
+    rows = []
+    for index, name in enumerate(class_names):
+        with warnings.catch_warnings():  # near-identical recalls: scipy warns, p is still right
+            warnings.simplefilter("ignore", RuntimeWarning)
+            statistic, p_value = stats.ttest_ind(sparse[:, index], dense[:, index], equal_var=False)
+        change = float(np.mean(sparse[:, index]) - np.mean(dense[:, index]))
+        impacted = bool(np.isfinite(p_value) and p_value <= alpha)
+        rows.append(
+            {
+                "class": name,
+                "reference_normalised_recall": float(np.mean(dense[:, index])),
+                "compressed_normalised_recall": float(np.mean(sparse[:, index])),
+                "change": change,
+                "t": float(statistic),
+                "p": float(p_value),
+                "impacted": impacted,
+                "direction": ("better" if change > 0 else "worse") if impacted else "",
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def pie_gallery(
+    images: torch.Tensor,
+    labels: np.ndarray,
+    reference_modes: np.ndarray,
+    compressed_modes: np.ndarray,
+    class_names: list[str],
+    path: str | Path,
+    title: str = "",
+    limit: int = 24,
+    columns: int = 8,
+) -> None:
+    """PNG of up to `limit` PIEs, each titled with its true label and both modal labels."""
+    from matplotlib.figure import Figure
+
+    count = min(limit, len(labels))
+    rows = max(1, -(-count // columns))
+    figure = Figure(figsize=(1.6 * columns, 1.9 * rows + (0.4 if title else 0)))
+    if title:
+        figure.suptitle(title, fontsize=9)
+    for index in range(rows * columns):
+        axis = figure.add_subplot(rows, columns, index + 1)
+        axis.axis("off")
+        if index >= count:
+            continue
+        image = images[index].permute(1, 2, 0).numpy()
+        axis.imshow(
+            image[..., 0] if image.shape[2] == 1 else image,
+            cmap="gray" if image.shape[2] == 1 else None,
+        )
+        axis.set_title(
+            f"y {class_names[labels[index]]}\ndense {class_names[reference_modes[index]]} / "
+            f"comp {class_names[compressed_modes[index]]}",
+            fontsize=7,
+        )
+    if count == 0:
+        figure.text(0.5, 0.5, "no PIEs", ha="center", va="center")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100, bbox_inches="tight")

@@ -1,0 +1,189 @@
+"""The populations flow: K dense members and K compressed members per level and loss, each its
+own cached task, then Pruning Identified Exemplars and disparately impacted classes.
+
+Runs on a local thread pool or on Dask (prefect-dask): an existing scheduler by address, or a
+LocalCluster of worker processes started for the run. Members already trained, by this flow or
+by the pipeline (same stage keys), are never trained again.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from prefect import flow
+from prefect.exceptions import TerminationSignal
+from prefect.futures import wait
+from prefect.runtime import flow_run
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from compalign.compress import COMPRESSORS
+from compalign.config import NO_FINE_TUNING, Params
+from compalign.train import resolve_device
+from flows.plan import ModelSpec, align_arguments, compress_arguments, compressed_id
+from tasks import tracking
+from tasks.align import align_task
+from tasks.compress import compress_task
+from tasks.data import prepare_task
+from tasks.logs import stage_logger
+from tasks.population_report import analyse, publish
+from tasks.predict import load_predictions, predict_task
+from tasks.train import train_reference_task
+
+REPORT_DIR = Path("reports/populations")
+
+
+def member_reference(settings: Params, seed: int) -> dict[str, Any]:
+    """The `reference` section of the dense member with `seed`."""
+    return {**settings.reference.model_dump(), "seed": seed}
+
+
+def levels(settings: Params) -> list[float | None]:
+    """The population compressor's levels (None once for a quantizer)."""
+    compressor = COMPRESSORS[settings.populations.compressor]
+    return list(settings.populations.sparsities) if compressor.uses_level else [None]
+
+
+@flow(name="compalign-populations", flow_run_name="populations-{params[data][source]}")
+def populations_flow(params: dict[str, Any]) -> dict[str, Any]:
+    """Train (or reuse) every member, predict the test split with each, analyse the PIEs."""
+    settings = Params.model_validate(params)
+    population = settings.populations
+    device = str(resolve_device(settings.run.device))
+    batch = settings.audit.batch_size
+    track = tracking.setup(settings.run.experiment)
+    tracking.close_orphans(track)
+    parent = tracking.start_parent(
+        track,
+        f"populations-{settings.data.source}-{settings.reference.model}-{population.compressor}",
+        settings.flat(),
+        tags={
+            "orchestrator": "prefect",
+            "kind": "populations",
+            "runner": population.runner,
+            "prefect_flow_run_id": str(flow_run.get_id()),
+            "model": settings.reference.model,
+            "compressor": population.compressor,
+            "host": socket.gethostname(),
+        },
+    )
+    logger = stage_logger()
+    logger.info("MLflow parent run %s: %d members per population", parent, population.size)
+    status = "FAILED"
+    futures: list[tuple[str, str, Any]] = []
+    try:
+        data = prepare_task.submit(settings.data.model_dump())
+        futures.append(("prepare", "", data))
+        references, reference_predictions = {}, {}
+        for seed in population.seeds:
+            references[seed] = train_reference_task.submit(
+                data, member_reference(settings, seed), device
+            )
+            reference_predictions[seed] = predict_task.submit(data, references[seed], batch, device)
+            futures += [
+                ("reference", f"seed {seed}", references[seed]),
+                ("predict", f"dense {seed}", reference_predictions[seed]),
+            ]
+        member_predictions: dict[tuple[float | None, str], dict[int, Any]] = {}
+        for level in levels(settings):
+            for seed in population.seeds:
+                compressed: dict[str, Any] = {}
+                for loss in population.losses:
+                    spec = ModelSpec(population.compressor, level, loss)
+                    name = compressed_id(settings, spec)
+                    if name not in compressed:
+                        needs_data, arguments = compress_arguments(settings, spec)
+                        compressed[name] = compress_task.submit(
+                            data if needs_data else None, references[seed], **arguments
+                        )
+                        futures.append(("compress", f"{name} seed {seed}", compressed[name]))
+                    model = compressed[name]
+                    if loss != NO_FINE_TUNING:
+                        model = align_task.submit(
+                            data, references[seed], model, **align_arguments(settings, spec, device)
+                        )
+                        futures.append(("align", f"{spec.name} seed {seed}", model))
+                    prediction = predict_task.submit(data, model, batch, device)
+                    futures.append(("predict", f"{spec.name} seed {seed}", prediction))
+                    member_predictions.setdefault((level, loss), {})[seed] = prediction
+        wait([future for _, _, future in futures])
+        dense = np.stack(
+            [load_predictions(reference_predictions[s].result()) for s in population.seeds]
+        )
+        compressed_arrays = {
+            key: np.stack([load_predictions(by_seed[s].result()) for s in population.seeds])
+            for key, by_seed in member_predictions.items()
+        }
+        analysis = analyse(
+            data.result()["path"],
+            dense,
+            compressed_arrays,
+            population.significance,
+            population.gallery_examples,
+            REPORT_DIR,
+        )
+        publish(track, parent, analysis)
+        status = "FINISHED"
+    except (KeyboardInterrupt, TerminationSignal):
+        status = "KILLED"
+        raise
+    finally:
+        tracking.finish_run(track, parent, status)
+    states = [{"stage": s, "model": n, "state": f.state.name} for s, n, f in futures]
+    cached = sum(state["state"] == "Cached" for state in states)
+    logger.info("%d tasks: %d Cached, %d run", len(states), cached, len(states) - cached)
+    return {
+        "parent_run_id": parent,
+        "experiment_id": track["experiment_id"],
+        "tracking_uri": track["uri"],
+        "tasks": states,
+        "summary": analysis["summary"].to_dict(orient="records"),
+        "impact": analysis["impact"].to_dict(orient="records"),
+        "dense_predictions": dense.tolist(),
+        "compressed_predictions": {
+            f"{k[0]}|{k[1]}": v.tolist() for k, v in compressed_arrays.items()
+        },
+    }
+
+
+def task_runner(settings: Params):
+    """The Prefect task runner `populations.runner` asks for."""
+    population = settings.populations
+    if population.runner == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        if population.dask_address:
+            return DaskTaskRunner(address=population.dask_address)
+        return DaskTaskRunner(
+            cluster_class="distributed.LocalCluster",
+            cluster_kwargs={
+                "n_workers": population.dask_workers,
+                "threads_per_worker": 1,
+                "processes": True,
+                "host": "127.0.0.1",
+                "dashboard_address": None,
+            },
+        )
+    workers = population.workers or os.cpu_count() or 1
+    if COMPRESSORS[population.compressor].traces_globally:
+        workers = 1  # torch.fx tracing is process-wide (see flows.pipeline.task_workers)
+    return ThreadPoolTaskRunner(max_workers=workers)
+
+
+def run_populations(settings: Params) -> dict[str, Any]:
+    """Run the populations flow on the runner the params choose, with `threads_per_task` torch
+    threads per member (Dask worker processes get the same through OMP_NUM_THREADS)."""
+    import torch
+
+    threads = settings.populations.threads_per_task
+    torch.set_num_threads(threads)
+    if settings.populations.runner == "dask":
+        import dask
+
+        # the environment Dask's nannies give worker processes (default: 1 thread each)
+        dask.config.set({"distributed.nanny.pre-spawn-environ.OMP_NUM_THREADS": threads})
+    runner = task_runner(settings)
+    return populations_flow.with_options(task_runner=runner)(settings.model_dump())

@@ -1,0 +1,177 @@
+"""The populations flow's analysis: PIEs, impacted classes and losses against PIEs, written to
+reports/populations/ and logged on the population's MLflow parent run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+from compalign.data import load_split, read_manifest
+from compalign.populations import class_impact, modal_labels, pie_gallery, pie_summary, pie_table
+from tasks.tracking import Tracking, log_artifacts, log_metrics
+
+
+def _slug(level: float | None, loss: str) -> str:
+    return f"{'all' if level is None else f'{level:g}'}-{loss}"
+
+
+def analyse(
+    data_path: str,
+    reference_predictions: np.ndarray,
+    compressed_predictions: dict[tuple[float | None, str], np.ndarray],
+    significance: float,
+    gallery_examples: int,
+    out_dir: str | Path,
+) -> dict[str, Any]:
+    """PIE summary per (level, loss), PIE tables and galleries, class impact, losses vs PIEs;
+    files written to `out_dir`. Returns {"summary", "impact"} frames and the file paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = read_manifest(data_path, verify=False)
+    test = load_split(data_path, "test", manifest)
+    labels, names = test.labels.numpy(), manifest["class_names"]
+    classes = len(names)
+    rows, impacts, files = [], [], []
+    first_loss_pies: dict[float | None, np.ndarray] = {}
+    for (level, loss), predictions in compressed_predictions.items():
+        summary = pie_summary(reference_predictions, predictions, labels)
+        table = pie_table(test.example_ids, labels, reference_predictions, predictions)
+        impact = class_impact(reference_predictions, predictions, labels, names, significance)
+        reference_modes, _ = modal_labels(reference_predictions, classes)
+        compressed_modes, _ = modal_labels(predictions, classes)
+        mask = reference_modes != compressed_modes
+        first = first_loss_pies.setdefault(level, mask)
+        impacted = impact[impact.impacted]
+        rows.append(
+            {
+                "level": level,
+                "loss": loss,
+                **summary,
+                "pies_shared_with_first_loss": int((mask & first).sum()),
+                "impacted_classes": int(len(impacted)),
+                "impacted": ", ".join(
+                    f"{row['class']} ({row['change']:+.3f}, p={row['p']:.3f})"
+                    for _, row in impacted.iterrows()
+                ),
+            }
+        )
+        impacts.append(impact.assign(level=level, loss=loss))
+        slug = _slug(level, loss)
+        table.to_parquet(out_dir / f"pies-{slug}.parquet", index=False)
+        # the gallery shows the PIEs both populations are surest about first
+        order = np.argsort(
+            -(table.reference_agreement.to_numpy() + table.compressed_agreement.to_numpy()),
+            kind="stable",
+        )[:gallery_examples]
+        positions = np.flatnonzero(mask)[order]
+        pie_gallery(
+            test.images[positions],
+            labels[positions],
+            reference_modes[positions],
+            compressed_modes[positions],
+            names,
+            out_dir / f"gallery-{slug}.png",
+            title=f"PIEs at level {level} with loss {loss}: label / dense mode / compressed mode",
+            limit=gallery_examples,
+        )
+        files += [out_dir / f"pies-{slug}.parquet", out_dir / f"gallery-{slug}.png"]
+    summary = pd.DataFrame(rows)
+    impact = pd.concat(impacts, ignore_index=True) if impacts else pd.DataFrame()
+    summary.to_parquet(out_dir / "summary.parquet", index=False)
+    impact.to_parquet(out_dir / "class_impact.parquet", index=False)
+    (out_dir / "summary.md").write_text(summary_markdown(summary, impact) + "\n")
+    files += [out_dir / name for name in ("summary.parquet", "class_impact.parquet", "summary.md")]
+    return {"summary": summary, "impact": impact, "files": files}
+
+
+def summary_markdown(summary: pd.DataFrame, impact: pd.DataFrame) -> str:
+    """The PIE table and the impacted classes as Markdown."""
+    columns = [
+        "level",
+        "loss",
+        "pie_count",
+        "pie_fraction",
+        "pies_compressed_mode_correct",
+        "reference_top1_on_pies",
+        "reference_top1_on_rest",
+        "compressed_top1_on_pies",
+        "compressed_top1_on_rest",
+        "pies_shared_with_first_loss",
+        "impacted_classes",
+    ]
+    text = "PIEs per compression level and loss:\n\n" + summary[columns].to_markdown(
+        index=False, floatfmt=".4f"
+    )
+    significant = impact[impact.impacted] if len(impact) else impact
+    text += "\n\nDisparately impacted classes (Welch t-test):\n\n"
+    if len(significant):
+        text += significant[
+            ["level", "loss", "class", "change", "t", "p", "direction"]
+        ].to_markdown(index=False, floatfmt=".4f")
+    else:
+        text += "none"
+    return text
+
+
+def publish(tracking: Tracking, parent_run_id: str, analysis: dict[str, Any]) -> None:
+    """Log the PIE metrics (`<level>/<loss>/<metric>`) and every file on the parent run."""
+    metrics = {}
+    for _, row in analysis["summary"].iterrows():
+        prefix = f"{_slug(row['level'], row['loss']).replace('-', '/', 1)}/"
+        for name in (
+            "pie_count",
+            "pie_fraction",
+            "pies_compressed_mode_correct",
+            "reference_top1_on_pies",
+            "reference_top1_on_rest",
+            "compressed_top1_on_pies",
+            "compressed_top1_on_rest",
+            "compressed_top1",
+            "impacted_classes",
+            "pies_shared_with_first_loss",
+        ):
+            metrics[prefix + name] = row[name]
+    if len(analysis["summary"]):
+        metrics["reference_top1"] = analysis["summary"].reference_top1.iloc[0]
+    log_metrics(tracking, parent_run_id, metrics)
+    log_artifacts(tracking, parent_run_id, [("populations", path) for path in analysis["files"]])
+
+
+def print_populations(summary: pd.DataFrame, console: Console | None = None) -> None:
+    """The PIE table on the terminal."""
+    if console is None:
+        console = Console()
+        if not console.is_terminal:
+            console = Console(width=200)
+    table = Table(title="Pruning Identified Exemplars (population modal labels differ)")
+    headers = [
+        "level",
+        "loss",
+        "PIEs",
+        "fraction",
+        "comp. mode right",
+        "dense top-1 PIEs / rest",
+        "comp. top-1 PIEs / rest",
+        "impacted classes",
+    ]
+    for header in headers:
+        table.add_column(
+            header, justify="left" if header in ("loss", "impacted classes") else "right"
+        )
+    for _, row in summary.iterrows():
+        table.add_row(
+            "–" if row.level is None or pd.isna(row.level) else f"{row.level:g}",
+            row.loss,
+            str(row.pie_count),
+            f"{row.pie_fraction:.3f}",
+            str(row.pies_compressed_mode_correct),
+            f"{row.reference_top1_on_pies:.3f} / {row.reference_top1_on_rest:.3f}",
+            f"{row.compressed_top1_on_pies:.3f} / {row.compressed_top1_on_rest:.3f}",
+            row.impacted or "none",
+        )
+    console.print(table)

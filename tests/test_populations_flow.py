@@ -1,0 +1,83 @@
+"""The populations flow on the tiny profile: local thread pool and a Dask LocalCluster agree."""
+
+from __future__ import annotations
+
+import os
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+pytestmark = pytest.mark.slow
+
+OVERRIDES = [
+    "populations.size=3",
+    "populations.sparsities=[0.5,0.9]",
+    "populations.losses=[ce,label_preserving]",
+    "populations.gallery_examples=8",
+    "populations.dask_workers=2",
+]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, prefect_server):
+    """The same population twice on the local runner (the second cached), once on Dask."""
+    from compalign.config import load_params
+    from conftest import TINY
+    from flows.populations import run_populations
+
+    results = {}
+    previous = os.getcwd()
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    try:
+        for runner in ("local", "dask"):
+            project = tmp_path_factory.mktemp(runner)
+            os.chdir(project)
+            params = load_params(TINY, [*OVERRIDES, f"populations.runner={runner}"])
+            results[runner] = run_populations(params)
+            if runner == "local":
+                results["local-again"] = run_populations(params)
+            results[f"{runner}-dir"] = project
+    finally:
+        os.chdir(previous)
+    return results
+
+
+def test_dask_runner_gives_the_local_runners_results(runs):
+    local, dask = runs["local"], runs["dask"]
+    assert local["dense_predictions"] == dask["dense_predictions"]
+    assert local["compressed_predictions"] == dask["compressed_predictions"]
+    pd.testing.assert_frame_equal(pd.DataFrame(local["summary"]), pd.DataFrame(dask["summary"]))
+    assert {task["state"] for task in dask["tasks"]} == {"Completed"}
+    # every member is its own task: 3 dense + 3 x 2 levels x (1 compress + 2 align) + predictions
+    assert len(local["tasks"]) == 1 + 3 + 3 + 3 * 2 * (1 + 2 + 2)
+
+
+def test_members_are_cached(runs):
+    assert {task["state"] for task in runs["local-again"]["tasks"]} == {"Cached"}
+
+
+def test_parent_run_holds_pies_impacted_classes_table_and_gallery(runs):
+    result = runs["local"]
+    client = MlflowClient(result["tracking_uri"])
+    parent = client.get_run(result["parent_run_id"])
+    assert parent.data.tags["kind"] == "populations"
+    summary = pd.DataFrame(result["summary"])
+    for row in summary.itertuples():
+        prefix = f"{row.level:g}/{row.loss}/"
+        assert parent.data.metrics[prefix + "pie_count"] == row.pie_count
+        assert prefix + "impacted_classes" in parent.data.metrics
+        assert prefix + "compressed_top1_on_pies" in parent.data.metrics
+    files = {item.path for item in client.list_artifacts(parent.info.run_id, "populations")}
+    assert {
+        "populations/summary.md", "populations/class_impact.parquet",
+        "populations/pies-0.9-ce.parquet", "populations/gallery-0.9-ce.png",
+    } <= files
+    assert (summary.pie_count > 0).any()
+    # severe compression changes more modal labels than mild, for every loss
+    for loss in ("ce", "label_preserving"):
+        counts = summary[summary.loss == loss].set_index("level").pie_count
+        assert counts[0.9] >= counts[0.5]
+    table = pd.read_parquet(runs["local-dir"] / "reports/populations/pies-0.9-ce.parquet")
+    assert len(table) == summary.set_index(["level", "loss"]).pie_count[(0.9, "ce")]
+    assert (table.reference_mode != table.compressed_mode).all()
