@@ -31,7 +31,7 @@ from tasks.data import prepare_task
 from tasks.logs import stage_logger
 from tasks.population_report import analyse, publish
 from tasks.predict import load_predictions, predict_task
-from tasks.train import train_reference_task
+from tasks.train import train_population_task, train_reference_task
 
 REPORT_DIR = Path("reports/populations")
 
@@ -78,15 +78,23 @@ def populations_flow(params: dict[str, Any]) -> dict[str, Any]:
         data = prepare_task.submit(settings.data.model_dump())
         futures.append(("prepare", "", data))
         references, reference_predictions = {}, {}
-        for seed in population.seeds:
-            references[seed] = train_reference_task.submit(
-                data, member_reference(settings, seed), device
+        if population.vectorise:  # one task trains every dense member as one batched model
+            group = train_population_task.submit(
+                data, settings.reference.model_dump(), population.seeds, device
             )
+            futures.append(("reference", "population", group))
+            members = dict(zip(population.seeds, group.result(), strict=True))
+        for seed in population.seeds:
+            if population.vectorise:
+                references[seed] = members[seed]
+            else:
+                references[seed] = train_reference_task.submit(
+                    data, member_reference(settings, seed), device
+                )
             reference_predictions[seed] = predict_task.submit(data, references[seed], batch, device)
-            futures += [
-                ("reference", f"seed {seed}", references[seed]),
-                ("predict", f"dense {seed}", reference_predictions[seed]),
-            ]
+            if not population.vectorise:
+                futures.append(("reference", f"seed {seed}", references[seed]))
+            futures.append(("predict", f"dense {seed}", reference_predictions[seed]))
         member_predictions: dict[tuple[float | None, str], dict[int, Any]] = {}
         for level in levels(settings):
             for seed in population.seeds:

@@ -43,7 +43,13 @@ CHECKPOINT_CODE = [
 STAGE_CODE: dict[str, list[str]] = {
     "prepare": ["compalign/data.py", "compalign/files.py", "tasks/data.py"],
     "reference": sorted(
-        {"compalign/data.py", "compalign/losses.py", "compalign/train.py", "tasks/train.py"}
+        {
+            "compalign/data.py",
+            "compalign/losses.py",
+            "compalign/train.py",
+            "compalign/vectorised.py",
+            "tasks/train.py",
+        }
         | set(CHECKPOINT_CODE)
     ),
     "compress": sorted(
@@ -214,4 +220,22 @@ def prefect_cache_key(stage: str) -> Callable[[Any, dict[str, Any]], str]:
         return key
 
     cache_key.__name__ = f"{stage}_cache_key"
+    return cache_key
+
+
+def prefect_group_cache_key(
+    stage: str, members: Callable[[dict[str, Any]], list[dict[str, Any]]]
+) -> Callable[[Any, dict[str, Any]], str]:
+    """A Prefect `cache_key_fn` for a task that makes several store entries at once (one per
+    member): the key hashes the members' keys, and a record whose entries are not all finished
+    is dropped, as `prefect_cache_key` does for one entry."""
+
+    def cache_key(_context: Any, parameters: dict[str, Any]) -> str:
+        keys = [stage_key(stage, member) for member in members(parameters)]
+        key = f"{stage}-group-{hashlib.sha256(''.join(keys).encode()).hexdigest()[:24]}"
+        if not all(is_complete(entry_dir(member_key)) for member_key in keys):
+            (PREFECT_RESULTS_DIR / key).unlink(missing_ok=True)
+        return key
+
+    cache_key.__name__ = f"{stage}_group_cache_key"
     return cache_key

@@ -15,7 +15,15 @@ from compalign.models import build_model
 from compalign.train import TrainConfig, fit, predict_logits
 from tasks.logs import epoch_logger, stage_logger
 from tasks.options import task_options
-from tasks.store import Artifact, materialize, require
+from tasks.store import (
+    Artifact,
+    entry_dir,
+    is_complete,
+    materialize,
+    prefect_group_cache_key,
+    require,
+    stage_key,
+)
 
 
 def train_config(section: TrainingParams) -> TrainConfig:
@@ -73,3 +81,72 @@ def train_reference(
 
 
 train_reference_task = task(train_reference, **task_options("reference"))
+
+
+def member_parameters(parameters: dict[str, Any]) -> list[dict[str, Any]]:
+    """The store parameters of each member a `train_population` call makes."""
+    return [
+        {
+            "data": parameters["data"],
+            "reference": {**parameters["reference"], "seed": seed},
+            "device": parameters["device"],
+            # batched kernels round differently from one-at-a-time ones: never the same entry
+            "vectorised": True,
+        }
+        for seed in parameters["seeds"]
+    ]
+
+
+def train_population(
+    data: Artifact, reference: dict[str, Any], seeds: list[int], device: str
+) -> list[Artifact]:
+    """Train one dense member per seed together as one batched model (compalign.vectorised:
+    fit's math for each member), each stored as its own reference checkpoint."""
+    parameters = {"data": data, "reference": reference, "seeds": seeds, "device": device}
+    members = member_parameters(parameters)
+    if all(is_complete(entry_dir(stage_key("reference", member))) for member in members):
+        return [materialize("reference", member, _unreachable) for member in members]
+    from compalign.vectorised import fit_population
+
+    params = ReferenceParams.model_validate(reference)
+    data_dir = require(data, "prepared dataset")
+    manifest = read_manifest(data_dir)
+    architecture = architecture_of(params.model, manifest)
+    models = [build_model(**architecture, seed=seed) for seed in seeds]
+    configs = [train_config(params.model_copy(update={"seed": seed})) for seed in seeds]
+    train, val = load_split(data_dir, "train", manifest), load_split(data_dir, "val", manifest)
+    stage_logger().info("training %d members of %s as one batched model", len(seeds), params.model)
+    fit_population(models, train, configs, LOSSES["ce"](), device=device)
+    artifacts = []
+    for member, model in zip(members, models, strict=True):
+        val_accuracy = float(
+            (predict_logits(model, val, device=device).argmax(1) == val.labels).float().mean()
+        )
+
+        def build(scratch: Path, model=model, val_accuracy=val_accuracy) -> None:
+            save_checkpoint(
+                model,
+                architecture,
+                scratch,
+                stage="reference",
+                val_accuracy=val_accuracy,
+                data_digest=data["digest"],
+                vectorised=True,
+            )
+
+        artifacts.append(materialize("reference", member, build))
+    return artifacts
+
+
+def _unreachable(scratch: Path) -> None:
+    raise RuntimeError("a finished store entry was rebuilt")
+
+
+train_population_task = task(
+    train_population,
+    **{
+        **task_options("reference"),
+        "name": "reference-population",
+        "cache_key_fn": prefect_group_cache_key("reference", member_parameters),
+    },
+)

@@ -76,7 +76,9 @@ def test_class_impact_is_welchs_t_test_on_normalised_recalls():
     dense_recalls = normalised_recalls(dense, labels, 3)
     sparse_recalls = normalised_recalls(sparse, labels, 3)
     for index in range(3):
-        expected = stats.ttest_ind(sparse_recalls[:, index], dense_recalls[:, index], equal_var=False)
+        expected = stats.ttest_ind(
+            sparse_recalls[:, index], dense_recalls[:, index], equal_var=False
+        )
         assert impact.t[index] == pytest.approx(expected.statistic)
         assert impact.p[index] == pytest.approx(expected.pvalue)
     assert impact.impacted.tolist()[0] and impact.direction[0] == "worse"

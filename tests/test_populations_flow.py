@@ -37,6 +37,16 @@ def runs(tmp_path_factory, prefect_server):
             results[runner] = run_populations(params)
             if runner == "local":
                 results["local-again"] = run_populations(params)
+                vectorised = load_params(
+                    TINY,
+                    [
+                        *OVERRIDES,
+                        "populations.sparsities=[0.5]",
+                        "populations.losses=[ce]",
+                        "populations.vectorise=true",
+                    ],
+                )
+                results["vectorised"] = run_populations(vectorised)
             results[f"{runner}-dir"] = project
     finally:
         os.chdir(previous)
@@ -70,8 +80,10 @@ def test_parent_run_holds_pies_impacted_classes_table_and_gallery(runs):
         assert prefix + "compressed_top1_on_pies" in parent.data.metrics
     files = {item.path for item in client.list_artifacts(parent.info.run_id, "populations")}
     assert {
-        "populations/summary.md", "populations/class_impact.parquet",
-        "populations/pies-0.9-ce.parquet", "populations/gallery-0.9-ce.png",
+        "populations/summary.md",
+        "populations/class_impact.parquet",
+        "populations/pies-0.9-ce.parquet",
+        "populations/gallery-0.9-ce.png",
     } <= files
     assert (summary.pie_count > 0).any()
     # severe compression changes more modal labels than mild, for every loss
@@ -81,3 +93,19 @@ def test_parent_run_holds_pies_impacted_classes_table_and_gallery(runs):
     table = pd.read_parquet(runs["local-dir"] / "reports/populations/pies-0.9-ce.parquet")
     assert len(table) == summary.set_index(["level", "loss"]).pie_count[(0.9, "ce")]
     assert (table.reference_mode != table.compressed_mode).all()
+
+
+def test_vectorised_members_match_one_at_a_time_training(runs):
+    """The dense members trained as one batched model are the same members up to floating-point
+    rounding: their test predictions agree with the one-at-a-time members' almost everywhere."""
+    import numpy as np
+
+    batched = np.array(runs["vectorised"]["dense_predictions"])
+    single = np.array(runs["local"]["dense_predictions"])
+    assert batched.shape == single.shape
+    assert (batched == single).mean() >= 0.95
+    stages = {task["stage"] for task in runs["vectorised"]["tasks"]}
+    assert ("reference", "population") in {
+        (t["stage"], t["model"]) for t in runs["vectorised"]["tasks"]
+    }
+    assert "reference" in stages
