@@ -39,6 +39,7 @@ repro: setup
 bench: setup
 	$(BIN)/python bench/overhead.py
 	$(BIN)/python bench/compression_costs.py
+	$(BIN)/python bench/populations.py
 
 lint: setup
 	$(BIN)/ruff check .
