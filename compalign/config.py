@@ -39,6 +39,9 @@ class DataParams(Section):
     image_mode: Literal["RGB", "L"] = "RGB"
     target: str | None = None
     label_groups: dict[str, list[Annotated[int, Field(ge=0)]]] = Field(default_factory=dict)
+    # an imbalanced training split: keep only rare_fraction of these classes' training examples
+    rare_classes: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list)
+    rare_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
 
     @field_validator("source")
     @classmethod

@@ -309,6 +309,25 @@ def assign_splits(raw: RawDataset, params: Any) -> np.ndarray:
     return split.astype(str)
 
 
+def _make_rare(
+    split: np.ndarray, labels: np.ndarray, rare: list[int], fraction: float, seed: int
+) -> np.ndarray:
+    """Keep a seeded `fraction` of each rare class's training examples; the others leave the
+    dataset (marked "dropped"). Validation and test splits keep every class, so the audit sees
+    how a model trained on few examples of a group treats it (Meyer & Wong's imbalanced CIFAR-10)."""
+    rng = np.random.default_rng(seed + 2)
+    split = split.copy()
+    for label in rare:
+        members = np.flatnonzero((split == "train") & (labels == label))
+        if not len(members):
+            raise UserError(f"data.rare_classes: class {label} has no training examples")
+        drop = rng.choice(
+            members, size=len(members) - max(1, int(round(fraction * len(members)))), replace=False
+        )
+        split[drop] = "dropped"
+    return split
+
+
 def _limit(split: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
     """Indices kept: at most `limit` per split, a seeded random subset, in original order."""
     rng = np.random.default_rng(seed + 1)
@@ -349,6 +368,10 @@ def build_table(params: Any) -> tuple[pa.Table, dict[str, Any]]:
             )
         groups[name] = np.isin(raw.labels, members).astype(np.int64)
     split = assign_splits(raw, params)
+    if params.rare_classes:
+        split = _make_rare(
+            split, raw.labels, params.rare_classes, params.rare_fraction, params.seed
+        )
     kept = _limit(split, params.limit, params.seed)
     images = raw.load_images(kept)
     if params.image_size is not None and images.shape[1:3] != (

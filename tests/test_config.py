@@ -36,7 +36,11 @@ def test_tiny_profile_is_valid():
         ("reference.lr=abc", "reference.lr", "valid number"),
         ("reference.optimizer=adam", "reference.optimizer", "'sgd' or 'adamw'"),
         ("data.source=imagenet", "data.source", "cifar10"),
-        ("nosuch.key=1", "nosuch", "allowed keys: align, audit, compress, data, reference, run"),
+        (
+            "nosuch.key=1",
+            "nosuch",
+            "allowed keys: align, audit, compress, data, populations, reference, run",
+        ),
     ],
 )
 def test_bad_values_name_the_key(override, key, hint):

@@ -82,3 +82,23 @@ def test_changed_dataset_is_refused(tmp_path):
 def test_missing_prepared_dataset(tmp_path):
     with pytest.raises(UserError, match="run the prepare stage"):
         read_manifest(tmp_path)
+
+
+def test_rare_classes_are_rare_in_training_only(tmp_path):
+    """Meyer & Wong's imbalanced variant: 10% of classes 3 and 8 stay in the training split;
+    validation and test keep them all."""
+    full = prepare(tmp_path / "full")
+    rare = prepare(
+        tmp_path / "rare", rare_classes=[3, 8], rare_fraction=0.1, label_groups={"rare": [3, 8]}
+    )
+    assert rare["group_columns"] == ["rare"]
+    train = load_split(tmp_path / "rare", "train")
+    full_train = load_split(tmp_path / "full", "train")
+    for label in (3, 8):
+        assert int((train.labels == label).sum()) == round(
+            0.1 * int((full_train.labels == label).sum())
+        )
+    assert int((train.labels == 4).sum()) == int((full_train.labels == 4).sum())
+    assert rare["splits"]["test"] == full["splits"]["test"]
+    test = load_split(tmp_path / "rare", "test")
+    assert test.groups.rare.tolist() == [int(label in (3, 8)) for label in test.labels.tolist()]
