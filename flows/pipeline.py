@@ -38,6 +38,7 @@ from tasks.audit import audit_task
 from tasks.compress import compress_task
 from tasks.costs import costs_task, latency_settings
 from tasks.data import prepare_task
+from tasks.html_report import pipeline_report
 from tasks.logs import stage_logger
 from tasks.report import publish_summary
 from tasks.train import train_reference_task
@@ -164,6 +165,15 @@ def pipeline(params: dict[str, Any]) -> dict[str, Any]:
             finished.append(("costs", name, state))
             costs[name] = state.result()["costs"]
         summary = publish_summary(track, parent, results, REPORT_DIR, costs)
+        html = pipeline_report(
+            summary,
+            {result["labels"]["name"]: result["metrics"] for result in results},
+            read_manifest(data.result()["path"], verify=False)["class_names"],
+            REPORT_DIR / "report.html",
+            f"{settings.data.source} / {settings.reference.model}: what compression changed",
+            notes=[f"MLflow parent run {parent}, experiment {settings.run.experiment!r}."],
+        )
+        tracking.log_artifacts(track, parent, [("", html)])
         status = "FINISHED"
     except (KeyboardInterrupt, TerminationSignal):
         status = "KILLED"
@@ -183,6 +193,8 @@ def pipeline(params: dict[str, Any]) -> dict[str, Any]:
         "flow_run_id": str(flow_run.get_id()),
         "tasks": states,
         "summary": summary.to_dict(orient="records"),
+        "metrics": {result["labels"]["name"]: result["metrics"] for result in results},
+        "class_names": read_manifest(data.result()["path"], verify=False)["class_names"],
     }
 
 

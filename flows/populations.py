@@ -28,6 +28,7 @@ from tasks import tracking
 from tasks.align import align_task
 from tasks.compress import compress_task
 from tasks.data import prepare_task
+from tasks.html_report import populations_report
 from tasks.logs import stage_logger
 from tasks.population_report import analyse, publish
 from tasks.predict import load_predictions, predict_task
@@ -39,6 +40,15 @@ REPORT_DIR = Path("reports/populations")
 def member_reference(settings: Params, seed: int) -> dict[str, Any]:
     """The `reference` section of the dense member with `seed`."""
     return {**settings.reference.model_dump(), "seed": seed}
+
+
+def population_losses(settings: Params) -> list[str]:
+    """The population's losses; a post-training quantizer's members are audited as they are
+    (`none`) unless align.quantization_aware fine-tunes them (as in the pipeline)."""
+    compressor = COMPRESSORS[settings.populations.compressor]
+    if compressor.family == "quantization" and not settings.align.quantization_aware:
+        return [NO_FINE_TUNING]
+    return settings.populations.losses
 
 
 def levels(settings: Params) -> list[float | None]:
@@ -99,7 +109,7 @@ def populations_flow(params: dict[str, Any]) -> dict[str, Any]:
         for level in levels(settings):
             for seed in population.seeds:
                 compressed: dict[str, Any] = {}
-                for loss in population.losses:
+                for loss in population_losses(settings):
                     spec = ModelSpec(population.compressor, level, loss)
                     name = compressed_id(settings, spec)
                     if name not in compressed:
@@ -133,6 +143,21 @@ def populations_flow(params: dict[str, Any]) -> dict[str, Any]:
             population.gallery_examples,
             REPORT_DIR,
         )
+        galleries = {
+            path.stem.removeprefix("gallery-"): path
+            for path in analysis["files"]
+            if path.name.startswith("gallery-")
+        }
+        html = populations_report(
+            analysis["summary"],
+            analysis["impact"],
+            galleries,
+            REPORT_DIR / "report.html",
+            f"Populations of {population.size} {settings.reference.model} on {settings.data.source}: "
+            f"{population.compressor}",
+            notes=[f"MLflow parent run {parent}, experiment {settings.run.experiment!r}."],
+        )
+        analysis["files"].append(html)
         publish(track, parent, analysis)
         status = "FINISHED"
     except (KeyboardInterrupt, TerminationSignal):
@@ -187,6 +212,7 @@ def run_populations(settings: Params) -> dict[str, Any]:
     import torch
 
     threads = settings.populations.threads_per_task
+    previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     if settings.populations.runner == "dask":
         import dask
@@ -194,4 +220,7 @@ def run_populations(settings: Params) -> dict[str, Any]:
         # the environment Dask's nannies give worker processes (default: 1 thread each)
         dask.config.set({"distributed.nanny.pre-spawn-environ.OMP_NUM_THREADS": threads})
     runner = task_runner(settings)
-    return populations_flow.with_options(task_runner=runner)(settings.model_dump())
+    try:
+        return populations_flow.with_options(task_runner=runner)(settings.model_dump())
+    finally:
+        torch.set_num_threads(previous)

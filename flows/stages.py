@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from compalign.config import Params
+from compalign.data import read_manifest
 from compalign.train import resolve_device
 from flows.plan import (
     BASELINE_LOSS,
@@ -31,6 +32,7 @@ from tasks.audit import METRICS_FILE, audit_model
 from tasks.compress import compress
 from tasks.costs import latency_settings, measure_costs
 from tasks.data import prepare
+from tasks.html_report import pipeline_report
 from tasks.report import print_summary, publish_summary
 from tasks.store import artifact_of
 from tasks.train import train_reference
@@ -175,6 +177,15 @@ def stage_audit(params: Params) -> None:
             metrics.update(costs[name])
             (AUDIT_METRICS_DIR / f"{name}.json").write_text(json.dumps(metrics, indent=2) + "\n")
         summary = publish_summary(track, parent, results, AUDIT_SUMMARY_DIR, costs)
+        html = pipeline_report(
+            summary,
+            {result["labels"]["name"]: result["metrics"] for result in results},
+            read_manifest(DATA_DIR, verify=False)["class_names"],
+            AUDIT_SUMMARY_DIR / "report.html",
+            f"{params.data.source} / {params.reference.model}: what compression changed (DVC)",
+            notes=[f"MLflow parent run {parent}, experiment {params.run.experiment!r}."],
+        )
+        tracking.log_artifacts(track, parent, [("", html)])
         status = "FINISHED"
     finally:
         tracking.finish_run(track, parent, status)

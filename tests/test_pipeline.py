@@ -69,6 +69,10 @@ def test_first_run_logs_parent_and_one_child_per_model(runs):
     )
     assert len(parent.data.tags["data_digest"]) == 64
     assert parent.inputs.dataset_inputs[0].dataset.digest == parent.data.tags["data_digest"][:12]
+    parent_files = {item.path for item in client.list_artifacts(parent.info.run_id)}
+    assert {"summary.parquet", "summary.md", "report.html"} <= parent_files
+    html = (project / "reports/pipeline/report.html").read_text()
+    assert "data:image/png;base64," in html and "magnitude_global-0.97-label_preserving" in html
 
     children = children_of(client, first)
     assert sorted(children) == sorted(["reference", *COMPRESSED]), sorted(children)

@@ -84,6 +84,7 @@ def test_parent_run_holds_pies_impacted_classes_table_and_gallery(runs):
         "populations/class_impact.parquet",
         "populations/pies-0.9-ce.parquet",
         "populations/gallery-0.9-ce.png",
+        "populations/report.html",
     } <= files
     assert (summary.pie_count > 0).any()
     # severe compression changes more modal labels than mild, for every loss
@@ -93,6 +94,9 @@ def test_parent_run_holds_pies_impacted_classes_table_and_gallery(runs):
     table = pd.read_parquet(runs["local-dir"] / "reports/populations/pies-0.9-ce.parquet")
     assert len(table) == summary.set_index(["level", "loss"]).pie_count[(0.9, "ce")]
     assert (table.reference_mode != table.compressed_mode).all()
+    # the self-contained HTML report shows the PIE gallery inline
+    html = (runs["local-dir"] / "reports/populations/report.html").read_text()
+    assert "data:image/png;base64," in html and "PIE" in html
 
 
 def test_vectorised_members_match_one_at_a_time_training(runs):

@@ -1,0 +1,327 @@
+"""The HTML pages of a pipeline run and of a populations run, on small hand-made frames."""
+
+from __future__ import annotations
+
+import base64
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from tasks.html_report import (
+    _compressed,
+    _level_figure,
+    _loss_colors,
+    figure_png,
+    pipeline_report,
+    populations_report,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+PNG = b"\x89PNG\r\n\x1a\n"
+CLASSES = ["zero", "one", "two"]
+PIPELINE_SECTIONS = [
+    "Accuracy vs compression level",
+    "Mismatches vs compression level",
+    "Reduction factor vs ce",
+    "Per-class recall change",
+    "Accuracy gap between groups",
+    "Costs relative to the reference",
+    "Comparison table",
+]
+POPULATIONS_SECTIONS = [
+    "PIE count vs compression level",
+    "Top-1 on PIEs and on the rest",
+    "Impacted classes",
+    "PIE galleries",
+    "Tables",
+]
+COSTS = {"macs": 1000.0, "size_bytes": 400.0, "latency_ms_b64": 3.0}
+
+
+def _row(name, compressor, level, loss, kind="weight_sparsity", accuracy=0.8, **extra):
+    row = {
+        "name": name,
+        "role": "compressed",
+        "compressor": compressor,
+        "sparsity": level,
+        "level_kind": kind,
+        "loss": loss,
+        "accuracy": accuracy,
+        "accuracy_change": accuracy - 0.9,
+        "mismatches": 40.0,
+        "mismatches_ci_low": 30.0,
+        "mismatches_ci_high": 50.0,
+        "reduction_factor": 1.0 if loss == "ce" else 1.2,
+        "reduction_factor_ci_low": 1.0 if loss == "ce" else 0.9,
+        "reduction_factor_ci_high": 1.0 if loss == "ce" else 1.5,
+        "group": "odd",
+        "group_gap_change": 0.02,
+        "ece": 0.1,
+        "run_id": f"run-{name}",
+    }
+    for cost, value in COSTS.items():
+        row[cost] = value * (0.5 if kind == "none" else 1.0)
+    row.update(extra)
+    return row
+
+
+def _summary(rows: list[dict]) -> pd.DataFrame:
+    """A summary_frame-like table: the reference first, then `rows`, with cost ratios."""
+    reference = _row("reference", "none", 0.0, "none", kind="none", accuracy=0.9)
+    reference.update({"role": "reference", "group": "", **COSTS})
+    for key in ("accuracy_change", "mismatches", "reduction_factor", "group_gap_change"):
+        reference[key] = math.nan
+    frame = pd.DataFrame([reference, *rows])
+    for cost, value in COSTS.items():
+        frame[f"{cost}_ratio"] = frame[cost] / value
+    return frame
+
+
+def _full_summary() -> pd.DataFrame:
+    rows = [
+        _row(f"magnitude_global-{level:g}-{loss}", "magnitude_global", level, loss)
+        for level in (0.5, 0.9)
+        for loss in ("ce", "kd")
+    ]
+    rows.append(_row("structured-0.5-kd", "structured", 0.5, "kd", kind="flops_removed"))
+    rows.append(_row("quantize_dynamic-ce", "quantize_dynamic", 0.0, "ce", kind="none"))
+    return _summary(rows)
+
+
+def _metrics(summary: pd.DataFrame, groups: bool = True) -> dict[str, dict[str, float]]:
+    metrics = {}
+    for index, name in enumerate(summary["name"]):
+        entry = {f"recall_change.{c}": -0.1 * index + 0.05 * j for j, c in enumerate(CLASSES)}
+        if groups:
+            entry["group.odd.accuracy_gap"] = 0.05 + 0.01 * index
+            if index:
+                entry["group.odd.accuracy_gap_change"] = 0.01 * index - 0.02
+        metrics[name] = entry
+    return metrics
+
+
+def _check_self_contained(text: str) -> None:
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*https?://""", text, re.IGNORECASE)
+    assert "<script" not in text.lower()
+    images = re.findall(r"<img\b[^>]*>", text)
+    assert images
+    for image in images:
+        source = re.search(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', image)
+        assert source, image[:80]
+        assert base64.b64decode(source.group(1)).startswith(PNG)
+
+
+def _population_frames(
+    pies: list[int], levels: list[float | None], losses: list[str], classes: list[str]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    summary = pd.DataFrame(
+        [
+            {
+                "level": level,
+                "loss": loss,
+                "pie_count": count,
+                "pie_fraction": count / 200,
+                "pies_compressed_mode_correct": count // 2,
+                "reference_top1_on_pies": 0.7 if count else math.nan,
+                "reference_top1_on_rest": 0.95,
+                "compressed_top1_on_pies": 0.3 if count else math.nan,
+                "compressed_top1_on_rest": 0.93,
+                "reference_top1": 0.94,
+                "compressed_top1": 0.9,
+                "pies_shared_with_first_loss": count,
+                "impacted_classes": 1 if count else 0,
+                "impacted": f"{classes[0]} (-0.100, p=0.010)" if count else "",
+            }
+            for count, level, loss in zip(pies, levels, losses, strict=True)
+        ]
+    )
+    impact = pd.DataFrame(
+        [
+            {
+                "class": name,
+                "reference_normalised_recall": 0.0,
+                "compressed_normalised_recall": 0.0,
+                "change": -0.1 if index == 0 and count else 0.01,
+                "t": -3.0,
+                "p": 0.01 if index == 0 and count else 0.6,
+                "impacted": bool(index == 0 and count),
+                "direction": "worse" if index == 0 and count else "",
+                "level": level,
+                "loss": loss,
+            }
+            for count, level, loss in zip(pies, levels, losses, strict=True)
+            for index, name in enumerate(classes)
+        ]
+    )
+    return summary, impact
+
+
+def _gallery(path: Path) -> Path:
+    figure = Figure(figsize=(2, 1))
+    figure.text(0.5, 0.5, "PIEs", ha="center")
+    path.write_bytes(figure_png(figure))
+    return path
+
+
+def test_figure_png_returns_png_bytes():
+    """figure_png draws a bare Figure to PNG bytes."""
+    figure = Figure(figsize=(2, 2))
+    figure.subplots().plot([0, 1], [1, 0])
+    assert figure_png(figure).startswith(PNG)
+
+
+def test_module_imports_neither_pyplot_nor_the_pipeline_services():
+    """Importing html_report pulls in no pyplot, Prefect or MLflow."""
+    code = (
+        "import sys, tasks.html_report; "
+        "bad = [m for m in ('matplotlib.pyplot', 'prefect', 'mlflow') if m in sys.modules]; "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+def test_pipeline_report_has_every_section_and_model(tmp_path):
+    """The pipeline page exists, is self-contained, names every section and model."""
+    summary = _full_summary()
+    path = pipeline_report(
+        summary, _metrics(summary), CLASSES, tmp_path / "out" / "run.html", "Run", ["A note."]
+    )
+    assert path == tmp_path / "out" / "run.html" and path.is_file()
+    text = path.read_text()
+    _check_self_contained(text)
+    for heading in PIPELINE_SECTIONS:
+        assert f"<h2>{heading}</h2>" in text
+    for name in summary["name"]:
+        assert name in text
+    assert "A note." in text
+    assert (
+        len(re.findall(r"<img\b", text)) == 6
+    )  # accuracy, mismatches, reduction, recall, gap, costs
+
+
+def test_pipeline_report_escapes_text(tmp_path):
+    """A <script> in a model name, the title or a note is escaped, not executed."""
+    summary = _full_summary()
+    summary.loc[1, "name"] = "<script>alert(1)</script>"
+    summary.loc[2, "loss"] = "$x$ & <b>"  # mathtext and markup in a label
+    text = pipeline_report(
+        summary, _metrics(summary), CLASSES, tmp_path / "run.html", "<script>t</script>", ["<i>"]
+    ).read_text()
+    _check_self_contained(text)
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+    assert "&lt;script&gt;t&lt;/script&gt;" in text and "<i>" not in text
+
+
+def test_quantizers_get_their_own_panel():
+    """Compressors without a level are drawn in a separate panel, not at level 0."""
+    compressed = _compressed(_full_summary())
+    figure = _level_figure(
+        compressed,
+        "accuracy",
+        "accuracy",
+        _loss_colors(list(compressed["loss"])),
+        interval=False,
+        baseline=None,
+    )
+    axes = [axis for axis in figure.axes if axis.get_visible()]
+    assert [axis.get_title() for axis in axes] == ["magnitude_global", "structured", "quantizers"]
+    levels = np.concatenate([line.get_xdata() for line in axes[0].get_lines()])
+    assert set(np.round(levels, 6)) == {0.5, 0.9}
+    assert [tick.get_text() for tick in axes[2].get_xticklabels()] == ["quantize_dynamic"]
+
+
+def test_pipeline_report_single_level_and_quantizers_only(tmp_path):
+    """A run with one level, or with quantizers only, still gets every figure."""
+    single = _summary([_row("m-0.9-ce", "magnitude_global", 0.9, "ce")])
+    quantized = _summary(
+        [
+            _row("quantize_dynamic-ce", "quantize_dynamic", 0.0, "ce", kind="none"),
+            _row("half-kd", "half", 0.0, "kd", kind="none"),
+        ]
+    )
+    for index, summary in enumerate((single, quantized)):
+        text = pipeline_report(
+            summary, _metrics(summary), CLASSES, tmp_path / f"{index}.html", "Run"
+        ).read_text()
+        _check_self_contained(text)
+        assert len(re.findall(r"<img\b", text)) >= 5
+
+
+def test_pipeline_report_edge_cases_skip_figures_with_a_note(tmp_path):
+    """Non-finite reduction factors, missing costs and no groups do not raise."""
+    summary = _summary(
+        [
+            _row("m-0.9-ce", "magnitude_global", 0.9, "ce"),
+            _row("m-0.9-kd", "magnitude_global", 0.9, "kd", reduction_factor=math.inf),
+            _row("m-0.9-pw", "magnitude_global", 0.9, "pw", reduction_factor=math.nan),
+            _row("m-0.9-lp", "magnitude_global", 0.9, "lp", reduction_factor_ci_high=math.inf),
+        ]
+    )
+    summary = summary.drop(columns=[c for c in summary.columns if c.startswith(tuple(COSTS))])
+    text = pipeline_report(
+        summary, _metrics(summary, groups=False), [], tmp_path / "run.html", "Run"
+    ).read_text()
+    _check_self_contained(text)
+    assert 'alt="reduction factor against compression level' in text
+    assert "Left out, reduction factor not finite: m-0.9-kd (∞), m-0.9-pw (–)." in text
+    assert "no cost measurements" in text
+    assert "audits no groups" in text
+    # class names come from the metrics when none are given: the heatmap is still drawn
+    assert 'alt="per-class recall change' in text
+
+
+def test_pipeline_report_of_an_empty_run(tmp_path):
+    """A summary with the reference alone (no compressed model, no metrics) does not raise."""
+    text = pipeline_report(_summary([]), {}, CLASSES, tmp_path / "run.html", "Run").read_text()
+    for heading in PIPELINE_SECTIONS:
+        assert f"<h2>{heading}</h2>" in text
+    assert "No figure: no compressed model has a finite accuracy." in text
+    assert "No figure: no compressed model has a finite reduction factor." in text
+
+
+def test_populations_report_has_every_section(tmp_path):
+    """The populations page exists, is self-contained, shows every section and gallery."""
+    summary, impact = _population_frames(
+        [5, 40, 6, 50], [0.5, 0.9, 0.5, 0.9], ["ce", "ce", "kd", "kd"], CLASSES
+    )
+    galleries = {"PIEs at 0.9 with ce": _gallery(tmp_path / "g.png")}
+    path = populations_report(summary, impact, galleries, tmp_path / "pop.html", "Pop", ["n=3"])
+    assert path.is_file()
+    text = path.read_text()
+    _check_self_contained(text)
+    for heading in POPULATIONS_SECTIONS:
+        assert f"<h2>{heading}</h2>" in text
+    assert "<h3>PIEs at 0.9 with ce</h3>" in text
+    assert len(re.findall(r"<img\b", text)) == 4  # PIE count, top-1, impact, one gallery
+    assert text.count('<tr class="hit">') == 4  # the impacted rows of the impact table
+
+
+def test_populations_report_zero_pies_single_level_and_no_level(tmp_path):
+    """Zero PIEs, one level, a population without a level and a missing gallery do not raise."""
+    summary, impact = _population_frames([0, 0], [0.9, None], ["ce", "kd"], CLASSES)
+    galleries = {
+        "missing": tmp_path / "absent.png",
+        "<script>x</script>": _gallery(tmp_path / "g.png"),
+    }
+    text = populations_report(summary, impact, galleries, tmp_path / "pop.html", "Pop").read_text()
+    _check_self_contained(text)
+    assert "No PIEs at any level" in text
+    assert "No class is disparately impacted" in text
+    assert "Not shown: absent.png is missing or not a PNG." in text
+    assert "&lt;script&gt;x&lt;/script&gt;" in text
+
+
+def test_populations_report_of_empty_frames(tmp_path):
+    """Empty summary and impact frames give a page of notes."""
+    text = populations_report(
+        pd.DataFrame(), pd.DataFrame(), {}, tmp_path / "pop.html", "Pop"
+    ).read_text()
+    for heading in POPULATIONS_SECTIONS:
+        assert f"<h2>{heading}</h2>" in text
+    assert "<img" not in text
