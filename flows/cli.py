@@ -122,6 +122,45 @@ def populations(
 
 
 @app.command()
+def reproduce(
+    paper: Annotated[str, typer.Argument(help="joseph, meyer, hooker or all")],
+    profile: Annotated[
+        str, typer.Option(help="cpu (embedded data) or paper (dataset on disk)")
+    ] = "cpu",
+    device: Annotated[
+        str | None, typer.Option(help="auto, cpu or cuda (default: the profile's)")
+    ] = None,
+    overrides: SetOption = None,
+) -> None:
+    """Regenerate a seed paper's results: tables, figures and verdicts in reports/<paper>/."""
+    from flows.profiles import PAPERS, PROFILES, paper_params
+
+    if paper not in (*PAPERS, "all"):
+        raise UserError(
+            f"reproduce {paper!r}: unknown paper; choose one of {', '.join(PAPERS)}, all"
+        )
+    if profile not in PROFILES:
+        raise UserError(f"--profile {profile!r}: choose one of {', '.join(PROFILES)}")
+    overrides = list(overrides or []) + ([f"run.device={device}"] if device else [])
+    for name in PAPERS if paper == "all" else (paper,):
+        params = paper_params(name, profile, overrides)  # every profile validated before any work
+    _prepare_process(params)
+    from flows.reproduce import run_reproduce
+
+    try:
+        results = run_reproduce(paper, profile, overrides)
+    except KeyboardInterrupt:
+        typer.echo(
+            "interrupted: finished stages are cached; run the same command to resume", err=True
+        )
+        raise typer.Exit(130) from None
+    for result in results:
+        typer.echo(f"\n{result['paper']}: {result['report']} (MLflow run {result['run_id']})")
+        for verdict in result["verdicts"]:
+            typer.echo(f"  - {verdict}")
+
+
+@app.command()
 def stage(
     name: Annotated[str, typer.Argument(help="prepare, reference, compress, align or audit")],
     params_file: ParamsOption = Path("params.yaml"),

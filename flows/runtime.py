@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from tasks.store import PREFECT_RESULTS_DIR
@@ -15,6 +16,10 @@ def configure_environment(project_dir: str | Path | None = None) -> None:
     store is always the project's `artifacts/.prefect-results`, because the stage cache keys
     check their entries there.
     """
+    if "prefect" in sys.modules:
+        # Prefect reads its settings once, at import: set after that, results would go to
+        # ~/.prefect/storage, where the stage cache keys never look (stale cache hits)
+        raise RuntimeError("configure_environment() must run before prefect is imported")
     project_dir = Path(project_dir or Path.cwd()).resolve()
     if "PREFECT_API_URL" not in os.environ:
         os.environ.setdefault("PREFECT_HOME", str(project_dir / ".compalign" / "prefect"))

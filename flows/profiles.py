@@ -1,0 +1,20 @@
+"""The paper profiles of `compalign reproduce` (profiles/<paper>-<profile>.yaml).
+
+Kept free of Prefect imports: the command line validates a profile before it sets up Prefect's
+environment, which Prefect reads once, when it is first imported.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from compalign.config import Params, load_params
+
+PAPERS = ("joseph", "meyer", "hooker")
+PROFILES = ("cpu", "paper")
+PROFILE_DIR = Path(__file__).resolve().parents[1] / "profiles"
+
+
+def paper_params(paper: str, profile: str, overrides: list[str] | None = None) -> Params:
+    """The params of a paper's profile, with `--set` overrides."""
+    return load_params(PROFILE_DIR / f"{paper}-{profile}.yaml", overrides or [])
