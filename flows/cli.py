@@ -188,6 +188,26 @@ def show_params(
     typer.echo(yaml.safe_dump(params.model_dump(), sort_keys=False).rstrip())
 
 
+@app.command()
+def serve(
+    cron: Annotated[str, typer.Option(help='schedule, a cron expression such as "0 3 * * *"')],
+    params_file: ParamsOption = Path("params.yaml"),
+    overrides: SetOption = None,
+    name: Annotated[
+        str | None, typer.Option(help="deployment name (default: compalign-pipeline-<dataset>)")
+    ] = None,
+) -> None:
+    """Run the pipeline on a schedule: register it with the Prefect server at PREFECT_API_URL
+    (`prefect server start`) and keep running to execute the scheduled runs."""
+    from flows.serve import api_url, default_name, serve_pipeline
+
+    params = load_params(params_file, overrides or [])
+    api_url()  # before anything is written: without it there is nothing to serve to
+    # keeps the user's PREFECT_API_URL: configure_environment sets PREFECT_HOME only without one
+    _prepare_process(params)
+    serve_pipeline(params, cron, name or default_name(params))
+
+
 def main() -> None:
     """Entry point: a UserError becomes one line on stderr and exit code 2 (usage errors are
     typer's: usage, the error, exit code 2)."""

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
+import httpx
+import psutil
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,3 +90,70 @@ def copy_project(destination: Path) -> Path:
             (destination / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, destination / name)
     return destination
+
+
+def free_port() -> int:
+    """A port nothing listens on now (the OS picks it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def stop_group(process: subprocess.Popen, grace_s: float = 30) -> list[int]:
+    """SIGTERM the process group of `process` (started with start_new_session), SIGKILL what
+    is left after `grace_s`; return the pids of the group still alive (zombies aside)."""
+    pgid = process.pid  # a session leader's group id is its pid
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=grace_s)
+    # the group outlives its leader when children linger (uvicorn, flow run subprocesses)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
+    process.wait(timeout=grace_s)
+    deadline = time.monotonic() + grace_s
+    while True:
+        alive = [
+            proc.pid
+            for proc in psutil.process_iter(["status"])
+            if _group(proc) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE
+        ]
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.1)
+
+
+def _group(proc: psutil.Process) -> int | None:
+    try:
+        return os.getpgid(proc.pid)
+    except (ProcessLookupError, PermissionError):
+        return None
+
+
+def poll(check, timeout_s: float, what: str, alive: subprocess.Popen | None = None, log=None):
+    """Call `check` until it returns something truthy; fail after `timeout_s` or as soon as
+    `alive` (a process the result depends on) has exited, showing `log`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = check()
+        if result:
+            return result
+        if alive is not None and alive.poll() is not None:
+            pytest.fail(f"{what}: process exited {alive.returncode}\n{tail(log)}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {timeout_s} s\n{tail(log)}")
+        time.sleep(0.25)
+
+
+def tail(log: Path | None, lines: int = 40) -> str:
+    if log is None or not log.exists():
+        return ""
+    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def healthy(url: str) -> bool:
+    """Whether `url` answers 200 now."""
+    try:
+        return httpx.get(url, timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
