@@ -13,8 +13,10 @@ PORT ?= 5000
 ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# apt-get needs root: sudo only for another user (env: sudo drops the caller's variables)
+APT := $(shell [ "$$(id -u)" = 0 ] || echo sudo) env DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: setup run test ui repro bench lint clean
+.PHONY: setup run test ui repro bench lint clean browser
 
 $(STAMP): pyproject.toml $(PIP_CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,11 +28,19 @@ setup: $(STAMP)
 run: setup
 	$(BIN)/compalign run $(ARGS)
 
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest $(ARGS)
 
 ui: setup
+	@echo "MLflow UI at http://127.0.0.1:$(PORT) (Ctrl-C stops it)"
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $(PORT)
+
+# The MLflow UI test drives Debian's Chromium through Playwright (never `playwright install`:
+# it downloads browsers from outside the package registries). The first install can fail on
+# stale package lists: then update them and try again.
+browser:
+	@test -x /usr/bin/chromium || $(APT) install -y --no-install-recommends chromium \
+		|| { $(APT) update && $(APT) install -y --no-install-recommends chromium; }
 
 repro: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro

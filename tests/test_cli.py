@@ -147,3 +147,43 @@ def test_same_seed_same_numbers_in_a_fresh_project(tmp_path):
     a, b = (pd.read_parquet(p / SUMMARY)[columns] for p in (first, second))
     pd.testing.assert_frame_equal(a, b)
     assert (a.mismatches > 0).any()  # the comparison is not trivially about zeros
+
+
+# Each command, stopped where it sets up Prefect's environment: Prefect must not be imported yet
+# (it reads its settings once, at import; results would go to ~/.prefect/storage, where the stage
+# cache keys never look, and a deleted store entry would come back as a stale cache hit).
+BEFORE_SETUP = """
+import sys
+import flows.cli as cli
+
+def stop(*_args, **_kwargs):
+    print("prefect imported" if "prefect" in sys.modules else "clean")
+    raise SystemExit(0)
+
+cli._prepare_process = stop
+sys.argv = ["compalign", *sys.argv[1:]]
+cli.main()
+"""
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["run"],
+        ["populations"],
+        ["reproduce", "all"],
+        ["serve", "--cron", "0 3 * * *"],
+    ],
+)
+def test_prefect_is_configured_before_it_is_imported(args):
+    env = {**os.environ, "PREFECT_API_URL": "http://127.0.0.1:9/api"}
+    result = subprocess.run(
+        [str(BIN / "python"), "-c", BEFORE_SETUP, *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "clean"
