@@ -265,6 +265,42 @@ SOURCES: dict[str, Callable[[Any], RawDataset]] = {
 }
 
 
+# What each source needs under data.root (torchvision's layouts), for a check before any work.
+REQUIRED_FILES: dict[str, tuple[tuple[str, ...], str]] = {
+    "cifar10": (("cifar-10-batches-py",), "put the official CIFAR10 files there"),
+    "cifar100": (("cifar-100-python",), "put the official CIFAR100 files there"),
+    "mnist": (("MNIST/raw",), "put the official MNIST files there"),
+    "fashionmnist": (("FashionMNIST/raw",), "put the official FashionMNIST files there"),
+    "svhn": (("train_32x32.mat", "test_32x32.mat"), "put the official SVHN files there"),
+    "celeba": (
+        ("celeba/img_align_celeba", "celeba/list_attr_celeba.txt"),
+        "put img_align_celeba/ and the list_*.txt files there (torchvision.datasets.CelebA layout)",
+    ),
+}
+
+
+def check_available(params: Any) -> None:
+    """Refuse, before anything runs, a source whose files are not under data.root (downloading
+    off). Only presence is checked; the loader checks the files themselves."""
+    if params.download or params.source == "digits":
+        return
+    root = Path(params.root)
+    if params.source == "imagefolder":
+        if not root.is_dir():
+            raise _not_found(
+                "imagefolder", root, "make a folder with one sub-folder of images per class"
+            )
+        return
+    names, how = REQUIRED_FILES[params.source]
+    missing = [root / name for name in names if not (root / name).exists()]
+    if missing:
+        raise _not_found(
+            params.source,
+            ", ".join(str(path) for path in missing),
+            f"{how} or rerun with data.download=true on a machine with internet",
+        )
+
+
 # --------------------------------------------------------------------------------------------
 # Splitting and writing
 # --------------------------------------------------------------------------------------------

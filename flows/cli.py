@@ -28,6 +28,17 @@ SetOption = Annotated[
 ]
 
 
+def _check_data(params: Params) -> None:
+    """Refuse a dataset that is not on disk before anything starts, unless the store already
+    holds it prepared."""
+    from compalign.data import check_available
+    from tasks.store import entry_dir, is_complete, stage_key
+
+    key = stage_key("prepare", {"data": params.data.model_dump()})
+    if not is_complete(entry_dir(key)):
+        check_available(params.data)
+
+
 def _prepare_process(params: Params, refresh: bool = False) -> None:
     """Environment for Prefect/MLflow, torch's thread count, and SIGTERM as a clean exit.
 
@@ -62,6 +73,7 @@ def run(
 ) -> None:
     """Run the whole pipeline (Prefect flow): prepare, reference, compress, align, audit."""
     params = load_params(params_file, overrides or [])
+    _check_data(params)
     _prepare_process(params, refresh)
     import pandas as pd
 
@@ -97,6 +109,7 @@ def populations(
     """Populations of dense and compressed models: Pruning Identified Exemplars and disparately
     impacted classes (Hooker et al.); settings in the `populations` section."""
     params = load_params(params_file, overrides or [])
+    _check_data(params)
     _prepare_process(params, refresh)
     import pandas as pd
 
@@ -144,6 +157,7 @@ def reproduce(
     overrides = list(overrides or []) + ([f"run.device={device}"] if device else [])
     for name in PAPERS if paper == "all" else (paper,):
         params = paper_params(name, profile, overrides)  # every profile validated before any work
+        _check_data(params)
     _prepare_process(params)
     from flows.reproduce import run_reproduce
 
@@ -171,6 +185,8 @@ def stage(
     if name not in STAGE_CODE:
         raise UserError(f"stage {name!r}: unknown; choose one of {', '.join(STAGE_CODE)}")
     params = load_params(params_file)
+    if name == "prepare":
+        _check_data(params)
     _prepare_process(params)
     from flows.stages import STAGES
 
@@ -203,6 +219,7 @@ def serve(
 
     params = load_params(params_file, overrides or [])
     api_url()  # before anything is written: without it there is nothing to serve to
+    _check_data(params)
     # keeps the user's PREFECT_API_URL: configure_environment sets PREFECT_HOME only without one
     _prepare_process(params)
     serve_pipeline(params, cron, name or default_name(params))

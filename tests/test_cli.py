@@ -25,6 +25,10 @@ SUMMARY = "reports/pipeline/summary.parquet"
         (["run", "--params", "missing.yaml"], "missing.yaml"),
         (["stage", "nope"], "stage 'nope'"),
         (["run", "--set", "noequals"], "section.key=value"),
+        (["run", "--set", "data.source=cifar10"], "data/raw/cifar-10-batches-py"),
+        (["run", "--set", "data.source=imagefolder", "--set", "data.root=nowhere"], "nowhere"),
+        (["reproduce", "meyer", "--profile", "paper"], "data/raw/celeba/img_align_celeba"),
+        (["reproduce", "nobody"], "joseph, meyer, hooker, all"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, needle):
@@ -35,7 +39,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, needle)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0]
     assert "Traceback" not in result.stderr
-    if args[0] == "run":  # validation comes before any set-up: not even a Prefect home
+    if args[0] in ("run", "reproduce"):  # validation comes before any set-up: no Prefect home
         assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 

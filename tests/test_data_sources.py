@@ -19,7 +19,15 @@ import torch
 from PIL import Image
 
 from compalign.config import DataParams
-from compalign.data import SPLITS, build_table, load_split, read_manifest, write_prepared
+from compalign.data import (
+    REQUIRED_FILES,
+    SPLITS,
+    build_table,
+    check_available,
+    load_split,
+    read_manifest,
+    write_prepared,
+)
 from compalign.errors import UserError
 
 CIFAR10_NAMES = [
@@ -621,3 +629,21 @@ def test_missing_imagefolder(tmp_path):
         build_table(DataParams(source="imagefolder", root=str(tmp_path / "absent")))
     with pytest.raises(UserError, match="not a class-per-folder image tree"):
         build_table(DataParams(source="imagefolder", root=str(tmp_path)))
+
+
+@pytest.mark.parametrize("source", sorted(REQUIRED_FILES))
+def test_check_available_names_what_is_missing_then_accepts_the_layout(tmp_path, source):
+    params = DataParams(source=source, root=str(tmp_path))
+    with pytest.raises(UserError, match="dataset not found at") as caught:
+        check_available(params)
+    names, _ = REQUIRED_FILES[source]
+    assert str(tmp_path / names[0]) in str(caught.value)
+    for name in names:  # the layout torchvision reads: folders, or files for SVHN and CelebA
+        path = tmp_path / name
+        if path.suffix:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch()
+        else:
+            path.mkdir(parents=True)
+    check_available(params)
+    check_available(DataParams(source=source, root=str(tmp_path / "none"), download=True))
