@@ -92,11 +92,14 @@ def run(
     typer.echo(
         f"{len(result['tasks'])} tasks: {cached} Cached, {len(result['tasks']) - cached} run"
     )
+    from tasks.tracking import ui_links
+
+    links = ui_links("http://127.0.0.1:5000", result["experiment_id"], result["parent_run_id"])
     typer.echo(
         f"MLflow parent run {result['parent_run_id']} in experiment "
         f"{params.run.experiment!r} ({result['tracking_uri']}).\n"
-        f"See it with `make ui`, then open "
-        f"http://127.0.0.1:5000/#/experiments/{result['experiment_id']}/runs/{result['parent_run_id']}"
+        f"See it with `make ui`, then open {links['run']}\n"
+        f"(all runs, to compare: {links['runs']})"
     )
 
 

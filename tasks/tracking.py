@@ -69,6 +69,16 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / DEFAULT_STORE}"
 
 
+def ui_links(base: str, experiment_id: str, run_id: str) -> dict[str, str]:
+    """MLflow UI pages of an experiment's runs table and of one run. MLflow 3 opens experiments
+    on its GenAI view; `workflowType=machine_learning` opens the runs table instead."""
+    experiment = f"{base.rstrip('/')}/#/experiments/{experiment_id}"
+    return {
+        "runs": f"{experiment}/runs?workflowType=machine_learning",
+        "run": f"{experiment}/runs/{run_id}?workflowType=machine_learning",
+    }
+
+
 def setup(experiment: str) -> Tracking:
     """Point MLflow at the project store and get (or create) the experiment."""
     uri = tracking_uri()

@@ -16,6 +16,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import BIN, ROOT, TINY, free_port, healthy, poll, run_cli, stop_group
+from tasks.tracking import ui_links
 
 pytestmark = pytest.mark.slow
 
@@ -115,14 +116,14 @@ def test_the_pipeline_runs_are_in_the_ui_and_compare_side_by_side(mlflow_server,
         [experiment.experiment_id], filter_string="tags.orchestrator = 'prefect'"
     )
 
-    # the experiment's runs table (MLflow 3 opens experiments on its GenAI view without this)
-    experiment_url = (
-        f"{mlflow_server}/#/experiments/{experiment.experiment_id}/runs"
-        "?workflowType=machine_learning"
-    )
-    page.goto(experiment_url)
+    # the pages `compalign run` prints: the experiment's runs table and the parent run
+    links = ui_links(mlflow_server, experiment.experiment_id, parent.info.run_id)
+    page.goto(links["runs"])
     page.get_by_text(parent.info.run_name).first.wait_for(timeout=UI_TIMEOUT_MS)
     page.get_by_text("Runs", exact=True).first.wait_for(timeout=UI_TIMEOUT_MS)
+    page.goto(links["run"])
+    page.get_by_text(parent.info.run_id).first.wait_for(timeout=UI_TIMEOUT_MS)
+    page.get_by_text(parent.info.run_name).first.wait_for(timeout=UI_TIMEOUT_MS)
 
     # the comparison of the compressed runs, as "Compare" on selected runs opens it
     ids = [run.info.run_id for run in sorted(children, key=lambda run: run.info.run_name)]
