@@ -21,6 +21,18 @@ import torch.ao.nn.quantized as nnq
 from torch import nn
 from torch.nn.utils import prune
 
+# every cost the pipeline measures, in the order tables show them
+COST_METRICS = (
+    "params_total",
+    "params_nonzero",
+    "macs",
+    "size_bytes",
+    "size_gzip_bytes",
+    "latency_ms_b1",
+    "latency_ms_b64",
+    "latency_threads",
+)
+
 # Quantized modules keep their weights packed (not as parameters); these expose them via
 # weight() / bias(). The dynamic Linear and the fused ConvReLU modules are subclasses.
 _PACKED = (nnq.Linear, nnq.Conv1d, nnq.Conv2d, nnq.Conv3d)

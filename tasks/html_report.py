@@ -23,6 +23,8 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from compalign.costs import COST_METRICS
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 DPI = 100
 LEVEL_AXIS = {"weight_sparsity": "weight sparsity", "flops_removed": "fraction of MACs removed"}
@@ -32,16 +34,7 @@ COST_PANELS = (
     ("size_bytes", "size (bytes)"),
     ("latency_ms_b64", "latency, batch 64"),
 )
-COST_COLUMNS = (
-    "params_total",
-    "params_nonzero",
-    "macs",
-    "size_bytes",
-    "size_gzip_bytes",
-    "latency_ms_b1",
-    "latency_ms_b64",
-    "latency_threads",
-)
+COST_COLUMNS = COST_METRICS
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #222;
        line-height: 1.45; max-width: 1280px; margin: 1.5rem auto; padding: 0 1rem; }
@@ -417,6 +410,19 @@ def _level_section(
         page.note(note)
 
 
+def _heatmap_figure(rows: Sequence[str], columns: Sequence[Any]) -> tuple[Figure, Any]:
+    """A figure and axis sized for a heatmap of len(rows) labelled rows by len(columns)."""
+    label_width = max(map(len, rows)) * 0.065
+    figure = Figure(
+        figsize=(
+            max(5.0, 0.5 * len(columns) + label_width + 1.5),
+            max(2.4, 0.3 * len(rows) + 1.2),
+        ),
+        layout="constrained",
+    )
+    return figure, figure.subplots()
+
+
 def _heatmap(
     axis: Any,
     matrix: np.ndarray,
@@ -499,15 +505,7 @@ def _recall_section(
         page.note("No figure: no model has per-class recall changes (recall_change.<class>).")
         return
     matrix, names = matrix[keep], [name for name, kept in zip(names, keep, strict=True) if kept]
-    label_width = max(map(len, names)) * 0.065
-    figure = Figure(
-        figsize=(
-            max(5.0, 0.5 * len(classes) + label_width + 1.5),
-            max(2.4, 0.3 * len(names) + 1.2),
-        ),
-        layout="constrained",
-    )
-    axis = figure.subplots()
+    figure, axis = _heatmap_figure(names, classes)
     image = _heatmap(axis, matrix, names, classes)
     axis.set_xlabel("class")
     figure.colorbar(image, ax=axis, label="recall change", shrink=0.9)
@@ -857,15 +855,7 @@ def _impact_section(page: _Page, impact: pd.DataFrame) -> None:
         f"({int(stars[row].sum())} impacted)"
         for row, (level, loss) in enumerate(keys)
     ]
-    label_width = max(map(len, labels)) * 0.065
-    figure = Figure(
-        figsize=(
-            max(5.0, 0.5 * len(classes) + label_width + 1.5),
-            max(2.4, 0.3 * len(keys) + 1.2),
-        ),
-        layout="constrained",
-    )
-    axis = figure.subplots()
+    figure, axis = _heatmap_figure(labels, classes)
     image = _heatmap(axis, matrix, labels, classes, stars)
     axis.set_xlabel("class")
     figure.colorbar(image, ax=axis, label="normalised recall change", shrink=0.9)

@@ -10,6 +10,7 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
+from compalign.costs import COST_METRICS
 from tasks.tracking import Tracking, log_artifacts, log_metrics, set_tags
 
 HEADLINE = [
@@ -19,16 +20,7 @@ HEADLINE = [
     "mismatches_ref_correct",
     "reduction_factor",
 ]
-COSTS = [
-    "params_total",
-    "params_nonzero",
-    "macs",
-    "size_bytes",
-    "size_gzip_bytes",
-    "latency_ms_b1",
-    "latency_ms_b64",
-    "latency_threads",
-]
+COSTS = list(COST_METRICS)
 RELATIVE = ["params_nonzero", "macs", "size_bytes", "latency_ms_b1", "latency_ms_b64"]
 INTERVALS = [
     "mismatches",
