@@ -87,9 +87,12 @@ def setup(experiment: str) -> Tracking:
     with _LOCK:
         found = client.get_experiment_by_name(experiment)
         if found is None:
+            # a local SQLite store keeps its artifacts beside it; a server decides for itself.
+            # (Not "MLFLOW_TRACKING_URI unset": mlflow.set_tracking_uri exports that variable.)
             location = None
-            if "MLFLOW_TRACKING_URI" not in os.environ:
-                location = (Path.cwd() / DEFAULT_ARTIFACTS).as_uri()
+            if uri.startswith("sqlite:///"):
+                database = Path(uri.removeprefix("sqlite:///")).resolve()
+                location = (database.parent / DEFAULT_ARTIFACTS).as_uri()
             client.create_experiment(experiment, artifact_location=location)
             found = client.get_experiment_by_name(experiment)
     return Tracking(

@@ -63,9 +63,12 @@ def tiny_params():
 
 def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 600):
     """Run the installed `compalign` command in `cwd`; return the CompletedProcess."""
-    full_env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", **(env or {})}
-    for name in ("PREFECT_HOME", "PREFECT_LOCAL_STORAGE_PATH"):
-        full_env.pop(name, None)  # the CLI gives each project its own
+    full_env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    # the CLI gives each project its own; mlflow.set_tracking_uri in an earlier in-process test
+    # exports MLFLOW_TRACKING_URI, which would send this run to that test's store
+    for name in ("PREFECT_HOME", "PREFECT_LOCAL_STORAGE_PATH", "MLFLOW_TRACKING_URI"):
+        full_env.pop(name, None)
+    full_env.update(env or {})
     return subprocess.run(
         [str(BIN / "compalign"), *args],
         cwd=cwd,

@@ -73,6 +73,10 @@ def test_first_run_logs_parent_and_one_child_per_model(runs):
     assert {"summary.parquet", "summary.md", "report.html"} <= parent_files
     html = (project / "reports/pipeline/report.html").read_text()
     assert "data:image/png;base64," in html and "magnitude_global-0.97-label_preserving" in html
+    # the artifacts sit beside the SQLite store, in mlartifacts/
+    experiment = client.get_experiment(parent.info.experiment_id)
+    assert experiment.artifact_location == (project / "mlartifacts").as_uri()
+    assert (project / "mlartifacts").is_dir() and not (project / "mlruns").exists()
 
     children = children_of(client, first)
     assert sorted(children) == sorted(["reference", *COMPRESSED]), sorted(children)
