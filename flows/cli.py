@@ -6,6 +6,7 @@ stderr and exit code 2.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -65,6 +66,23 @@ def _exit_on_sigterm(_signum: int, _frame: object) -> None:
     raise SystemExit(143)
 
 
+@contextlib.contextmanager
+def _resumable(what: str):
+    """Ctrl-C during a flow: say that finished `what` are cached, exit 130 (no traceback)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        typer.echo(
+            f"interrupted: finished {what} are cached; run the same command to resume", err=True
+        )
+        raise typer.Exit(130) from None
+
+
+def _echo_task_counts(tasks: list[dict]) -> None:
+    cached = sum(task["state"] == "Cached" for task in tasks)
+    typer.echo(f"{len(tasks)} tasks: {cached} Cached, {len(tasks) - cached} run")
+
+
 @app.command()
 def run(
     params_file: ParamsOption = Path("params.yaml"),
@@ -80,18 +98,10 @@ def run(
     from flows.pipeline import run_pipeline
     from tasks.report import print_summary
 
-    try:
+    with _resumable("stages"):
         result = run_pipeline(params)
-    except KeyboardInterrupt:
-        typer.echo(
-            "interrupted: finished stages are cached; run the same command to resume", err=True
-        )
-        raise typer.Exit(130) from None
     print_summary(pd.DataFrame(result["summary"]))
-    cached = sum(task["state"] == "Cached" for task in result["tasks"])
-    typer.echo(
-        f"{len(result['tasks'])} tasks: {cached} Cached, {len(result['tasks']) - cached} run"
-    )
+    _echo_task_counts(result["tasks"])
     from tasks.tracking import ui_links
 
     links = ui_links("http://127.0.0.1:5000", result["experiment_id"], result["parent_run_id"])
@@ -119,18 +129,10 @@ def populations(
     from flows.populations import REPORT_DIR, run_populations
     from tasks.population_report import print_populations
 
-    try:
+    with _resumable("members"):
         result = run_populations(params)
-    except KeyboardInterrupt:
-        typer.echo(
-            "interrupted: finished members are cached; run the same command to resume", err=True
-        )
-        raise typer.Exit(130) from None
     print_populations(pd.DataFrame(result["summary"]))
-    cached = sum(task["state"] == "Cached" for task in result["tasks"])
-    typer.echo(
-        f"{len(result['tasks'])} tasks: {cached} Cached, {len(result['tasks']) - cached} run"
-    )
+    _echo_task_counts(result["tasks"])
     typer.echo(
         f"Tables and galleries in {REPORT_DIR}/; MLflow parent run {result['parent_run_id']} "
         f"in experiment {params.run.experiment!r} (`make ui`)."
@@ -164,13 +166,8 @@ def reproduce(
     _prepare_process(params)
     from flows.reproduce import run_reproduce
 
-    try:
+    with _resumable("stages"):
         results = run_reproduce(paper, profile, overrides)
-    except KeyboardInterrupt:
-        typer.echo(
-            "interrupted: finished stages are cached; run the same command to resume", err=True
-        )
-        raise typer.Exit(130) from None
     for result in results:
         typer.echo(f"\n{result['paper']}: {result['report']} (MLflow run {result['run_id']})")
         for verdict in result["verdicts"]:
