@@ -11,18 +11,27 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, create_model, field_validator
 
 from compalign.errors import UserError
+from compalign.losses import LOSSES
+from compalign.options import Options, has_options
 
 Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
 Seed = Annotated[int, Field(ge=0)]
 
 
-class Section(BaseModel):
-    """A params section: unknown keys are errors, values are checked on assignment too."""
+Section = Options  # a params section: unknown keys are errors, values checked on assignment
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+def entry_sections(registry: dict[str, Any]) -> dict[str, Any]:
+    """One params sub-section per registry entry that has options, built from its options model
+    (the entry's file is the one place its defaults are written)."""
+    return {
+        name: (entry.options, Field(default_factory=entry.options))
+        for name, entry in registry.items()
+        if has_options(entry.options)
+    }
 
 
 class DataParams(Section):
@@ -141,38 +150,12 @@ class CompressParams(Section):
         return sorted(set(values))
 
 
-class KDParams(Section):
-    """Hinton knowledge distillation."""
-
-    temperature: Annotated[float, Field(gt=0.0)] = 4.0
-    alpha: Annotated[float, Field(ge=0.0, le=1.0)] = 0.9
-
-
-Weight = Annotated[float, Field(ge=0.0)]
-
-
-class LabelPreservingParams(Section):
-    """Weights of the multi-part label-preserving loss (see compalign.losses.label_preserving)."""
-
-    w_ce: Weight = 1.0
-    w_kd: Weight = 1.0
-    w_logit: Weight = 0.1
-    w_mm: Weight = 1.0
-    temperature: Annotated[float, Field(gt=0.0)] = 4.0
-
-
-class PerformanceWeightedParams(Section):
-    """Meyer & Wong's performance-weighted loss."""
-
-    gamma: Annotated[float, Field(ge=0.0)] = 5.0
-    m: Annotated[float, Field(ge=0.0, le=1.0)] = 0.75
-
-
 NO_FINE_TUNING = "none"
 
 
-class AlignParams(TrainingParams):
-    """Fine-tuning of each compressed model with each loss ("none": audited as compressed)."""
+class AlignSettings(TrainingParams):
+    """Fine-tuning of each compressed model with each loss ("none": audited as compressed); each
+    loss with options has its own sub-section (`align.<loss>`, from compalign.losses)."""
 
     losses: list[str] = Field(
         default_factory=lambda: [NO_FINE_TUNING, "ce", "kd", "label_preserving", "pw"], min_length=1
@@ -181,19 +164,16 @@ class AlignParams(TrainingParams):
     lr: Annotated[float, Field(gt=0.0)] = 0.01
     tune: bool = False
     quantization_aware: bool = False
-    kd: KDParams = Field(default_factory=KDParams)
-    label_preserving: LabelPreservingParams = Field(default_factory=LabelPreservingParams)
-    pw: PerformanceWeightedParams = Field(default_factory=PerformanceWeightedParams)
 
     @field_validator("losses")
     @classmethod
     def _known_losses(cls, values: list[str]) -> list[str]:
-        from compalign.losses import LOSSES
-
         return _unique([_one_of(value, [NO_FINE_TUNING, *LOSSES]) for value in values])
 
     def loss_hyperparameters(self, loss: str) -> dict[str, Any]:
-        """The hyperparameters of `loss` (its sub-section, if it has one)."""
+        """The hyperparameters of `loss`: its sub-section, {} for a loss without options."""
+        if loss not in LOSSES and loss != NO_FINE_TUNING:
+            raise KeyError(f"unknown loss {loss!r}")
         section = getattr(self, loss, None)
         return section.model_dump() if isinstance(section, BaseModel) else {}
 
@@ -201,6 +181,11 @@ class AlignParams(TrainingParams):
         """The settings every loss's fine-tuning shares (everything but the losses and their
         hyperparameter sub-sections)."""
         return self.model_dump(include=set(TrainingParams.model_fields))
+
+
+AlignParams = create_model(
+    "AlignParams", __base__=AlignSettings, __module__=__name__, **entry_sections(LOSSES)
+)
 
 
 class AuditParams(Section):
@@ -263,8 +248,6 @@ class PopulationsParams(Section):
     @field_validator("losses")
     @classmethod
     def _known_losses(cls, values: list[str]) -> list[str]:
-        from compalign.losses import LOSSES
-
         return _unique([_one_of(value, [NO_FINE_TUNING, *LOSSES]) for value in values])
 
     @field_validator("sparsities")

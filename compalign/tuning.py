@@ -21,37 +21,18 @@ from compalign.data import Split
 from compalign.losses import LOSSES, LossFn
 from compalign.train import EpochCallback, predict_logits
 
-# Overrides tried on top of the configured hyperparameters; small on purpose (each candidate is
-# a full fine-tuning run). Ranges follow the papers: KD's usual T and alpha; the authors of the
-# performance-weighted loss used m in [0.3, 0.95] and gamma in [0.5, 5].
-TUNING_GRIDS: dict[str, list[dict[str, float]]] = {
-    "kd": [
-        {"alpha": 0.5},
-        {"alpha": 0.99},
-        {"temperature": 2.0},
-        {"temperature": 8.0},
-    ],
-    "label_preserving": [
-        {"w_logit": 0.0},
-        {"w_logit": 0.5},
-        {"w_mm": 2.0},
-        {"w_mm": 0.5},
-        {"w_kd": 2.0},
-    ],
-    "pw": [
-        {"gamma": 2.0},
-        {"gamma": 1.0, "m": 0.5},
-        {"gamma": 0.5, "m": 0.9},
-        {"m": 0.3},
-    ],
-}
+
+def tunable(loss: str) -> bool:
+    """Whether `align.tune` has anything to try for `loss` (its entry declares a grid)."""
+    return bool(LOSSES[loss].tuning_grid)
 
 
 def candidates(loss: str, configured: dict[str, Any]) -> list[dict[str, Any]]:
     """The configured hyperparameters, then each grid override applied on top (duplicates
-    dropped). A loss without a grid (ce) has the configured candidate only."""
+    dropped). A loss without a grid (ce) has the configured candidate only. The grids are the
+    losses' own (`tuning_grid` of each entry in compalign.losses)."""
     found = [dict(configured)]
-    for override in TUNING_GRIDS.get(loss, []):
+    for override in LOSSES[loss].tuning_grid:
         candidate = {**configured, **override}
         if candidate not in found:
             found.append(candidate)

@@ -13,7 +13,7 @@ from compalign.config import TrainingParams
 from compalign.data import load_split, read_manifest
 from compalign.finetune import fine_tune
 from compalign.losses import LOSSES
-from compalign.tuning import TUNING_GRIDS, tune_loss
+from compalign.tuning import tunable, tune_loss
 from tasks.logs import epoch_logger, stage_logger
 from tasks.options import task_options
 from tasks.store import Artifact, materialize, require
@@ -64,7 +64,7 @@ def align(
             )
 
         chosen = dict(hyperparameters)
-        tuned = bool(tune and loss in TUNING_GRIDS)
+        tuned = bool(tune and tunable(loss))
         if tuned:
             model, chosen, table = tune_loss(
                 train_candidate,

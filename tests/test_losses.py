@@ -154,3 +154,29 @@ def test_weights_come_from_the_frozen_reference():
     LOSSES["pw"]()(compressed, reference, labels).backward()
     assert reference.grad is None or torch.count_nonzero(reference.grad) == 0
     assert torch.count_nonzero(compressed.grad) > 0
+
+
+def test_logit_mse_is_the_mean_squared_logit_difference():
+    compressed = torch.tensor([[1.0, 2.0], [0.0, -1.0]], requires_grad=True)
+    reference = torch.tensor([[1.0, 0.0], [2.0, -1.0]])
+    loss = LOSSES["logit_mse"]()(compressed, reference, torch.tensor([0, 1]))
+    assert float(loss.detach()) == pytest.approx((0 + 4 + 4 + 0) / 4)
+    loss.backward()
+    assert compressed.grad is not None and reference.grad is None
+    assert float(LOSSES["logit_mse"]()(reference, reference, torch.tensor([0, 1]))) == 0.0
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_every_entry_describes_itself(name):
+    """Options with defaults, a docstring citing its source, and a tuning grid whenever the loss
+    has options (otherwise align.tune would silently skip it), each override a real option."""
+    entry = LOSSES[name]
+    module = __import__(entry.factory.__module__, fromlist=["ENTRY"])
+    assert module.ENTRY is entry and module.__doc__
+    fields = set(entry.options.model_fields)
+    assert bool(fields) == bool(entry.tuning_grid)
+    for override in entry.tuning_grid:
+        assert set(override) <= fields
+        entry(**{**entry.defaults(), **override})
+    with pytest.raises(ValueError):
+        entry(no_such_option=1.0)

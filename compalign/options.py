@@ -1,0 +1,25 @@
+"""The base of every options model: a params section or a registry entry's options.
+
+Registry entries (losses, compressors, audit metrics) declare their options as a subclass of
+`Options`; compalign.config builds the params sections from them, so each default is written
+once, in the entry's own file.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+
+class Options(BaseModel):
+    """Options or a params section: unknown keys are errors, values are checked on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class NoOptions(Options):
+    """The options of an entry that has none (it gets no params section)."""
+
+
+def has_options(model: type[Options]) -> bool:
+    """Whether an options model has any field (only those get a params section)."""
+    return bool(model.model_fields)
