@@ -17,10 +17,10 @@ import time
 
 import torch
 
-from compalign.compress import COMPRESSORS, Calibration
+from compalign.compressors import COMPRESSORS, Calibration
 from compalign.costs import deployable, parameter_counts, serialized_size
 from compalign.models import build_model
-from compalign.structured import count_macs
+from compalign.pruning import count_macs
 
 CASES = [  # compressor, level, options
     ("reference", None, {}),
@@ -86,7 +86,7 @@ def main() -> None:
         model = copy.deepcopy(reference)
         if name != "reference":
             model = COMPRESSORS[name](model, level, options, calibration).eval()
-        quantized = name in COMPRESSORS and COMPRESSORS[name].family == "quantization"
+        quantized = name in COMPRESSORS and COMPRESSORS[name].family.quantized
         float_model = reference if quantized else model  # MACs of a quantized model: its float twin
         label = name if not options.get("dtype") else f"{name} ({options['dtype']})"
         if level is not None:

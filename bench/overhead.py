@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def plain_pipeline(params) -> dict[str, float]:
     """The pipeline's work as plain core calls, in memory."""
-    from compalign.compress import COMPRESSORS
+    from compalign.compressors import COMPRESSORS
     from compalign.data import build_table, load_split, write_prepared
     from compalign.losses import LOSSES
     from compalign.models import build_model

@@ -20,18 +20,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from compalign.compress import apply_masks, masks_of, plain_state_dict
 from compalign.errors import UserError
 from compalign.files import sha256_file
 from compalign.models import build_model
+from compalign.pruning import apply_masks, folded_state_dict, masks_of, resize_to_state_dict
 
 CHECKPOINT_FILE = "model.pt"
 MANIFEST_FILE = "manifest.json"
-# torch.load of quantized tensors warns from inside torch about its own TypedStorage use
-warnings.filterwarnings("ignore", message="TypedStorage is deprecated")
 
-FORMAT_VERSION = 2
-KINDS = ("float", "quantize_dynamic", "quantize_static", "half")
+# 3: the compressor's options are saved (they rebuild a quantized model), not only a half dtype
+FORMAT_VERSION = 3
 
 
 def save_checkpoint(
@@ -39,24 +37,28 @@ def save_checkpoint(
     architecture: dict[str, Any],
     out_dir: str | Path,
     kind: str = "float",
-    half_dtype: str = "bfloat16",
+    options: dict[str, Any] | None = None,
     **metadata: Any,
 ) -> dict[str, Any]:
     """Write `model` to out_dir/model.pt and its manifest; return the manifest.
 
     `architecture` holds build_model's arguments: name, num_classes, in_channels, image_size;
-    `kind` is "float" (masks kept separately) or the quantization method that produced it.
+    `kind` is "float" (masks kept separately) or the name of the quantizing compressor that
+    produced it, whose `options` are saved with it (they rebuild the model).
     """
-    if kind not in KINDS:
-        raise ValueError(f"unknown checkpoint kind {kind!r}")
+    if kind != "float":
+        from compalign.compressors import COMPRESSORS
+
+        if kind not in COMPRESSORS or COMPRESSORS[kind].rebuild is None:
+            raise ValueError(f"unknown checkpoint kind {kind!r}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": FORMAT_VERSION,
         "kind": kind,
-        "half_dtype": half_dtype,
+        "options": dict(options or {}),
         "architecture": dict(architecture),
-        "state_dict": plain_state_dict(model) if kind == "float" else model.state_dict(),
+        "state_dict": folded_state_dict(model) if kind == "float" else model.state_dict(),
         "masks": masks_of(model) if kind == "float" else {},
     }
     path = out_dir / CHECKPOINT_FILE
@@ -93,7 +95,10 @@ def load_checkpoint(checkpoint_dir: str | Path, device: str | torch.device = "cp
             f"{path}: sha256 {actual[:12]} does not match its manifest ({manifest['sha256'][:12]}); "
             "the checkpoint was changed or corrupted: delete it and rerun the stage that wrote it"
         )
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    with warnings.catch_warnings():
+        # torch.load of quantized tensors warns from inside torch about its own TypedStorage use
+        warnings.filterwarnings("ignore", message="TypedStorage is deprecated")
+        payload = torch.load(path, map_location="cpu", weights_only=True)
     if payload.get("format") != FORMAT_VERSION:
         raise UserError(f"{path}: checkpoint format {payload.get('format')} is not supported")
     return rebuild(payload).to(device)
@@ -105,16 +110,14 @@ def rebuild(payload: dict[str, Any]) -> nn.Module:
     model = build_model(**architecture)
     state = payload["state_dict"]
     if payload["kind"] == "float":
-        from compalign.structured import resize_to_state_dict
-
         resize_to_state_dict(model, state)
         model.load_state_dict(state)
         return apply_masks(model, payload["masks"]).eval()
-    from compalign import quantize
+    from compalign.compressors import COMPRESSORS
 
+    entry = COMPRESSORS[payload["kind"]]
     size, channels = architecture["image_size"], architecture["in_channels"]
     example = torch.zeros(1, channels, size, size)
-    dtype = getattr(torch, payload["half_dtype"])
-    model = quantize.rebuild(model.eval(), payload["kind"], example, dtype)
+    model = entry.rebuild(model.eval(), example, entry.settings(payload["options"]))
     model.load_state_dict(state)
     return model.eval()

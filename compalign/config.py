@@ -13,13 +13,10 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError, create_model, field_validator
 
+from compalign.compressors import COMPRESSORS
 from compalign.errors import UserError
 from compalign.losses import LOSSES
-from compalign.options import Options, has_options
-
-Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
-Seed = Annotated[int, Field(ge=0)]
-
+from compalign.options import Fraction, Options, Seed, has_options
 
 Section = Options  # a params section: unknown keys are errors, values checked on assignment
 
@@ -86,40 +83,11 @@ class ReferenceParams(TrainingParams):
         return _one_of(value, MODELS)
 
 
-class RandomParams(Section):
-    """Random unstructured pruning (the baseline)."""
-
-    seed: Seed = 0
-
-
-class GradualParams(Section):
-    """Zhu & Gupta's gradual magnitude pruning, in fine-tuning steps (null: derived from the run
-    length: prune from step 0 to 60% of the steps, 10 mask updates)."""
-
-    initial_sparsity: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
-    start_step: Annotated[int, Field(ge=0)] | None = None
-    end_step: Annotated[int, Field(ge=1)] | None = None
-    frequency: Annotated[int, Field(ge=1)] | None = None
-
-
-class StructuredParams(Section):
-    """Channel pruning with physical removal; `compress.sparsities` are fractions of MACs removed."""
-
-    importance: Literal["l1", "taylor"] = "l1"
-    global_pruning: bool = False
-    # channel counts in multiples of this (faster CPU kernels; implies global thresholds)
-    round_to: Annotated[int, Field(ge=2, le=64)] | None = None
-
-
-class HalfParams(Section):
-    """Half-precision weights."""
-
-    dtype: Literal["float16", "bfloat16"] = "bfloat16"
-
-
-class CompressParams(Section):
+class CompressSettings(Section):
     """Which compressors, at which levels: the fraction of prunable weights set to zero for
-    unstructured pruning, the fraction of MACs removed for `structured`; quantizers have none."""
+    unstructured pruning, the fraction of MACs removed for `structured`; quantizers have none.
+    Each compressor with options has its own sub-section (`compress.<name>`, from
+    compalign.compressors)."""
 
     methods: list[str] = Field(default_factory=lambda: ["magnitude_global"], min_length=1)
     sparsities: list[Fraction] = Field(
@@ -127,21 +95,17 @@ class CompressParams(Section):
     )
     calibration_batches: Annotated[int, Field(ge=1, le=1000)] = 8
     calibration_batch_size: Annotated[int, Field(ge=1)] = 64
-    random: RandomParams = Field(default_factory=RandomParams)
-    gradual_magnitude: GradualParams = Field(default_factory=GradualParams)
-    structured: StructuredParams = Field(default_factory=StructuredParams)
-    half: HalfParams = Field(default_factory=HalfParams)
 
     def options(self, method: str) -> dict[str, Any]:
-        """The settings of compressor `method` (its sub-section, if it has one)."""
+        """The settings of compressor `method`: its sub-section, {} for one without options."""
+        if method not in COMPRESSORS:
+            raise KeyError(f"unknown compressor {method!r}")
         section = getattr(self, method, None)
         return section.model_dump() if isinstance(section, BaseModel) else {}
 
     @field_validator("methods")
     @classmethod
     def _known_methods(cls, values: list[str]) -> list[str]:
-        from compalign.compress import COMPRESSORS
-
         return _unique([_one_of(value, COMPRESSORS) for value in values])
 
     @field_validator("sparsities")
@@ -149,6 +113,10 @@ class CompressParams(Section):
     def _sorted_sparsities(cls, values: list[float]) -> list[float]:
         return sorted(set(values))
 
+
+CompressParams = create_model(
+    "CompressParams", __base__=CompressSettings, __module__=__name__, **entry_sections(COMPRESSORS)
+)
 
 NO_FINE_TUNING = "none"
 
@@ -241,8 +209,6 @@ class PopulationsParams(Section):
     @field_validator("compressor")
     @classmethod
     def _known_compressor(cls, value: str) -> str:
-        from compalign.compress import COMPRESSORS
-
         return _one_of(value, COMPRESSORS)
 
     @field_validator("losses")

@@ -8,18 +8,17 @@ changed: masks are folded into a copy or into a fresh state dict.
 
 from __future__ import annotations
 
-import copy
 import gzip
 import io
 import statistics
 import time
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 import torch.ao.nn.quantized as nnq
 from torch import nn
-from torch.nn.utils import prune
+
+from compalign.pruning import folded_copy, folded_state_dict
 
 # every cost the pipeline measures, in the order tables show them
 COST_METRICS = (
@@ -36,41 +35,6 @@ COST_METRICS = (
 # Quantized modules keep their weights packed (not as parameters); these expose them via
 # weight() / bias(). The dynamic Linear and the fused ConvReLU modules are subclasses.
 _PACKED = (nnq.Linear, nnq.Conv1d, nnq.Conv2d, nnq.Conv3d)
-
-
-def dense_copy(model: nn.Module) -> nn.Module:
-    """A deep copy of `model` with every pruning mask folded into its weight (no hooks left)."""
-    # After a forward pass with gradients, a pruned module's `weight` attribute is a non-leaf
-    # tensor (weight_orig * mask), which deepcopy refuses; it is recomputed from weight_orig and
-    # the mask when the mask is folded below, so the copy gets a detached stand-in.
-    memo: dict[int, Any] = {}
-    for module in model.modules():
-        for hook in module._forward_pre_hooks.values():
-            if isinstance(hook, prune.BasePruningMethod):
-                value = getattr(module, hook._tensor_name, None)
-                if isinstance(value, torch.Tensor):
-                    memo[id(value)] = value.detach().clone()
-    clone = copy.deepcopy(model, memo)
-    for module in clone.modules():
-        for hook in list(module._forward_pre_hooks.values()):
-            if isinstance(hook, prune.BasePruningMethod):
-                prune.remove(module, hook._tensor_name)
-    return clone
-
-
-def _folded_state_dict(model: nn.Module) -> dict[str, Any]:
-    """The state dict with masks folded in ("weight" = weight_orig * weight_mask), as stored dense."""
-    state = model.state_dict()
-    folded: dict[str, Any] = {}
-    for key, value in state.items():
-        if key.endswith("_mask") and key[: -len("_mask")] + "_orig" in state:
-            continue
-        if key.endswith("_orig") and key[: -len("_orig")] + "_mask" in state:
-            base = key[: -len("_orig")]
-            folded[base] = value * state[base + "_mask"]
-        else:
-            folded[key] = value
-    return folded
 
 
 def parameter_counts(model: nn.Module) -> dict[str, int]:
@@ -102,7 +66,7 @@ def serialized_size(model: nn.Module) -> dict[str, int]:
     """Bytes of the state dict as torch.save writes it, masks folded in ({"size_bytes"}), and of
     the same bytes gzip-compressed ({"size_gzip_bytes"})."""
     buffer = io.BytesIO()
-    torch.save(_folded_state_dict(model), buffer)
+    torch.save(folded_state_dict(model), buffer)
     data = buffer.getvalue()
     # mtime=0: the same model gives the same compressed bytes on every run
     return {"size_bytes": len(data), "size_gzip_bytes": len(gzip.compress(data, 6, mtime=0))}
@@ -116,7 +80,7 @@ def deployable(model: nn.Module) -> nn.Module:
 
     FX tracing patches torch.nn.Module.__call__ process-wide while it runs: call this only
     when no other thread runs a model (the pipeline measures costs one model at a time)."""
-    copied = dense_copy(model).eval()
+    copied = folded_copy(model).eval()
     floats = all(p.dtype == torch.float32 for p in copied.parameters())
     quantized = any(
         type(m).__module__.startswith("torch.ao.nn.quantized") for m in copied.modules()

@@ -22,7 +22,8 @@ from torch import nn
 from torch.ao.quantization import quantize_fx
 from torch.nn.utils import parametrize
 
-from compalign.costs import dense_copy
+from compalign.finetune import Family, FineTuneJob
+from compalign.pruning import folded_copy
 
 METHODS = ("quantize_dynamic", "quantize_static", "half")
 HALF_DTYPES = (torch.float16, torch.bfloat16)
@@ -73,7 +74,7 @@ class CastInput(nn.Module):
 def quantize_dynamic(model: nn.Module) -> nn.Module:
     """Post-training dynamic int8 quantization of the Linear layers (weights int8,
     activations quantized on the fly)."""
-    clone = dense_copy(model).eval()
+    clone = folded_copy(model).eval()
     with _quiet():
         return tq.quantize_dynamic(clone, {nn.Linear}, dtype=torch.qint8, inplace=True).eval()
 
@@ -87,7 +88,7 @@ def quantize_static(
     first = next(batches, None)
     if first is None:
         raise ValueError("quantize_static needs at least one calibration batch")
-    clone = dense_copy(model).eval()
+    clone = folded_copy(model).eval()
     with _quiet():
         prepared = quantize_fx.prepare_fx(clone, tq.get_default_qconfig_mapping(backend), (first,))
         # no_grad, not inference_mode: observers write their running ranges into buffers, which
@@ -102,7 +103,7 @@ def quantize_static(
 def to_half(model: nn.Module, dtype: torch.dtype = torch.float16) -> nn.Module:
     """Weights (and compute) in float16 or bfloat16, wrapped in CastInput."""
     _check_half(dtype)
-    return CastInput(dense_copy(model).to(dtype), dtype).eval()
+    return CastInput(folded_copy(model).to(dtype), dtype).eval()
 
 
 # --------------------------------------------------------------------------------------------
@@ -156,7 +157,7 @@ def prepare_qat(
     """A trainable copy of a float model with fake quantization for quantization-aware
     fine-tuning ("half" rounds the weights to `dtype`); train it with compalign.train.fit."""
     _check_method(method)
-    clone = dense_copy(model)
+    clone = folded_copy(model)
     if method == "quantize_static":
         with _quiet():
             prepared = quantize_fx.prepare_qat_fx(
@@ -201,8 +202,8 @@ def convert_qat(prepared: nn.Module, method: str, dtype: torch.dtype = torch.flo
     if method == "quantize_static":
         with _quiet():
             # convert_fx modifies its argument; the prepared model stays usable
-            return quantize_fx.convert_fx(dense_copy(prepared).eval()).eval()
-    clone = dense_copy(prepared).eval()
+            return quantize_fx.convert_fx(folded_copy(prepared).eval()).eval()
+    clone = folded_copy(prepared).eval()
     # The underlying float weights are converted: int8 (same scale as the fake quantization) or
     # cast to the half dtype give exactly the weights the forward pass trained against.
     removed = _strip_parametrizations(clone)
@@ -235,3 +236,26 @@ def rebuild(
         # placeholder ranges; every scale and zero point is then replaced by load_state_dict.
         return quantize_static(float_model, [example_inputs])
     return to_half(float_model, dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# The quantizers' family
+# --------------------------------------------------------------------------------------------
+
+
+def half_dtype(options: object) -> torch.dtype:
+    """The half dtype named by a quantizer's options (`compress.half.dtype`); bfloat16 for the
+    int8 quantizers, which have no such option."""
+    return getattr(torch, getattr(options, "dtype", "bfloat16"))
+
+
+def fine_tune_quantization_aware(job: FineTuneJob) -> nn.Module:
+    """Quantization-aware fine-tuning: from the reference with fake quantization, then converted."""
+    example = job.train.normalise(job.train.images[:1])
+    dtype = half_dtype(job.options)
+    prepared = prepare_qat(job.fresh_reference(), job.method, example, dtype=dtype)
+    job.fit(prepared)
+    return convert_qat(prepared.cpu(), job.method, dtype)
+
+
+QUANTIZATION = Family("quantization", fine_tune_quantization_aware, quantized=True)

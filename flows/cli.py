@@ -180,10 +180,10 @@ def stage(
     params_file: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Run one stage into DVC's fixed paths (what dvc.yaml's commands call)."""
-    from tasks.store import STAGE_CODE
+    from tasks.store import PIPELINE_STAGES
 
-    if name not in STAGE_CODE:
-        raise UserError(f"stage {name!r}: unknown; choose one of {', '.join(STAGE_CODE)}")
+    if name not in PIPELINE_STAGES:
+        raise UserError(f"stage {name!r}: unknown; choose one of {', '.join(PIPELINE_STAGES)}")
     params = load_params(params_file)
     if name == "prepare":
         _check_data(params)

@@ -18,7 +18,7 @@ from prefect.futures import wait
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from compalign.compress import COMPRESSORS
+from compalign.compressors import COMPRESSORS
 from compalign.config import Params
 from compalign.data import load_split, read_manifest
 from compalign.train import resolve_device

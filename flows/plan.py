@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from compalign.compress import COMPRESSORS
+from compalign.compressors import COMPRESSORS
 from compalign.config import NO_FINE_TUNING, Params
 
 BASELINE_LOSS = "ce"  # reduction factors are mismatches of `ce` / mismatches of a loss
@@ -34,7 +34,7 @@ class ModelSpec:
 
     @property
     def family(self) -> str:
-        return COMPRESSORS[self.method].family
+        return COMPRESSORS[self.method].family.name
 
 
 def losses_for(params: Params, method: str) -> list[str]:
@@ -42,7 +42,7 @@ def losses_for(params: Params, method: str) -> list[str]:
     cannot be fine-tuned after conversion: it is audited as it is (`none`), and also fine-tuned
     with each loss when `align.quantization_aware` is on."""
     losses = params.align.losses
-    if COMPRESSORS[method].family == "quantization" and not params.align.quantization_aware:
+    if COMPRESSORS[method].family.quantized and not params.align.quantization_aware:
         return [NO_FINE_TUNING]
     return losses
 
@@ -69,7 +69,8 @@ def grid_by_compression(params: Params) -> list[list[ModelSpec]]:
 def importance_loss(params: Params, spec: ModelSpec) -> str | None:
     """The loss whose gradients rank channels for Taylor-importance structured pruning (the
     spec's own loss, `ce` for the un-fine-tuned model), None when compression needs no loss."""
-    if spec.method == "structured" and params.compress.structured.importance == "taylor":
+    entry = COMPRESSORS[spec.method]
+    if entry.ranks_with_loss(entry.settings(params.compress.options(spec.method))):
         return spec.loss if spec.fine_tuned else BASELINE_LOSS
     return None
 
@@ -113,10 +114,9 @@ def align_arguments(params: Params, spec: ModelSpec, device: str) -> dict[str, A
 
 
 def level_kind(method: str) -> str:
-    """What a compressor's level measures."""
-    if not COMPRESSORS[method].uses_level:
-        return "none"
-    return "flops_removed" if method == "structured" else "weight_sparsity"
+    """What a compressor's level measures (compalign.compressors.LEVEL_KINDS), "none" if it has
+    no levels."""
+    return COMPRESSORS[method].level_kind or "none"
 
 
 def reference_labels(params: Params) -> dict[str, str]:

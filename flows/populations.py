@@ -20,7 +20,7 @@ from prefect.futures import wait
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from compalign.compress import COMPRESSORS
+from compalign.compressors import COMPRESSORS
 from compalign.config import NO_FINE_TUNING, Params
 from compalign.train import resolve_device
 from flows.plan import ModelSpec, align_arguments, compress_arguments, compressed_id
@@ -46,7 +46,7 @@ def population_losses(settings: Params) -> list[str]:
     """The population's losses; a post-training quantizer's members are audited as they are
     (`none`) unless align.quantization_aware fine-tunes them (as in the pipeline)."""
     compressor = COMPRESSORS[settings.populations.compressor]
-    if compressor.family == "quantization" and not settings.align.quantization_aware:
+    if compressor.family.quantized and not settings.align.quantization_aware:
         return [NO_FINE_TUNING]
     return settings.populations.losses
 

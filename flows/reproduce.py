@@ -18,13 +18,15 @@ import pandas as pd
 from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from compalign.compressors import COMPRESSORS
 from compalign.config import Params
 from flows.pipeline import pipeline, task_workers
 from flows.populations import run_populations
 from flows.profiles import PAPERS, paper_params
 from tasks import paper_reports, tracking
 
-QUANTIZERS = ("quantize_dynamic", "quantize_static", "half")
+# Hooker et al. compare pruning with post-training quantization: every quantizing compressor
+QUANTIZERS = tuple(name for name, entry in COMPRESSORS.items() if entry.family.quantized)
 
 
 def _publish(

@@ -8,11 +8,12 @@ from typing import Any
 from prefect import task
 
 from compalign.checkpoint import load_checkpoint, read_checkpoint_manifest, save_checkpoint
-from compalign.compress import COMPRESSORS, weight_sparsity
+from compalign.compressors import COMPRESSORS
 from compalign.config import TrainingParams
 from compalign.data import load_split, read_manifest
 from compalign.finetune import fine_tune
 from compalign.losses import LOSSES
+from compalign.pruning import weight_sparsity
 from compalign.tuning import tunable, tune_loss
 from tasks.logs import epoch_logger, stage_logger
 from tasks.options import task_options
@@ -20,6 +21,16 @@ from tasks.store import Artifact, materialize, require
 from tasks.train import train_config
 
 TUNING_FILE = "tuning.csv"
+
+
+def code_entries(parameters: dict[str, Any] | None) -> list[Any]:
+    """Registry entries an align call uses (tasks.code): its compressor and its loss."""
+    if parameters is None:
+        return [*COMPRESSORS.values(), *LOSSES.values()]
+    method, loss = parameters.get("method"), parameters.get("loss")
+    return [COMPRESSORS[name] for name in (method,) if name in COMPRESSORS] + [
+        LOSSES[name] for name in (loss,) if name in LOSSES
+    ]
 
 
 def align(
@@ -85,7 +96,7 @@ def align(
             model = train_candidate(
                 LOSSES[loss](**hyperparameters), epoch_logger(f"align {loss}", settings.epochs)
             )
-        quantized = COMPRESSORS[method].family == "quantization"
+        quantized = COMPRESSORS[method].family.quantized
         measured = 0.0 if quantized else weight_sparsity(model)
         stage_logger().info("%s aligned with %s: weight sparsity %.4f", method, loss, measured)
         source = read_checkpoint_manifest(compressed_dir)
@@ -94,7 +105,7 @@ def align(
             source["architecture"],
             scratch,
             kind=source["kind"],
-            half_dtype=options.get("dtype", "bfloat16"),
+            options=options,
             stage="align",
             loss=loss,
             hyperparameters=chosen,

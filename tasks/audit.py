@@ -39,14 +39,16 @@ from compalign.audit import (
     reduction_factor_interval,
 )
 from compalign.checkpoint import load_checkpoint, read_checkpoint_manifest
+from compalign.compressors import COMPRESSORS
 from compalign.data import Split, load_split, read_manifest
 from compalign.errors import UserError
 from compalign.fairness import group_changes, group_metrics
 from compalign.files import sha256_file
 from compalign.train import predict_logits
+from tasks.code import code_digest
 from tasks.logs import stage_logger
 from tasks.options import task_options
-from tasks.store import MANIFEST, Artifact, code_digest, materialize, require, stage_key
+from tasks.store import MANIFEST, Artifact, materialize, require, stage_key
 from tasks.tracking import Tracking, log_child_once
 
 PREDICTIONS_FILE = "predictions.parquet"
@@ -55,6 +57,15 @@ ATTRIBUTIONS_FILE = "attributions.npz"  # the reference's maps, reused by every 
 AGREEMENT_FILE = "attribution_agreement.parquet"
 FIGURE_FILE = "attribution_agreement.png"
 TUNING_FILE = "tuning.csv"
+
+
+def code_entries(parameters: dict[str, Any] | None) -> list[Any]:
+    """Registry entries an audit uses (tasks.code): the compressor of the audited model (it
+    rebuilds the checkpoint)."""
+    if parameters is None:
+        return list(COMPRESSORS.values())
+    compressor = (parameters.get("labels") or {}).get("compressor")
+    return [COMPRESSORS[compressor]] if compressor in COMPRESSORS else []
 
 
 def _groups(test: Split, audit: dict[str, Any]) -> pd.DataFrame:
@@ -298,7 +309,7 @@ def audit_model(
         **labels,
         "data_digest": read_manifest(data_dir, verify=False)["sha256"],
         "checkpoint_sha256": checkpoint["sha256"],
-        "code_digest.audit": code_digest("audit"),
+        "code_digest.audit": code_digest("audit", parameters),
         "tuned": str(checkpoint.get("tuned", False)).lower(),
     }
     if reference_audit is not None:

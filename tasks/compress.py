@@ -9,14 +9,26 @@ import torch
 from prefect import task
 
 from compalign.checkpoint import load_checkpoint, read_checkpoint_manifest, save_checkpoint
-from compalign.compress import COMPRESSORS, Calibration, weight_sparsity
+from compalign.compressors import COMPRESSORS, Calibration
 from compalign.data import load_split, read_manifest
 from compalign.losses import LOSSES
+from compalign.pruning import weight_sparsity
 from tasks.logs import stage_logger
 from tasks.options import task_options
 from tasks.store import Artifact, materialize, require
 
 CALIBRATION_SEED = 0  # which training examples calibrate: a fixed, seeded sample
+
+
+def code_entries(parameters: dict[str, Any] | None) -> list[Any]:
+    """Registry entries a compress call uses (tasks.code): its compressor and, for Taylor
+    importance, its loss; None: every one it could use."""
+    if parameters is None:
+        return [*COMPRESSORS.values(), *LOSSES.values()]
+    method, loss = parameters.get("method"), parameters.get("loss")
+    return [COMPRESSORS[name] for name in (method,) if name in COMPRESSORS] + [
+        LOSSES[name] for name in (loss,) if name in LOSSES
+    ]
 
 
 def calibration_data(
@@ -73,15 +85,15 @@ def compress(
         if compressor.needs_calibration:
             samples = calibration_data(data, reference_dir, calibration, loss, hyperparameters)
         model = compressor(load_checkpoint(reference_dir), level, options, samples)
-        quantized = compressor.family == "quantization"
+        quantized = compressor.family.quantized
         measured = 0.0 if quantized else weight_sparsity(model)
         stage_logger().info("%s at %s: weight sparsity %.4f", method, level, measured)
         save_checkpoint(
             model,
             read_checkpoint_manifest(reference_dir)["architecture"],
             scratch,
-            kind=method if quantized else "float",
-            half_dtype=options.get("dtype", "bfloat16"),
+            kind=compressor.checkpoint_kind(method),
+            options=options,
             stage="compress",
             compressor=method,
             sparsity=level,

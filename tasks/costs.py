@@ -19,7 +19,7 @@ from compalign.costs import measure_latency, parameter_counts, serialized_size
 from compalign.data import load_split, read_manifest
 from compalign.files import sha256_file
 from compalign.models import build_model
-from compalign.structured import count_macs
+from compalign.pruning import count_macs
 from tasks.logs import stage_logger
 from tasks.options import task_options
 from tasks.store import MANIFEST, Artifact, materialize, require

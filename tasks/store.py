@@ -1,8 +1,8 @@
 """The content-addressed artifact store and the cache keys of the pipeline's stages.
 
 Every stage output lives in `artifacts/<stage>/<key>/`, where the key hashes what the output
-depends on: the stage's code, its own params, and the content digests of its inputs -- never
-paths, tensors or modules. The same key serves Prefect (as the task's `cache_key_fn`) and the DVC
+depends on: the code the call really uses (tasks.code), its own params, and the content digests
+of its inputs -- never paths, tensors or modules. The same key serves Prefect (as the task's `cache_key_fn`) and the DVC
 stage commands (which copy a finished store entry instead of recomputing it). A store entry
 appears atomically, so a killed run leaves nothing half-written, and a rerun reuses every entry
 that was finished.
@@ -21,6 +21,7 @@ from typing import Any, TypedDict
 import compalign
 from compalign.errors import UserError
 from compalign.files import atomic_directory, sha256_file
+from tasks.code import code_digest
 
 ARTIFACTS_DIR = Path("artifacts")
 # Prefect's result records live beside the entries they point to: deleting artifacts/ drops both.
@@ -28,65 +29,6 @@ PREFECT_RESULTS_DIR = ARTIFACTS_DIR / ".prefect-results"
 MANIFEST = "manifest.json"
 
 PACKAGE_DIR = Path(compalign.__file__).resolve().parent
-TASKS_DIR = Path(__file__).resolve().parent
-
-# The source files each stage's output depends on (dvc.yaml lists the same files as deps; a test
-# keeps the two in step). Editing one of them reruns that stage and everything after it.
-# Loading or saving any checkpoint involves the code that rebuilds every kind of model.
-CHECKPOINT_CODE = [
-    "compalign/checkpoint.py",
-    "compalign/compress.py",
-    "compalign/models.py",
-    "compalign/quantize.py",
-    "compalign/structured.py",
-]
-STAGE_CODE: dict[str, list[str]] = {
-    "prepare": ["compalign/data.py", "compalign/files.py", "tasks/data.py"],
-    "reference": sorted(
-        {
-            "compalign/data.py",
-            "compalign/losses.py",
-            "compalign/train.py",
-            "compalign/vectorised.py",
-            "tasks/train.py",
-        }
-        | set(CHECKPOINT_CODE)
-    ),
-    "compress": sorted(
-        {"compalign/data.py", "compalign/losses.py", "tasks/compress.py"} | set(CHECKPOINT_CODE)
-    ),
-    "align": sorted(
-        {
-            "compalign/data.py",
-            "compalign/finetune.py",
-            "compalign/losses.py",
-            "compalign/train.py",
-            "compalign/tuning.py",
-            "tasks/align.py",
-        }
-        | set(CHECKPOINT_CODE)
-    ),
-    "audit": sorted(
-        {
-            "compalign/attribution.py",
-            "compalign/audit.py",
-            "compalign/data.py",
-            "compalign/fairness.py",
-            "compalign/train.py",
-            "tasks/audit.py",
-            "tasks/tracking.py",
-        }
-        | set(CHECKPOINT_CODE)
-    ),
-    # run by the flow after every audit, and by DVC's audit stage (it has no stage of its own)
-    "costs": sorted(
-        {"compalign/costs.py", "compalign/data.py", "tasks/costs.py", "tasks/tracking.py"}
-        | set(CHECKPOINT_CODE)
-    ),
-}
-STAGE_CODE["predict"] = sorted(
-    {"compalign/data.py", "compalign/train.py", "tasks/predict.py"} | set(CHECKPOINT_CODE)
-)  # population members' test predictions (the populations flow; no DVC stage)
 PIPELINE_STAGES = ["prepare", "reference", "compress", "align", "audit"]  # the DVC stages
 
 # Parameters that say where or under which parent to put a result, not what the result is.
@@ -98,21 +40,6 @@ class Artifact(TypedDict):
 
     path: str
     digest: str
-
-
-def source_path(relative: str) -> Path:
-    """Absolute path of a project source file named as in STAGE_CODE ("compalign/x.py")."""
-    package, _, name = relative.partition("/")
-    return (PACKAGE_DIR if package == "compalign" else TASKS_DIR) / name
-
-
-def code_digest(stage: str) -> str:
-    """sha256 over the stage's source files (name and content)."""
-    digest = hashlib.sha256()
-    for relative in STAGE_CODE[stage]:
-        digest.update(relative.encode())
-        digest.update(source_path(relative).read_bytes())
-    return digest.hexdigest()
 
 
 def _keyable(value: Any) -> Any:
@@ -133,7 +60,7 @@ def stage_key(stage: str, parameters: Mapping[str, Any]) -> str:
 
     content = {
         "stage": stage,
-        "code": code_digest(stage),
+        "code": code_digest(stage, parameters),
         "torch": torch.__version__,
         "parameters": _keyable({k: v for k, v in parameters.items() if k not in NOT_IN_KEY}),
     }

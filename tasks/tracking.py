@@ -26,9 +26,9 @@ import torch
 from mlflow.entities import DatasetInput, InputTag, RunStatus
 from mlflow.tracking import MlflowClient
 from torch import nn
-from torch.nn.utils import prune
 
 import compalign
+from compalign.pruning import folded_copy
 from tasks.store import PACKAGE_DIR, refresh_requested
 
 DEFAULT_STORE = "mlflow.db"
@@ -258,22 +258,6 @@ def existing_child(tracking: Tracking, key: str) -> str | None:
     return finished[0].info.run_id if finished else None
 
 
-def exportable(model: nn.Module) -> nn.Module:
-    """`model` (changed in place) with pruning masks folded into the weights, on the CPU.
-
-    Folding removes the forward hooks, so the logged model is a plain module anyone can load.
-    """
-    model = model.cpu().eval()
-    for module in model.modules():
-        for name in [
-            n[: -len("_mask")]
-            for n, _ in module.named_buffers(recurse=False)
-            if n.endswith("_mask")
-        ]:
-            prune.remove(module, name)
-    return model
-
-
 def log_child_once(
     tracking: Tracking,
     parent_run_id: str,
@@ -315,7 +299,7 @@ def log_child_once(
                 log_dataset(tracking, run_id, *dataset(), context="test")
             if model is not None:
                 mlflow.pytorch.log_model(
-                    exportable(model()),
+                    folded_copy(model()).cpu().eval(),
                     name="model",
                     serialization_format="pickle",
                     pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "torchvision"],

@@ -18,7 +18,7 @@ from compalign.attribution import (
     spearman_agreement,
     topk_iou,
 )
-from compalign.compress import COMPRESSORS
+from compalign.compressors import COMPRESSORS
 from compalign.models import build_model
 
 METHODS = sorted(ATTRIBUTION_METHODS)

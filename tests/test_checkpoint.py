@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from compalign.checkpoint import CHECKPOINT_FILE, MANIFEST_FILE, load_checkpoint, save_checkpoint
-from compalign.compress import COMPRESSORS, masks_of
+from compalign.compressors import COMPRESSORS
 from compalign.errors import UserError
 from compalign.files import sha256_file
 from compalign.models import build_model
+from compalign.pruning import masks_of
 
 ARCH = {"name": "small_cnn", "num_classes": 10, "in_channels": 1, "image_size": 8}
 
@@ -53,34 +54,38 @@ def test_loading_is_weights_only(tmp_path):
         load_checkpoint(tmp_path)
 
 
-@pytest.mark.parametrize(
-    ("method", "level", "options"),
-    [
-        ("magnitude_global", 0.8, {}),
-        ("magnitude_layerwise", 0.6, {}),
-        ("random", 0.5, {"seed": 3}),
-        ("gradual_magnitude", 0.7, {}),
-        ("structured", 0.5, {"importance": "l1"}),
-        ("quantize_dynamic", None, {}),
-        ("quantize_static", None, {}),
-        ("half", None, {"dtype": "bfloat16"}),
-        ("half", None, {"dtype": "float16"}),
-    ],
-)
+ROUND_TRIPS = [
+    ("magnitude_global", 0.8, {}),
+    ("magnitude_layerwise", 0.6, {}),
+    ("random", 0.5, {"seed": 3}),
+    ("gradual_magnitude", 0.7, {}),
+    ("structured", 0.5, {"importance": "l1"}),
+    ("quantize_dynamic", None, {}),
+    ("quantize_static", None, {}),
+    ("half", None, {"dtype": "bfloat16"}),
+    ("half", None, {"dtype": "float16"}),
+]
+# every other registered compressor, at its defaults: a new one is covered without listing it
+ROUND_TRIPS += [
+    (name, 0.5 if entry.uses_level else None, {})
+    for name, entry in COMPRESSORS.items()
+    if name not in {method for method, _, _ in ROUND_TRIPS}
+]
+
+
+@pytest.mark.parametrize(("method", "level", "options"), ROUND_TRIPS)
 def test_every_compressor_round_trips(tmp_path, method, level, options):
     """Save -> load (weights_only) gives the same model: pruned masks, new shapes after
     structured pruning, int8 modules, half weights."""
-    from compalign.compress import COMPRESSORS, Calibration
+    from compalign.compressors import COMPRESSORS, Calibration
     from compalign.train import runs_on
 
     generator = torch.Generator().manual_seed(0)
     calibration = Calibration([torch.randn(16, 1, 8, 8, generator=generator) for _ in range(2)])
     model = COMPRESSORS[method](build_model(**ARCH, seed=1), level, options, calibration).eval()
     compressor = COMPRESSORS[method]
-    kind = method if compressor.family == "quantization" else "float"
-    manifest = save_checkpoint(
-        model, ARCH, tmp_path, kind=kind, half_dtype=options.get("dtype", "bfloat16")
-    )
+    kind = method if compressor.family.quantized else "float"
+    manifest = save_checkpoint(model, ARCH, tmp_path, kind=kind, options=options)
     assert manifest["kind"] == kind
     loaded = load_checkpoint(tmp_path)
     images = torch.randn(6, 1, 8, 8, generator=generator)
@@ -91,5 +96,5 @@ def test_every_compressor_round_trips(tmp_path, method, level, options):
         assert sum(p.numel() for p in loaded.parameters()) < 0.7 * sum(
             p.numel() for p in build_model(**ARCH).parameters()
         )
-    if compressor.family in ("unstructured", "gradual"):
+    if compressor.family.name in ("unstructured", "gradual"):
         assert masks_of(loaded).keys() == masks_of(model).keys()

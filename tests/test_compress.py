@@ -5,16 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from compalign.compress import (
-    COMPRESSORS,
-    masks_of,
-    plain_state_dict,
-    prunable_parameters,
-    weight_sparsity,
-)
+from compalign.compressors import COMPRESSORS
 from compalign.data import Split
 from compalign.losses import LOSSES
 from compalign.models import build_model
+from compalign.pruning import (
+    folded_state_dict,
+    masks_of,
+    prunable_parameters,
+    weight_sparsity,
+)
 from compalign.train import TrainConfig, fit
 
 
@@ -52,7 +52,7 @@ def test_masks_stay_applied_during_fine_tuning():
     )
     fit(model, split, TrainConfig(epochs=2, batch_size=16, lr=0.1), LOSSES["ce"]())
     assert weight_sparsity(model) == pytest.approx(0.9, abs=1e-3)
-    state = plain_state_dict(model)
+    state = folded_state_dict(model)
     assert not any(key.endswith(("_orig", "_mask")) for key in state)
     zeros = sum(int((state[f"{n}.weight"] == 0).sum()) for n in masks_of(model) for n in [n[:-7]])
     total = sum(m.weight.numel() for m, _ in prunable_parameters(model))
@@ -91,14 +91,14 @@ def test_random_is_seeded_and_reaches_the_target():
 def test_gradual_schedule_values(step, expected):
     """Zhu & Gupta: s_t = s_f + (s_i - s_f)(1 - (t - t0)/(n dt))^3, masks every dt steps
     (here t0 = 0, dt = 50, n = 4)."""
-    from compalign.compress import gradual_sparsity
+    from compalign.compressors.gradual_magnitude import gradual_sparsity
 
     value = gradual_sparsity(step, 0.0, 0.9, start_step=0, end_step=200, frequency=50)
     assert value == pytest.approx(expected)
 
 
 def test_gradual_schedule_starting_late_and_from_an_initial_sparsity():
-    from compalign.compress import gradual_sparsity
+    from compalign.compressors.gradual_magnitude import gradual_sparsity
 
     assert gradual_sparsity(10, 0.2, 0.8, 100, 300, 100) == 0.2
     assert gradual_sparsity(200, 0.2, 0.8, 100, 300, 100) == pytest.approx(0.8 - 0.6 * 0.5**3)
@@ -107,7 +107,7 @@ def test_gradual_schedule_starting_late_and_from_an_initial_sparsity():
 def test_gradual_updates_prune_every_layer_and_never_revive_weights():
     """Each update re-prunes every layer to the scheduled sparsity by effective magnitude;
     weights pruned once stay pruned as the sparsity grows."""
-    from compalign.compress import GradualSchedule
+    from compalign.compressors.gradual_magnitude import GradualSchedule
 
     model = build_model("small_cnn", 10, 1, 8)
     schedule = GradualSchedule(0.0, 0.8, start_step=0, end_step=40, frequency=10)
@@ -126,3 +126,40 @@ def test_gradual_updates_prune_every_layer_and_never_revive_weights():
     )
     for mask in masks_of(model).values():
         assert float((~mask).float().mean()) == pytest.approx(0.8, abs=0.01)
+
+
+def test_magnitude_channel_masks_whole_channels_but_not_the_classifier():
+    from torch import nn
+
+    model = build_model("small_cnn", 10, 1, 8, seed=0)
+    dense = {
+        name: m.weight.detach().clone()
+        for name, m in model.named_modules()
+        if hasattr(m, "weight") and isinstance(m, nn.Conv2d | nn.Linear)
+    }
+    pruned = COMPRESSORS["magnitude_channel"](model, 0.5)
+    layers = [(n, m) for n, m in pruned.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    classifier_name, classifier = layers[-1]
+    assert not hasattr(classifier, "weight_mask")
+    assert torch.equal(classifier.weight, dense[classifier_name])
+    for name, module in layers[:-1]:
+        rows = module.weight.detach().flatten(1)
+        zero = (rows == 0).all(dim=1)
+        assert int(zero.sum()) == round(0.5 * len(rows)), name
+        norms = dense[name].flatten(1).abs().sum(dim=1)
+        assert norms[zero].max() <= norms[~zero].min()  # the smallest L1 norms went
+    assert masks_of(pruned)  # masks stay applied while fine-tuning (family unstructured)
+    assert COMPRESSORS["magnitude_channel"].level_kind == "channel_sparsity"
+
+
+@pytest.mark.parametrize("name", sorted(COMPRESSORS))
+def test_every_compressor_describes_itself(name):
+    """Its own module with a docstring, options with defaults, a known level kind."""
+    from compalign.compressors import LEVEL_KINDS
+
+    entry = COMPRESSORS[name]
+    module = __import__(entry.apply.__module__, fromlist=["ENTRY"])
+    assert module.ENTRY is entry and module.__doc__
+    entry.settings({})
+    assert entry.level_kind is None or entry.level_kind in LEVEL_KINDS
+    assert entry.family.quantized == (entry.rebuild is not None)

@@ -6,9 +6,10 @@ import pytest
 import torch
 from torch.nn.utils import prune
 
-from compalign.compress import COMPRESSORS, prunable_parameters
-from compalign.costs import dense_copy, measure_latency, parameter_counts, serialized_size
+from compalign.compressors import COMPRESSORS
+from compalign.costs import measure_latency, parameter_counts, serialized_size
 from compalign.models import build_model
+from compalign.pruning import folded_copy, prunable_parameters
 from compalign.quantize import quantize_dynamic, quantize_static, to_half
 
 
@@ -39,7 +40,7 @@ def test_parameter_counts_masked():
     assert counts["params_total"] == dense["params_total"]
     assert dense["params_nonzero"] - counts["params_nonzero"] == round(0.5 * weights)
     assert counts["params_nonzero"] / counts["params_total"] == pytest.approx(0.5, abs=0.02)
-    assert parameter_counts(dense_copy(model)) == counts
+    assert parameter_counts(folded_copy(model)) == counts
 
 
 def test_parameter_counts_quantized():
@@ -55,10 +56,10 @@ def test_parameter_counts_quantized():
         assert counts["params_nonzero"] == pytest.approx(counts["params_total"], rel=0.01)
 
 
-def test_dense_copy_folds_masks_and_leaves_caller_alone():
-    """dense_copy works after a forward pass with gradients and keeps the caller's masks."""
+def test_folded_copy_folds_masks_and_leaves_caller_alone():
+    """folded_copy works after a forward pass with gradients and keeps the caller's masks."""
     model = pruned("small_cnn")
-    copy = dense_copy(model)
+    copy = folded_copy(model)
     assert prune.is_pruned(model) and not prune.is_pruned(copy)
     assert torch.equal(copy[0].weight, model[0].weight_orig * model[0].weight_mask)
     x = torch.randn(4, 1, 8, 8)
@@ -70,7 +71,7 @@ def test_serialized_size_masked_equals_dense():
     """A masked model is stored dense: same bytes as the folded model, but it gzips much better."""
     model = pruned()
     masked = serialized_size(model)
-    dense = serialized_size(dense_copy(model))
+    dense = serialized_size(folded_copy(model))
     unpruned = serialized_size(build_model("resnet20", 10, 3, 32))
     assert abs(masked["size_bytes"] - dense["size_bytes"]) < 300
     assert abs(masked["size_bytes"] - unpruned["size_bytes"]) < 300

@@ -9,7 +9,8 @@ import yaml
 
 from compalign.config import Params
 from conftest import ROOT
-from tasks.store import PIPELINE_STAGES, STAGE_CODE
+from tasks.code import STAGE_MODULES, dvc_code
+from tasks.store import PIPELINE_STAGES
 
 
 def test_core_package_imports_no_orchestration_or_tracking():
@@ -31,13 +32,13 @@ def test_dvc_stages_mirror_the_flow_stages():
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     assert list(stages) == PIPELINE_STAGES == ["prepare", "reference", "compress", "align", "audit"]
     # costs: run within DVC's audit stage; predict: population members (no DVC stage)
-    assert set(STAGE_CODE) == {*PIPELINE_STAGES, "costs", "predict"}
+    assert set(STAGE_MODULES) == {*PIPELINE_STAGES, "costs", "predict"}
     sections = Params.model_fields
     for name, stage in stages.items():
         assert stage["cmd"] == f"compalign stage {name}"
         code = sorted(dep for dep in stage["deps"] if dep.endswith(".py"))
-        expected = set(STAGE_CODE[name]) | (set(STAGE_CODE["costs"]) if name == "audit" else set())
-        assert code == sorted(expected), name  # DVC's audit stage also measures costs
+        expected = dvc_code(name)  # DVC's audit stage also measures costs
+        assert code == expected, f"dvc.yaml {name} deps should list: {expected}"
         assert name == "prepare" or "data/prepared" in stage["deps"]
         for param in stage["params"]:
             section, _, key = param.partition(".")

@@ -14,7 +14,7 @@ import torch.ao.nn.quantized.dynamic as nnqd
 from torch import nn
 from torch.nn.utils import parametrize, prune
 
-from compalign.compress import COMPRESSORS
+from compalign.compressors import COMPRESSORS
 from compalign.data import Split
 from compalign.losses import LOSSES
 from compalign.models import build_model

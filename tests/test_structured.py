@@ -1,4 +1,4 @@
-"""Structured pruning to a MAC budget (compalign.structured)."""
+"""Structured pruning to a MAC budget (compalign.compressors.structured)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import prune
 
+from compalign.compressors.structured import prune_structured
 from compalign.models import build_model
-from compalign.structured import count_macs, prune_structured, resize_to_state_dict
+from compalign.pruning import count_macs, resize_to_state_dict
 
 SHAPES = {"small_cnn": (1, 8), "resnet20": (3, 32), "vgg11_bn": (3, 32)}
 NUM_CLASSES = 10

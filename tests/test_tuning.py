@@ -6,7 +6,7 @@ import pandas as pd
 import torch
 
 from compalign import tuning
-from compalign.compress import COMPRESSORS
+from compalign.compressors import COMPRESSORS
 from compalign.data import Split
 from compalign.models import build_model
 from compalign.train import TrainConfig, fit

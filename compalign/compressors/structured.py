@@ -1,4 +1,4 @@
-"""Structured (channel) pruning to a MAC budget, with physical removal (torch-pruning).
+"""`structured`: channel pruning to a MAC budget, with physical removal (torch-pruning).
 
 Meyer & Wong (arXiv 2211.10285) prune filters until a target fraction of FLOPs is removed, with
 Taylor importance computed from their alignment loss. Here the fraction is of the multiply-
@@ -17,64 +17,34 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable
+from typing import Annotated, Literal
 
 import torch
 import torch_pruning as tp
+from pydantic import Field
 from torch import nn
-from torch.nn.utils import prune as torch_prune
+
+from compalign.compressors.base import STRUCTURED, Calibration, Compressor
+from compalign.errors import UserError
+from compalign.options import Options
+from compalign.pruning import classifier_name, count_macs, folded_copy
+
+
+class StructuredOptions(Options):
+    """Channel pruning with physical removal; `compress.sparsities` are fractions of MACs removed."""
+
+    importance: Literal["l1", "taylor"] = "l1"
+    global_pruning: bool = False
+    # channel counts in multiples of this (faster CPU kernels; implies global thresholds)
+    round_to: Annotated[int, Field(ge=2, le=64)] | None = None
+
+
 
 # No group loses more than this fraction of its channels (and every group keeps at least one):
 # a layer with no channels left would cut the network in two.
 MAX_PRUNING_RATIO = 0.9
 
 GradientFn = Callable[[nn.Module], None]
-
-
-# --------------------------------------------------------------------------------------------
-# MAC counting
-
-
-def _has_prune_masks(model: nn.Module) -> bool:
-    return any(
-        isinstance(hook, torch_prune.BasePruningMethod)
-        for module in model.modules()
-        for hook in module._forward_pre_hooks.values()
-    )
-
-
-def _folded_copy(model: nn.Module) -> nn.Module:
-    """A deep copy of `model` with any torch.nn.utils.prune masks folded into plain weights.
-
-    A masked module's pruned tensor (e.g. `weight`) is a non-leaf attribute (weight_orig * mask),
-    which deepcopy refuses; seeding deepcopy's memo with a detached clone of it gets past that,
-    then `prune.remove` on the copy turns it into an ordinary parameter. The caller's model and
-    its masks are untouched.
-    """
-    memo: dict[int, object] = {}
-    for module in model.modules():
-        for hook in module._forward_pre_hooks.values():
-            if isinstance(hook, torch_prune.BasePruningMethod):
-                tensor = getattr(module, hook._tensor_name, None)
-                if isinstance(tensor, torch.Tensor):
-                    memo[id(tensor)] = tensor.detach().clone()
-    folded = copy.deepcopy(model, memo)
-    for module in folded.modules():
-        for hook in list(module._forward_pre_hooks.values()):
-            if isinstance(hook, torch_prune.BasePruningMethod):
-                torch_prune.remove(module, hook._tensor_name)
-    return folded
-
-
-def count_macs(model: nn.Module, example_inputs: torch.Tensor) -> int:
-    """Multiply-accumulates of one forward pass over `example_inputs` (the whole batch), counted by
-    torch_pruning.utils.count_ops_and_params; prune masks are folded in (dense MACs) first."""
-    if _has_prune_masks(model):
-        model = _folded_copy(model)
-    # count_ops_and_params deep-copies the model itself and returns the batch's count divided by
-    # the batch size (a float); multiplying back gives the batch's count. (Its Linear hook adds
-    # the bias once per call, not per example, so the count is not exactly linear in the batch.)
-    per_example, _ = tp.utils.count_ops_and_params(model, example_inputs)
-    return int(round(per_example * example_inputs.shape[0]))
 
 
 # --------------------------------------------------------------------------------------------
@@ -115,10 +85,12 @@ def _make_importance(importance: str, global_pruning: bool):
 
 
 def _last_linear_name(model: nn.Module) -> str:
-    names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
-    if not names:
-        raise ValueError("structured pruning needs a final nn.Linear classifier to keep intact")
-    return names[-1]
+    try:
+        return classifier_name(model)
+    except ValueError:
+        raise ValueError(
+            "structured pruning needs a final nn.Linear classifier to keep intact"
+        ) from None
 
 
 def _channels(module: nn.Module) -> int:
@@ -287,7 +259,7 @@ def prune_structured(
         raise ValueError("Taylor importance needs a gradient_fn that fills the model's gradients")
 
     # A plain copy (prune masks folded in, no stale gradients) that every trial deep-copies.
-    dense = _folded_copy(model)
+    dense = folded_copy(model)
     dense.zero_grad(set_to_none=True)
     grads = _gradients(dense, gradient_fn) if importance == "taylor" else None
     search = _Search(dense, example_inputs, scorer, grads, global_pruning, round_to)
@@ -384,59 +356,35 @@ def prune_structured(
     raise fail()
 
 
-# --------------------------------------------------------------------------------------------
-# Rebuilding a pruned model from a state dict
+def structured(
+    model: nn.Module, flops_fraction: float, options: StructuredOptions, calibration: Calibration
+) -> nn.Module:
+    """Channel pruning with physical removal (torch-pruning), `flops_fraction` of the MACs removed;
+    importance "l1" or "taylor" (first-order, gradients of the alignment loss, Meyer & Wong)."""
+    importance = options.importance
+    try:
+        pruned, _ = prune_structured(
+            model,
+            flops_fraction,
+            calibration.example if calibration else torch.zeros(1, 3, 32, 32),
+            importance=importance,
+            gradient_fn=calibration.gradient_fn if importance == "taylor" and calibration else None,
+            global_pruning=options.global_pruning,
+            round_to=options.round_to,
+        )
+    except ValueError as error:
+        raise UserError(
+            f"compress.structured at {flops_fraction:g}: {error}; choose another level"
+            + (" or a smaller compress.structured.round_to" if options.round_to else "")
+        ) from error
+    return pruned
 
 
-def _resized(old: torch.Tensor | None, shape: torch.Size, parameter: bool):
-    """An uninitialised tensor of `shape` like `old` (values come from load_state_dict)."""
-    if old is None:
-        return None
-    new = torch.empty(shape, dtype=old.dtype, device=old.device)
-    if parameter:
-        return nn.Parameter(new, requires_grad=old.requires_grad)
-    return new
-
-
-def resize_to_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> nn.Module:
-    """Reshape `model`'s Conv2d, Linear and BatchNorm2d layers in place to the shapes in
-    `state_dict` (a structurally pruned model's), ready for a strict `load_state_dict`."""
-    for name, module in model.named_modules():
-        if not isinstance(module, nn.Conv2d | nn.Linear | nn.BatchNorm2d):
-            continue
-        prefix = f"{name}." if name else ""
-        weight_key = f"{prefix}weight"
-        if weight_key in state_dict:
-            shape = state_dict[weight_key].shape
-        elif f"{prefix}running_mean" in state_dict:  # batch norm without affine parameters
-            shape = state_dict[f"{prefix}running_mean"].shape
-        else:
-            continue
-        current = module.weight if module.weight is not None else module.running_mean
-        if current is not None and current.shape == shape:
-            continue
-
-        if isinstance(module, nn.Conv2d):
-            out_channels, in_per_group = shape[0], shape[1]
-            depthwise = (
-                module.groups > 1 and module.groups == module.in_channels == module.out_channels
-            )
-            if depthwise:
-                module.groups = out_channels
-            module.out_channels = out_channels
-            module.in_channels = in_per_group * module.groups
-            module.weight = _resized(module.weight, shape, parameter=True)
-            module.bias = _resized(module.bias, torch.Size([out_channels]), parameter=True)
-        elif isinstance(module, nn.Linear):
-            module.out_features, module.in_features = shape[0], shape[1]
-            module.weight = _resized(module.weight, shape, parameter=True)
-            module.bias = _resized(module.bias, torch.Size([shape[0]]), parameter=True)
-        else:
-            features = torch.Size([shape[0]])
-            module.num_features = shape[0]
-            module.weight = _resized(module.weight, features, parameter=True)
-            module.bias = _resized(module.bias, features, parameter=True)
-            if module.running_mean is not None:
-                module.running_mean = _resized(module.running_mean, features, parameter=False)
-                module.running_var = _resized(module.running_var, features, parameter=False)
-    return model
+ENTRY = Compressor(
+    structured,
+    STRUCTURED,
+    StructuredOptions,
+    level_kind="flops_removed",
+    needs_calibration=True,
+    ranks_with_loss=lambda options: options.importance == "taylor",
+)

@@ -1,0 +1,106 @@
+"""What every compressor shares: its registry entry and the calibration data some need.
+
+An entry's `family` (compalign.finetune.Family) is a table row, not a name to compare:
+`family.fine_tune(job)` fine-tunes a model of that compressor with an alignment loss,
+`family.quantized` says its models are no longer float (their checkpoints are rebuilt through the
+entry's `rebuild`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from compalign.finetune import STRUCTURED, UNSTRUCTURED, Family
+from compalign.options import NoOptions, Options
+
+__all__ = ["STRUCTURED", "UNSTRUCTURED", "Calibration", "Compressor", "Family", "LEVEL_KINDS"]
+
+# What a compressor's level measures (None: the compressor has no levels), as axis labels.
+LEVEL_KINDS = {
+    "weight_sparsity": "weight sparsity",
+    "flops_removed": "fraction of MACs removed",
+    "channel_sparsity": "fraction of channels masked per layer",
+}
+
+
+@dataclass
+class Calibration:
+    """What data-driven compressors need: float training batches (normalised), and for Taylor
+    importance a function that fills the model's gradients with the alignment loss."""
+
+    batches: list[torch.Tensor]
+    gradient_fn: Callable[[nn.Module], None] | None = None
+
+    @property
+    def example(self) -> torch.Tensor:
+        return self.batches[0][:1]
+
+
+Apply = Callable[[nn.Module, float | None, Any, Calibration | None], nn.Module]
+Rebuild = Callable[[nn.Module, torch.Tensor, Any], nn.Module]
+
+
+def _never(options: Any) -> bool:
+    return False
+
+
+@dataclass(frozen=True)
+class Compressor:
+    """A registry entry: the function, its options (the one place their defaults are written)
+    and what the pipeline must know about it.
+
+    - `apply(model, level, options, calibration)` returns the compressed model without
+      fine-tuning (what the loss `none` audits); it may change `model`.
+    - `level_kind`: what `compress.sparsities` mean for it (a key of LEVEL_KINDS), None when it
+      has no levels (quantizers).
+    - `needs_calibration`: it gets training batches (compalign.compressors.base.Calibration).
+    - `ranks_with_loss(options)`: it ranks weights with gradients of the alignment loss, so each
+      loss gets its own compressed model (Taylor importance).
+    - `traces_globally`: it traces with torch.fx, which patches torch.nn.Module.__call__ for the
+      whole process while it runs: no other model may run meanwhile.
+    - `rebuild(float_model, example, options)`: for a quantized family, an empty model of the
+      right structure for a saved state dict (checkpoint loading).
+    """
+
+    apply: Apply
+    family: Family
+    options: type[Options] = NoOptions
+    level_kind: str | None = "weight_sparsity"
+    needs_calibration: bool = False
+    ranks_with_loss: Callable[[Any], bool] = _never
+    traces_globally: bool = False
+    rebuild: Rebuild | None = None
+
+    def __post_init__(self) -> None:
+        if self.level_kind is not None and self.level_kind not in LEVEL_KINDS:
+            raise ValueError(f"unknown level kind {self.level_kind!r}; add it to LEVEL_KINDS")
+        if self.family.quantized and self.rebuild is None:
+            raise ValueError("a quantized family's compressor needs a rebuild function")
+
+    @property
+    def uses_level(self) -> bool:
+        return self.level_kind is not None
+
+    def settings(self, options: Options | dict[str, Any] | None = None) -> Options:
+        """`options` validated into this compressor's options model (None: the defaults)."""
+        if isinstance(options, self.options):
+            return options
+        return self.options.model_validate(dict(options or {}))
+
+    def checkpoint_kind(self, method: str) -> str:
+        """"float" for a model that stays float (masks saved apart), else the method's name."""
+        return method if self.family.quantized else "float"
+
+    def __call__(
+        self,
+        model: nn.Module,
+        level: float | None = None,
+        options: Options | dict[str, Any] | None = None,
+        calibration: Calibration | None = None,
+    ) -> nn.Module:
+        return self.apply(model, level, self.settings(options), calibration)

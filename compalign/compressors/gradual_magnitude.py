@@ -1,0 +1,116 @@
+"""`gradual_magnitude`: gradual magnitude pruning of Zhu & Gupta (2017, "To prune, or not to
+prune", eq. 1), as Hooker et al. (arXiv 1911.05248) use it: per-layer thresholds, a cubic
+schedule, masks updated every `frequency` steps while the model fine-tunes from the reference."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Annotated
+
+import torch
+from pydantic import Field
+from torch import nn
+from torch.nn.utils import prune
+
+from compalign.compressors.base import Compressor
+from compalign.finetune import Family, FineTuneJob
+from compalign.options import Options
+from compalign.pruning import prunable_parameters
+from compalign.train import total_steps
+
+
+class GradualOptions(Options):
+    """The schedule in fine-tuning steps (null: derived from the run length: prune from step 0
+    to 60% of the steps, 10 mask updates)."""
+
+    initial_sparsity: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    start_step: Annotated[int, Field(ge=0)] | None = None
+    end_step: Annotated[int, Field(ge=1)] | None = None
+    frequency: Annotated[int, Field(ge=1)] | None = None
+
+
+def gradual_sparsity(
+    step: int, initial: float, final: float, start_step: int, end_step: int, frequency: int
+) -> float:
+    """Zhu & Gupta (2017) cubic schedule: s_t = s_f + (s_i - s_f)(1 - (t - t0)/(n dt))^3 for t in
+    [t0, t0 + n dt], where t0 + n dt = end_step; s_i before t0, s_f after. Masks change every
+    `frequency` (dt) steps, so t is rounded down to the last update step."""
+    if step < start_step:
+        return initial
+    if step >= end_step:
+        return final
+    updated = start_step + ((step - start_step) // frequency) * frequency
+    progress = (updated - start_step) / (end_step - start_step)
+    return final + (initial - final) * (1.0 - progress) ** 3
+
+
+def prune_layers_to(model: nn.Module, sparsity: float) -> None:
+    """Set every layer's mask so its `sparsity` fraction of smallest *effective* weights is zero
+    (per-layer thresholds, as Hooker et al.'s gradual pruning). Weights already masked have
+    magnitude zero and stay pruned, so sparsity only grows."""
+    for module, name in prunable_parameters(model):
+        if not hasattr(module, f"{name}_mask"):
+            prune.identity(module, name)
+        mask = getattr(module, f"{name}_mask")
+        effective = (getattr(module, f"{name}_orig") * mask).detach().abs().flatten()
+        count = int(round(sparsity * effective.numel()))
+        new_mask = torch.ones_like(effective)
+        if count:
+            new_mask[torch.argsort(effective, stable=True)[:count]] = 0.0
+        mask.copy_(new_mask.view_as(mask))
+
+
+@dataclass
+class GradualSchedule:
+    """The gradual-pruning schedule of one fine-tuning run; `update(step, model)` is a
+    `fit` step callback that re-prunes every layer at each update step."""
+
+    initial: float
+    final: float
+    start_step: int
+    end_step: int
+    frequency: int
+    history: list[tuple[int, float]] = field(default_factory=list)
+
+    @classmethod
+    def for_run(cls, final: float, options: GradualOptions, total_steps: int) -> GradualSchedule:
+        """Defaults: prune from step 0 to 60% of the run, 10 mask updates (Hooker et al. prune
+        from 5k to 8k of their steps, every 500)."""
+        start = options.start_step or 0
+        end = options.end_step or max(start + 1, int(0.6 * total_steps))
+        frequency = options.frequency or max(1, (end - start) // 10)
+        return cls(options.initial_sparsity, final, start, end, frequency)
+
+    def update(self, step: int, model: nn.Module) -> None:
+        if step < self.start_step or step > self.end_step:
+            return
+        if (step - self.start_step) % self.frequency and step != self.end_step:
+            return
+        sparsity = gradual_sparsity(
+            step, self.initial, self.final, self.start_step, self.end_step, self.frequency
+        )
+        prune_layers_to(model, sparsity)
+        self.history.append((step, sparsity))
+
+
+def gradual_magnitude(model: nn.Module, sparsity: float, options, calibration) -> nn.Module:
+    """Without fine-tuning, gradual pruning has no steps to spread over: the model pruned to the
+    final sparsity at once, layer by layer (the schedule runs in compalign.finetune)."""
+    prune_layers_to(model, sparsity)
+    return model
+
+
+def fine_tune_gradually(job: FineTuneJob) -> nn.Module:
+    """Fine-tune from the reference while the cubic schedule prunes it to the final level."""
+    model = job.fresh_reference()
+    schedule = GradualSchedule.for_run(
+        job.level, job.options, total_steps(len(job.train), job.config)
+    )
+    prune_layers_to(model, schedule.initial)  # registers the masks the schedule updates
+    job.fit(model, on_step=schedule.update)
+    prune_layers_to(model, job.level)  # the final sparsity, however short the run was
+    return model
+
+
+GRADUAL = Family("gradual", fine_tune_gradually)
+ENTRY = Compressor(gradual_magnitude, GRADUAL, GradualOptions)

@@ -1,0 +1,106 @@
+"""Cache keys follow the code a stage call really uses (tasks.code)."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from conftest import ROOT
+from tasks import code, store
+
+DATA = {"path": "artifacts/prepare/x", "digest": "d1"}
+REFERENCE = {"path": "artifacts/reference/y", "digest": "d2"}
+COMPRESSED = {"path": "artifacts/compress/z", "digest": "d3"}
+
+
+def calls() -> dict[str, dict]:
+    """One store parameter set per stage, as the flow passes them."""
+    return {
+        "prepare": {"data": {"source": "digits", "seed": 0}},
+        "reference": {"data": DATA, "reference": {"model": "small_cnn"}, "device": "cpu"},
+        "align": {
+            "data": DATA,
+            "reference": REFERENCE,
+            "compressed": COMPRESSED,
+            "method": "magnitude_global",
+            "loss": "kd",
+        },
+        "audit-global": {
+            "data": DATA,
+            "model": COMPRESSED,
+            "labels": {"name": "magnitude_global-0.9-kd", "compressor": "magnitude_global"},
+        },
+        "audit-half": {
+            "data": DATA,
+            "model": COMPRESSED,
+            "labels": {"name": "half-none", "compressor": "half"},
+        },
+    }
+
+
+def keys() -> dict[str, str]:
+    return {
+        name: store.stage_key(name.split("-")[0], parameters)
+        for name, parameters in calls().items()
+    }
+
+
+@pytest.fixture
+def edited(monkeypatch):
+    """edited(path): the project as if a line had been appended to that file."""
+    original = code.read_source
+
+    def edit(path: str) -> None:
+        monkeypatch.setattr(
+            code, "read_source", lambda name: original(name) + (b"\n# x\n" if name == path else b"")
+        )
+
+    return edit
+
+
+def test_editing_a_loss_reruns_only_what_uses_it(edited):
+    before = keys()
+    edited("compalign/losses/kd.py")
+    after = keys()
+    assert after["prepare"] == before["prepare"] and after["reference"] == before["reference"]
+    assert after["audit-global"] == before["audit-global"]
+    assert after["align"] != before["align"]
+
+
+def test_editing_a_compressor_leaves_other_compressors_audits(edited):
+    before = keys()
+    edited("compalign/compressors/half.py")
+    after = keys()
+    assert after["audit-half"] != before["audit-half"]
+    assert {k: v for k, v in after.items() if k != "audit-half"} == {
+        k: v for k, v in before.items() if k != "audit-half"
+    }
+
+
+def test_shared_code_reruns_its_users(edited):
+    before = keys()
+    edited("compalign/losses/base.py")  # ce, which trains the reference, is built on it
+    assert keys()["reference"] != before["reference"]
+
+
+def test_stage_files_hold_no_unused_entries():
+    reference = code.stage_files("reference", calls()["reference"])
+    assert "compalign/losses/ce.py" in reference
+    assert not [f for f in reference if f.startswith("compalign/compressors/")]
+    assert [f for f in reference if f.startswith("compalign/losses/")] == [
+        "compalign/losses/base.py",
+        "compalign/losses/ce.py",
+    ]
+    align = code.stage_files("align", calls()["align"])
+    assert {"compalign/losses/kd.py", "compalign/compressors/magnitude_global.py"} <= set(align)
+    assert "compalign/losses/pw.py" not in align
+    assert "compalign/compressors/structured.py" not in align
+    for stage in code.STAGE_MODULES:  # nothing that cannot change a result
+        assert "compalign/config.py" not in code.stage_files(stage)
+
+
+def test_dvc_yaml_code_deps_are_up_to_date(tmp_path):
+    copy = tmp_path / "dvc.yaml"
+    shutil.copy(ROOT / "dvc.yaml", copy)
+    assert not code.update_dvc_yaml(copy), "run: python -m tasks.code"
