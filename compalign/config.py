@@ -13,7 +13,10 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError, create_model, field_validator
 
+from compalign.audit.base import AuditSettings
+from compalign.audit.metrics import METRICS
 from compalign.compressors import COMPRESSORS
+from compalign.costs import LatencyOptions
 from compalign.errors import UserError
 from compalign.losses import LOSSES
 from compalign.options import Fraction, Options, Seed, has_options
@@ -156,25 +159,26 @@ AlignParams = create_model(
 )
 
 
-class AuditParams(Section):
-    """How the models are audited."""
+def merged_options(name: str, doc: str, *models: type[Options]) -> type[Options]:
+    """One flat params section holding the fields of several options models (a key two models
+    share must be the same field in both)."""
+    fields: dict[str, Any] = {}
+    for model in models:
+        for key, info in model.model_fields.items():
+            if key in fields and fields[key][1] != info:
+                raise TypeError(f"{name}: {key} is defined differently by {model.__name__}")
+            fields[key] = (info.annotation, info)
+    return create_model(name, __base__=Section, __module__=__name__, __doc__=doc, **fields)
 
-    batch_size: Annotated[int, Field(ge=1)] = 512
-    seed: Seed = 0
-    bootstrap_samples: Annotated[int, Field(ge=100, le=100_000)] = 1000
-    confidence_level: Annotated[float, Field(gt=0.5, lt=1.0)] = 0.95
-    calibration_bins: Annotated[int, Field(ge=2, le=100)] = 15
-    groups: list[str] | None = None
-    attribution_samples: Annotated[int, Field(ge=0)] = 64
-    attribution_methods: list[Literal["saliency", "integrated_gradients"]] = Field(
-        default_factory=lambda: ["saliency", "integrated_gradients"]
-    )
-    integrated_gradients_steps: Annotated[int, Field(ge=2, le=512)] = 32
-    top_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1
-    figure_examples: Annotated[int, Field(ge=0, le=32)] = 6
-    latency_warmup: Annotated[int, Field(ge=0)] = 10
-    latency_repeats: Annotated[int, Field(ge=1)] = 50
-    latency_batch_sizes: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [1, 64])
+
+AuditParams = merged_options(
+    "AuditParams",
+    "How the models are audited: the shared settings, each metric's options "
+    "(compalign.audit.metrics) and the latency measurement (compalign.costs).",
+    AuditSettings,
+    *(entry.options for entry in METRICS.values()),
+    LatencyOptions,
+)
 
 
 class RunParams(Section):

@@ -13,11 +13,14 @@ import io
 import statistics
 import time
 from collections.abc import Sequence
+from typing import Annotated
 
 import torch
 import torch.ao.nn.quantized as nnq
+from pydantic import Field
 from torch import nn
 
+from compalign.options import Options
 from compalign.pruning import folded_copy, folded_state_dict
 
 # every cost the pipeline measures, in the order tables show them
@@ -31,6 +34,15 @@ COST_METRICS = (
     "latency_ms_b64",
     "latency_threads",
 )
+
+
+class LatencyOptions(Options):
+    """How CPU latency is measured (keys of the `audit` section)."""
+
+    latency_warmup: Annotated[int, Field(ge=0)] = 10  # forward passes before timing
+    latency_repeats: Annotated[int, Field(ge=1)] = 50  # timed passes; the median is reported
+    latency_batch_sizes: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [1, 64])
+
 
 # Quantized modules keep their weights packed (not as parameters); these expose them via
 # weight() / bias(). The dynamic Linear and the fused ConvReLU modules are subclasses.

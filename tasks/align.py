@@ -23,16 +23,6 @@ from tasks.train import train_config
 TUNING_FILE = "tuning.csv"
 
 
-def code_entries(parameters: dict[str, Any] | None) -> list[Any]:
-    """Registry entries an align call uses (tasks.code): its compressor and its loss."""
-    if parameters is None:
-        return [*COMPRESSORS.values(), *LOSSES.values()]
-    method, loss = parameters.get("method"), parameters.get("loss")
-    return [COMPRESSORS[name] for name in (method,) if name in COMPRESSORS] + [
-        LOSSES[name] for name in (loss,) if name in LOSSES
-    ]
-
-
 def align(
     data: Artifact,
     reference: Artifact,

@@ -1,10 +1,8 @@
 """Stage `audit`: what one model keeps and loses, logged as an MLflow child run.
 
-The reference is audited on its own (accuracy, per-class recall, calibration, group metrics, and
-the attribution maps of a fixed sample of test images). A compressed model is also compared with
-the reference (mismatches with bootstrap intervals, class and group fairness changes, attribution
-agreement) and, when the run has a `ce` model at the same compression, with that baseline
-(reduction factors of Joseph et al., with paired bootstrap intervals).
+The task reads the model, the test split and the audits it is compared with (the reference's;
+the `ce` model's at the same compression, for reduction factors), runs the core audit
+(compalign.audit: every registered metric), stores its numbers, table and files, and logs them.
 """
 
 from __future__ import annotations
@@ -16,33 +14,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 from prefect import task
 
-from compalign.attribution import (
-    agreement_figure,
-    attribution_maps,
-    attribution_sample,
-    spearman_agreement,
-    topk_iou,
-)
-from compalign.audit import (
-    bootstrap_indices,
-    class_fairness,
-    comparison_frame,
-    count_interval,
-    expected_calibration_error,
-    mismatch_metrics,
-    model_metrics,
-    predictions_frame,
-    reduction_factor,
-    reduction_factor_interval,
-)
+from compalign.audit import AuditInputs, ReferenceAudit, audit, predictions_frame
+from compalign.audit.metrics.attribution import AGREEMENT_FILE, FIGURE_FILE, MAPS_FILE
 from compalign.checkpoint import load_checkpoint, read_checkpoint_manifest
-from compalign.compressors import COMPRESSORS
-from compalign.data import Split, load_split, read_manifest
-from compalign.errors import UserError
-from compalign.fairness import group_changes, group_metrics
+from compalign.config import AuditParams
+from compalign.data import load_split, read_manifest
 from compalign.files import sha256_file
 from compalign.train import predict_logits
 from tasks.code import code_digest
@@ -53,49 +31,7 @@ from tasks.tracking import Tracking, log_child_once
 
 PREDICTIONS_FILE = "predictions.parquet"
 METRICS_FILE = "metrics.json"
-ATTRIBUTIONS_FILE = "attributions.npz"  # the reference's maps, reused by every compressed model
-AGREEMENT_FILE = "attribution_agreement.parquet"
-FIGURE_FILE = "attribution_agreement.png"
 TUNING_FILE = "tuning.csv"
-
-
-def code_entries(parameters: dict[str, Any] | None) -> list[Any]:
-    """Registry entries an audit uses (tasks.code): the compressor of the audited model (it
-    rebuilds the checkpoint)."""
-    if parameters is None:
-        return list(COMPRESSORS.values())
-    compressor = (parameters.get("labels") or {}).get("compressor")
-    return [COMPRESSORS[compressor]] if compressor in COMPRESSORS else []
-
-
-def _groups(test: Split, audit: dict[str, Any]) -> pd.DataFrame:
-    """The group columns to audit: `audit.groups`, or every group column of the dataset."""
-    available = list(test.groups.columns)
-    wanted = available if audit["groups"] is None else audit["groups"]
-    missing = sorted(set(wanted) - set(available))
-    if missing:
-        raise UserError(
-            f"audit.groups: {missing} are not group columns of the prepared dataset "
-            f"(it has {available or 'none'}; add some with data.label_groups)"
-        )
-    return test.groups[wanted]
-
-
-def _attributions(model, test: Split, indices: np.ndarray, targets: np.ndarray, audit, device):
-    images = test.normalise(test.images[indices]).to(device)
-    model = model.to(device)
-    return {
-        method: attribution_maps(
-            model, images, torch.as_tensor(targets), method, audit["integrated_gradients_steps"]
-        )
-        for method in audit["attribution_methods"]
-    }
-
-
-def attributable(model) -> bool:
-    """Gradient attributions need a differentiable model: int8 kernels have no gradients, so
-    quantized models get no attribution agreement (half-precision ones do)."""
-    return not any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in model.modules())
 
 
 def _json_safe(metrics: dict[str, float]) -> dict[str, float | str]:
@@ -103,101 +39,26 @@ def _json_safe(metrics: dict[str, float]) -> dict[str, float | str]:
     return {k: (v if math.isfinite(v) else str(v)) for k, v in metrics.items()}
 
 
-def _audit_reference(scratch: Path, model, test: Split, frame: pd.DataFrame, audit, device) -> dict:
-    """Attribution maps of the reference on the fixed sample, saved for the compressed models."""
-    if not audit["attribution_samples"]:
-        return {}
-    indices = attribution_sample(len(test), audit["attribution_samples"], audit["seed"])
-    targets = frame["prediction"].to_numpy()[indices]  # both models explain the reference's label
-    maps = _attributions(model, test, indices, targets, audit, device)
-    np.savez_compressed(scratch / ATTRIBUTIONS_FILE, indices=indices, targets=targets, **maps)
-    return {}
-
-
-def _audit_compressed(
-    scratch: Path,
-    model,
-    test: Split,
-    frame: pd.DataFrame,
-    reference_dir: Path,
-    baseline_dir: Path | None,
-    class_names: list[str],
-    audit: dict[str, Any],
-    labels: dict[str, str],
-    device: str,
-) -> tuple[dict[str, float], pd.DataFrame]:
-    reference_frame = pd.read_parquet(reference_dir / PREDICTIONS_FILE)
-    reference_metrics = read_metrics(reference_dir)
-    table = comparison_frame(reference_frame, frame)
-    metrics = mismatch_metrics(reference_frame, frame)
-    metrics["accuracy_change"] = (
-        float((frame.prediction == frame.label).mean()) - reference_metrics["accuracy"]
+def _reference_audit(directory: Path) -> ReferenceAudit:
+    """The reference's audit entry as the core audit reads it."""
+    maps = directory / MAPS_FILE
+    return ReferenceAudit(
+        frame=pd.read_parquet(directory / PREDICTIONS_FILE),
+        metrics=read_metrics(directory),
+        attributions=dict(np.load(maps)) if maps.is_file() else None,
     )
-    level = audit["confidence_level"]
-    resamples = bootstrap_indices(len(table), audit["bootstrap_samples"], audit["seed"])
-    mismatch = table["mismatch"].to_numpy()
-    reference_right = (table.reference_prediction == table.label).to_numpy()
-    for name, indicator in (
-        ("mismatches", mismatch),
-        ("mismatches_ref_correct", mismatch & reference_right),
-    ):
-        metrics[f"{name}_ci_low"], metrics[f"{name}_ci_high"] = count_interval(
-            indicator, resamples, level
-        )
-    metrics.update(class_fairness(reference_frame, frame, class_names))
-    metrics["ece_reference"] = reference_metrics["ece"]
-    if baseline_dir is not None:
-        baseline = pd.read_parquet(baseline_dir / PREDICTIONS_FILE)
-        if not baseline["example_id"].equals(table["example_id"]):
-            raise ValueError("the ce baseline was audited on other examples")
-        base = baseline["mismatch"].to_numpy()
-        for suffix, keep in (("", np.ones_like(base)), ("_ref_correct", reference_right)):
-            metrics[f"reduction_factor{suffix}"] = reduction_factor(base & keep, mismatch & keep)
-            low, high = reduction_factor_interval(base & keep, mismatch & keep, resamples, level)
-            metrics[f"reduction_factor{suffix}_ci_low"] = low
-            metrics[f"reduction_factor{suffix}_ci_high"] = high
-    metrics.update(_agreement(scratch, model, test, reference_dir, table, audit, labels, device))
-    return metrics, table
 
 
-def _agreement(
-    scratch, model, test, reference_dir, table, audit, labels, device
-) -> dict[str, float]:
-    """Attribution agreement with the reference on its fixed sample: per-example Spearman rank
-    correlation and top-k IoU per method, their mean and quantiles, a table and a figure."""
-    path = reference_dir / ATTRIBUTIONS_FILE
-    if not audit["attribution_samples"] or not path.is_file() or not attributable(model):
-        return {}
-    saved = np.load(path)
-    indices, targets = saved["indices"], saved["targets"]
-    maps = _attributions(model, test, indices, targets, audit, device)
-    rows = {"example_id": table["example_id"].to_numpy()[indices]}
-    metrics: dict[str, float] = {}
-    pairs = {}
-    for method, compressed_maps in maps.items():
-        reference_maps = saved[method]
-        pairs[method] = (reference_maps, compressed_maps)
-        for name, values in (
-            ("spearman", spearman_agreement(reference_maps, compressed_maps)),
-            ("iou", topk_iou(reference_maps, compressed_maps, audit["top_fraction"])),
-        ):
-            rows[f"{method}_{name}"] = values
-            metrics[f"attribution.{method}.{name}_mean"] = float(np.nanmean(values))
-            for quantile in (10, 50, 90):
-                metrics[f"attribution.{method}.{name}_p{quantile}"] = float(
-                    np.nanpercentile(values, quantile)
-                )
-    pd.DataFrame(rows).to_parquet(scratch / AGREEMENT_FILE, index=False)
-    if audit["figure_examples"]:
-        sample = table.iloc[indices]
-        captions = [
-            f"y {row.label} / ref {row.reference_prediction} / comp {row.compressed_prediction}"
-            for row in sample.itertuples()
-        ]
-        agreement_figure(
-            test.images[indices], pairs, captions, scratch / FIGURE_FILE, audit["figure_examples"]
-        )
-    return metrics
+def _write_outputs(scratch: Path, outputs: dict[str, Any]) -> None:
+    """Store the files the metrics made: tables as Parquet, arrays as .npz, figures by their
+    own writer."""
+    for name, value in outputs.items():
+        if isinstance(value, pd.DataFrame):
+            value.to_parquet(scratch / name, index=False)
+        elif isinstance(value, dict):
+            np.savez_compressed(scratch / name, **value)
+        else:
+            value(scratch / name)
 
 
 def _build_audit(
@@ -206,51 +67,41 @@ def _build_audit(
     model: Artifact,
     reference_audit: dict[str, Any] | None,
     baseline_audit: dict[str, Any] | None,
-    audit: dict[str, Any],
+    audit_params: dict[str, Any],
     labels: dict[str, str],
     device: str,
 ) -> None:
+    options = AuditParams.model_validate(audit_params)
     data_dir = require(data, "prepared dataset")
     model_dir = require(model, "checkpoint")
     manifest = read_manifest(data_dir)
     test = load_split(data_dir, "test", manifest)
     network = load_checkpoint(model_dir)
-    frame = predictions_frame(
-        test.example_ids, test.labels, predict_logits(network, test, audit["batch_size"], device)
+    logits = predict_logits(network, test, options.batch_size, device)
+    reference = baseline = None
+    if reference_audit is not None:
+        reference = _reference_audit(require(reference_audit, "reference audit"))
+        if baseline_audit is not None:
+            baseline = pd.read_parquet(require(baseline_audit, "ce audit") / PREDICTIONS_FILE)
+    inputs = AuditInputs(
+        frame=predictions_frame(test.example_ids, test.labels, logits),
+        class_names=manifest["class_names"],
+        groups=test.groups,
+        options=options,
+        reference=reference,
+        baseline=baseline,
+        model=network,
+        images=test.images,
+        normalise=test.normalise,
+        device=device,
     )
-    metrics: dict[str, float] = model_metrics(frame, manifest["class_names"])
-    metrics["ece"] = expected_calibration_error(
-        frame["confidence"].to_numpy(),
-        (frame.prediction == frame.label).to_numpy(),
-        audit["calibration_bins"],
-    )
-    groups = group_metrics(frame, _groups(test, audit))
-    metrics.update(groups)
+    result = audit(inputs)
+    metrics = result.metrics
     checkpoint = read_checkpoint_manifest(model_dir)
     if "measured_sparsity" in checkpoint:
         metrics["weight_sparsity"] = checkpoint["measured_sparsity"]
-    table = frame
-    if reference_audit is None:
-        _audit_reference(scratch, network, test, frame, audit, device)
-    else:
-        reference_dir = require(reference_audit, "reference audit")
-        baseline_dir = None if baseline_audit is None else require(baseline_audit, "ce audit")
-        compared, table = _audit_compressed(
-            scratch,
-            network,
-            test,
-            frame,
-            reference_dir,
-            baseline_dir,
-            manifest["class_names"],
-            audit,
-            labels,
-            device,
-        )
-        metrics.update(compared)
-        metrics["ece_change"] = metrics["ece"] - metrics["ece_reference"]
-        metrics.update(group_changes(read_metrics(reference_dir), groups))
-    table.to_parquet(scratch / PREDICTIONS_FILE, index=False)
+    _write_outputs(scratch, result.outputs)
+    result.table.to_parquet(scratch / PREDICTIONS_FILE, index=False)
     (scratch / METRICS_FILE).write_text(json.dumps(_json_safe(metrics), indent=2) + "\n")
     manifest_out = {
         "file": PREDICTIONS_FILE,

@@ -6,7 +6,7 @@ inside functions count; `if TYPE_CHECKING:` blocks do not). Two kinds of module 
 
 - registry tables (`REGISTRIES`: the `__init__` of compalign.losses, compalign.compressors, ...):
   a stage reaches an entry only through the names in its params, so the entries it uses are
-  added by name (`code_entries` of the task module) and the others never enter its key. Adding
+  added by name (`code_entries`) and the others never enter its key. Adding
   or editing a loss therefore leaves `prepare` and `reference` cached.
 - code that cannot change a result (`NOT_RESULTS`: params validation, error types, the store and
   logging of the task layer, presentation).
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import ast
 import hashlib
-import importlib
 from collections.abc import Iterable, Mapping
 from functools import cache
 from pathlib import Path
@@ -32,7 +31,7 @@ PACKAGES = ("compalign", "tasks")
 
 # Packages whose __init__ is a name -> entry table; their entries are reached by name only.
 REGISTRIES = frozenset(
-    {"compalign.losses", "compalign.compressors", "compalign.data.sources", "compalign.metrics"}
+    {"compalign.losses", "compalign.compressors", "compalign.data.sources", "compalign.audit.metrics"}
 )
 # Modules (or packages, with everything below them) that cannot change a stage's result.
 NOT_RESULTS = (
@@ -47,8 +46,7 @@ NOT_RESULTS = (
     "tasks.options",
     "tasks.store",
 )
-# The task module of each stage: its own file is the root of the stage's closure, and its
-# `code_entries(parameters)` names the registry entries a call uses.
+# The task module of each stage: its own file is the root of the stage's closure.
 STAGE_MODULES = {
     "prepare": "tasks.data",
     "reference": "tasks.train",
@@ -129,15 +127,39 @@ def entry_module(entry: Any) -> str:
     raise TypeError(f"{entry!r} is not a registry entry")
 
 
-def _stage_module(stage: str):
-    return importlib.import_module(STAGE_MODULES[stage])
+def _named(registry: Mapping[str, Any], *names: Any) -> list[Any]:
+    return [registry[name] for name in names if isinstance(name, str) and name in registry]
+
+
+def code_entries(stage: str, parameters: Mapping[str, Any] | None) -> list[Any]:
+    """The registry entries a stage call uses, read from its store parameters (None: every
+    entry the stage could use). Read here, not from the task modules, so that computing a key
+    imports no orchestration."""
+    from compalign.audit.metrics import METRICS
+    from compalign.compressors import COMPRESSORS
+    from compalign.losses import LOSSES
+
+    every = parameters is None
+    parameters = parameters or {}
+    if stage == "reference":  # the reference trains with plain cross-entropy
+        return [LOSSES["ce"]]
+    if stage in ("compress", "align"):  # the compressor, and the loss (Taylor importance, align)
+        if every:
+            return [*COMPRESSORS.values(), *LOSSES.values()]
+        return _named(COMPRESSORS, parameters.get("method")) + _named(
+            LOSSES, parameters.get("loss")
+        )
+    if stage == "audit":  # every metric, and the compressor that rebuilds the checkpoint
+        if every:
+            return [*METRICS.values(), *COMPRESSORS.values()]
+        labels = parameters.get("labels") or {}
+        return [*METRICS.values(), *_named(COMPRESSORS, labels.get("compressor"))]
+    return []
 
 
 def stage_files(stage: str, parameters: Mapping[str, Any] | None = None) -> list[str]:
     """The files a stage call's result depends on; parameters=None: every entry it could use."""
-    module = _stage_module(stage)
-    resolve = getattr(module, "code_entries", None)
-    entries = resolve(parameters) if resolve else []
+    entries = code_entries(stage, parameters)
     roots = (STAGE_MODULES[stage], *sorted({entry_module(entry) for entry in entries}))
     return [relative(name) for name in closure(roots)]
 

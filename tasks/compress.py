@@ -20,17 +20,6 @@ from tasks.store import Artifact, materialize, require
 CALIBRATION_SEED = 0  # which training examples calibrate: a fixed, seeded sample
 
 
-def code_entries(parameters: dict[str, Any] | None) -> list[Any]:
-    """Registry entries a compress call uses (tasks.code): its compressor and, for Taylor
-    importance, its loss; None: every one it could use."""
-    if parameters is None:
-        return [*COMPRESSORS.values(), *LOSSES.values()]
-    method, loss = parameters.get("method"), parameters.get("loss")
-    return [COMPRESSORS[name] for name in (method,) if name in COMPRESSORS] + [
-        LOSSES[name] for name in (loss,) if name in LOSSES
-    ]
-
-
 def calibration_data(
     data: Artifact,
     reference_dir: Path,

@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from prefect import task
 
 from compalign.checkpoint import load_checkpoint, read_checkpoint_manifest
-from compalign.costs import measure_latency, parameter_counts, serialized_size
+from compalign.costs import LatencyOptions, measure_latency, parameter_counts, serialized_size
 from compalign.data import load_split, read_manifest
 from compalign.files import sha256_file
 from compalign.models import build_model
@@ -57,7 +57,7 @@ def _build_costs(scratch: Path, data: Artifact, model: Artifact, audit: dict[str
     )
 
 
-LATENCY_SETTINGS = ("latency_batch_sizes", "latency_warmup", "latency_repeats")
+LATENCY_SETTINGS = tuple(LatencyOptions.model_fields)
 
 
 def latency_settings(audit: dict[str, Any]) -> dict[str, Any]:

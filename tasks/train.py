@@ -26,11 +26,6 @@ from tasks.store import (
 )
 
 
-def code_entries(parameters: dict[str, Any] | None) -> list[Any]:
-    """Registry entries a reference training uses (tasks.code): the `ce` loss."""
-    return [LOSSES["ce"]]
-
-
 def train_config(section: TrainingParams) -> TrainConfig:
     """The training loop's settings from a `reference` or `align` params section."""
     return TrainConfig(**section.model_dump(include=set(TrainingParams.model_fields)))

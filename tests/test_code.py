@@ -104,3 +104,18 @@ def test_dvc_yaml_code_deps_are_up_to_date(tmp_path):
     copy = tmp_path / "dvc.yaml"
     shutil.copy(ROOT / "dvc.yaml", copy)
     assert not code.update_dvc_yaml(copy), "run: python -m tasks.code"
+
+
+def test_computing_a_key_imports_no_orchestration():
+    """The CLI computes the prepare key before it configures Prefect's environment."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys; from tasks.store import stage_key; "
+        "stage_key('prepare', {'data': {'source': 'digits'}}); "
+        "stage_key('audit', {'labels': {'compressor': 'half'}}); "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'prefect', 'mlflow'}))"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.stdout.strip() == "[]", result.stderr

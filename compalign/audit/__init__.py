@@ -1,0 +1,81 @@
+"""The audit of a model against its reference, assembled from the metrics registry.
+
+`audit(inputs)` runs every metric of compalign.audit.metrics on one model's predictions and
+returns its numbers, its per-example table and the files the metrics left; it needs neither
+Prefect nor MLflow. compalign.audit.stats holds the statistics the metrics are built from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from compalign.audit.base import AuditInputs, AuditSettings, ReferenceAudit
+from compalign.audit.metrics import METRICS
+from compalign.audit.stats import (
+    bootstrap_indices,
+    class_fairness,
+    comparison_frame,
+    count_interval,
+    expected_calibration_error,
+    mismatch_metrics,
+    model_metrics,
+    per_class_recall,
+    percentile_interval,
+    predictions_frame,
+    reduction_factor,
+    reduction_factor_interval,
+)
+
+
+@dataclass
+class AuditResult:
+    """One model's audit: its metrics, its per-example table (the predictions frame for the
+    reference, the comparison with the reference for a compressed model) and the files its
+    metrics made (name -> DataFrame, dict of arrays, or a function that writes the file)."""
+
+    metrics: dict[str, float]
+    table: pd.DataFrame
+    outputs: dict[str, Any]
+
+
+def audit(inputs: AuditInputs) -> AuditResult:
+    """Run every registered metric on `inputs`, in registry order."""
+    metrics: dict[str, float] = {}
+    for entry in METRICS.values():
+        metrics.update(entry.compute(inputs))
+    table = inputs.table if inputs.compared else inputs.frame
+    return AuditResult(metrics, table, inputs.outputs)
+
+
+def summary_row(metrics: dict[str, float], labels: dict[str, str]) -> dict[str, Any]:
+    """The comparison table's metric columns for one model, from each metric's `summary`."""
+    row: dict[str, Any] = {}
+    for entry in METRICS.values():
+        row.update(entry.summary(metrics, labels))
+    return row
+
+
+__all__ = [
+    "METRICS",
+    "AuditInputs",
+    "AuditResult",
+    "AuditSettings",
+    "ReferenceAudit",
+    "audit",
+    "bootstrap_indices",
+    "class_fairness",
+    "comparison_frame",
+    "count_interval",
+    "expected_calibration_error",
+    "mismatch_metrics",
+    "model_metrics",
+    "per_class_recall",
+    "percentile_interval",
+    "predictions_frame",
+    "reduction_factor",
+    "reduction_factor_interval",
+    "summary_row",
+]

@@ -1,0 +1,123 @@
+"""What every audit metric shares: the inputs of one model's audit and the registry entry type.
+
+An audit metric reads an `AuditInputs` (the model's predictions, and for a compressed model its
+reference's audit, the `ce` baseline's comparison table at the same compression, the model
+itself and the test images) and returns named numbers; it may also leave files in
+`inputs.outputs` (tables, maps, figures) for the caller to store.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Annotated, Any
+
+import numpy as np
+import pandas as pd
+import torch
+from pydantic import Field
+from torch import nn
+
+from compalign.audit.stats import bootstrap_indices, comparison_frame
+from compalign.options import NoOptions, Options, Seed
+
+
+class AuditSettings(Options):
+    """Audit options every metric may use: how predictions are made and resampled."""
+
+    batch_size: Annotated[int, Field(ge=1)] = 512
+    seed: Seed = 0  # bootstrap resamples and the attribution sample
+    bootstrap_samples: Annotated[int, Field(ge=100, le=100_000)] = 1000
+    confidence_level: Annotated[float, Field(gt=0.5, lt=1.0)] = 0.95
+
+
+@dataclass
+class ReferenceAudit:
+    """What a compressed model's audit needs from its reference's: its predictions frame, its
+    metrics, and the attribution maps of the fixed sample (when attributions are on)."""
+
+    frame: pd.DataFrame
+    metrics: Mapping[str, float]
+    attributions: Mapping[str, np.ndarray] | None = None
+
+
+@dataclass
+class AuditInputs:
+    """One model's audit: its predictions frame (compalign.audit.stats.predictions_frame) and
+    the context some metrics need. `reference` is None when the model is the reference."""
+
+    frame: pd.DataFrame
+    class_names: list[str]
+    groups: pd.DataFrame
+    options: Any  # the validated `audit` section (compalign.config.AuditParams)
+    reference: ReferenceAudit | None = None
+    baseline: pd.DataFrame | None = None  # the `ce` model's comparison table, same compression
+    model: nn.Module | None = None
+    images: torch.Tensor | None = None  # uint8 test images [N, C, H, W], in the frame's order
+    normalise: Callable[[torch.Tensor], torch.Tensor] | None = None
+    device: torch.device | str = "cpu"
+    outputs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def compared(self) -> bool:
+        return self.reference is not None
+
+    @cached_property
+    def table(self) -> pd.DataFrame:
+        """The per-example comparison with the reference (the compressed model's audit table)."""
+        return comparison_frame(self.reference.frame, self.frame)
+
+    @cached_property
+    def resamples(self) -> np.ndarray:
+        """The bootstrap resamples of the test examples, the same for every model of a run."""
+        return bootstrap_indices(len(self.frame), self.options.bootstrap_samples, self.options.seed)
+
+    @property
+    def reference_right(self) -> np.ndarray:
+        return (self.table.reference_prediction == self.table.label).to_numpy()
+
+
+Compute = Callable[[AuditInputs], dict[str, float]]
+
+
+@dataclass(frozen=True)
+class Column:
+    """A column of the comparison table: its header and how a summary row shows it."""
+
+    header: str
+    show: Callable[[pd.Series], str]
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A registry entry: the function, its options (their keys live in the `audit` section; the
+    one place their defaults are written), the summary columns it adds
+    (`summary(metrics, labels) -> {column: value}`) and how the comparison table shows them."""
+
+    compute: Compute
+    options: type[Options] = NoOptions
+    summary: Callable[[Mapping[str, float], Mapping[str, str]], dict[str, Any]] = field(
+        default=lambda metrics, labels: {}
+    )
+    columns: tuple[Column, ...] = ()
+
+
+def number(value: Any, digits: int = 2) -> str:
+    """A table cell: "–" for a missing value, "∞" for an infinite one."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if math.isinf(value):
+        return "∞"
+    return f"{value:.{digits}f}" if digits else f"{int(value)}"
+
+
+def with_interval(row: pd.Series, column: str, digits: int) -> str:
+    """ "value [low, high]" from a summary row's `<column>`, `<column>_ci_low`, `_ci_high`."""
+    value, low, high = row[column], row[f"{column}_ci_low"], row[f"{column}_ci_high"]
+    if isinstance(value, float) and math.isnan(value):
+        return "–"
+    if isinstance(low, float) and math.isnan(low):
+        return number(value, digits)
+    return f"{number(value, digits)} [{number(low, digits)}, {number(high, digits)}]"

@@ -1,0 +1,122 @@
+"""`attribution`: whether the compressed model looks at the same pixels as its reference
+(Joseph et al., arXiv 2012.01604, section 5): saliency and integrated-gradients maps (captum) of
+both models on a fixed sample of test images, explaining the reference's predicted class;
+per-example Spearman rank correlation and top-k IoU, their mean and quantiles."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from pydantic import Field
+
+from compalign.attribution import (
+    agreement_figure,
+    attribution_maps,
+    attribution_sample,
+    spearman_agreement,
+    topk_iou,
+)
+from compalign.audit.base import AuditInputs, Column, Metric, number
+from compalign.options import Options
+
+NAN = float("nan")
+MAPS_FILE = "attributions.npz"  # the reference's maps, reused by every compressed model
+AGREEMENT_FILE = "attribution_agreement.parquet"
+FIGURE_FILE = "attribution_agreement.png"
+
+
+class AttributionOptions(Options):
+    """The fixed sample, the methods and how maps are compared."""
+
+    attribution_samples: Annotated[int, Field(ge=0)] = 64  # 0: off
+    attribution_methods: list[Literal["saliency", "integrated_gradients"]] = Field(
+        default_factory=lambda: ["saliency", "integrated_gradients"]
+    )
+    integrated_gradients_steps: Annotated[int, Field(ge=2, le=512)] = 32
+    top_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1  # top-k% pixels for the IoU
+    figure_examples: Annotated[int, Field(ge=0, le=32)] = 6  # rows of the figure
+
+
+def attributable(model) -> bool:
+    """Gradient attributions need a differentiable model: int8 kernels have no gradients, so
+    quantized models get no attribution agreement (half-precision ones do)."""
+    return not any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in model.modules())
+
+
+def _maps(inputs: AuditInputs, indices: np.ndarray, targets: np.ndarray) -> dict[str, np.ndarray]:
+    options = inputs.options
+    images = inputs.normalise(inputs.images[indices]).to(inputs.device)
+    model = inputs.model.to(inputs.device)
+    return {
+        method: attribution_maps(
+            model, images, torch.as_tensor(targets), method, options.integrated_gradients_steps
+        )
+        for method in options.attribution_methods
+    }
+
+
+def attribution(inputs: AuditInputs) -> dict[str, float]:
+    """Reference: its maps of the sample (output `attributions.npz`). Compressed:
+    `attribution.<method>.<spearman|iou>_<mean|p10|p50|p90>`, the per-example table and the
+    side-by-side figure."""
+    options = inputs.options
+    if not options.attribution_samples or inputs.model is None or inputs.images is None:
+        return {}
+    if not inputs.compared:
+        indices = attribution_sample(len(inputs.frame), options.attribution_samples, options.seed)
+        targets = inputs.frame["prediction"].to_numpy()[indices]  # both explain the reference's
+        maps = _maps(inputs, indices, targets)
+        inputs.outputs[MAPS_FILE] = {"indices": indices, "targets": targets, **maps}
+        return {}
+    saved = inputs.reference.attributions
+    if saved is None or not attributable(inputs.model):
+        return {}
+    indices, targets = saved["indices"], saved["targets"]
+    maps = _maps(inputs, indices, targets)
+    table = inputs.table
+    rows = {"example_id": table["example_id"].to_numpy()[indices]}
+    metrics: dict[str, float] = {}
+    pairs = {}
+    for method, compressed_maps in maps.items():
+        reference_maps = saved[method]
+        pairs[method] = (reference_maps, compressed_maps)
+        for name, values in (
+            ("spearman", spearman_agreement(reference_maps, compressed_maps)),
+            ("iou", topk_iou(reference_maps, compressed_maps, options.top_fraction)),
+        ):
+            rows[f"{method}_{name}"] = values
+            metrics[f"attribution.{method}.{name}_mean"] = float(np.nanmean(values))
+            for quantile in (10, 50, 90):
+                metrics[f"attribution.{method}.{name}_p{quantile}"] = float(
+                    np.nanpercentile(values, quantile)
+                )
+    inputs.outputs[AGREEMENT_FILE] = pd.DataFrame(rows)
+    if options.figure_examples:
+        sample = table.iloc[indices]
+        captions = [
+            f"y {row.label} / ref {row.reference_prediction} / comp {row.compressed_prediction}"
+            for row in sample.itertuples()
+        ]
+        images = inputs.images[indices]
+        inputs.outputs[FIGURE_FILE] = lambda path: agreement_figure(
+            images, pairs, captions, path, options.figure_examples
+        )
+    return metrics
+
+
+def summary(metrics, labels) -> dict[str, float]:
+    for method in ("integrated_gradients", "saliency"):
+        if f"attribution.{method}.spearman_mean" in metrics:
+            return {"attribution_agreement": metrics[f"attribution.{method}.spearman_mean"]}
+    return {"attribution_agreement": NAN}
+
+
+ENTRY = Metric(
+    attribution,
+    AttributionOptions,
+    summary=summary,
+    columns=(Column("attr. ρ", lambda row: number(row.attribution_agreement, 2)),),
+)
