@@ -13,7 +13,6 @@ from typing import Any
 
 import pandas as pd
 from prefect import flow
-from prefect.exceptions import TerminationSignal
 from prefect.futures import wait
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -85,27 +84,18 @@ def pipeline(params: dict[str, Any]) -> dict[str, Any]:
     settings = Params.model_validate(params)
     device = str(resolve_device(settings.run.device))
     track = tracking.setup(settings.run.experiment)
-    closed = tracking.close_orphans(track)
     logger = stage_logger()
-    if closed:
-        logger.info("marked %d run(s) of killed processes as KILLED", closed)
-    parent = tracking.start_parent(
-        track,
-        run_name(settings),
-        settings.flat(),
-        tags={
-            "orchestrator": "prefect",
-            "prefect_flow_run_id": str(flow_run.get_id()),
-            "model": settings.reference.model,
-            "device": device,
-            "host": socket.gethostname(),
-        },
-    )
-    logger.info("MLflow parent run %s (experiment %s)", parent, track["experiment_id"])
-    status = "FAILED"
     futures = []  # (stage, model, future) of every submitted task
     finished = []  # (stage, model, state) of the tasks run directly
-    try:
+    tags = {
+        "orchestrator": "prefect",
+        "prefect_flow_run_id": str(flow_run.get_id()),
+        "model": settings.reference.model,
+        "device": device,
+        "host": socket.gethostname(),
+    }
+    with tracking.parent_run(track, run_name(settings), settings.flat(), tags) as parent:
+        logger.info("MLflow parent run %s (experiment %s)", parent, track["experiment_id"])
         audit = settings.audit.model_dump()
         data = prepare_task.submit(settings.data.model_dump())
         reference = train_reference_task.submit(data, settings.reference.model_dump(), device)
@@ -174,12 +164,6 @@ def pipeline(params: dict[str, Any]) -> dict[str, Any]:
             notes=[f"MLflow parent run {parent}, experiment {settings.run.experiment!r}."],
         )
         tracking.log_artifacts(track, parent, [("", html)])
-        status = "FINISHED"
-    except (KeyboardInterrupt, TerminationSignal):
-        status = "KILLED"
-        raise
-    finally:
-        tracking.finish_run(track, parent, status)
     states = [
         {"stage": stage, "model": name, "state": future.state.name}
         for stage, name, future in futures

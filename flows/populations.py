@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 from prefect import flow
-from prefect.exceptions import TerminationSignal
 from prefect.futures import wait
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -65,26 +64,20 @@ def populations_flow(params: dict[str, Any]) -> dict[str, Any]:
     device = str(resolve_device(settings.run.device))
     batch = settings.audit.batch_size
     track = tracking.setup(settings.run.experiment)
-    tracking.close_orphans(track)
-    parent = tracking.start_parent(
-        track,
-        f"populations-{settings.data.source}-{settings.reference.model}-{population.compressor}",
-        settings.flat(),
-        tags={
-            "orchestrator": "prefect",
-            "kind": "populations",
-            "runner": population.runner,
-            "prefect_flow_run_id": str(flow_run.get_id()),
-            "model": settings.reference.model,
-            "compressor": population.compressor,
-            "host": socket.gethostname(),
-        },
-    )
+    tags = {
+        "orchestrator": "prefect",
+        "kind": "populations",
+        "runner": population.runner,
+        "prefect_flow_run_id": str(flow_run.get_id()),
+        "model": settings.reference.model,
+        "compressor": population.compressor,
+        "host": socket.gethostname(),
+    }
+    name = f"populations-{settings.data.source}-{settings.reference.model}-{population.compressor}"
     logger = stage_logger()
-    logger.info("MLflow parent run %s: %d members per population", parent, population.size)
-    status = "FAILED"
     futures: list[tuple[str, str, Any]] = []
-    try:
+    with tracking.parent_run(track, name, settings.flat(), tags) as parent:
+        logger.info("MLflow parent run %s: %d members per population", parent, population.size)
         data = prepare_task.submit(settings.data.model_dump())
         futures.append(("prepare", "", data))
         references, reference_predictions = {}, {}
@@ -159,12 +152,6 @@ def populations_flow(params: dict[str, Any]) -> dict[str, Any]:
         )
         analysis["files"].append(html)
         publish(track, parent, analysis)
-        status = "FINISHED"
-    except (KeyboardInterrupt, TerminationSignal):
-        status = "KILLED"
-        raise
-    finally:
-        tracking.finish_run(track, parent, status)
     states = [{"stage": s, "model": n, "state": f.state.name} for s, n, f in futures]
     cached = sum(state["state"] == "Cached" for state in states)
     logger.info("%d tasks: %d Cached, %d run", len(states), cached, len(states) - cached)

@@ -36,20 +36,16 @@ def _publish(
     out_dir = Path("reports") / report.paper
     files = report.write(out_dir)
     track = tracking.setup(settings.run.experiment)
-    run_id = tracking.start_parent(
-        track,
-        f"reproduce-{report.paper}-{profile}",
-        settings.flat(),
-        tags={
-            "kind": "reproduce",
-            "paper": report.paper,
-            "profile": profile,
-            "sources": ",".join(sources),
-            "host": socket.gethostname(),
-        },
-    )
-    tracking.log_artifacts(track, run_id, [("report", path) for path in files])
-    tracking.finish_run(track, run_id)
+    tags = {
+        "kind": "reproduce",
+        "paper": report.paper,
+        "profile": profile,
+        "sources": ",".join(sources),
+        "host": socket.gethostname(),
+    }
+    name = f"reproduce-{report.paper}-{profile}"
+    with tracking.parent_run(track, name, settings.flat(), tags, close_orphaned=False) as run_id:
+        tracking.log_artifacts(track, run_id, [("report", path) for path in files])
     return {
         "paper": report.paper,
         "run_id": run_id,

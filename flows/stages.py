@@ -108,20 +108,14 @@ def stage_audit(params: Params) -> None:
     device, audit = _device(params), params.audit.model_dump()
     data = artifact_of(DATA_DIR)
     track = tracking.setup(params.run.experiment)
-    tracking.close_orphans(track)
-    parent = tracking.start_parent(
-        track,
-        f"dvc-{params.data.source}-{params.reference.model}",
-        params.flat(),
-        tags={
-            "orchestrator": "dvc",
-            "model": params.reference.model,
-            "device": device,
-            "host": socket.gethostname(),
-        },
-    )
-    status = "FAILED"
-    try:
+    tags = {
+        "orchestrator": "dvc",
+        "model": params.reference.model,
+        "device": device,
+        "host": socket.gethostname(),
+    }
+    name = f"dvc-{params.data.source}-{params.reference.model}"
+    with tracking.parent_run(track, name, params.flat(), tags) as parent:
         labels = reference_labels(params)
         reference_audit = audit_model(
             data,
@@ -186,9 +180,6 @@ def stage_audit(params: Params) -> None:
             notes=[f"MLflow parent run {parent}, experiment {params.run.experiment!r}."],
         )
         tracking.log_artifacts(track, parent, [("", html)])
-        status = "FINISHED"
-    finally:
-        tracking.finish_run(track, parent, status)
     print_summary(summary)
     print(f"MLflow parent run {parent} (experiment {params.run.experiment!r}, {track['uri']})")
 

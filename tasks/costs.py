@@ -11,7 +11,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mlflow.tracking import MlflowClient
 from prefect import task
 
 from compalign.checkpoint import load_checkpoint, read_checkpoint_manifest
@@ -23,7 +22,7 @@ from compalign.pruning import count_macs
 from tasks.logs import stage_logger
 from tasks.options import task_options
 from tasks.store import MANIFEST, Artifact, materialize, require
-from tasks.tracking import Tracking, log_metrics
+from tasks.tracking import Tracking, client, log_metrics
 
 COSTS_FILE = "costs.json"
 
@@ -89,7 +88,7 @@ def measure_costs(
         "costs", parameters, lambda scratch: _build_costs(scratch, data, model, settings), out_dir
     )
     costs = json.loads((Path(artifact["path"]) / COSTS_FILE).read_text())
-    logged = MlflowClient(tracking["uri"]).get_run(run_id).data.metrics
+    logged = client(tracking["uri"]).get_run(run_id).data.metrics
     if "latency_threads" not in logged:
         log_metrics(tracking, run_id, costs)
     latency = ", ".join(

@@ -7,6 +7,8 @@ unfinished by a killed process are deleted before logging afresh.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import logging
 import math
@@ -16,7 +18,7 @@ import socket
 import subprocess
 import threading
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -41,19 +43,34 @@ HOST_TAG = "compalign.host"
 # SQLite allows one writer at a time; tasks running in threads take turns.
 _LOCK = threading.RLock()
 
-# Known, understood MLflow notices that would otherwise repeat for every child run: the dataset
-# recorded as lineage is ids and labels (no model schema is inferred from it), and the pickle
-# format is the one that saves pruned and quantized models (NOTES: pt2 fails on them).
-warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
-warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")
-
-
 class _DropPickleNotice(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return not record.getMessage().startswith("Saving pytorch model by Pickle")
 
 
-logging.getLogger("mlflow.pytorch").addFilter(_DropPickleNotice())
+@contextlib.contextmanager
+def _known_notices() -> Iterator[None]:
+    """Silence, around one logging call only, MLflow notices that are understood and would
+    otherwise repeat for every child run: the dataset recorded as lineage is ids and labels (no
+    model schema is inferred from it), and the pickle format is the one that saves pruned and
+    quantized models (NOTES: pt2 fails on them)."""
+    notice = _DropPickleNotice()
+    logger = logging.getLogger("mlflow.pytorch")
+    logger.addFilter(notice)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The specified dataset source can be")
+            warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
+            yield
+    finally:
+        logger.removeFilter(notice)
+
+
+@functools.cache
+def client(uri: str) -> MlflowClient:
+    """The one MlflowClient of a tracking store (MlflowClient is safe to share between threads;
+    writes still take turns through _LOCK)."""
+    return MlflowClient(uri)
 
 
 class Tracking(TypedDict):
@@ -83,9 +100,9 @@ def setup(experiment: str) -> Tracking:
     """Point MLflow at the project store and get (or create) the experiment."""
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
-    client = MlflowClient(uri)
+    store = client(uri)
     with _LOCK:
-        found = client.get_experiment_by_name(experiment)
+        found = store.get_experiment_by_name(experiment)
         if found is None:
             # a local SQLite store keeps its artifacts beside it; a server decides for itself.
             # (Not "MLFLOW_TRACKING_URI unset": mlflow.set_tracking_uri exports that variable.)
@@ -93,8 +110,8 @@ def setup(experiment: str) -> Tracking:
             if uri.startswith("sqlite:///"):
                 database = Path(uri.removeprefix("sqlite:///")).resolve()
                 location = (database.parent / DEFAULT_ARTIFACTS).as_uri()
-            client.create_experiment(experiment, artifact_location=location)
-            found = client.get_experiment_by_name(experiment)
+            store.create_experiment(experiment, artifact_location=location)
+            found = store.get_experiment_by_name(experiment)
     return Tracking(
         uri=uri,
         experiment_id=found.experiment_id,
@@ -137,17 +154,17 @@ def _pid_alive(pid: int) -> bool:
 
 def close_orphans(tracking: Tracking) -> int:
     """Mark KILLED the runs this host left RUNNING from processes that no longer exist."""
-    client = MlflowClient(tracking["uri"])
+    store = client(tracking["uri"])
     closed = 0
     with _LOCK:
-        runs = client.search_runs(
+        runs = store.search_runs(
             [tracking["experiment_id"]],
             filter_string=f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{socket.gethostname()}'",
         )
         for run in runs:
             pid = run.data.tags.get(PID_TAG, "")
             if pid.isdigit() and not _pid_alive(int(pid)):
-                client.set_terminated(run.info.run_id, status="KILLED")
+                store.set_terminated(run.info.run_id, status="KILLED")
                 closed += 1
     return closed
 
@@ -156,7 +173,7 @@ def start_parent(
     tracking: Tracking, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str]
 ) -> str:
     """Create the pipeline's parent run with its flattened params, code version and process."""
-    client = MlflowClient(tracking["uri"])
+    store = client(tracking["uri"])
     all_tags = {
         ROLE_TAG: "pipeline",
         "compalign.version": compalign.__version__,
@@ -165,12 +182,41 @@ def start_parent(
         **tags,
     }
     with _LOCK:
-        run = client.create_run(tracking["experiment_id"], run_name=run_name, tags=all_tags)
-        client.log_batch(
+        run = store.create_run(tracking["experiment_id"], run_name=run_name, tags=all_tags)
+        store.log_batch(
             run.info.run_id,
             params=[mlflow.entities.Param(k, _param_text(v)) for k, v in params.items()],
         )
     return run.info.run_id
+
+
+@contextlib.contextmanager
+def parent_run(
+    tracking: Tracking,
+    run_name: str,
+    params: Mapping[str, Any],
+    tags: Mapping[str, str],
+    close_orphaned: bool = True,
+) -> Iterator[str]:
+    """A parent run for the block: created (after marking runs of killed processes KILLED),
+    then ended FINISHED, KILLED on an interrupt or termination, FAILED on an error."""
+    if close_orphaned:
+        closed = close_orphans(tracking)
+        if closed:
+            logging.getLogger(__name__).info("marked %d run(s) of killed processes KILLED", closed)
+    run_id = start_parent(tracking, run_name, params, tags)
+    status = "FAILED"
+    try:
+        yield run_id
+        status = "FINISHED"
+    except BaseException as error:
+        from prefect.exceptions import TerminationSignal
+
+        if isinstance(error, KeyboardInterrupt | TerminationSignal | SystemExit):
+            status = "KILLED"
+        raise
+    finally:
+        finish_run(tracking, run_id, status)
 
 
 def _param_text(value: Any) -> str:
@@ -180,20 +226,20 @@ def _param_text(value: Any) -> str:
 def finish_run(tracking: Tracking, run_id: str, status: str = "FINISHED") -> None:
     """End a run with `status` (FINISHED, FAILED or KILLED)."""
     with _LOCK:
-        MlflowClient(tracking["uri"]).set_terminated(run_id, status=status)
+        client(tracking["uri"]).set_terminated(run_id, status=status)
 
 
 def set_tags(tracking: Tracking, run_id: str, tags: Mapping[str, Any]) -> None:
     """Set several tags on a run."""
     with _LOCK:
-        client = MlflowClient(tracking["uri"])
-        client.log_batch(run_id, tags=[mlflow.entities.RunTag(k, str(v)) for k, v in tags.items()])
+        store = client(tracking["uri"])
+        store.log_batch(run_id, tags=[mlflow.entities.RunTag(k, str(v)) for k, v in tags.items()])
 
 
 def log_metrics(tracking: Tracking, run_id: str, metrics: Mapping[str, float]) -> None:
     """Log several metrics on a run (names made MLflow-safe)."""
     with _LOCK:
-        MlflowClient(tracking["uri"]).log_batch(
+        client(tracking["uri"]).log_batch(
             run_id,
             metrics=[
                 mlflow.entities.Metric(safe_name(k), float(v), 0, 0)
@@ -208,13 +254,13 @@ def log_metrics(tracking: Tracking, run_id: str, metrics: Mapping[str, float]) -
 def log_artifacts(tracking: Tracking, run_id: str, paths: Iterable[tuple[str, str | Path]]) -> None:
     """Upload files or directories: (artifact folder, "" for the root; local path) pairs."""
     with _LOCK:
-        client = MlflowClient(tracking["uri"])
+        store = client(tracking["uri"])
         for artifact_path, local in paths:
             local = Path(local)
             if local.is_dir():
-                client.log_artifacts(run_id, str(local), artifact_path or None)
+                store.log_artifacts(run_id, str(local), artifact_path or None)
             else:
-                client.log_artifact(run_id, str(local), artifact_path or None)
+                store.log_artifact(run_id, str(local), artifact_path or None)
 
 
 def log_dataset(
@@ -226,18 +272,19 @@ def log_dataset(
     context: str,
 ) -> None:
     """Record the prepared dataset (ids, splits, labels; digest from its manifest) as a run input."""
-    dataset = mlflow.data.from_pandas(
-        split_frame,
-        source=str(Path(data_path).resolve()),
-        targets="label",
-        name=f"{manifest['source']}",
-        digest=manifest["sha256"][:12],
-    )
+    with _known_notices():
+        dataset = mlflow.data.from_pandas(
+            split_frame,
+            source=str(Path(data_path).resolve()),
+            targets="label",
+            name=f"{manifest['source']}",
+            digest=manifest["sha256"][:12],
+        )
     entity = DatasetInput(
         dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)]
     )
     with _LOCK:
-        MlflowClient(tracking["uri"]).log_inputs(run_id, datasets=[entity])
+        client(tracking["uri"]).log_inputs(run_id, datasets=[entity])
 
 
 def safe_name(name: str) -> str:
@@ -247,14 +294,14 @@ def safe_name(name: str) -> str:
 
 def existing_child(tracking: Tracking, key: str) -> str | None:
     """The FINISHED run already logged for `key`; unfinished runs of that key are deleted."""
-    client = MlflowClient(tracking["uri"])
-    runs = client.search_runs(
+    store = client(tracking["uri"])
+    runs = store.search_runs(
         [tracking["experiment_id"]], filter_string=f"tags.`{KEY_TAG}` = '{key}'"
     )
     finished = [run for run in runs if run.info.status == RunStatus.to_string(RunStatus.FINISHED)]
     for run in runs:
         if run not in finished[:1]:
-            client.delete_run(run.info.run_id)
+            store.delete_run(run.info.run_id)
     return finished[0].info.run_id if finished else None
 
 
@@ -281,7 +328,7 @@ def log_child_once(
         if found is not None:
             return found, False
         all_tags = {KEY_TAG: key, **_process_tags(), **tags}
-        with mlflow.start_run(
+        with _known_notices(), mlflow.start_run(
             run_name=run_name,
             experiment_id=tracking["experiment_id"],
             parent_run_id=parent_run_id,
@@ -289,7 +336,7 @@ def log_child_once(
         ) as run:
             run_id = run.info.run_id
             if params:
-                MlflowClient(tracking["uri"]).log_batch(
+                client(tracking["uri"]).log_batch(
                     run_id,
                     params=[mlflow.entities.Param(k, _param_text(v)) for k, v in params.items()],
                 )
