@@ -180,11 +180,26 @@ def read_source(name: str) -> bytes:
 
 def dvc_code(stage: str) -> list[str]:
     """The code deps of a DVC stage: every file the stage could depend on (DVC's audit stage
-    also measures costs)."""
+    also measures costs). Where a stage may use every entry of a registry, the registry's folder
+    stands for them, so adding an entry needs no change to dvc.yaml."""
     files = set(stage_files(stage))
     if stage == "audit":
         files |= set(stage_files("costs"))
+    for package in sorted(REGISTRIES):
+        folder = ROOT.joinpath(*package.split("."))
+        entries = {
+            path.relative_to(ROOT).as_posix()
+            for path in folder.glob("*.py")
+            if path.name != "__init__.py"
+        }
+        if entries and entries <= files:
+            files = (files - entries) | {folder.relative_to(ROOT).as_posix()}
     return sorted(files)
+
+
+def is_code(dep: str) -> bool:
+    """Whether a dvc.yaml dep is project code (a source file or a registry's folder)."""
+    return dep.split("/")[0] in PACKAGES
 
 
 def dvc_loss_params() -> list[str]:
@@ -217,7 +232,7 @@ def update_dvc_yaml(path: str | Path = ROOT / "dvc.yaml") -> bool:
             block = stripped if indent == 4 else None
             if indent == 2:
                 stage = stripped[:-1]
-        generated = (block == "deps:" and stripped.endswith(".py")) or (
+        generated = (block == "deps:" and is_code(stripped.removeprefix("- "))) or (
             block == "params:" and stage == "compress" and stripped.startswith("- align.")
         )
         if stripped.startswith("- ") and generated:

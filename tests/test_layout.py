@@ -9,7 +9,7 @@ import yaml
 
 from compalign.config import Params
 from conftest import ROOT
-from tasks.code import STAGE_MODULES, dvc_code
+from tasks.code import STAGE_MODULES, dvc_code, is_code
 from tasks.store import PIPELINE_STAGES
 
 
@@ -36,7 +36,7 @@ def test_dvc_stages_mirror_the_flow_stages():
     sections = Params.model_fields
     for name, stage in stages.items():
         assert stage["cmd"] == f"compalign stage {name}"
-        code = sorted(dep for dep in stage["deps"] if dep.endswith(".py"))
+        code = sorted(dep for dep in stage["deps"] if is_code(dep))
         expected = dvc_code(name)  # DVC's audit stage also measures costs
         assert code == expected, f"dvc.yaml {name} deps should list: {expected}"
         assert name == "prepare" or "data/prepared" in stage["deps"]
