@@ -92,9 +92,9 @@ def reproduce_hooker(params: dict[str, Any], profile: str) -> dict[str, Any]:
             update={"populations": settings.populations.model_copy(update={"compressor": method})}
         )
         result = run_populations(quantized)
-        quantization[method if method != "half" else f"half ({settings.compress.half.dtype})"] = (
-            pd.DataFrame(result["summary"])
-        )
+        options = settings.compress.options(method)  # e.g. "half (bfloat16)"
+        label = f"{method} ({', '.join(map(str, options.values()))})" if options else method
+        quantization[label] = pd.DataFrame(result["summary"])
         sources.append(result["parent_run_id"])
     report = paper_reports.hooker(
         pd.DataFrame(pruning["summary"]),
