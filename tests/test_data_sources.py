@@ -11,6 +11,8 @@ import importlib
 import os
 import pickle
 import struct
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +23,7 @@ from PIL import Image
 from compalign.config import DataParams
 from compalign.data import (
     REQUIRED_FILES,
+    SOURCES,
     SPLITS,
     build_table,
     check_available,
@@ -152,6 +155,17 @@ def _prepare_and_check(tmp_path, params, expected, splits, class_names, channels
     with pytest.raises(UserError, match="sha256"):
         read_manifest(second)
     return loaded
+
+
+def test_each_source_is_its_own_module():
+    """One file per source: compalign/data/sources/<name>.py defines the loader and the entry,
+    and the loader's docstring says what the dataset is."""
+    for name, source in SOURCES.items():
+        module = sys.modules[source.load.__module__]
+        assert module.__name__ == f"compalign.data.sources.{name}"
+        assert Path(module.__file__).name == f"{name}.py"
+        assert module.SOURCE is source
+        assert source.description
 
 
 # --------------------------------------------------------------------------------------------

@@ -46,6 +46,14 @@ def test_dvc_stages_mirror_the_flow_stages():
                 assert key in sections[section].annotation.model_fields, param
 
 
+def test_prepare_code_lists_every_data_module():
+    """A new source module joins the prepare stage's cache key (and so DVC's deps, above)."""
+    modules = {
+        path.relative_to(ROOT).as_posix() for path in (ROOT / "compalign/data").rglob("*.py")
+    }
+    assert modules <= set(STAGE_CODE["prepare"])
+
+
 def test_dvc_config_has_analytics_off_and_a_local_remote():
     config = (ROOT / ".dvc" / "config").read_text()
     assert "analytics = false" in config
