@@ -16,7 +16,7 @@ from compalign.data.prepared import (
     read_manifest,
     write_prepared,
 )
-from compalign.data.sources import REQUIRED_FILES, SOURCES, check_available
+from compalign.data.sources import REQUIRED_FILES, SOURCES, check_available, fingerprint
 from compalign.data.sources.base import DataSource, RawDataset
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "assign_splits",
     "build_table",
     "check_available",
+    "fingerprint",
     "load_split",
     "read_manifest",
     "write_prepared",

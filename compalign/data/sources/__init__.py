@@ -1,7 +1,7 @@
 """The registry of data sources: one module per dataset, one line below each.
 
 A source module defines its loader and `SOURCE`, the DataSource entry that says what the loader
-needs under `data.root`. Adding a dataset is one module here, one line
+needs under `data.root` and how to fingerprint it. Adding a dataset is one module here, one line
 in SOURCES and one test in tests/test_data_sources.py.
 """
 
@@ -42,3 +42,9 @@ def check_available(params: Any) -> None:
     """Refuse, before anything runs, a source whose files are not under data.root (downloading
     off). Only presence is checked; the loader checks the files themselves."""
     SOURCES[params.source].check_available(params)
+
+
+def fingerprint(params: Any) -> dict[str, Any]:
+    """The files `data.source` reads under data.root, as JSON-serialisable content for the
+    prepare stage's cache key."""
+    return SOURCES[params.source].fingerprint(params)

@@ -9,11 +9,20 @@ import numpy as np
 import pandas as pd
 import torch
 
-from compalign.data.sources.base import DataSource, RawDataset, load_pil, not_found
+from compalign.data.sources.base import (
+    DataSource,
+    RawDataset,
+    hashed_files,
+    listed_files,
+    load_pil,
+    not_found,
+)
 from compalign.errors import UserError
 
 IMAGES = "celeba/img_align_celeba"
 HINT = "put img_align_celeba/ and the list_*.txt files there (torchvision.datasets.CelebA layout)"
+# the lists that set the labels, groups and splits (torchvision also reads, and needs, the others)
+LISTS = ("celeba/list_attr_celeba.txt", "celeba/list_eval_partition.txt")
 
 
 def load(params: Any) -> RawDataset:
@@ -61,4 +70,16 @@ def load(params: Any) -> RawDataset:
     )
 
 
-SOURCE = DataSource(load=load, required=(IMAGES, "celeba/list_attr_celeba.txt"), hint=HINT)
+def fingerprint(params: Any) -> dict[str, Any]:
+    """The sha256 of the attribute and partition lists, and the image folder's files with size
+    and modification time (not hashed: reading 200,000 images per cache key costs too much)."""
+    root = Path(params.root)
+    return {"lists": hashed_files(root, LISTS), "images": listed_files(root, IMAGES)}
+
+
+SOURCE = DataSource(
+    load=load,
+    required=(IMAGES, "celeba/list_attr_celeba.txt"),
+    hint=HINT,
+    fingerprint_files=fingerprint,
+)

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from compalign.data.sources.base import DataSource, RawDataset, load_pil, not_found
+from compalign.data.sources.base import DataSource, RawDataset, listed_files, load_pil, not_found
 from compalign.errors import UserError
 
 HINT = "make a folder with one sub-folder of images per class"
@@ -55,4 +55,14 @@ def check(params: Any) -> None:
         raise not_found("imagefolder", root, HINT)
 
 
-SOURCE = DataSource(load=load, check_files=check)
+def fingerprint(params: Any) -> dict[str, Any]:
+    """Every image file under data.root (the extensions ImageFolder reads) with its size and
+    modification time in ns, not its content: hashing every image of a large tree for each cache
+    key would cost about as much as preparing it. Adding, removing, replacing or touching an
+    image changes the fingerprint; an edit that keeps both size and modification time does not."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    return {"images": listed_files(Path(params.root), suffixes=IMG_EXTENSIONS)}
+
+
+SOURCE = DataSource(load=load, check_files=check, fingerprint_files=fingerprint)
