@@ -137,10 +137,14 @@ def code_entries(stage: str, parameters: Mapping[str, Any] | None) -> list[Any]:
     imports no orchestration."""
     from compalign.audit.metrics import METRICS
     from compalign.compressors import COMPRESSORS
+    from compalign.data.sources import SOURCES
     from compalign.losses import LOSSES
 
     every = parameters is None
     parameters = parameters or {}
+    if stage == "prepare":  # the data source
+        data = parameters.get("data") or {}
+        return list(SOURCES.values()) if every else _named(SOURCES, data.get("source"))
     if stage == "reference":  # the reference trains with plain cross-entropy
         return [LOSSES["ce"]]
     if stage in ("compress", "align"):  # the compressor, and the loss (Taylor importance, align)

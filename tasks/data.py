@@ -29,6 +29,7 @@ def prepare(data: dict[str, Any], out_dir: str | None = None) -> Artifact:
             written["sha256"][:12],
         )
 
+    # the key also covers the files under data.root (their fingerprint: store.KEY_CONTENT)
     return materialize("prepare", {"data": data}, build, out_dir)
 
 

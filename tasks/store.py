@@ -35,6 +35,23 @@ PIPELINE_STAGES = ["prepare", "reference", "compress", "align", "audit"]  # the 
 NOT_IN_KEY = frozenset({"out_dir", "parent_run_id"})
 
 
+def _data_files(parameters: Mapping[str, Any]) -> dict[str, Any]:
+    """The fingerprint of the files under data.root that the `data` params section names (none
+    for a call without one, as the store's own tests make)."""
+    if "data" not in parameters:
+        return {}
+    from compalign.config import DataParams
+    from compalign.data import fingerprint
+
+    return {"files": fingerprint(DataParams.model_validate(parameters["data"]))}
+
+
+# What a stage's key covers beyond its parameters, derived from them: prepare reads files its
+# params only name, so adding or changing an image must change its key. Derived inside stage_key
+# so that every key of one call agrees: Prefect's cache_key_fn, materialize's, and the CLI's.
+KEY_CONTENT: dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {"prepare": _data_files}
+
+
 class Artifact(TypedDict):
     """A finished stage output: its directory and the digest of its manifest."""
 
@@ -58,6 +75,8 @@ def stage_key(stage: str, parameters: Mapping[str, Any]) -> str:
     """The cache key of one stage call: its code, its params and its inputs' digests."""
     import torch
 
+    if stage in KEY_CONTENT:
+        parameters = {**parameters, **KEY_CONTENT[stage](parameters)}
     content = {
         "stage": stage,
         "code": code_digest(stage, parameters),

@@ -119,3 +119,13 @@ def test_computing_a_key_imports_no_orchestration():
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert result.stdout.strip() == "[]", result.stderr
+
+
+def test_editing_one_data_source_leaves_the_others(edited):
+    before = keys()
+    edited("compalign/data/sources/cifar10.py")
+    assert keys() == before  # the digits dataset never reads the CIFAR-10 loader
+    assert "compalign/data/sources/digits.py" in code.stage_files("prepare", calls()["prepare"])
+    assert "compalign/data/sources/cifar10.py" not in code.stage_files(
+        "prepare", calls()["prepare"]
+    )

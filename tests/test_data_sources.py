@@ -8,9 +8,13 @@ loaders.
 """
 
 import importlib
+import json
 import os
 import pickle
 import struct
+import sys
+from importlib.metadata import version
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,9 +25,11 @@ from PIL import Image
 from compalign.config import DataParams
 from compalign.data import (
     REQUIRED_FILES,
+    SOURCES,
     SPLITS,
     build_table,
     check_available,
+    fingerprint,
     load_split,
     read_manifest,
     write_prepared,
@@ -152,6 +158,17 @@ def _prepare_and_check(tmp_path, params, expected, splits, class_names, channels
     with pytest.raises(UserError, match="sha256"):
         read_manifest(second)
     return loaded
+
+
+def test_each_source_is_its_own_module():
+    """One file per source: compalign/data/sources/<name>.py defines the loader and the entry,
+    and the loader's docstring says what the dataset is."""
+    for name, source in SOURCES.items():
+        module = sys.modules[source.load.__module__]
+        assert module.__name__ == f"compalign.data.sources.{name}"
+        assert Path(module.__file__).name == f"{name}.py"
+        assert module.SOURCE is source
+        assert source.description
 
 
 # --------------------------------------------------------------------------------------------
@@ -585,6 +602,83 @@ def test_imagefolder_grey_crop_and_sizes(tmp_path):
     _, manifest = build_table(DataParams(source="imagefolder", root=str(root), image_size=8))
     assert manifest["image_shape"] == [8, 8, 3]
     assert manifest["num_examples"] == 25
+
+
+# --------------------------------------------------------------------------------------------
+# Fingerprints: what the prepare stage's cache key knows of the files under data.root
+# --------------------------------------------------------------------------------------------
+
+
+def test_imagefolder_fingerprint_lists_the_images(tmp_path):
+    """The same tree gives the same fingerprint; adding, removing or rewriting an image changes
+    it (listing with size and mtime, no hashing); a file that is not an image does not."""
+    root = tmp_path / "raw"
+    written = _write_tree(root, np.random.default_rng(10), per_class=2)
+    params = DataParams(source="imagefolder", root=str(root))
+    first = fingerprint(params)
+    assert json.loads(json.dumps(first)) == first
+    assert [entry["path"] for entry in first["images"]] == sorted(written)
+    assert fingerprint(params) == first
+    (root / "notes.txt").write_text("not an image")
+    assert fingerprint(params) == first
+
+    Image.new("RGB", (8, 8)).save(root / "dog" / "09.png")
+    assert fingerprint(params) != first
+    (root / "dog" / "09.png").unlink()
+    assert fingerprint(params) == first
+
+    image = root / "cat" / "00.png"
+    stat = image.stat()
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # rewritten later
+    assert fingerprint(params) != first
+
+
+def test_torchvision_fingerprint_hashes_the_files(tmp_path):
+    """Every file under the required folder with its sha256: a changed byte shows even with
+    the same size and modification time. Missing files are listed, not an error."""
+    root = tmp_path / "raw"
+    _write_cifar10(root, np.random.default_rng(11))
+    params = DataParams(source="cifar10", root=str(root))
+    first = fingerprint(params)
+    names = ["batches.meta", *(f"data_batch_{i}" for i in range(1, 6)), "test_batch"]
+    assert [entry["path"] for entry in first["files"]] == [
+        f"cifar-10-batches-py/{name}" for name in names
+    ]
+    path = root / "cifar-10-batches-py" / "test_batch"
+    stat = path.stat()
+    content = bytearray(path.read_bytes())
+    content[-2] ^= 1
+    path.write_bytes(bytes(content))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert fingerprint(params) != first
+
+    assert fingerprint(DataParams(source="svhn", root=str(tmp_path))) == {
+        "files": [
+            {"path": "train_32x32.mat", "missing": True},
+            {"path": "test_32x32.mat", "missing": True},
+        ]
+    }
+
+
+def test_celeba_fingerprint_hashes_the_lists_and_lists_the_images(tmp_path):
+    root = tmp_path / "raw"
+    _write_celeba(root, np.random.default_rng(12))
+    params = DataParams(source="celeba", root=str(root))
+    first = fingerprint(params)
+    assert [entry["path"] for entry in first["lists"]] == [
+        "celeba/list_attr_celeba.txt",
+        "celeba/list_eval_partition.txt",
+    ]
+    assert all("sha256" in entry for entry in first["lists"])
+    assert len(first["images"]) == len(CELEBA_PARTITION)
+    assert all("sha256" not in entry for entry in first["images"])
+    Image.new("RGB", (8, 8)).save(root / "celeba" / "img_align_celeba" / "999999.jpg")
+    assert fingerprint(params) != first
+
+
+def test_digits_fingerprint_is_the_scikit_learn_version():
+    """The digits ship inside scikit-learn's wheel."""
+    assert fingerprint(DataParams()) == {"scikit-learn": version("scikit-learn")}
 
 
 # --------------------------------------------------------------------------------------------

@@ -47,6 +47,14 @@ def test_dvc_stages_mirror_the_flow_stages():
                 assert key in sections[section].annotation.model_fields, param
 
 
+def test_prepare_code_lists_every_data_module():
+    """A new source module joins DVC's prepare deps (through its registry's folder)."""
+    deps = dvc_code("prepare")
+    for path in (ROOT / "compalign/data").rglob("*.py"):
+        name = path.relative_to(ROOT).as_posix()
+        assert name in deps or any(name.startswith(dep + "/") for dep in deps), name
+
+
 def test_dvc_config_has_analytics_off_and_a_local_remote():
     config = (ROOT / ".dvc" / "config").read_text()
     assert "analytics = false" in config

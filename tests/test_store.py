@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from PIL import Image
 
+from compalign.config import DataParams
 from tasks import store
+from tasks.data import prepare
 
 
 def manifest_builder(calls):
@@ -77,3 +80,25 @@ def test_require_refuses_changed_inputs(project):
     (project / artifact["path"] / store.MANIFEST).write_text("{}")
     with pytest.raises(store.UserError, match="changed since it was made"):
         store.require(artifact, "dataset")
+
+
+def test_prepare_key_covers_the_images_on_disk(project):
+    """Adding an image to an image folder changes the prepare stage's key, so `prepare` builds a
+    new entry; Prefect's key (the task's own parameters, out_dir included) is materialize's."""
+    root = project / "images"
+    for label in ("cat", "dog"):
+        (root / label).mkdir(parents=True)
+        for index in range(8):
+            Image.new("L", (8, 8), 10 * index).save(root / label / f"{index:02d}.png")
+    data = DataParams(source="imagefolder", root=str(root)).model_dump()
+    key = store.stage_key("prepare", {"data": data})
+    assert store.prefect_cache_key("prepare")(None, {"data": data, "out_dir": None}) == key
+    first = prepare(data)
+    assert first["path"] == store.entry_dir(key).as_posix()
+    assert store.stage_key("prepare", {"data": data}) == key  # unchanged folder, same key
+
+    Image.new("L", (8, 8)).save(root / "dog" / "08.png")
+    assert store.stage_key("prepare", {"data": data}) != key
+    second = prepare(data)
+    assert second["path"] != first["path"]
+    assert json.loads((project / second["path"] / store.MANIFEST).read_text())["num_examples"] == 17

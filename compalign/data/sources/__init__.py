@@ -1,0 +1,50 @@
+"""The registry of data sources: one module per dataset, one line below each.
+
+A source module defines its loader and `SOURCE`, the DataSource entry that says what the loader
+needs under `data.root` and how to fingerprint it. Adding a dataset is one module here, one line
+in SOURCES and one test in tests/test_data_sources.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from compalign.data.sources import (
+    celeba,
+    cifar10,
+    cifar100,
+    digits,
+    fashionmnist,
+    imagefolder,
+    mnist,
+    svhn,
+)
+from compalign.data.sources.base import DataSource
+
+SOURCES: dict[str, DataSource] = {
+    "digits": digits.SOURCE,
+    "cifar10": cifar10.SOURCE,
+    "cifar100": cifar100.SOURCE,
+    "mnist": mnist.SOURCE,
+    "fashionmnist": fashionmnist.SOURCE,
+    "svhn": svhn.SOURCE,
+    "celeba": celeba.SOURCE,
+    "imagefolder": imagefolder.SOURCE,
+}
+
+# What each source with a fixed layout needs under data.root, and how to get it (from the entries)
+REQUIRED_FILES: dict[str, tuple[tuple[str, ...], str]] = {
+    name: (source.required, source.hint) for name, source in SOURCES.items() if source.required
+}
+
+
+def check_available(params: Any) -> None:
+    """Refuse, before anything runs, a source whose files are not under data.root (downloading
+    off). Only presence is checked; the loader checks the files themselves."""
+    SOURCES[params.source].check_available(params)
+
+
+def fingerprint(params: Any) -> dict[str, Any]:
+    """The files `data.source` reads under data.root, as JSON-serialisable content for the
+    prepare stage's cache key."""
+    return SOURCES[params.source].fingerprint(params)
