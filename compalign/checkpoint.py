@@ -13,6 +13,7 @@ built, then the saved int8/half state loaded into it).
 from __future__ import annotations
 
 import json
+import pickle
 import warnings
 from pathlib import Path
 from typing import Any
@@ -98,7 +99,14 @@ def load_checkpoint(checkpoint_dir: str | Path, device: str | torch.device = "cp
     with warnings.catch_warnings():
         # torch.load of quantized tensors warns from inside torch about its own TypedStorage use
         warnings.filterwarnings("ignore", message="TypedStorage is deprecated")
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as error:
+            raise UserError(
+                f"{path}: refused: the file holds pickled Python objects, not only tensors "
+                "(loaded with weights_only=True, nothing in it was run); delete it and rerun "
+                "the stage that wrote it"
+            ) from error
     if payload.get("format") != FORMAT_VERSION:
         raise UserError(f"{path}: checkpoint format {payload.get('format')} is not supported")
     return rebuild(payload).to(device)

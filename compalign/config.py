@@ -51,6 +51,8 @@ class DataParams(Section):
     # an imbalanced training split: keep only rare_fraction of these classes' training examples
     rare_classes: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list)
     rare_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
+    # imagefolder: leave out images PIL cannot read (counted in the manifest) instead of stopping
+    skip_unreadable: bool = False
 
     @field_validator("source")
     @classmethod
@@ -339,12 +341,18 @@ def load_params(
     if path is not None:
         path = Path(path)
         label = str(path)
+        if path.is_dir():
+            raise UserError(f"{path}: is a directory, not a params file; pass --params FILE")
         if not path.is_file():
             raise UserError(
                 f"{path}: params file not found; pass --params FILE or create params.yaml"
             )
         try:
-            tree = yaml.safe_load(path.read_text())
+            tree = yaml.safe_load(path.read_bytes().decode("utf-8"))
+        except UnicodeDecodeError as error:
+            raise UserError(
+                f"{path}: not UTF-8 text (byte {error.start}: {error.reason}); save it as UTF-8"
+            ) from error
         except yaml.YAMLError as error:
             raise UserError(f"{path}: not valid YAML ({error})".replace("\n", " ")) from error
     if overrides:

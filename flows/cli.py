@@ -55,6 +55,10 @@ def _prepare_process(params: Params, refresh: bool = False) -> None:
         os.environ["COMPALIGN_REFRESH"] = "1"
         os.environ["PREFECT_TASKS_REFRESH_CACHE"] = "true"
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    from compalign.files import remove_stale_scratch
+    from tasks.store import ARTIFACTS_DIR
+
+    remove_stale_scratch(ARTIFACTS_DIR)  # what killed runs left half-written
     if params.run.threads:
         import torch
 

@@ -13,7 +13,6 @@ from typing import Any
 
 import pandas as pd
 from prefect import flow
-from prefect.futures import wait
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -31,6 +30,7 @@ from flows.plan import (
     model_grid,
     reference_labels,
 )
+from flows.runtime import wait_or_raise_first_failure
 from tasks import tracking
 from tasks.align import align_task
 from tasks.audit import audit_task
@@ -136,7 +136,7 @@ def pipeline(params: dict[str, Any]) -> dict[str, Any]:
                 audits.append(audit_future)
                 models[spec.name] = model
                 futures.append(("audit", spec.name, audit_future))
-        wait([future for _, _, future in futures])
+        wait_or_raise_first_failure([future for _, _, future in futures])
         by_name = {result["labels"]["name"]: result for result in (f.result() for f in audits)}
         names = ["reference"] + [spec.name for spec in model_grid(settings)]
         results = [by_name[name] for name in names]

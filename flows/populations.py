@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 from prefect import flow
-from prefect.futures import wait
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -23,6 +22,7 @@ from compalign.compressors import COMPRESSORS
 from compalign.config import NO_FINE_TUNING, Params
 from compalign.train import resolve_device
 from flows.plan import ModelSpec, align_arguments, compress_arguments, compressed_id
+from flows.runtime import wait_or_raise_first_failure
 from tasks import tracking
 from tasks.align import align_task
 from tasks.compress import compress_task
@@ -120,7 +120,7 @@ def populations_flow(params: dict[str, Any]) -> dict[str, Any]:
                     prediction = predict_task.submit(data, model, batch, device)
                     futures.append(("predict", f"{spec.name} seed {seed}", prediction))
                     member_predictions.setdefault((level, loss), {})[seed] = prediction
-        wait([future for _, _, future in futures])
+        wait_or_raise_first_failure([future for _, _, future in futures])
         dense = np.stack(
             [load_predictions(reference_predictions[s].result()) for s in population.seeds]
         )

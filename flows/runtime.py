@@ -31,3 +31,28 @@ def configure_environment(project_dir: str | Path | None = None) -> None:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def wait_or_raise_first_failure(futures: list) -> None:
+    """Wait for every submitted task, then re-raise the exception of the first one that failed
+    (in submission order), a UserError before any other.
+
+    Without this, the first `.result()` a flow asks for may be a task that never ran because an
+    upstream task failed, and the user sees Prefect's "Run is in PENDING state" instead of the
+    one line that says what is wrong.
+    """
+    from prefect.futures import wait
+
+    from compalign.errors import UserError
+
+    wait(futures)
+    errors = []
+    for future in futures:
+        state = future.state
+        if state.is_failed() or state.is_crashed():
+            try:
+                state.result(raise_on_failure=True)
+            except BaseException as error:  # the task's own exception, as it was raised
+                errors.append(error)
+    if errors:
+        raise next((e for e in errors if isinstance(e, UserError)), errors[0])

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 from collections.abc import Callable, Mapping
@@ -152,6 +153,53 @@ def require(artifact: Mapping[str, Any], what: str) -> Path:
     return directory
 
 
+# The serializer every task of the project persists its results with (tasks/options.py):
+# Prefect's JSON serializer with its defaults. A record naming anything else is never read.
+JSON_SERIALIZER = {
+    "type": "json",
+    "jsonlib": "json",
+    "object_encoder": "prefect.serializers.prefect_json_object_encoder",
+    "object_decoder": "prefect.serializers.prefect_json_object_decoder",
+    "dumps_kwargs": {},
+    "loads_kwargs": {},
+}
+
+
+def _plain(value: Any) -> bool:
+    """JSON values only, and no object Prefect's decoder would rebuild (a "__class__" key)."""
+    if isinstance(value, dict):
+        return "__class__" not in value and all(
+            isinstance(key, str) and _plain(item) for key, item in value.items()
+        )
+    if isinstance(value, list):
+        return all(_plain(item) for item in value)
+    return value is None or isinstance(value, str | int | float | bool)
+
+
+def plain_json_record(path: Path) -> bool:
+    """Whether Prefect's cached result record at `path` (if any) is safe to read: it declares
+    exactly the project's JSON serializer and holds plain JSON. Prefect deserialises a record
+    with the serializer the record itself names, so a record rewritten to name `pickle` (or
+    another decoder) would run code; such a record is refused (and removed by the caller, so
+    the task is recomputed)."""
+    if not path.is_file():
+        return True
+    try:
+        record = json.loads(path.read_text())
+        safe = record["metadata"]["serializer"] == JSON_SERIALIZER and _plain(
+            json.loads(record["result"])
+        )
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        safe = False
+    if not safe:
+        logging.getLogger(__name__).warning(
+            "%s: a cached result record that is not plain JSON was refused and removed; "
+            "the task runs again",
+            path,
+        )
+    return safe
+
+
 def prefect_cache_key(stage: str) -> Callable[[Any, dict[str, Any]], str]:
     """A Prefect `cache_key_fn` for `stage` that never returns a stale hit.
 
@@ -161,7 +209,7 @@ def prefect_cache_key(stage: str) -> Callable[[Any, dict[str, Any]], str]:
 
     def cache_key(_context: Any, parameters: dict[str, Any]) -> str:
         key = stage_key(stage, parameters)
-        if not is_complete(entry_dir(key)):
+        if not is_complete(entry_dir(key)) or not plain_json_record(PREFECT_RESULTS_DIR / key):
             (PREFECT_RESULTS_DIR / key).unlink(missing_ok=True)
         return key
 
@@ -179,7 +227,8 @@ def prefect_group_cache_key(
     def cache_key(_context: Any, parameters: dict[str, Any]) -> str:
         keys = [stage_key(stage, member) for member in members(parameters)]
         key = f"{stage}-group-{hashlib.sha256(''.join(keys).encode()).hexdigest()[:24]}"
-        if not all(is_complete(entry_dir(member_key)) for member_key in keys):
+        finished = all(is_complete(entry_dir(member_key)) for member_key in keys)
+        if not finished or not plain_json_record(PREFECT_RESULTS_DIR / key):
             (PREFECT_RESULTS_DIR / key).unlink(missing_ok=True)
         return key
 

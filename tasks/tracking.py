@@ -96,12 +96,29 @@ def ui_links(base: str, experiment_id: str, run_id: str) -> dict[str, str]:
     }
 
 
+@contextlib.contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Exclusive use of a tracking store: by this process's threads (SQLite allows one writer at
+    a time) and, for a local SQLite store, by other processes too (a lock file beside it), so
+    that two runs on one project neither create the schema twice nor log one result twice."""
+    with _LOCK:
+        if not uri.startswith("sqlite:///"):
+            yield
+            return
+        from filelock import FileLock
+
+        database = Path(uri.removeprefix("sqlite:///"))
+        database.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(f"{database}.lock"):
+            yield
+
+
 def setup(experiment: str) -> Tracking:
     """Point MLflow at the project store and get (or create) the experiment."""
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
-    store = client(uri)
-    with _LOCK:
+    with store_lock(uri):
+        store = client(uri)
         found = store.get_experiment_by_name(experiment)
         if found is None:
             # a local SQLite store keeps its artifacts beside it; a server decides for itself.
@@ -292,16 +309,30 @@ def safe_name(name: str) -> str:
     return re.sub(r"[^\w\-./ ]", "_", name)
 
 
+def owner_alive(run: Any) -> bool:
+    """Whether the process that started `run` provably still runs: same host, live PID. A run
+    of another host is taken as alive (its process cannot be checked from here)."""
+    tags = run.data.tags
+    if tags.get(HOST_TAG) != socket.gethostname():
+        return True
+    pid = tags.get(PID_TAG, "")
+    return pid.isdigit() and _pid_alive(int(pid))
+
+
 def existing_child(tracking: Tracking, key: str) -> str | None:
-    """The FINISHED run already logged for `key`; unfinished runs of that key are deleted."""
+    """The FINISHED run already logged for `key`. Other runs of that key that a killed process
+    left (FAILED, KILLED, or RUNNING with its owner gone) are deleted; a RUNNING one whose owner
+    is alive belongs to another run and is left alone."""
     store = client(tracking["uri"])
     runs = store.search_runs(
         [tracking["experiment_id"]], filter_string=f"tags.`{KEY_TAG}` = '{key}'"
     )
     finished = [run for run in runs if run.info.status == RunStatus.to_string(RunStatus.FINISHED)]
+    running = RunStatus.to_string(RunStatus.RUNNING)
     for run in runs:
-        if run not in finished[:1]:
-            store.delete_run(run.info.run_id)
+        if run in finished[:1] or (run.info.status == running and owner_alive(run)):
+            continue
+        store.delete_run(run.info.run_id)
     return finished[0].info.run_id if finished else None
 
 
@@ -323,7 +354,7 @@ def log_child_once(
     an MLflow model (pickle format, explicit pip requirements), the state-dict checkpoint and
     tables as artifacts.
     """
-    with _LOCK:
+    with store_lock(tracking["uri"]):
         found = None if refresh_requested() else existing_child(tracking, key)
         if found is not None:
             return found, False

@@ -50,8 +50,10 @@ def test_loading_is_weights_only(tmp_path):
     torch.save({"format": 1, "evil": Payload()}, tmp_path / CHECKPOINT_FILE)
     manifest = {"file": CHECKPOINT_FILE, "sha256": sha256_file(tmp_path / CHECKPOINT_FILE)}
     (tmp_path / MANIFEST_FILE).write_text(json.dumps(manifest))
-    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+    with pytest.raises(UserError, match="refused: the file holds pickled Python objects") as caught:
         load_checkpoint(tmp_path)
+    assert isinstance(caught.value.__cause__, pickle.UnpicklingError)
+    assert "Weights only load failed" in str(caught.value.__cause__)
 
 
 ROUND_TRIPS = [

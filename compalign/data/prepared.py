@@ -118,6 +118,11 @@ def build_table(params: Any) -> tuple[pa.Table, dict[str, Any]]:
         raise UserError(
             f"data.source={params.source}: the dataset at {params.root} has no examples"
         )
+    if len(raw.class_names) < 2:
+        raise UserError(
+            f"data.source={params.source}: {len(raw.class_names)} class found at {params.root}; "
+            "a classifier needs at least two"
+        )
     groups = raw.groups if len(raw.groups.columns) else pd.DataFrame(index=range(len(raw.labels)))
     for name, members in params.label_groups.items():
         # a derived binary group: 1 for examples whose label is one of `members`
@@ -179,6 +184,8 @@ def build_table(params: Any) -> tuple[pa.Table, dict[str, Any]]:
         "std": np.maximum(train.std(axis=(0, 1, 2)), 1e-6).round(6).tolist(),
         "group_columns": group_names,
     }
+    if raw.skipped_unreadable:
+        manifest["skipped_unreadable"] = raw.skipped_unreadable
     return table, manifest
 
 

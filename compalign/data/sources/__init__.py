@@ -20,6 +20,7 @@ from compalign.data.sources import (
     svhn,
 )
 from compalign.data.sources.base import DataSource
+from compalign.errors import UserError
 
 SOURCES: dict[str, DataSource] = {
     "digits": digits.SOURCE,
@@ -39,9 +40,29 @@ REQUIRED_FILES: dict[str, tuple[tuple[str, ...], str]] = {
 
 
 def check_available(params: Any) -> None:
-    """Refuse, before anything runs, a source whose files are not under data.root (downloading
-    off). Only presence is checked; the loader checks the files themselves."""
-    SOURCES[params.source].check_available(params)
+    """Refuse, before anything runs (nothing written yet), a source whose files are not under
+    data.root (downloading off), data with fewer than two classes, and `data.label_groups` or
+    `data.rare_classes` naming labels the data does not have."""
+    source = SOURCES[params.source]
+    source.check_available(params)
+    count = source.classes(params)
+    if count is None:
+        return
+    if count < 2:
+        raise UserError(
+            f"data.source={params.source}: the data at {params.root} has {count} class; "
+            "a classifier needs at least two (one sub-folder of images per class)"
+        )
+    for key, labels in [
+        *((f"label_groups.{name}", members) for name, members in params.label_groups.items()),
+        ("rare_classes", params.rare_classes),
+    ]:
+        unknown = sorted(set(labels) - set(range(count)))
+        if unknown:
+            raise UserError(
+                f"data.{key}: labels {unknown} are not classes of {params.source} "
+                f"(it has {count}: 0..{count - 1})"
+            )
 
 
 def fingerprint(params: Any) -> dict[str, Any]:

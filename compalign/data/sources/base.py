@@ -30,6 +30,7 @@ class RawDataset:
     load_images: Callable[[np.ndarray], np.ndarray]  # indices -> uint8 [n, H, W, C]
     official_split: np.ndarray | None = None  # str [N] in SPLITS, where the source defines one
     groups: pd.DataFrame = field(default_factory=pd.DataFrame)  # one column per group attribute
+    skipped_unreadable: int = 0  # files left out because they could not be read
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,14 @@ class DataSource:
     bundled: bool = False  # ships inside an installed package: works offline, nothing to look for
     check_files: Callable[[Any], None] | None = None
     fingerprint_files: Callable[[Any], dict[str, Any]] | None = None
+    num_classes: int | None = None  # a fixed dataset's class count (checked before any work)
+    count_classes: Callable[[Any], int] | None = None  # the class count of a user's data
+
+    def classes(self, params: Any) -> int | None:
+        """How many classes the data has, when that is known without loading it."""
+        if self.count_classes is not None:
+            return self.count_classes(params)
+        return self.num_classes
 
     @property
     def description(self) -> str:

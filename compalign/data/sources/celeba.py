@@ -82,4 +82,5 @@ SOURCE = DataSource(
     required=(IMAGES, "celeba/list_attr_celeba.txt"),
     hint=HINT,
     fingerprint_files=fingerprint,
+    num_classes=2,  # a binary attribute is the label
 )

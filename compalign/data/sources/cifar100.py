@@ -16,4 +16,6 @@ def load(params: Any) -> RawDataset:
     return load_arrays(params, "cifar100", "CIFAR100", REQUIRED, TRAIN_FLAG)
 
 
-SOURCE = DataSource(load=load, required=REQUIRED, hint="put the official CIFAR100 files there")
+SOURCE = DataSource(
+    load=load, required=REQUIRED, hint="put the official CIFAR100 files there", num_classes=100
+)

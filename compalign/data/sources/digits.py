@@ -32,4 +32,4 @@ def fingerprint(params: Any) -> dict[str, Any]:
     return {"scikit-learn": version("scikit-learn")}
 
 
-SOURCE = DataSource(load=load, bundled=True, fingerprint_files=fingerprint)
+SOURCE = DataSource(load=load, bundled=True, fingerprint_files=fingerprint, num_classes=10)

@@ -16,4 +16,6 @@ def load(params: Any) -> RawDataset:
     return load_arrays(params, "fashionmnist", "FashionMNIST", REQUIRED, TRAIN_FLAG)
 
 
-SOURCE = DataSource(load=load, required=REQUIRED, hint="put the official FashionMNIST files there")
+SOURCE = DataSource(
+    load=load, required=REQUIRED, hint="put the official FashionMNIST files there", num_classes=10
+)

@@ -16,4 +16,6 @@ def load(params: Any) -> RawDataset:
     return load_arrays(params, "mnist", "MNIST", REQUIRED, TRAIN_FLAG)
 
 
-SOURCE = DataSource(load=load, required=REQUIRED, hint="put the official MNIST files there")
+SOURCE = DataSource(
+    load=load, required=REQUIRED, hint="put the official MNIST files there", num_classes=10
+)

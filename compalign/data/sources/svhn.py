@@ -17,4 +17,6 @@ def load(params: Any) -> RawDataset:
     return load_arrays(params, "svhn", "SVHN", REQUIRED, splits, channels_first=True)
 
 
-SOURCE = DataSource(load=load, required=REQUIRED, hint="put the official SVHN files there")
+SOURCE = DataSource(
+    load=load, required=REQUIRED, hint="put the official SVHN files there", num_classes=10
+)
