@@ -8,11 +8,9 @@ of a population on each of N test examples.
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from scipy import stats
 
 
@@ -145,44 +143,3 @@ def class_impact(
             }
         )
     return pd.DataFrame(rows)
-
-
-def pie_gallery(
-    images: torch.Tensor,
-    labels: np.ndarray,
-    reference_modes: np.ndarray,
-    compressed_modes: np.ndarray,
-    class_names: list[str],
-    path: str | Path,
-    title: str = "",
-    limit: int = 24,
-    columns: int = 8,
-) -> None:
-    """PNG of up to `limit` PIEs, each titled with its true label and both modal labels."""
-    from matplotlib.figure import Figure
-
-    count = min(limit, len(labels))
-    rows = max(1, -(-count // columns))
-    figure = Figure(figsize=(1.6 * columns, 1.9 * rows + (0.4 if title else 0)))
-    if title:
-        figure.suptitle(title, fontsize=9)
-    for index in range(rows * columns):
-        axis = figure.add_subplot(rows, columns, index + 1)
-        axis.axis("off")
-        if index >= count:
-            continue
-        image = images[index].permute(1, 2, 0).numpy()
-        axis.imshow(
-            image[..., 0] if image.shape[2] == 1 else image,
-            cmap="gray" if image.shape[2] == 1 else None,
-        )
-        axis.set_title(
-            f"y {class_names[labels[index]]}\ndense {class_names[reference_modes[index]]} / "
-            f"comp {class_names[compressed_modes[index]]}",
-            fontsize=7,
-        )
-    if count == 0:
-        figure.text(0.5, 0.5, "no PIEs", ha="center", va="center")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100, bbox_inches="tight")

@@ -19,16 +19,17 @@ from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from compalign.config import Params
+from compalign.report import papers
 from flows.pipeline import pipeline, task_workers
 from flows.populations import run_populations
 from flows.profiles import PAPERS, paper_params
-from tasks import paper_reports, tracking
+from tasks import tracking
 
 QUANTIZERS = ("quantize_dynamic", "quantize_static", "half")
 
 
 def _publish(
-    report: paper_reports.PaperReport, settings: Params, profile: str, sources: list[str]
+    report: papers.PaperReport, settings: Params, profile: str, sources: list[str]
 ) -> dict[str, Any]:
     """Write the report to reports/<paper>/ and log it on a `reproduce-<paper>` run."""
     out_dir = Path("reports") / report.paper
@@ -66,7 +67,7 @@ def reproduce_joseph(params: dict[str, Any], profile: str) -> dict[str, Any]:
     """Joseph et al.: mismatches and reduction factors of ce, kd and label_preserving."""
     settings = Params.model_validate(params)
     result = _pipeline(settings)
-    report = paper_reports.joseph(pd.DataFrame(result["summary"]), Path("reports/joseph"), profile)
+    report = papers.joseph(pd.DataFrame(result["summary"]), Path("reports/joseph"), profile)
     return _publish(report, settings, profile, [result["parent_run_id"]])
 
 
@@ -76,7 +77,7 @@ def reproduce_meyer(params: dict[str, Any], profile: str) -> dict[str, Any]:
     settings = Params.model_validate(params)
     result = _pipeline(settings)
     group = (settings.audit.groups or ["rare"])[0]
-    report = paper_reports.meyer(
+    report = papers.meyer(
         pd.DataFrame(result["summary"]), result["metrics"], group, Path("reports/meyer"), profile
     )
     return _publish(report, settings, profile, [result["parent_run_id"]])
@@ -98,7 +99,7 @@ def reproduce_hooker(params: dict[str, Any], profile: str) -> dict[str, Any]:
             pd.DataFrame(result["summary"])
         )
         sources.append(result["parent_run_id"])
-    report = paper_reports.hooker(
+    report = papers.hooker(
         pd.DataFrame(pruning["summary"]),
         pd.DataFrame(pruning["impact"]),
         quantization,

@@ -20,7 +20,6 @@ import torch
 from prefect import task
 
 from compalign.attribution import (
-    agreement_figure,
     attribution_maps,
     attribution_sample,
     spearman_agreement,
@@ -43,6 +42,7 @@ from compalign.data import Split, load_split, read_manifest
 from compalign.errors import UserError
 from compalign.fairness import group_changes, group_metrics
 from compalign.files import sha256_file
+from compalign.report.figures import agreement_figure
 from compalign.train import predict_logits
 from tasks.logs import stage_logger
 from tasks.options import task_options

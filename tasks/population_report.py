@@ -8,11 +8,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from rich.console import Console
-from rich.table import Table
 
 from compalign.data import load_split, read_manifest
-from compalign.populations import class_impact, modal_labels, pie_gallery, pie_summary, pie_table
+from compalign.populations import class_impact, modal_labels, pie_summary, pie_table
+from compalign.report.figures import pie_gallery
+from compalign.report.tables import populations_markdown
 from tasks.tracking import Tracking, log_artifacts, log_metrics
 
 
@@ -84,38 +84,9 @@ def analyse(
     impact = pd.concat(impacts, ignore_index=True) if impacts else pd.DataFrame()
     summary.to_parquet(out_dir / "summary.parquet", index=False)
     impact.to_parquet(out_dir / "class_impact.parquet", index=False)
-    (out_dir / "summary.md").write_text(summary_markdown(summary, impact) + "\n")
+    (out_dir / "summary.md").write_text(populations_markdown(summary, impact) + "\n")
     files += [out_dir / name for name in ("summary.parquet", "class_impact.parquet", "summary.md")]
     return {"summary": summary, "impact": impact, "files": files}
-
-
-def summary_markdown(summary: pd.DataFrame, impact: pd.DataFrame) -> str:
-    """The PIE table and the impacted classes as Markdown."""
-    columns = [
-        "level",
-        "loss",
-        "pie_count",
-        "pie_fraction",
-        "pies_compressed_mode_correct",
-        "reference_top1_on_pies",
-        "reference_top1_on_rest",
-        "compressed_top1_on_pies",
-        "compressed_top1_on_rest",
-        "pies_shared_with_first_loss",
-        "impacted_classes",
-    ]
-    text = "PIEs per compression level and loss:\n\n" + summary[columns].to_markdown(
-        index=False, floatfmt=".4f"
-    )
-    significant = impact[impact.impacted] if len(impact) else impact
-    text += "\n\nDisparately impacted classes (Welch t-test):\n\n"
-    if len(significant):
-        text += significant[
-            ["level", "loss", "class", "change", "t", "p", "direction"]
-        ].to_markdown(index=False, floatfmt=".4f")
-    else:
-        text += "none"
-    return text
 
 
 def publish(tracking: Tracking, parent_run_id: str, analysis: dict[str, Any]) -> None:
@@ -140,38 +111,3 @@ def publish(tracking: Tracking, parent_run_id: str, analysis: dict[str, Any]) ->
         metrics["reference_top1"] = analysis["summary"].reference_top1.iloc[0]
     log_metrics(tracking, parent_run_id, metrics)
     log_artifacts(tracking, parent_run_id, [("populations", path) for path in analysis["files"]])
-
-
-def print_populations(summary: pd.DataFrame, console: Console | None = None) -> None:
-    """The PIE table on the terminal."""
-    if console is None:
-        console = Console()
-        if not console.is_terminal:
-            console = Console(width=200)
-    table = Table(title="Pruning Identified Exemplars (population modal labels differ)")
-    headers = [
-        "level",
-        "loss",
-        "PIEs",
-        "fraction",
-        "comp. mode right",
-        "dense top-1 PIEs / rest",
-        "comp. top-1 PIEs / rest",
-        "impacted classes",
-    ]
-    for header in headers:
-        table.add_column(
-            header, justify="left" if header in ("loss", "impacted classes") else "right"
-        )
-    for _, row in summary.iterrows():
-        table.add_row(
-            "–" if row.level is None or pd.isna(row.level) else f"{row.level:g}",
-            row.loss,
-            str(row.pie_count),
-            f"{row.pie_fraction:.3f}",
-            str(row.pies_compressed_mode_correct),
-            f"{row.reference_top1_on_pies:.3f} / {row.reference_top1_on_rest:.3f}",
-            f"{row.compressed_top1_on_pies:.3f} / {row.compressed_top1_on_rest:.3f}",
-            row.impacted or "none",
-        )
-    console.print(table)

@@ -72,6 +72,7 @@ STAGE_CODE: dict[str, list[str]] = {
             "compalign/audit.py",
             "compalign/data.py",
             "compalign/fairness.py",
+            "compalign/report/figures.py",  # the attribution agreement figure
             "compalign/train.py",
             "tasks/audit.py",
             "tasks/tracking.py",
