@@ -30,7 +30,7 @@ from tasks.align import align_task
 from tasks.compress import compress_task
 from tasks.data import prepare_task
 from tasks.logs import stage_logger
-from tasks.population_report import analyse, publish
+from tasks.populations import analyse, publish
 from tasks.predict import load_predictions, predict_task
 from tasks.train import train_population_task, train_reference_task
 

@@ -1,5 +1,6 @@
-"""The populations flow's analysis: PIEs, impacted classes and losses against PIEs, written to
-reports/populations/ and logged on the population's MLflow parent run."""
+"""The populations flow's analysis: PIEs, impacted classes and losses against PIEs (computed by
+`compalign.populations`), written to reports/populations/ and logged on the population's MLflow
+parent run."""
 
 from __future__ import annotations
 
@@ -7,10 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from compalign.data import load_split, read_manifest
-from compalign.populations import class_impact, modal_labels, pie_summary, pie_table
+from compalign.populations import analyse_populations
 from compalign.report.figures import pie_gallery
 from compalign.report.tables import populations_markdown
 from tasks.tracking import Tracking, log_artifacts, log_metrics
@@ -34,54 +34,33 @@ def analyse(
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = read_manifest(data_path, verify=False)
     test = load_split(data_path, "test", manifest)
-    labels, names = test.labels.numpy(), manifest["class_names"]
-    classes = len(names)
-    rows, impacts, files = [], [], []
-    first_loss_pies: dict[float | None, np.ndarray] = {}
-    for (level, loss), predictions in compressed_predictions.items():
-        summary = pie_summary(reference_predictions, predictions, labels)
-        table = pie_table(test.example_ids, labels, reference_predictions, predictions)
-        impact = class_impact(reference_predictions, predictions, labels, names, significance)
-        reference_modes, _ = modal_labels(reference_predictions, classes)
-        compressed_modes, _ = modal_labels(predictions, classes)
-        mask = reference_modes != compressed_modes
-        first = first_loss_pies.setdefault(level, mask)
-        impacted = impact[impact.impacted]
-        rows.append(
-            {
-                "level": level,
-                "loss": loss,
-                **summary,
-                "pies_shared_with_first_loss": int((mask & first).sum()),
-                "impacted_classes": int(len(impacted)),
-                "impacted": ", ".join(
-                    f"{row['class']} ({row['change']:+.3f}, p={row['p']:.3f})"
-                    for _, row in impacted.iterrows()
-                ),
-            }
-        )
-        impacts.append(impact.assign(level=level, loss=loss))
+    names = manifest["class_names"]
+    analysis = analyse_populations(
+        test.example_ids,
+        test.labels.numpy(),
+        names,
+        reference_predictions,
+        compressed_predictions,
+        significance,
+        gallery_examples,
+    )
+    files = []
+    for (level, loss), table in analysis["pies"].items():
         slug = _slug(level, loss)
         table.to_parquet(out_dir / f"pies-{slug}.parquet", index=False)
-        # the gallery shows the PIEs both populations are surest about first
-        order = np.argsort(
-            -(table.reference_agreement.to_numpy() + table.compressed_agreement.to_numpy()),
-            kind="stable",
-        )[:gallery_examples]
-        positions = np.flatnonzero(mask)[order]
+        gallery = analysis["galleries"][(level, loss)]
         pie_gallery(
-            test.images[positions],
-            labels[positions],
-            reference_modes[positions],
-            compressed_modes[positions],
+            test.images[gallery["position"].to_numpy(copy=True)],  # torch wants it writable
+            gallery["label"].to_numpy(),
+            gallery["reference_mode"].to_numpy(),
+            gallery["compressed_mode"].to_numpy(),
             names,
             out_dir / f"gallery-{slug}.png",
             title=f"PIEs at level {level} with loss {loss}: label / dense mode / compressed mode",
             limit=gallery_examples,
         )
         files += [out_dir / f"pies-{slug}.parquet", out_dir / f"gallery-{slug}.png"]
-    summary = pd.DataFrame(rows)
-    impact = pd.concat(impacts, ignore_index=True) if impacts else pd.DataFrame()
+    summary, impact = analysis["summary"], analysis["impact"]
     summary.to_parquet(out_dir / "summary.parquet", index=False)
     impact.to_parquet(out_dir / "class_impact.parquet", index=False)
     (out_dir / "summary.md").write_text(populations_markdown(summary, impact) + "\n")
