@@ -21,6 +21,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from compalign.config import NO_FINE_TUNING
 from compalign.report.values import column_floats, plain_label, reference_row, to_float
 
 DPI = 100
@@ -31,6 +32,9 @@ COST_PANELS = (
     ("size_bytes", "size (bytes)"),
     ("latency_ms_b64", "latency, batch 64"),
 )
+# Unaligned models get a panel of their own when drawing them with the others would leave the
+# others less than 1/SQUASH of the panel's height.
+SQUASH = 4.0
 IMPACT_P = 0.05  # the significance level of the impact heatmap when the frame has no `impacted`
 
 
@@ -204,6 +208,98 @@ def compressed_rows(summary: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
+def _squashed(frame: pd.DataFrame, column: str, baseline: tuple[float, str] | None) -> bool:
+    """Whether drawing the unaligned models (loss `none`) with the others would leave the others
+    less than 1/SQUASH of the panel's height (the baseline, drawn in every panel, counts)."""
+    unaligned = (frame["loss"] == NO_FINE_TUNING).to_numpy()
+    if not unaligned.any() or unaligned.all():
+        return False
+    values = column_floats(frame, column)
+    extra = [baseline[0]] if baseline is not None and math.isfinite(baseline[0]) else []
+    others = np.concatenate([values[~unaligned], extra])
+    every = np.concatenate([values, extra])
+    others, every = others[np.isfinite(others)], every[np.isfinite(every)]
+    if len(others) < 2:
+        return False
+    spread = float(np.ptp(others))
+    return spread > 0 and float(np.ptp(every)) > SQUASH * spread
+
+
+def _level_panels(count: int, split: Sequence[bool]) -> tuple[Figure, list[Any], list[Any | None]]:
+    """`count` panels, at most three a row; where `split` is true a second, lower panel below
+    (sharing its x axis). Returns the figure, the panels and the lower panels (None where none)."""
+    if not any(split):
+        figure, axes = _panels(count)
+        return figure, axes, [None] * count
+    columns = min(count, 3)
+    blocks = -(-count // columns)
+    figure = Figure(figsize=(4.3 * columns + 1.4, 5.5 * blocks), layout="constrained")
+    grid = figure.add_gridspec(2 * blocks, columns, height_ratios=[3.3, 2.2] * blocks)
+    axes, lower = [], []
+    for index in range(count):
+        row, column = 2 * (index // columns), index % columns
+        if split[index]:
+            axes.append(figure.add_subplot(grid[row, column]))
+            lower.append(figure.add_subplot(grid[row + 1, column], sharex=axes[-1]))
+        else:
+            axes.append(figure.add_subplot(grid[row : row + 2, column]))
+            lower.append(None)
+    return figure, axes, lower
+
+
+def _levelled_lines(
+    axis: Any,
+    frame: pd.DataFrame,
+    column: str,
+    colors: dict[str, str],
+    interval: bool,
+    span: float,
+) -> None:
+    present = [loss for loss in colors if (frame["loss"] == loss).any()]
+    for offset, loss in enumerate(present):
+        part = frame[frame["loss"] == loss].sort_values("sparsity")
+        # error bars of the losses at one level would hide each other: nudge them apart
+        shift = (offset - (len(present) - 1) / 2) * 0.008 * span if interval else 0.0
+        axis.errorbar(
+            part["sparsity"].to_numpy(float) + shift,
+            column_floats(part, column),
+            yerr=_error_bars(part, column) if interval else None,
+            marker="o",
+            markersize=4,
+            capsize=3,
+            linewidth=1.4,
+            color=colors[loss],
+            label=plain_label(loss),
+        )
+
+
+def _unlevelled_points(
+    axis: Any,
+    frame: pd.DataFrame,
+    names: list[str],
+    column: str,
+    colors: dict[str, str],
+    interval: bool,
+) -> None:
+    present = [loss for loss in colors if (frame["loss"] == loss).any()]
+    width = 0.8 / max(len(present), 1)
+    for offset, loss in enumerate(present):
+        part = frame[frame["loss"] == loss]
+        shift = (offset - (len(present) - 1) / 2) * width
+        axis.errorbar(
+            [names.index(name) + shift for name in part["compressor"]],
+            column_floats(part, column),
+            yerr=_error_bars(part, column) if interval else None,
+            fmt="o",
+            markersize=5,
+            capsize=3,
+            color=colors[loss],
+            label=plain_label(loss),
+        )
+    axis.set_xticks(range(len(names)), [plain_label(name) for name in names], rotation=20)
+    axis.set_xlim(-0.6, len(names) - 0.4)
+
+
 def level_figure(
     rows: pd.DataFrame,
     column: str,
@@ -214,63 +310,50 @@ def level_figure(
     baseline: tuple[float, str] | None,
 ) -> Figure:
     """`column` against the compression level, one line per loss, one panel per compressor
-    with a level; compressors without one (quantizers) share a last panel, one point per loss."""
+    with a level; compressors without one (quantizers) share a last panel, one point per loss.
+    Where the unaligned models (loss `none`, audited straight after compression) sit so far from
+    the rest that they would squash the other lines together, they get a panel of their own,
+    on their own scale, below their compressor's."""
     levelled = rows[rows["level_kind"] != "none"]
     unlevelled = rows[rows["level_kind"] == "none"]
-    compressors = list(dict.fromkeys(levelled["compressor"]))
-    count = len(compressors) + (1 if len(unlevelled) else 0)
-    figure, axes = _panels(count)
-    for axis, compressor in zip(axes, compressors, strict=False):
-        frame = levelled[levelled["compressor"] == compressor]
-        present = [loss for loss in colors if (frame["loss"] == loss).any()]
-        span = float(np.ptp(frame["sparsity"].to_numpy(float))) or 1.0
-        for offset, loss in enumerate(present):
-            part = frame[frame["loss"] == loss].sort_values("sparsity")
-            # error bars of the losses at one level would hide each other: nudge them apart
-            shift = (offset - (len(present) - 1) / 2) * 0.008 * span if interval else 0.0
-            axis.errorbar(
-                part["sparsity"].to_numpy(float) + shift,
-                column_floats(part, column),
-                yerr=_error_bars(part, column) if interval else None,
-                marker="o",
-                markersize=4,
-                capsize=3,
-                linewidth=1.4,
-                color=colors[loss],
-                label=plain_label(loss),
-            )
-        _level_ticks(axis, frame["sparsity"].to_numpy(float))
-        kinds = set(frame["level_kind"])
-        axis.set_xlabel(LEVEL_AXIS.get(kinds.pop(), "level") if len(kinds) == 1 else "level")
-        axis.set_title(plain_label(compressor), fontsize=10)
+    groups: list[tuple[str | None, pd.DataFrame]] = [
+        (compressor, levelled[levelled["compressor"] == compressor])
+        for compressor in dict.fromkeys(levelled["compressor"])
+    ]
     if len(unlevelled):
-        axis = axes[-1]
-        names = list(dict.fromkeys(unlevelled["compressor"]))
-        present = [loss for loss in colors if (unlevelled["loss"] == loss).any()]
-        width = 0.8 / max(len(present), 1)
-        for offset, loss in enumerate(present):
-            part = unlevelled[unlevelled["loss"] == loss]
-            shift = (offset - (len(present) - 1) / 2) * width
-            axis.errorbar(
-                [names.index(name) + shift for name in part["compressor"]],
-                column_floats(part, column),
-                yerr=_error_bars(part, column) if interval else None,
-                fmt="o",
-                markersize=5,
-                capsize=3,
-                color=colors[loss],
-                label=plain_label(loss),
-            )
-        axis.set_xticks(range(len(names)), [plain_label(name) for name in names], rotation=20)
-        axis.set_xlim(-0.6, len(names) - 0.4)
-        axis.set_xlabel("compressor (no level)")
-        axis.set_title("quantizers", fontsize=10)
-    for axis in axes:
+        groups.append((None, unlevelled))  # None: the quantizers' panel
+    split = [_squashed(frame, column, baseline) for _, frame in groups]
+    figure, axes, lower = _level_panels(len(groups), split)
+    for axis, below, (compressor, frame) in zip(axes, lower, groups, strict=True):
+        title = "quantizers" if compressor is None else plain_label(compressor)
+        unaligned = frame["loss"] == NO_FINE_TUNING
+        parts = [(axis, frame[~unaligned] if below is not None else frame)]
+        if below is not None:
+            parts.append((below, frame[unaligned]))
+            below.set_title(f"{title}: loss {NO_FINE_TUNING} (unaligned)", fontsize=9)
+        if compressor is None:
+            names = list(dict.fromkeys(frame["compressor"]))
+            for panel, part in parts:
+                _unlevelled_points(panel, part, names, column, colors, interval)
+            xlabel = "compressor (no level)"
+        else:
+            span = float(np.ptp(frame["sparsity"].to_numpy(float))) or 1.0
+            for panel, part in parts:
+                _levelled_lines(panel, part, column, colors, interval, span)
+                _level_ticks(panel, frame["sparsity"].to_numpy(float))
+            kinds = set(frame["level_kind"])
+            xlabel = LEVEL_AXIS.get(kinds.pop(), "level") if len(kinds) == 1 else "level"
+        (below if below is not None else axis).set_xlabel(xlabel)
+        axis.set_title(title, fontsize=10)
+    panels = [
+        panel for pair in zip(axes, lower, strict=True) for panel in pair if panel is not None
+    ]
+    for axis in panels:
         if baseline is not None:
             axis.axhline(baseline[0], color="0.35", linestyle="--", linewidth=1, label=baseline[1])
         axis.set_ylabel(ylabel)
         axis.grid(alpha=0.3)
-    _legend(figure, axes, "loss")
+    _legend(figure, panels, "loss")
     return figure
 
 

@@ -238,7 +238,9 @@ def pipeline_report(
     page.caption(
         "Test accuracy of each compressed model against its compression level: one line per "
         "alignment loss, one panel per compressor; quantizers (no level) get a panel of their "
-        "own. Dashed: the reference."
+        "own. Where the unaligned models (loss none, audited straight after compression) sit so "
+        "far below the others that they would flatten their lines, they are drawn in a panel of "
+        "their own, on their own scale, below their compressor's. Dashed: the reference."
     )
     _level_section(
         page,
@@ -253,7 +255,8 @@ def pipeline_report(
     page.section("Mismatches vs compression level")
     page.caption(
         "Test examples on which the compressed model's prediction differs from the reference's, "
-        "with bootstrap confidence intervals as error bars. Lower is better."
+        "with bootstrap confidence intervals as error bars. Lower is better. Far-off unaligned "
+        "models (loss none) get a panel of their own, as above."
     )
     _level_section(
         page, compressed, "mismatches", "mismatches", colors, interval=True, baseline=None
