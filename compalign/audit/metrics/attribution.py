@@ -13,7 +13,6 @@ import torch
 from pydantic import Field
 
 from compalign.attribution import (
-    agreement_figure,
     attribution_maps,
     attribution_sample,
     spearman_agreement,
@@ -101,9 +100,13 @@ def attribution(inputs: AuditInputs) -> dict[str, float]:
             for row in sample.itertuples()
         ]
         images = inputs.images[indices]
-        inputs.outputs[FIGURE_FILE] = lambda path: agreement_figure(
-            images, pairs, captions, path, options.figure_examples
-        )
+
+        def figure(path) -> None:
+            from compalign.report.figures import agreement_figure  # presentation, drawn last
+
+            agreement_figure(images, pairs, captions, path, options.figure_examples)
+
+        inputs.outputs[FIGURE_FILE] = figure
     return metrics
 
 
