@@ -41,7 +41,9 @@ def test_model_spec_names_and_fine_tuning():
 
 
 def test_grid_is_every_method_level_and_loss_in_a_stable_order(tiny_params):
-    params = tiny_params(TWO_METHODS, "compress.sparsities=[0.9, 0.5]", "align.losses=[none, ce, kd]")
+    params = tiny_params(
+        TWO_METHODS, "compress.sparsities=[0.9, 0.5]", "align.losses=[none, ce, kd]"
+    )
     grid = model_grid(params)
     assert [spec.name for spec in grid] == [
         "magnitude_global-0.5-none",
@@ -68,7 +70,9 @@ def test_quantizers_get_only_none_unless_quantization_aware(tiny_params, quantiz
 
 def test_quantization_aware_grid_fine_tunes_the_quantizer(tiny_params):
     params = tiny_params(
-        "compress.methods=[quantize_dynamic]", "align.losses=[none, ce]", "align.quantization_aware=true"
+        "compress.methods=[quantize_dynamic]",
+        "align.losses=[none, ce]",
+        "align.quantization_aware=true",
     )
     assert [spec.name for spec in model_grid(params)] == [
         "quantize_dynamic-none",
