@@ -12,12 +12,14 @@ from tiny_stages import must_not_run, stage_store, training_settings
 import tasks.align
 from compalign.checkpoint import load_checkpoint, read_checkpoint_manifest
 from compalign.config import AlignParams
+from compalign.losses import LOSSES
 from compalign.pruning import weight_sparsity
 from compalign.tuning import candidates
 from tasks.align import TUNING_FILE, align
 from tasks.compress import compress
 
 KD = AlignParams().loss_hyperparameters("kd")
+PW = AlignParams().loss_hyperparameters("pw")
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +85,26 @@ def test_tune_tries_every_candidate_and_keeps_the_chosen_one(store):
     assert manifest["hyperparameters"] == {key: chosen[key] for key in KD}
     # never less accurate on the validation split than the configured weights
     assert chosen.val_accuracy >= table.val_accuracy[0]
+
+
+def test_align_keeps_the_model_and_hyperparameters_tuning_chose(store, monkeypatch):
+    """Which candidate wins a 1-epoch search is up to chance (often the configured one): a
+    tuner that always picks the last candidate shows what the stage records."""
+    last = candidates("pw", PW)[-1]
+    assert last != PW
+
+    def pick_the_last(train_candidate, reference, val, loss, configured, device, on_candidate):
+        model = train_candidate(LOSSES[loss](**last), None)
+        return model, last, pd.DataFrame([{**last, "chosen": True}])
+
+    monkeypatch.setattr(tasks.align, "tune_loss", pick_the_last)
+    aligned = fine_tune(store, "pw", PW, tune=True)
+    manifest = read_checkpoint_manifest(aligned["path"])
+    assert manifest["tuned"] is True
+    assert manifest["hyperparameters"] == last
+    assert pd.read_csv(Path(aligned["path"]) / TUNING_FILE).to_dict("records") == [
+        {**last, "chosen": True}
+    ]
 
 
 def test_tune_with_a_loss_without_a_grid_trains_once(store):
