@@ -180,10 +180,25 @@ def test_child_is_logged_once_per_key(track, tmp_path):
     assert store.get_run(run_id).data.metrics == {"accuracy": 0.75}
 
 
+def dead_pid() -> str:
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
+
+
 @pytest.mark.parametrize("left_as", ["RUNNING", "FAILED", "KILLED"])
 def test_unfinished_runs_of_a_key_are_replaced(track, left_as):
+    """Runs a killed process left (its PID gone from this host) are replaced."""
+    import socket
+
     store = tracking.client(track["uri"])
-    stale = store.create_run(track["experiment_id"], tags={tracking.KEY_TAG: "audit-stale"})
+    owner = {tracking.HOST_TAG: socket.gethostname(), tracking.PID_TAG: dead_pid()}
+    stale = store.create_run(
+        track["experiment_id"], tags={tracking.KEY_TAG: "audit-stale", **owner}
+    )
     if left_as != "RUNNING":
         store.set_terminated(stale.info.run_id, status=left_as)
     parent = tracking.start_parent(track, "parent", {}, {})
@@ -193,6 +208,18 @@ def test_unfinished_runs_of_a_key_are_replaced(track, left_as):
     assert logged and run_id != stale.info.run_id
     assert store.get_run(stale.info.run_id).info.lifecycle_stage == "deleted"
     assert [run.info.run_id for run in runs_of(track, "audit-stale")] == [run_id]
+
+
+def test_a_running_child_of_a_live_run_is_left_alone(track):
+    """Another run logging the same key right now is not a leftover: its run stays."""
+    import os
+    import socket
+
+    store = tracking.client(track["uri"])
+    owner = {tracking.HOST_TAG: socket.gethostname(), tracking.PID_TAG: str(os.getpid())}
+    live = store.create_run(track["experiment_id"], tags={tracking.KEY_TAG: "audit-live", **owner})
+    assert tracking.existing_child(track, "audit-live") is None
+    assert store.get_run(live.info.run_id).info.lifecycle_stage == "active"
 
 
 def test_refresh_logs_the_key_again(track, monkeypatch):
