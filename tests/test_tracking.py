@@ -180,22 +180,13 @@ def test_child_is_logged_once_per_key(track, tmp_path):
     assert store.get_run(run_id).data.metrics == {"accuracy": 0.75}
 
 
-def dead_pid() -> str:
-    import subprocess
-    import sys
-
-    return subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
-    ).stdout.strip()
-
-
 @pytest.mark.parametrize("left_as", ["RUNNING", "FAILED", "KILLED"])
 def test_unfinished_runs_of_a_key_are_replaced(track, left_as):
     """Runs a killed process left (its PID gone from this host) are replaced."""
     import socket
 
     store = tracking.client(track["uri"])
-    owner = {tracking.HOST_TAG: socket.gethostname(), tracking.PID_TAG: dead_pid()}
+    owner = {tracking.HOST_TAG: socket.gethostname(), tracking.PID_TAG: str(dead_pid())}
     stale = store.create_run(
         track["experiment_id"], tags={tracking.KEY_TAG: "audit-stale", **owner}
     )
