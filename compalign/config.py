@@ -20,6 +20,7 @@ from compalign.costs import LatencyOptions
 from compalign.errors import UserError
 from compalign.losses import LOSSES
 from compalign.options import Fraction, Options, Seed, has_options
+from compalign.preprocess import ClassNames, TransformParams
 
 Section = Options  # a params section: unknown keys are errors, values checked on assignment
 
@@ -53,6 +54,9 @@ class DataParams(Section):
     rare_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
     # imagefolder: leave out images PIL cannot read (counted in the manifest) instead of stopping
     skip_unreadable: bool = False
+    # models you bring (compalign audit, reference.source=file): their input and class order
+    transform: TransformParams = Field(default_factory=TransformParams)
+    class_names: ClassNames | None = None
 
     @field_validator("source")
     @classmethod
@@ -60,6 +64,14 @@ class DataParams(Section):
         from compalign.data import SOURCES
 
         return _one_of(value, SOURCES)
+
+    def prepare_params(self) -> dict[str, Any]:
+        """What the prepare stage reads (its cache key): everything but how models see the
+        prepared images, which is applied when they are run."""
+        return self.model_dump(exclude=set(MODEL_INPUT_KEYS))
+
+
+MODEL_INPUT_KEYS = ("transform", "class_names")
 
 
 class TrainingParams(Section):

@@ -97,7 +97,7 @@ def pipeline(params: dict[str, Any]) -> dict[str, Any]:
     with tracking.parent_run(track, run_name(settings), settings.flat(), tags) as parent:
         logger.info("MLflow parent run %s (experiment %s)", parent, track["experiment_id"])
         audit = settings.audit.model_dump()
-        data = prepare_task.submit(settings.data.model_dump())
+        data = prepare_task.submit(settings.data.prepare_params())
         reference = train_reference_task.submit(data, settings.reference.model_dump(), device)
         reference_audit = audit_task.submit(
             data, reference, None, audit, reference_labels(settings), track, device, parent

@@ -78,7 +78,7 @@ def populations_flow(params: dict[str, Any]) -> dict[str, Any]:
     futures: list[tuple[str, str, Any]] = []
     with tracking.parent_run(track, name, settings.flat(), tags) as parent:
         logger.info("MLflow parent run %s: %d members per population", parent, population.size)
-        data = prepare_task.submit(settings.data.model_dump())
+        data = prepare_task.submit(settings.data.prepare_params())
         futures.append(("prepare", "", data))
         references, reference_predictions = {}, {}
         if population.vectorise:  # one task trains every dense member as one batched model

@@ -58,7 +58,7 @@ def _fresh(directory: Path) -> Path:
 
 
 def stage_prepare(params: Params) -> None:
-    prepare(params.data.model_dump(), out_dir=str(DATA_DIR))
+    prepare(params.data.prepare_params(), out_dir=str(DATA_DIR))
 
 
 def stage_reference(params: Params) -> None:

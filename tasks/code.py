@@ -31,7 +31,13 @@ PACKAGES = ("compalign", "tasks")
 
 # Packages whose __init__ is a name -> entry table; their entries are reached by name only.
 REGISTRIES = frozenset(
-    {"compalign.losses", "compalign.compressors", "compalign.data.sources", "compalign.audit.metrics"}
+    {
+        "compalign.losses",
+        "compalign.compressors",
+        "compalign.data.sources",
+        "compalign.audit.metrics",
+        "compalign.model_sources",
+    }
 )
 # Modules (or packages, with everything below them) that cannot change a stage's result.
 NOT_RESULTS = (
