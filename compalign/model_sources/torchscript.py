@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from compalign.model_sources.base import (
@@ -19,7 +21,10 @@ def load(argument: str, spec: str) -> LoadedModel:
     TorchScript is diagnosed: a pickled module is refused, a state dict needs its architecture."""
     path = existing_file(argument, spec)
     try:
-        model = torch.jit.load(str(path), map_location="cpu")
+        with warnings.catch_warnings():
+            # reading the TorchScript users already have is the point; we write none
+            warnings.filterwarnings("ignore", message=".*torch.jit.load. is deprecated")
+            model = torch.jit.load(str(path), map_location="cpu")
     except RuntimeError:
         raise diagnose_torch_file(path, "a TorchScript file") from None
     model.eval()
