@@ -11,14 +11,11 @@ A map is |attribution| summed over channels, so it says where the evidence is, n
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
 from captum.attr import IntegratedGradients, Saliency
-from matplotlib.figure import Figure
 from scipy import stats
 from torch import nn
 
@@ -196,55 +193,3 @@ def attribution_sample(num_examples: int, size: int, seed: int) -> np.ndarray:
         return np.arange(num_examples, dtype=np.int64)
     chosen = np.random.default_rng(seed).choice(num_examples, size=size, replace=False)
     return np.sort(chosen).astype(np.int64)
-
-
-def agreement_figure(
-    images: torch.Tensor,
-    maps: dict[str, tuple[np.ndarray, np.ndarray]],
-    captions: list[str],
-    path: str | Path,
-    examples: int = 6,
-) -> None:
-    """PNG grid of the first `examples` examples: the image, then per method reference and
-    compressed maps side by side. `images` are uint8 [n, C, H, W] with C = 1 or 3."""
-    images = torch.as_tensor(images)
-    if images.dim() != 4 or images.shape[1] not in (1, 3):
-        raise ValueError(f"images must be [n, 1 or 3, H, W], got shape {tuple(images.shape)}")
-    rows = min(examples, len(images))
-    if rows < 1:
-        raise ValueError("agreement_figure needs at least one example")
-    if len(captions) < rows:
-        raise ValueError(f"{rows} examples but {len(captions)} captions")
-    for method, (reference, compressed) in maps.items():
-        if len(reference) < rows or len(compressed) < rows:
-            raise ValueError(f"maps[{method!r}] has fewer than {rows} examples")
-
-    columns = 1 + 2 * len(maps)
-    # A bare Figure, not pyplot: no backend switch and no global figure registry, so importing
-    # this module changes nothing for the caller and pipeline threads cannot interfere.
-    figure = Figure(figsize=(1.9 * columns, 2.0 * rows), layout="constrained")
-    axes = figure.subplots(rows, columns, squeeze=False)
-    pixels = images[:rows].permute(0, 2, 3, 1).cpu().numpy()
-    for row in range(rows):
-        if pixels.shape[-1] == 1:
-            axes[row, 0].imshow(pixels[row, ..., 0], cmap="gray", vmin=0, vmax=255)
-        else:
-            axes[row, 0].imshow(pixels[row])
-        axes[row, 0].set_title(captions[row], fontsize=7)
-        column = 1
-        for method, pair in maps.items():
-            for which, values in zip(("ref", "comp"), pair, strict=True):
-                # Each panel is scaled to its own maximum: the models' gradient scales differ,
-                # and the comparison is about where the attribution sits.
-                axes[row, column].imshow(np.asarray(values[row]), cmap="inferno", vmin=0)
-                axes[row, column].set_title(f"{method} {which}", fontsize=7)
-                column += 1
-    for axis in axes.flat:
-        axis.set_xticks([])
-        axis.set_yticks([])
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():
-        # constrained layout warns, harmlessly, when titles are wider than tiny panels.
-        warnings.simplefilter("ignore", UserWarning)
-        figure.savefig(path, format="png", dpi=100)

@@ -8,11 +8,11 @@ of a population on each of N test examples.
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 from scipy import stats
 
 
@@ -147,42 +147,63 @@ def class_impact(
     return pd.DataFrame(rows)
 
 
-def pie_gallery(
-    images: torch.Tensor,
+def analyse_populations(
+    example_ids: Sequence[str],
     labels: np.ndarray,
-    reference_modes: np.ndarray,
-    compressed_modes: np.ndarray,
     class_names: list[str],
-    path: str | Path,
-    title: str = "",
-    limit: int = 24,
-    columns: int = 8,
-) -> None:
-    """PNG of up to `limit` PIEs, each titled with its true label and both modal labels."""
-    from matplotlib.figure import Figure
-
-    count = min(limit, len(labels))
-    rows = max(1, -(-count // columns))
-    figure = Figure(figsize=(1.6 * columns, 1.9 * rows + (0.4 if title else 0)))
-    if title:
-        figure.suptitle(title, fontsize=9)
-    for index in range(rows * columns):
-        axis = figure.add_subplot(rows, columns, index + 1)
-        axis.axis("off")
-        if index >= count:
-            continue
-        image = images[index].permute(1, 2, 0).numpy()
-        axis.imshow(
-            image[..., 0] if image.shape[2] == 1 else image,
-            cmap="gray" if image.shape[2] == 1 else None,
+    reference_predictions: np.ndarray,
+    compressed_predictions: dict[tuple[float | None, str], np.ndarray],
+    significance: float,
+    gallery_examples: int,
+) -> dict[str, Any]:
+    """What a populations run reports of each (level, loss) population against the dense one:
+    `summary` (a row each: `pie_summary`, the PIEs shared with the level's first loss, the
+    impacted classes), `impact` (their `class_impact` tables with level and loss), `pies` (their
+    `pie_table`s) and `galleries` (the PIEs to show, those both populations are surest about
+    first, at most `gallery_examples`: test position, label and both modal labels)."""
+    classes = len(class_names)
+    rows, impacts, pie_tables, galleries = [], [], {}, {}
+    first_loss_pies: dict[float | None, np.ndarray] = {}
+    for (level, loss), predictions in compressed_predictions.items():
+        summary = pie_summary(reference_predictions, predictions, labels)
+        table = pie_table(example_ids, labels, reference_predictions, predictions)
+        impact = class_impact(reference_predictions, predictions, labels, class_names, significance)
+        reference_modes, _ = modal_labels(reference_predictions, classes)
+        compressed_modes, _ = modal_labels(predictions, classes)
+        mask = reference_modes != compressed_modes
+        first = first_loss_pies.setdefault(level, mask)
+        impacted = impact[impact.impacted]
+        rows.append(
+            {
+                "level": level,
+                "loss": loss,
+                **summary,
+                "pies_shared_with_first_loss": int((mask & first).sum()),
+                "impacted_classes": int(len(impacted)),
+                "impacted": ", ".join(
+                    f"{row['class']} ({row['change']:+.3f}, p={row['p']:.3f})"
+                    for _, row in impacted.iterrows()
+                ),
+            }
         )
-        axis.set_title(
-            f"y {class_names[labels[index]]}\ndense {class_names[reference_modes[index]]} / "
-            f"comp {class_names[compressed_modes[index]]}",
-            fontsize=7,
+        impacts.append(impact.assign(level=level, loss=loss))
+        pie_tables[(level, loss)] = table
+        order = np.argsort(
+            -(table.reference_agreement.to_numpy() + table.compressed_agreement.to_numpy()),
+            kind="stable",
+        )[:gallery_examples]
+        positions = np.flatnonzero(mask)[order]
+        galleries[(level, loss)] = pd.DataFrame(
+            {
+                "position": positions,
+                "label": np.asarray(labels)[positions],
+                "reference_mode": reference_modes[positions],
+                "compressed_mode": compressed_modes[positions],
+            }
         )
-    if count == 0:
-        figure.text(0.5, 0.5, "no PIEs", ha="center", va="center")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100, bbox_inches="tight")
+    return {
+        "summary": pd.DataFrame(rows),
+        "impact": pd.concat(impacts, ignore_index=True) if impacts else pd.DataFrame(),
+        "pies": pie_tables,
+        "galleries": galleries,
+    }

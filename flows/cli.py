@@ -99,8 +99,8 @@ def run(
     _prepare_process(params, refresh)
     import pandas as pd
 
+    from compalign.report.tables import print_summary
     from flows.pipeline import run_pipeline
-    from tasks.report import print_summary
 
     with _resumable("stages"):
         result = run_pipeline(params)
@@ -130,8 +130,8 @@ def populations(
     _prepare_process(params, refresh)
     import pandas as pd
 
+    from compalign.report.tables import print_populations
     from flows.populations import REPORT_DIR, run_populations
-    from tasks.population_report import print_populations
 
     with _resumable("members"):
         result = run_populations(params)

@@ -19,6 +19,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from compalign.compressors import COMPRESSORS
 from compalign.config import Params
 from compalign.data import load_split, read_manifest
+from compalign.report.html import pipeline_report
 from compalign.train import resolve_device
 from flows.plan import (
     BASELINE_LOSS,
@@ -37,7 +38,6 @@ from tasks.audit import audit_task
 from tasks.compress import compress_task
 from tasks.costs import costs_task, latency_settings
 from tasks.data import prepare_task
-from tasks.html_report import pipeline_report
 from tasks.logs import stage_logger
 from tasks.report import publish_summary
 from tasks.train import train_reference_task

@@ -20,6 +20,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from compalign.compressors import COMPRESSORS
 from compalign.config import NO_FINE_TUNING, Params
+from compalign.report.html import populations_report
 from compalign.train import resolve_device
 from flows.plan import ModelSpec, align_arguments, compress_arguments, compressed_id
 from flows.runtime import wait_or_raise_first_failure
@@ -27,9 +28,8 @@ from tasks import tracking
 from tasks.align import align_task
 from tasks.compress import compress_task
 from tasks.data import prepare_task
-from tasks.html_report import populations_report
 from tasks.logs import stage_logger
-from tasks.population_report import analyse, publish
+from tasks.populations import analyse, publish
 from tasks.predict import load_predictions, predict_task
 from tasks.train import train_population_task, train_reference_task
 

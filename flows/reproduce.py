@@ -20,17 +20,18 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from compalign.compressors import COMPRESSORS
 from compalign.config import Params
+from compalign.report import papers
 from flows.pipeline import pipeline, task_workers
 from flows.populations import run_populations
 from flows.profiles import PAPERS, paper_params
-from tasks import paper_reports, tracking
+from tasks import tracking
 
 # Hooker et al. compare pruning with post-training quantization: every quantizing compressor
 QUANTIZERS = tuple(name for name, entry in COMPRESSORS.items() if entry.family.quantized)
 
 
 def _publish(
-    report: paper_reports.PaperReport, settings: Params, profile: str, sources: list[str]
+    report: papers.PaperReport, settings: Params, profile: str, sources: list[str]
 ) -> dict[str, Any]:
     """Write the report to reports/<paper>/ and log it on a `reproduce-<paper>` run."""
     out_dir = Path("reports") / report.paper
@@ -64,7 +65,7 @@ def reproduce_joseph(params: dict[str, Any], profile: str) -> dict[str, Any]:
     """Joseph et al.: mismatches and reduction factors of ce, kd and label_preserving."""
     settings = Params.model_validate(params)
     result = _pipeline(settings)
-    report = paper_reports.joseph(pd.DataFrame(result["summary"]), Path("reports/joseph"), profile)
+    report = papers.joseph(pd.DataFrame(result["summary"]), Path("reports/joseph"), profile)
     return _publish(report, settings, profile, [result["parent_run_id"]])
 
 
@@ -74,7 +75,7 @@ def reproduce_meyer(params: dict[str, Any], profile: str) -> dict[str, Any]:
     settings = Params.model_validate(params)
     result = _pipeline(settings)
     group = (settings.audit.groups or ["rare"])[0]
-    report = paper_reports.meyer(
+    report = papers.meyer(
         pd.DataFrame(result["summary"]), result["metrics"], group, Path("reports/meyer"), profile
     )
     return _publish(report, settings, profile, [result["parent_run_id"]])
@@ -96,7 +97,7 @@ def reproduce_hooker(params: dict[str, Any], profile: str) -> dict[str, Any]:
         label = f"{method} ({', '.join(map(str, options.values()))})" if options else method
         quantization[label] = pd.DataFrame(result["summary"])
         sources.append(result["parent_run_id"])
-    report = paper_reports.hooker(
+    report = papers.hooker(
         pd.DataFrame(pruning["summary"]),
         pd.DataFrame(pruning["impact"]),
         quantization,

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from compalign.config import Params
 from compalign.data import read_manifest
+from compalign.report.html import pipeline_report
+from compalign.report.tables import print_summary
 from compalign.train import resolve_device
 from flows.plan import (
     BASELINE_LOSS,
@@ -32,8 +34,7 @@ from tasks.audit import METRICS_FILE, audit_model
 from tasks.compress import compress
 from tasks.costs import latency_settings, measure_costs
 from tasks.data import prepare
-from tasks.html_report import pipeline_report
-from tasks.report import print_summary, publish_summary
+from tasks.report import publish_summary
 from tasks.store import artifact_of
 from tasks.train import train_reference
 

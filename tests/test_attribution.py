@@ -12,7 +12,6 @@ from torch import nn
 
 from compalign.attribution import (
     ATTRIBUTION_METHODS,
-    agreement_figure,
     attribution_maps,
     attribution_sample,
     spearman_agreement,
@@ -22,7 +21,6 @@ from compalign.compressors import COMPRESSORS
 from compalign.models import build_model
 
 METHODS = sorted(ATTRIBUTION_METHODS)
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def random_images(count: int = 16, channels: int = 1, side: int = 8, seed: int = 0) -> torch.Tensor:
@@ -195,20 +193,3 @@ def test_attribution_sample():
     assert np.all(np.diff(first) > 0) and first.min() >= 0 and first.max() < 1000
     np.testing.assert_array_equal(attribution_sample(7, 7, seed=0), np.arange(7))
     np.testing.assert_array_equal(attribution_sample(7, 100, seed=0), np.arange(7))
-
-
-@pytest.mark.parametrize("channels", [1, 3])
-def test_agreement_figure_writes_png(tmp_path, channels):
-    """A PNG (signature bytes) for grey and RGB images, fewer examples than requested rows."""
-    generator = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (4, channels, 8, 8), dtype=torch.uint8, generator=generator)
-    rng = np.random.default_rng(0)
-    maps = {
-        method: (rng.random((4, 8, 8), dtype=np.float32), rng.random((4, 8, 8), dtype=np.float32))
-        for method in METHODS
-    }
-    maps["saliency"][1][0] = 0.0  # a dead map must still draw
-    path = tmp_path / "figures" / "agreement.png"
-    agreement_figure(images, maps, [f"label {i} / ref {i} / comp 5" for i in range(4)], path)
-    data = path.read_bytes()
-    assert data.startswith(PNG_SIGNATURE) and len(data) > 1000

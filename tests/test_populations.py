@@ -7,6 +7,7 @@ import pytest
 from scipy import stats
 
 from compalign.populations import (
+    analyse_populations,
     class_impact,
     modal_labels,
     normalised_recalls,
@@ -87,3 +88,33 @@ def test_class_impact_is_welchs_t_test_on_normalised_recalls():
     member = dense[0]
     top1 = (member == labels).mean()
     assert dense_recalls[0, 1] == pytest.approx((member[labels == 1] == 1).mean() - top1)
+
+
+def test_analyse_populations_per_level_and_loss():
+    """A summary row and an impact table per population, PIEs shared with the level's first
+    loss, and galleries of the surest PIEs first, at most `gallery_examples`."""
+    labels = np.array([0, 1, 2, 3])
+    dense = np.array([[0, 1, 2, 3], [0, 1, 2, 0], [0, 1, 1, 3]])  # modes 0 1 2 3
+    sparse = np.array([[0, 2, 2, 0], [0, 2, 1, 1], [0, 1, 1, 3]])  # PIEs b, c, d
+    other = np.array([[0, 2, 2, 3], [0, 2, 2, 3], [0, 2, 2, 3]])  # PIE b, all members agree
+    analysis = analyse_populations(
+        ["a", "b", "c", "d"],
+        labels,
+        ["w", "x", "y", "z"],
+        dense,
+        {(0.5, "ce"): sparse, (0.5, "kd"): other, (None, "none"): dense},
+        significance=0.05,
+        gallery_examples=2,
+    )
+    summary = analysis["summary"]
+    assert summary.loss.tolist() == ["ce", "kd", "none"]
+    assert summary.level.tolist()[:2] == [0.5, 0.5] and summary.level.isna().tolist()[2]
+    assert summary.pie_count.tolist() == [3, 1, 0]
+    assert summary.pies_shared_with_first_loss.tolist() == [3, 1, 0]
+    assert len(analysis["impact"]) == 3 * 4 and set(analysis["impact"]["class"]) == set("wxyz")
+    assert analysis["pies"][(0.5, "ce")].example_id.tolist() == ["b", "c", "d"]
+    # agreement (dense + compressed): b 1 + 2/3, c 2/3 + 2/3, d 2/3 + 1/3 -> b, c
+    gallery = analysis["galleries"][(0.5, "ce")]
+    assert gallery.position.tolist() == [1, 2]
+    assert gallery.compressed_mode.tolist() == [2, 1] and gallery.label.tolist() == [1, 2]
+    assert analysis["galleries"][(None, "none")].empty

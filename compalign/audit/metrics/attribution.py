@@ -12,13 +12,6 @@ import pandas as pd
 import torch
 from pydantic import Field
 
-from compalign.attribution import (
-    agreement_figure,
-    attribution_maps,
-    attribution_sample,
-    spearman_agreement,
-    topk_iou,
-)
 from compalign.audit.base import AuditInputs, Column, Metric, number
 from compalign.options import Options
 
@@ -47,6 +40,8 @@ def attributable(model) -> bool:
 
 
 def _maps(inputs: AuditInputs, indices: np.ndarray, targets: np.ndarray) -> dict[str, np.ndarray]:
+    from compalign.attribution import attribution_maps  # captum: imported when used
+
     options = inputs.options
     images = inputs.normalise(inputs.images[indices]).to(inputs.device)
     model = inputs.model.to(inputs.device)
@@ -62,6 +57,8 @@ def attribution(inputs: AuditInputs) -> dict[str, float]:
     """Reference: its maps of the sample (output `attributions.npz`). Compressed:
     `attribution.<method>.<spearman|iou>_<mean|p10|p50|p90>`, the per-example table and the
     side-by-side figure."""
+    from compalign.attribution import attribution_sample, spearman_agreement, topk_iou
+
     options = inputs.options
     if not options.attribution_samples or inputs.model is None or inputs.images is None:
         return {}
@@ -101,9 +98,13 @@ def attribution(inputs: AuditInputs) -> dict[str, float]:
             for row in sample.itertuples()
         ]
         images = inputs.images[indices]
-        inputs.outputs[FIGURE_FILE] = lambda path: agreement_figure(
-            images, pairs, captions, path, options.figure_examples
-        )
+
+        def figure(path) -> None:
+            from compalign.report.figures import agreement_figure  # presentation, drawn last
+
+            agreement_figure(images, pairs, captions, path, options.figure_examples)
+
+        inputs.outputs[FIGURE_FILE] = figure
     return metrics
 
 

@@ -8,7 +8,6 @@ import pandas as pd
 
 from compalign.audit.base import AuditInputs, Column, Metric, number
 from compalign.errors import UserError
-from compalign.fairness import group_changes, group_metrics
 from compalign.options import Options
 
 NAN = float("nan")
@@ -36,6 +35,8 @@ def selected_groups(groups: pd.DataFrame, wanted: list[str] | None) -> pd.DataFr
 def group_fairness(inputs: AuditInputs) -> dict[str, float]:
     """`group.<column>.<value>.accuracy`, `group.<column>.accuracy_gap` (likewise `auroc`);
     compared: each one's `_change`."""
+    from compalign.fairness import group_changes, group_metrics  # fairlearn: when used
+
     metrics = group_metrics(inputs.frame, selected_groups(inputs.groups, inputs.options.groups))
     if inputs.compared:
         metrics.update(group_changes(dict(inputs.reference.metrics), dict(metrics)))

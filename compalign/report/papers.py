@@ -15,7 +15,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
+
+from compalign.report.figures import (
+    hooker_pie_figure,
+    joseph_mismatch_figure,
+    meyer_group_figure,
+    save_png,
+)
 
 JOSEPH_HEADLINE = {"all": 4.1, "ref_correct": 5.7}
 # Hooker et al.: mean ImageNet ResNet-50 top-1 by sparsity (NOTES.md), for a sense of scale
@@ -62,12 +68,6 @@ def _number(value: float, digits: int = 2) -> str:
 
 def _interval(row: pd.Series, column: str, digits: int = 2) -> str:
     return f"{_number(row[column], digits)} [{_number(row[f'{column}_ci_low'], digits)}, {_number(row[f'{column}_ci_high'], digits)}]"
-
-
-def _save(figure: Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110, bbox_inches="tight")
-    return path
 
 
 def _held(condition: bool, partly: bool = False) -> str:
@@ -133,25 +133,8 @@ def joseph(summary: pd.DataFrame, out_dir: Path, profile: str) -> PaperReport:
         )
     report.tables["fairness_and_attributions"] = pd.DataFrame(fairness)
 
-    # figures: mismatches vs sparsity per loss, one panel per compressor, bootstrap intervals
-    methods = sorted(compressed.compressor.unique())
-    figure = Figure(figsize=(5.2 * len(methods), 3.8))
-    for index, method in enumerate(methods):
-        axis = figure.add_subplot(1, len(methods), index + 1)
-        for loss, group in compressed[compressed.compressor == method].groupby("loss"):
-            group = group.sort_values("sparsity")
-            errors = [
-                group.mismatches - group.mismatches_ci_low,
-                group.mismatches_ci_high - group.mismatches,
-            ]
-            axis.errorbar(
-                group.sparsity, group.mismatches, yerr=errors, marker="o", capsize=3, label=loss
-            )
-        axis.set_title(method)
-        axis.set_xlabel("sparsity")
-        axis.set_ylabel("mismatches with the reference (test)")
-        axis.legend()
-    report.figures.append(_save(figure, out_dir / "mismatches_vs_sparsity.png"))
+    figure = joseph_mismatch_figure(compressed)
+    report.figures.append(save_png(figure, out_dir / "mismatches_vs_sparsity.png"))
 
     # verdicts
     label_preserving = compressed[compressed.loss == "label_preserving"]
@@ -279,19 +262,8 @@ def meyer(
     report.tables["groups"] = pd.DataFrame([reference_row, *rows])
 
     table = pd.DataFrame(rows)
-    figure = Figure(figsize=(10, 3.8))
-    left, right = figure.add_subplot(1, 2, 1), figure.add_subplot(1, 2, 2)
-    for loss, part in table.groupby("loss"):
-        left.plot(part["FLOPs removed"], part["gap change vs reference"], marker="o", label=loss)
-        right.plot(part["FLOPs removed"], part["accuracy"], marker="o", label=loss)
-    left.axhline(0, color="grey", linewidth=0.8)
-    left.set_xlabel("fraction of FLOPs removed")
-    left.set_ylabel(f"accuracy gap between {group} groups: change")
-    right.set_xlabel("fraction of FLOPs removed")
-    right.set_ylabel("accuracy")
-    left.legend()
-    right.legend()
-    report.figures.append(_save(figure, out_dir / "group_gap_vs_flops.png"))
+    figure = meyer_group_figure(table, group)
+    report.figures.append(save_png(figure, out_dir / "group_gap_vs_flops.png"))
 
     by_level = table.pivot_table(
         index="FLOPs removed", columns="loss", values="gap change vs reference"
@@ -388,26 +360,8 @@ def hooker(
             ["level", "class", "change", "t", "p", "direction"]
         ]
 
-    figure = Figure(figsize=(10, 3.8))
-    left, right = figure.add_subplot(1, 2, 1), figure.add_subplot(1, 2, 2)
-    left.plot(pruning.level, pruning.pie_count, marker="o", label="pruning")
-    for method, frame in quantization.items():
-        left.axhline(frame.pie_count.iloc[0], linestyle="--", linewidth=1, label=method)
-    left.set_xlabel("sparsity")
-    left.set_ylabel("PIEs (test examples)")
-    left.legend(fontsize=8)
-    right.plot(pruning.level, pruning.reference_top1_on_pies, marker="o", label="dense, on PIEs")
-    right.plot(
-        pruning.level, pruning.reference_top1_on_rest, marker="o", label="dense, on the rest"
-    )
-    right.plot(pruning.level, pruning.compressed_top1_on_pies, marker="s", label="pruned, on PIEs")
-    right.plot(
-        pruning.level, pruning.compressed_top1_on_rest, marker="s", label="pruned, on the rest"
-    )
-    right.set_xlabel("sparsity")
-    right.set_ylabel("mean top-1 of the population")
-    right.legend(fontsize=8)
-    report.figures.append(_save(figure, out_dir / "pies_vs_sparsity.png"))
+    figure = hooker_pie_figure(pruning, quantization)
+    report.figures.append(save_png(figure, out_dir / "pies_vs_sparsity.png"))
 
     counts = pruning.pie_count.to_numpy()
     increasing = bool(np.all(np.diff(counts) >= 0))

@@ -13,14 +13,11 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from tasks.html_report import (
-    _compressed,
-    _level_figure,
-    _loss_colors,
-    figure_png,
-    pipeline_report,
-    populations_report,
-)
+from compalign.report.figures import compressed_rows as _compressed
+from compalign.report.figures import figure_png
+from compalign.report.figures import level_figure as _level_figure
+from compalign.report.figures import loss_colors as _loss_colors
+from compalign.report.html import pipeline_report, populations_report
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -177,9 +174,9 @@ def test_figure_png_returns_png_bytes():
 
 
 def test_module_imports_neither_pyplot_nor_the_pipeline_services():
-    """Importing html_report pulls in no pyplot, Prefect or MLflow."""
+    """Importing the report package's modules pulls in no pyplot, Prefect or MLflow."""
     code = (
-        "import sys, tasks.html_report; "
+        "import sys, compalign.report.html, compalign.report.papers, compalign.report.tables; "
         "bad = [m for m in ('matplotlib.pyplot', 'prefect', 'mlflow') if m in sys.modules]; "
         "assert not bad, bad"
     )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from tasks import paper_reports
+from compalign.report import papers as paper_reports
 
 LOSSES = ("ce", "kd", "label_preserving")
 
