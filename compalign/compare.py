@@ -337,9 +337,27 @@ class Comparison:
 
     def to_html(self, path: str | Path, title: str | None = None) -> Path:
         """Write the self-contained HTML page of the comparison to `path`; returns `path`."""
-        from compalign.compare_report import compare_report
+        import tempfile
 
-        return compare_report(self, path, title)
+        from compalign.audit.metrics.attribution import FIGURE_FILE
+        from compalign.report.html import compare_report
+
+        pngs = {}
+        for name, outputs in self.outputs.items():
+            if FIGURE_FILE in outputs:
+                with tempfile.TemporaryDirectory() as scratch:
+                    outputs[FIGURE_FILE](Path(scratch) / FIGURE_FILE)
+                    pngs[name] = (Path(scratch) / FIGURE_FILE).read_bytes()
+        notes = [f"Preprocessing of every model: {self.transform}.", *self.notes]
+        return compare_report(
+            self.summary,
+            self.metrics,
+            self.class_names,
+            path,
+            title or "What the candidates changed against the reference",
+            notes=notes,
+            attribution_pngs=pngs,
+        )
 
     def write(self, directory: str | Path, title: str | None = None) -> dict[str, Path]:
         """summary.parquet, predictions.parquet, report.html and, per model, `models/<name>/`
