@@ -39,9 +39,8 @@ from compalign.preprocess import (
     ClassNames,
     Transform,
     TransformParams,
+    model_transform,
     output_indices,
-    resolve_transform,
-    with_input_size,
 )
 
 REFERENCE = "reference"
@@ -415,17 +414,13 @@ def _check_names(candidates: Mapping[str, Any]) -> None:
 def choose_transform(
     data: AuditData, models: Sequence[LoadedModel], params: TransformParams
 ) -> Transform:
-    """One preprocessing for every model of a comparison (a compressed copy sees what its
-    reference sees): `data.transform`, else the first model's source that knows it (the
-    reference first), else the dataset's; a fixed input size of an exported model sets the
-    resize and crop that are still open."""
-    known = next((model.transform for model in models if model.transform is not None), None)
+    """One preprocessing for every model of a comparison (compalign.preprocess.model_transform:
+    `data.transform`, else the first model's source that knows it, the reference first, else
+    the dataset's)."""
     channels = data.images.shape[1]
     mean = data.mean if data.mean is not None else [0.0] * channels
     std = data.std if data.std is not None else [1.0] * channels
-    transform = resolve_transform(params, known, mean, std, channels)
-    size = next((model.input_size for model in models if model.input_size is not None), None)
-    return with_input_size(transform, size)
+    return model_transform(params, models, mean, std, channels)
 
 
 def parse_candidate(text: str) -> tuple[str, str]:

@@ -16,11 +16,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field
+from torch import nn
 
 from compalign.errors import UserError
 from compalign.options import Options
@@ -53,24 +54,15 @@ class Transform:
     interpolation: Interpolation = "bilinear"
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.float() / 255.0
+        return self.from_unit(images.float() / 255.0)
+
+    def from_unit(self, x: torch.Tensor) -> torch.Tensor:
+        """Float images with pixels in [0, 1] -> the model's input."""
         if self.channels is not None and x.shape[1] != self.channels:
             x = x.repeat(1, 3, 1, 1) if self.channels == 3 else x.mean(dim=1, keepdim=True)
         if self.resize is not None:
             height, width = x.shape[-2:]
-            scale = self.resize / min(height, width)
-            size = (max(1, round(height * scale)), max(1, round(width * scale)))
-            if size != (height, width):
-                smooth = self.interpolation != "nearest"
-                x = F.interpolate(
-                    x,
-                    size=size,
-                    mode=self.interpolation,
-                    antialias=smooth,
-                    **({"align_corners": False} if smooth else {}),
-                )
-                if self.interpolation == "bicubic":
-                    x = x.clamp(0.0, 1.0)
+            x = _resized(x, resized_size(height, width, self.resize), self.interpolation)
         if self.centre_crop is not None:
             x = centre_crop(x, self.centre_crop)
         shape = (1, -1, 1, 1)
@@ -95,6 +87,26 @@ class Transform:
         std = ", ".join(f"{value:.3f}" for value in self.std)
         steps.append(f"mean [{mean}], std [{std}]")
         return "; ".join(steps)
+
+
+def resized_size(height: int, width: int, shorter: int) -> tuple[int, int]:
+    """(H, W) after resizing the shorter side to `shorter`, keeping the aspect ratio."""
+    scale = shorter / min(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def _resized(x: torch.Tensor, size: tuple[int, int], interpolation: str) -> torch.Tensor:
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    smooth = interpolation != "nearest"
+    x = F.interpolate(
+        x,
+        size=size,
+        mode=interpolation,
+        antialias=smooth,
+        **({"align_corners": False} if smooth else {}),
+    )
+    return x.clamp(0.0, 1.0) if interpolation == "bicubic" else x
 
 
 def centre_crop(images: torch.Tensor, side: int) -> torch.Tensor:
@@ -165,6 +177,23 @@ def with_input_size(transform: Transform, size: tuple[int, int] | None) -> Trans
     return replace(transform, resize=height, centre_crop=height)
 
 
+def model_transform(
+    params: TransformParams,
+    models: Sequence[Any],
+    dataset_mean: Sequence[float],
+    dataset_std: Sequence[float],
+    dataset_channels: int,
+) -> Transform:
+    """The preprocessing of models (LoadedModels) that see the same data (a compressed copy
+    sees what its reference sees): `params`, else the first model's source that knows it,
+    else the dataset's; a fixed input size of an exported model sets a resize and crop that are
+    still open."""
+    known = next((model.transform for model in models if model.transform is not None), None)
+    transform = resolve_transform(params, known, dataset_mean, dataset_std, dataset_channels)
+    size = next((model.input_size for model in models if model.input_size is not None), None)
+    return with_input_size(transform, size)
+
+
 def timm_resize(input_size: int, crop_pct: float) -> int:
     """The shorter side timm resizes to before its centre crop (timm.data.transforms_factory)."""
     return math.floor(input_size / crop_pct)
@@ -211,3 +240,58 @@ def output_indices(
     if len(set(indices)) != len(indices):
         raise UserError("data.class_names: two dataset classes map to the same model output")
     return None if indices == list(range(model_classes)) else indices
+
+
+class InputAdapter(nn.Module):
+    """Turns the pipeline's input (images standardised with the dataset's mean and std, of one
+    fixed size) into a model's own (`transform`), as the first layer of a model trained
+    elsewhere: the pipeline's stages then train, compress and audit it unchanged. Every size is
+    fixed when it is built, so torch.fx can trace it (static int8, structured pruning)."""
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        super().__init__()
+        self.settings = dict(settings)
+        shape = (1, -1, 1, 1)
+        for name in ("dataset_mean", "dataset_std", "mean", "std"):
+            values = torch.tensor(settings[name], dtype=torch.float32).view(shape)
+            self.register_buffer(name, values, persistent=False)
+        self.channels = settings.get("channels")
+        self.interpolation = settings.get("interpolation") or "bilinear"
+        size = (settings["image_size"], settings["image_size"])
+        self.size = None
+        if settings.get("resize") is not None:
+            self.size = resized_size(*size, settings["resize"])
+            size = self.size
+        self.crop = None
+        crop = settings.get("centre_crop")
+        if crop is not None and (crop, crop) != size:
+            self.crop = crop
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x * self.dataset_std + self.dataset_mean  # back to pixels in [0, 1]
+        if self.channels == 3 and x.shape[1] == 1:
+            x = x.repeat(1, 3, 1, 1)
+        elif self.channels == 1 and x.shape[1] == 3:
+            x = x.mean(dim=1, keepdim=True)
+        if self.size is not None:
+            x = _resized(x, self.size, self.interpolation)
+        if self.crop is not None:
+            x = centre_crop(x, self.crop)
+        return (x - self.mean) / self.std
+
+
+def adapter_settings(
+    transform: Transform, mean: Sequence[float], std: Sequence[float], image_size: int
+) -> dict[str, Any]:
+    """What InputAdapter needs (JSON: it is saved in a checkpoint's architecture)."""
+    return {
+        "dataset_mean": [float(value) for value in mean],
+        "dataset_std": [float(value) for value in std],
+        "mean": list(transform.mean),
+        "std": list(transform.std),
+        "resize": transform.resize,
+        "centre_crop": transform.centre_crop,
+        "channels": transform.channels,
+        "interpolation": transform.interpolation,
+        "image_size": int(image_size),
+    }

@@ -65,7 +65,7 @@ def stage_prepare(params: Params) -> None:
 def stage_reference(params: Params) -> None:
     train_reference(
         artifact_of(DATA_DIR),
-        params.reference.model_dump(),
+        params.reference.stage_params(params.data),
         _device(params),
         out_dir=str(REFERENCE_DIR),
     )

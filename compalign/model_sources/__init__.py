@@ -54,6 +54,16 @@ def parse_spec(spec: str) -> tuple[str, str]:
     raise UserError(f"model {spec!r}: cannot tell the format from its name; write one of: {forms}")
 
 
+def spec_files(spec: str) -> list[Path]:
+    """The files a spec reads, found without loading it (for content digests): NAME@FILE's
+    file, a checkpoint folder's model.pt, else the path itself."""
+    name, argument = parse_spec(spec)
+    if "@" in argument and MODEL_SOURCES[name].build is not None:
+        return [Path(argument.partition("@")[2]).expanduser()]
+    path = Path(argument).expanduser()
+    return [path / "model.pt"] if MODEL_SOURCES[name].directory else [path]
+
+
 def load_model(spec: str) -> LoadedModel:
     """The model a spec names, loaded on the CPU in eval mode."""
     name, argument = parse_spec(spec)
@@ -67,4 +77,5 @@ __all__ = [
     "ModelSource",
     "load_model",
     "parse_spec",
+    "spec_files",
 ]

@@ -71,13 +71,15 @@ class LoadedModel:
 @dataclass(frozen=True)
 class ModelSource:
     """A registry entry: the loader (its docstring says what it reads), how a spec names it
-    (`syntax`, shown in messages), and the bare paths it is inferred from (file suffixes, or a
-    directory)."""
+    (`syntax`, shown in messages), the bare paths it is inferred from (file suffixes, or a
+    directory), and, for a source of state dicts, how to build its architecture again
+    (`build(architecture, num_classes)`: what a pipeline checkpoint of it rebuilds from)."""
 
     load: Callable[[str, str], LoadedModel]  # (argument after "name:", the whole spec)
     syntax: str
     suffixes: tuple[str, ...] = ()
     directory: bool = False
+    build: Callable[[str, int], nn.Module] | None = None
 
     @property
     def description(self) -> str:

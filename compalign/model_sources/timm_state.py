@@ -38,6 +38,13 @@ def data_transform(model: torch.nn.Module) -> TransformParams:
     )
 
 
+def build(name: str, num_classes: int) -> torch.nn.Module:
+    """A timm architecture with random weights."""
+    import timm
+
+    return timm.create_model(name, pretrained=False, num_classes=num_classes)
+
+
 def load(argument: str, spec: str) -> LoadedModel:
     """A timm model (`timm.create_model(name, pretrained=False)`) with the weights of a state
     dict file; the class count is read from the weights of its classifier
@@ -71,4 +78,4 @@ def load(argument: str, spec: str) -> LoadedModel:
     )
 
 
-SOURCE = ModelSource(load, syntax="timm:<architecture>@<state dict file>")
+SOURCE = ModelSource(load, syntax="timm:<architecture>@<state dict file>", build=build)

@@ -83,4 +83,4 @@ def load(argument: str, spec: str) -> LoadedModel:
     )
 
 
-SOURCE = ModelSource(load, syntax="torchvision:<architecture>@<state dict file>")
+SOURCE = ModelSource(load, syntax="torchvision:<architecture>@<state dict file>", build=build)
