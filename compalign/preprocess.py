@@ -185,12 +185,14 @@ def model_transform(
     dataset_channels: int,
 ) -> Transform:
     """The preprocessing of models (LoadedModels) that see the same data (a compressed copy
-    sees what its reference sees): `params`, else the first model's source that knows it,
-    else the dataset's; a fixed input size of an exported model sets a resize and crop that are
-    still open."""
+    sees what its reference sees): `params`, else the fixed input size of an exported model,
+    else the first model's source that knows it, else the dataset's."""
     known = next((model.transform for model in models if model.transform is not None), None)
-    transform = resolve_transform(params, known, dataset_mean, dataset_std, dataset_channels)
     size = next((model.input_size for model in models if model.input_size is not None), None)
+    if size is not None and known is not None:
+        # a model that only accepts one size decides it; a source's usual size yields
+        known = known.model_copy(update={"resize": None, "centre_crop": None})
+    transform = resolve_transform(params, known, dataset_mean, dataset_std, dataset_channels)
     return with_input_size(transform, size)
 
 
