@@ -45,7 +45,8 @@ def atomic_directory(final: str | Path) -> Iterator[Path]:
             shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this PID exists on this host."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -68,7 +69,7 @@ def remove_stale_scratch(root: str | Path) -> int:
         parts = folder.name.rsplit("-", 2)
         if len(parts) != 3 or not parts[1].isdigit() or not folder.is_dir():
             continue
-        if not _alive(int(parts[1])):
+        if not pid_alive(int(parts[1])):
             shutil.rmtree(folder, ignore_errors=True)
             removed += 1
     return removed

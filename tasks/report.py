@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from compalign.report.tables import HEADLINE, summary_frame, summary_markdown
+from compalign.report.tables import headline_columns, summary_frame, summary_markdown
 from tasks.tracking import Tracking, log_artifacts, log_metrics, set_tags
 
 
@@ -38,7 +38,7 @@ def publish_summary(
         {
             f"{row['name']}/{column}": row[column]
             for _, row in frame.iterrows()
-            for column in HEADLINE
+            for column in headline_columns()
             if pd.notna(row[column])
         },
     )

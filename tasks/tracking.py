@@ -30,6 +30,7 @@ from mlflow.tracking import MlflowClient
 from torch import nn
 
 import compalign
+from compalign.files import pid_alive
 from compalign.pruning import folded_copy
 from tasks.store import PACKAGE_DIR, refresh_requested
 
@@ -159,16 +160,6 @@ def _process_tags() -> dict[str, str]:
     return {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def close_orphans(tracking: Tracking) -> int:
     """Mark KILLED the runs this host left RUNNING from processes that no longer exist."""
     store = client(tracking["uri"])
@@ -180,7 +171,7 @@ def close_orphans(tracking: Tracking) -> int:
         )
         for run in runs:
             pid = run.data.tags.get(PID_TAG, "")
-            if pid.isdigit() and not _pid_alive(int(pid)):
+            if pid.isdigit() and not pid_alive(int(pid)):
                 store.set_terminated(run.info.run_id, status="KILLED")
                 closed += 1
     return closed
@@ -316,7 +307,7 @@ def owner_alive(run: Any) -> bool:
     if tags.get(HOST_TAG) != socket.gethostname():
         return True
     pid = tags.get(PID_TAG, "")
-    return pid.isdigit() and _pid_alive(int(pid))
+    return pid.isdigit() and pid_alive(int(pid))
 
 
 def existing_child(tracking: Tracking, key: str) -> str | None:

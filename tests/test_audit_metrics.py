@@ -84,3 +84,8 @@ def test_a_new_metric_is_one_entry(monkeypatch):
     compared = audit(inputs(flipped, LABELS, ReferenceAudit(reference.table, reference.metrics)))
     assert compared.metrics["disagreement_rate"] == pytest.approx(0.1)
     assert summary_row(compared.metrics, {"loss": "kd"})["disagreement_rate"] == pytest.approx(0.1)
+
+
+def test_headline_columns_are_summary_columns():
+    for entry in METRICS.values():
+        assert set(entry.headline) <= set(entry.summary({}, {"loss": "kd"}))

@@ -102,6 +102,7 @@ class Metric:
         default=lambda metrics, labels: {}
     )
     columns: tuple[Column, ...] = ()
+    headline: tuple[str, ...] = ()  # summary columns repeated on the run's parent for comparison
 
 
 def number(value: Any, digits: int = 2) -> str:

@@ -55,6 +55,12 @@ def _level(row: pd.Series) -> str:
     return "–" if row.level_kind == "none" else f"{row.sparsity:g}"
 
 
+def headline_columns() -> list[str]:
+    """The summary columns a run's parent repeats per model (`<name>/<column>`), from the
+    metrics registry."""
+    return [column for entry in METRICS.values() for column in entry.headline]
+
+
 def table_columns() -> list:
     """The comparison table's metric columns: each audit metric's, in registry order."""
     return [column for entry in METRICS.values() for column in entry.columns]

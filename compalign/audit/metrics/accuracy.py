@@ -27,4 +27,5 @@ ENTRY = Metric(
         Column("accuracy", lambda row: number(row.accuracy, 4)),
         Column("Δ acc.", lambda row: f"{row.accuracy_change:+.4f}"),
     ),
+    headline=("accuracy", "accuracy_change"),
 )

@@ -41,4 +41,5 @@ ENTRY = Metric(
         Column("mismatches [95% CI]", lambda row: with_interval(row, "mismatches", 0)),
         Column("…ref. right", lambda row: with_interval(row, "mismatches_ref_correct", 0)),
     ),
+    headline=COUNTS,
 )

@@ -49,4 +49,5 @@ ENTRY = Metric(
         Column("reduction vs ce", lambda row: with_interval(row, "reduction_factor", 2)),
         Column("…ref. right ", lambda row: with_interval(row, "reduction_factor_ref_correct", 2)),
     ),
+    headline=("reduction_factor",),
 )
