@@ -276,7 +276,9 @@ def model_costs(audited: AuditedModel, example: torch.Tensor, options: Any) -> d
     if loaded.parameter_counts is not None:
         costs.update(loaded.parameter_counts)
     elif loaded.weights is not None:
-        costs.update(parameter_counts(loaded.weights))
+        counts = parameter_counts(loaded.weights)
+        if counts["params_total"]:  # int8 TorchScript packs its weights where no count sees them
+            costs.update(counts)
     example = example.detach().cpu()
     if loaded.eager:
         costs["macs"] = count_macs(loaded.weights.cpu(), example)

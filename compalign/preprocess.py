@@ -246,9 +246,10 @@ def output_indices(
 
 class InputAdapter(nn.Module):
     """Turns the pipeline's input (images standardised with the dataset's mean and std, of one
-    fixed size) into a model's own (`transform`), as the first layer of a model trained
-    elsewhere: the pipeline's stages then train, compress and audit it unchanged. Every size is
-    fixed when it is built, so torch.fx can trace it (static int8, structured pruning)."""
+    fixed size and channel count) into a model's own (`transform`), as the first layer of a
+    model trained elsewhere: the pipeline's stages then train, compress and audit it unchanged.
+    Every size is fixed when it is built (no branch on a tensor's shape), so torch.fx can trace
+    it (static int8, structured pruning)."""
 
     def __init__(self, settings: dict[str, Any]) -> None:
         super().__init__()
@@ -257,33 +258,54 @@ class InputAdapter(nn.Module):
         for name in ("dataset_mean", "dataset_std", "mean", "std"):
             values = torch.tensor(settings[name], dtype=torch.float32).view(shape)
             self.register_buffer(name, values, persistent=False)
-        self.channels = settings.get("channels")
+        channels, wanted = settings.get("in_channels", 3), settings.get("channels")
+        self.to_rgb = wanted == 3 and channels == 1
+        self.to_grey = wanted == 1 and channels == 3
         self.interpolation = settings.get("interpolation") or "bilinear"
         size = (settings["image_size"], settings["image_size"])
         self.size = None
         if settings.get("resize") is not None:
-            self.size = resized_size(*size, settings["resize"])
-            size = self.size
-        self.crop = None
-        crop = settings.get("centre_crop")
-        if crop is not None and (crop, crop) != size:
-            self.crop = crop
+            resized = resized_size(*size, settings["resize"])
+            self.size = resized if resized != size else None
+            size = resized
+        self.crop: tuple[int, int, int, int] | None = None  # padding, then (top, left, side)
+        self.padding: tuple[int, int, int, int] | None = None
+        side = settings.get("centre_crop")
+        if side is not None and (side, side) != size:
+            height, width = size
+            pad_h, pad_w = max(side - height, 0), max(side - width, 0)
+            if pad_h or pad_w:
+                self.padding = (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2)
+                height, width = height + pad_h, width + pad_w
+            top, left = int(round((height - side) / 2.0)), int(round((width - side) / 2.0))
+            self.crop = (top, left, side, side)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x * self.dataset_std + self.dataset_mean  # back to pixels in [0, 1]
-        if self.channels == 3 and x.shape[1] == 1:
+        if self.to_rgb:
             x = x.repeat(1, 3, 1, 1)
-        elif self.channels == 1 and x.shape[1] == 3:
+        elif self.to_grey:
             x = x.mean(dim=1, keepdim=True)
         if self.size is not None:
-            x = _resized(x, self.size, self.interpolation)
+            smooth = self.interpolation != "nearest"
+            extra = {"align_corners": False} if smooth else {}
+            x = F.interpolate(x, size=self.size, mode=self.interpolation, antialias=smooth, **extra)
+            if self.interpolation == "bicubic":
+                x = x.clamp(0.0, 1.0)
+        if self.padding is not None:
+            x = F.pad(x, self.padding)
         if self.crop is not None:
-            x = centre_crop(x, self.crop)
+            top, left, height, width = self.crop
+            x = x[:, :, top : top + height, left : left + width]
         return (x - self.mean) / self.std
 
 
 def adapter_settings(
-    transform: Transform, mean: Sequence[float], std: Sequence[float], image_size: int
+    transform: Transform,
+    mean: Sequence[float],
+    std: Sequence[float],
+    image_size: int,
+    in_channels: int,
 ) -> dict[str, Any]:
     """What InputAdapter needs (JSON: it is saved in a checkpoint's architecture)."""
     return {
@@ -296,4 +318,5 @@ def adapter_settings(
         "channels": transform.channels,
         "interpolation": transform.interpolation,
         "image_size": int(image_size),
+        "in_channels": int(in_channels),
     }

@@ -126,7 +126,7 @@ def import_reference(
         transform = model_transform(
             settings.transform, [loaded], manifest["mean"], manifest["std"], channels
         )
-        adapter = adapter_settings(transform, manifest["mean"], manifest["std"], height)
+        adapter = adapter_settings(transform, manifest["mean"], manifest["std"], height, channels)
         architecture = {
             "name": f"{loaded.source}:{loaded.architecture['name']}",
             "num_classes": loaded.num_classes,

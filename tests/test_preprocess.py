@@ -69,3 +69,21 @@ def test_class_names_as_a_list_or_a_mapping():
         output_indices(classes, {"cat": 0}, 2)
     with pytest.raises(UserError, match="beyond the model's 2 outputs"):
         output_indices(classes, {"cat": 0, "dog": 5}, 2)
+
+
+def test_the_input_adapter_is_the_transform_on_the_pipelines_input_and_traces():
+    """reference.source=file: the model's preprocessing as its first layer, fed images the
+    pipeline standardised with the dataset's statistics; torch.fx traces it (static int8)."""
+    import torch.fx
+
+    from compalign.preprocess import InputAdapter, adapter_settings
+
+    images = torch.randint(0, 256, (2, 1, 8, 8), dtype=torch.uint8)
+    standardised = (images.float() / 255 - 0.3) / 0.2
+    for transform in (
+        Transform(mean=(0.4, 0.5, 0.6), std=(0.2,) * 3, resize=36, centre_crop=32, channels=3),
+        Transform(mean=(0.5,), std=(0.5,), centre_crop=10),  # padded, as CenterCrop pads
+    ):
+        adapter = InputAdapter(adapter_settings(transform, [0.3], [0.2], 8, 1))
+        torch.fx.symbolic_trace(adapter)
+        torch.testing.assert_close(adapter(standardised), transform(images), atol=1e-5, rtol=0)
