@@ -249,7 +249,9 @@ class InputAdapter(nn.Module):
     fixed size and channel count) into a model's own (`transform`), as the first layer of a
     model trained elsewhere: the pipeline's stages then train, compress and audit it unchanged.
     Every size is fixed when it is built (no branch on a tensor's shape), so torch.fx can trace
-    it (static int8, structured pruning)."""
+    it (static int8, structured pruning); static int8 leaves it in float (`keeps_float`)."""
+
+    keeps_float = True  # compalign.quantize: its antialiased resize has no int8 kernel
 
     def __init__(self, settings: dict[str, Any]) -> None:
         super().__init__()

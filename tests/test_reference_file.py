@@ -63,6 +63,11 @@ def test_the_reference_stage_takes_the_file_and_its_preprocessing(byom, project)
         0.5, abs=0.01
     )
     assert predict_logits(load_checkpoint(pruned["path"]), test).shape == expected.shape
+    # static int8 traces it (the input adapter stays in float)
+    calibration = {"batches": 1, "batch_size": 8}
+    int8 = compress(data, reference, "quantize_static", None, {}, calibration)
+    int8_logits = predict_logits(load_checkpoint(int8["path"]), test)
+    assert (int8_logits.argmax(1) == expected.argmax(1)).float().mean() > 0.5
 
 
 def test_the_reference_key_covers_the_files_content_and_its_source(byom, tmp_path):
