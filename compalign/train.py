@@ -8,6 +8,7 @@ randomness (shuffling, augmentation) comes from one seeded `torch.Generator`.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -78,6 +79,17 @@ def augment_batch(images: torch.Tensor, generator: torch.Generator) -> torch.Ten
     return out
 
 
+# Set when the user interrupts the process (Ctrl-C): training loops running in worker threads,
+# which no signal reaches, stop at their next batch instead of finishing the whole run.
+STOP_REQUESTED = threading.Event()
+
+
+def stop_if_requested() -> None:
+    """Raise KeyboardInterrupt in this thread if the process was asked to stop."""
+    if STOP_REQUESTED.is_set():
+        raise KeyboardInterrupt("stop requested")
+
+
 def fit(
     model: nn.Module,
     train: Split,
@@ -108,6 +120,7 @@ def fit(
         order = torch.randperm(len(train), generator=generator)
         total_loss = correct = 0.0
         for start in range(0, len(train), config.batch_size):
+            stop_if_requested()
             if on_step is not None:
                 on_step(step, model)
             step += 1

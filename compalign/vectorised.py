@@ -51,7 +51,13 @@ from torch.nn.utils import prune
 
 from compalign.data import Split
 from compalign.losses import LossFn
-from compalign.train import TrainConfig, augment_batch, make_optimizer, total_steps
+from compalign.train import (
+    TrainConfig,
+    augment_batch,
+    make_optimizer,
+    stop_if_requested,
+    total_steps,
+)
 
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
@@ -167,6 +173,7 @@ def fit_population(
         # one randperm per member per epoch, before the epoch's augmentation draws, as in fit
         orders = [torch.randperm(len(train), generator=generator) for generator in generators]
         for start in range(0, len(train), config.batch_size):
+            stop_if_requested()
             member_images, member_labels = [], []
             for order, generator in zip(orders, generators, strict=True):
                 index = order[start : start + config.batch_size]

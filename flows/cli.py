@@ -40,7 +40,7 @@ def _check_data(params: Params) -> None:
         check_available(params.data)
 
 
-def _prepare_process(params: Params, refresh: bool = False) -> None:
+def _prepare_process(params: Params, refresh: bool = False, flows: bool = False) -> None:
     """Environment for Prefect/MLflow, torch's thread count, and SIGTERM as a clean exit.
 
     Inside a flow Prefect turns SIGTERM into TerminationSignal (the flow marks its MLflow parent
@@ -51,10 +51,15 @@ def _prepare_process(params: Params, refresh: bool = False) -> None:
     from flows.runtime import configure_environment
 
     configure_environment()
+    if flows:  # a Prefect API server that dies with this process (flows/server.py)
+        from flows.server import start_api_server
+
+        start_api_server()
     if refresh:
         os.environ["COMPALIGN_REFRESH"] = "1"
         os.environ["PREFECT_TASKS_REFRESH_CACHE"] = "true"
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    signal.signal(signal.SIGINT, _interrupt)
     from compalign.files import remove_stale_scratch
     from tasks.store import ARTIFACTS_DIR
 
@@ -63,6 +68,15 @@ def _prepare_process(params: Params, refresh: bool = False) -> None:
         import torch
 
         torch.set_num_threads(params.run.threads)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """Ctrl-C: training loops in worker threads stop at their next batch (no signal reaches a
+    thread), and the main thread gets its KeyboardInterrupt as usual."""
+    from compalign.train import STOP_REQUESTED
+
+    STOP_REQUESTED.set()
+    signal.default_int_handler(signum, frame)
 
 
 def _exit_on_sigterm(_signum: int, _frame: object) -> None:
@@ -96,7 +110,7 @@ def run(
     """Run the whole pipeline (Prefect flow): prepare, reference, compress, align, audit."""
     params = load_params(params_file, overrides or [])
     _check_data(params)
-    _prepare_process(params, refresh)
+    _prepare_process(params, refresh, flows=True)
     import pandas as pd
 
     from compalign.report.tables import print_summary
@@ -127,7 +141,7 @@ def populations(
     impacted classes (Hooker et al.); settings in the `populations` section."""
     params = load_params(params_file, overrides or [])
     _check_data(params)
-    _prepare_process(params, refresh)
+    _prepare_process(params, refresh, flows=True)
     import pandas as pd
 
     from compalign.report.tables import print_populations
@@ -167,7 +181,7 @@ def reproduce(
     for name in PAPERS if paper == "all" else (paper,):
         params = paper_params(name, profile, overrides)  # every profile validated before any work
         _check_data(params)
-    _prepare_process(params)
+    _prepare_process(params, flows=True)
     from flows.reproduce import run_reproduce
 
     with _resumable("stages"):

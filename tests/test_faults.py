@@ -10,6 +10,7 @@ import os
 import pickle
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -271,3 +272,78 @@ def test_two_runs_at_once_on_one_fresh_project(tmp_path):
     keys = [run.data.tags["compalign.key"] for run in children]
     assert len(keys) == len(set(keys)) == 5
     assert all(run.info.status == "FINISHED" for run in children)
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. No process outlives its run
+
+
+def start_in_own_session(project: Path, *extra: str) -> subprocess.Popen:
+    from conftest import BIN
+
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    for name in ("PREFECT_HOME", "PREFECT_LOCAL_STORAGE_PATH", "MLFLOW_TRACKING_URI"):
+        env.pop(name, None)
+    log = open(project / "run.log", "w")  # noqa: SIM115 (the process writes it)
+    return subprocess.Popen(
+        [
+            str(BIN / "compalign"),
+            "run",
+            "--params",
+            str(TINY),
+            "--set",
+            "reference.epochs=60",
+            *extra,
+        ],
+        cwd=project,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # a terminal's process group
+    )
+
+
+def training_started(process: subprocess.Popen, project: Path) -> list:
+    """Block until the dataset is prepared (the flow and its API server run); the run's
+    descendants then."""
+    import psutil
+
+    deadline = time.monotonic() + 300
+    while not any((project / "artifacts" / "prepare").glob("*/manifest.json")):
+        assert process.poll() is None, (project / "run.log").read_text()[-3000:]
+        assert time.monotonic() < deadline, "the dataset was not prepared in time"
+        time.sleep(0.2)
+    return psutil.Process(process.pid).children(recursive=True)
+
+
+@pytest.mark.slow
+def test_nothing_outlives_kill_9(tmp_path):
+    import psutil
+
+    process = start_in_own_session(tmp_path)
+    children = training_started(process, tmp_path)
+    assert children, "the run has its Prefect API server"
+    process.kill()
+    process.wait()
+    gone, alive = psutil.wait_procs(children, timeout=10)
+    assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE], alive
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_the_process_group_exits_130_with_one_line(tmp_path):
+    import signal
+
+    import psutil
+
+    process = start_in_own_session(tmp_path)
+    children = training_started(process, tmp_path)
+    started = time.monotonic()
+    os.killpg(process.pid, signal.SIGINT)
+    process.wait(timeout=60)
+    output = (tmp_path / "run.log").read_text()
+    assert process.returncode == 130, output[-3000:]
+    assert time.monotonic() - started < 15
+    assert output.strip().splitlines()[-1].startswith("interrupted: finished stages are cached")
+    _, alive = psutil.wait_procs(children, timeout=10)
+    assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE], alive
