@@ -244,7 +244,7 @@ def audit_command(
     _check_data(params)
     # a missing file or a pickled module: refused before anything is written
     loaded = {spec: load_model(spec) for spec in specs}
-    _prepare_process(params, refresh)
+    _prepare_process(params, refresh, flows=True)
     from flows.compare import REPORT_DIR, audit_flow
     from tasks.data import prepare
 
