@@ -130,7 +130,8 @@ def resolve_transform(
     dataset_channels: int,
 ) -> Transform:
     """Each setting from `params`, else from the model's `source`, else the dataset's (its mean
-    and std, its channel count, no resize or crop)."""
+    and std, its channel count, no resize or crop). The source's crop is dropped when `params`
+    resize to less than it (ImageNet's 224 crop of data you resize to 32 would only pad)."""
     source = source or TransformParams()
 
     def pick(name: str):
@@ -156,11 +157,15 @@ def resolve_transform(
             raise UserError(
                 f"data.transform.{name}: {len(values)} values for {channels}-channel inputs"
             )
+    resize, crop = pick("resize"), pick("centre_crop")
+    if params.centre_crop is None and resize is not None and crop is not None and crop > resize:
+        # a resize you set, smaller than the source's usual crop: crop nothing (not pad)
+        crop = None
     return Transform(
         mean=tuple(float(value) for value in mean),
         std=tuple(float(value) for value in std),
-        resize=pick("resize"),
-        centre_crop=pick("centre_crop"),
+        resize=resize,
+        centre_crop=crop,
         channels=channels if channels != dataset_channels else None,
         interpolation=pick("interpolation") or "bilinear",
     )

@@ -39,6 +39,12 @@ def test_params_then_source_then_dataset():
     assert transform(torch.zeros(2, 3, 50, 70, dtype=torch.uint8)).shape == (2, 3, 32, 32)
 
 
+def test_a_resize_smaller_than_the_sources_crop_crops_nothing():
+    source = TransformParams(resize=256, centre_crop=224, mean=[0.5] * 3, std=[0.25] * 3)
+    transform = resolve_transform(TransformParams(resize=32), source, [0.1] * 3, [0.2] * 3, 3)
+    assert (transform.resize, transform.centre_crop) == (32, None)
+
+
 def test_grey_images_become_three_channels():
     transform = resolve_transform(TransformParams(channels=3), None, [0.5], [0.25], 1)
     output = transform(torch.full((1, 1, 4, 4), 255, dtype=torch.uint8))
