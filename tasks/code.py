@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import importlib
 from collections.abc import Iterable, Mapping
 from functools import cache
 from pathlib import Path
@@ -66,9 +67,12 @@ STAGE_MODULES = {
 
 def module_file(name: str) -> Path | None:
     """The source file of a project module (a package's __init__.py), None if not ours."""
-    if name.split(".")[0] not in PACKAGES:
+    package = name.split(".")[0]
+    if package not in PACKAGES:
         return None
-    base = ROOT.joinpath(*name.split("."))
+    # each package from where it is imported (they could be installed apart)
+    root = Path(importlib.import_module(package).__file__).resolve().parent.parent
+    base = root.joinpath(*name.split("."))
     for path in (base.with_suffix(".py"), base / "__init__.py"):
         if path.is_file():
             return path
@@ -100,6 +104,8 @@ def _imports(tree: ast.AST) -> Iterable[str]:
 @cache
 def _direct(name: str) -> tuple[str, ...]:
     path = module_file(name)
+    if path is None:
+        raise FileNotFoundError(f"{name}: no source file for this project module under {ROOT}")
     tree = ast.parse(path.read_text(), str(path))
     return tuple(dict.fromkeys(found for found in _imports(tree) if module_file(found)))
 
@@ -120,8 +126,10 @@ def closure(roots: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def relative(name: str) -> str:
-    """A module's file relative to the project root ("compalign/losses/kd.py")."""
-    return module_file(name).relative_to(ROOT).as_posix()
+    """A module's file relative to its package's parent ("compalign/losses/kd.py")."""
+    path = module_file(name)
+    depth = len(name.split(".")) + (path.name == "__init__.py")
+    return path.relative_to(path.parents[depth - 1]).as_posix()
 
 
 def entry_module(entry: Any) -> str:

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tiny_stages import must_not_run
 
 import tasks.compress
 from compalign.data import read_manifest
@@ -21,6 +20,7 @@ from flows.stages import (
     STAGES,
 )
 from tasks.store import PIPELINE_STAGES, artifact_of, entry_dir, is_complete, stage_key
+from tiny_stages import must_not_run
 
 OVERRIDES = [
     "data.limit=20",

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from tiny_stages import must_not_run, stage_store, training_settings
 
 import tasks.align
 from compalign.checkpoint import load_checkpoint, read_checkpoint_manifest
@@ -17,6 +16,7 @@ from compalign.pruning import weight_sparsity
 from compalign.tuning import candidates
 from tasks.align import TUNING_FILE, align
 from tasks.compress import compress
+from tiny_stages import must_not_run, stage_store, training_settings
 
 KD = AlignParams().loss_hyperparameters("kd")
 PW = AlignParams().loss_hyperparameters("pw")

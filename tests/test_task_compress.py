@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_stages import must_not_run, stage_store
 
 import tasks.compress
 from compalign.checkpoint import load_checkpoint, read_checkpoint_manifest
@@ -15,6 +14,7 @@ from compalign.models import build_model
 from compalign.pruning import weight_sparsity
 from tasks.compress import calibration_data, compress
 from tasks.store import is_complete
+from tiny_stages import must_not_run, stage_store
 
 CALIBRATION = {"batches": 2, "batch_size": 8}
 

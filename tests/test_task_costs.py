@@ -8,7 +8,6 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from tiny_stages import must_not_run, stage_store
 
 import tasks.costs
 from compalign.config import Params
@@ -17,6 +16,7 @@ from tasks import tracking
 from tasks.compress import compress
 from tasks.costs import COSTS_FILE, LATENCY_SETTINGS, latency_settings, measure_costs
 from tasks.store import is_complete
+from tiny_stages import must_not_run, stage_store
 
 QUICK = {"latency_warmup": 0, "latency_repeats": 1, "latency_batch_sizes": [1]}
 

@@ -8,12 +8,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from pydantic import ValidationError
-from tiny_stages import TINY_DATA, must_not_run
 
 import tasks.data
 from compalign.files import sha256_file
 from tasks.data import prepare
 from tasks.store import is_complete
+from tiny_stages import TINY_DATA, must_not_run
 
 
 def manifest(artifact) -> dict:

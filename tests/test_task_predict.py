@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tiny_stages import must_not_run, stage_store
 
 import tasks.predict
 from compalign.checkpoint import load_checkpoint
@@ -14,6 +13,7 @@ from compalign.data import load_split, read_manifest
 from compalign.train import predict_logits
 from tasks.predict import PREDICTIONS_FILE, load_predictions, predict
 from tasks.store import is_complete
+from tiny_stages import must_not_run, stage_store
 
 
 @pytest.fixture(scope="module")

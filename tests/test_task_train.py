@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_stages import must_not_run, reference_settings, stage_store
 
 import tasks.train
 from compalign.checkpoint import load_checkpoint, read_checkpoint_manifest
@@ -16,6 +15,7 @@ from compalign.data import read_manifest
 from compalign.train import TrainConfig
 from tasks.store import is_complete
 from tasks.train import architecture_of, member_parameters, train_config, train_reference
+from tiny_stages import must_not_run, reference_settings, stage_store
 
 
 @pytest.fixture(scope="module")
