@@ -3,6 +3,22 @@
 The core package is pure PyTorch, NumPy and pandas: it never imports Prefect, MLflow or DVC, so
 every method can be called and tested as a plain function. `tasks/` and `flows/` wire it into
 the orchestrated, tracked pipeline.
+
+`compalign.audit_models(reference, candidates, data)` audits models you bring
+(compalign.compare); it is imported on first use, so `import compalign` stays cheap.
 """
 
+from typing import Any
+
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("audit_models", "Comparison"):
+        from compalign import compare
+
+        return getattr(compare, name)
+    raise AttributeError(f"module 'compalign' has no attribute {name!r}")
+
+
+__all__ = ["Comparison", "__version__", "audit_models"]

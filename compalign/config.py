@@ -11,7 +11,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, create_model, field_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from compalign.audit.base import AuditSettings
 from compalign.audit.metrics import METRICS
@@ -20,6 +27,7 @@ from compalign.costs import LatencyOptions
 from compalign.errors import UserError
 from compalign.losses import LOSSES
 from compalign.options import Fraction, Options, Seed, has_options
+from compalign.preprocess import ClassNames, TransformParams
 
 Section = Options  # a params section: unknown keys are errors, values checked on assignment
 
@@ -53,6 +61,9 @@ class DataParams(Section):
     rare_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
     # imagefolder: leave out images PIL cannot read (counted in the manifest) instead of stopping
     skip_unreadable: bool = False
+    # models you bring (compalign audit, reference.source=file): their input and class order
+    transform: TransformParams = Field(default_factory=TransformParams)
+    class_names: ClassNames | None = None
 
     @field_validator("source")
     @classmethod
@@ -60,6 +71,14 @@ class DataParams(Section):
         from compalign.data import SOURCES
 
         return _one_of(value, SOURCES)
+
+    def prepare_params(self) -> dict[str, Any]:
+        """What the prepare stage reads (its cache key): everything but how models see the
+        prepared images, which is applied when they are run."""
+        return self.model_dump(exclude=set(MODEL_INPUT_KEYS))
+
+
+MODEL_INPUT_KEYS = ("transform", "class_names")
 
 
 class TrainingParams(Section):
@@ -76,9 +95,27 @@ class TrainingParams(Section):
 
 
 class ReferenceParams(TrainingParams):
-    """The dense reference model and how it is trained."""
+    """The dense reference model and how it is trained, or (source: file) the trained model
+    the pipeline starts from instead: a model spec (compalign.model_sources) of a PyTorch
+    module the compressors can work on: torchvision:NAME@FILE, timm:NAME@FILE or a compalign
+    checkpoint folder."""
 
     model: str = "small_cnn"
+    source: Literal["train", "file"] = "train"
+    path: str | None = None
+
+    def stage_params(self, data: DataParams) -> dict[str, Any]:
+        """What the reference stage reads (its cache key): a trained reference's settings as
+        they always were; a reference from a file, its spec and how it sees the data."""
+        if self.source == "train":
+            return self.model_dump(exclude={"source", "path"})
+        return {**self.model_dump(), "model_input": data.model_dump(include=set(MODEL_INPUT_KEYS))}
+
+    @model_validator(mode="after")
+    def _file_has_a_path(self) -> ReferenceParams:
+        if self.source == "file" and not self.path:
+            raise ValueError("reference.source=file needs reference.path (a model spec)")
+        return self
 
     @field_validator("model")
     @classmethod

@@ -12,7 +12,7 @@ import gzip
 import io
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Annotated
 
 import torch
@@ -126,18 +126,33 @@ def measure_latency(
     # Timed on a deployable copy: a deployed pruned model has its masks folded in (the mask
     # multiply of the prune hooks is not part of its cost), a deployed float CNN its batch norm;
     # the caller's model keeps its masks and mode.
-    timed = deployable(model)
+    return time_forward(deployable(model), example, batch_sizes, warmup, repeats)
+
+
+def time_forward(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    example: torch.Tensor,
+    batch_sizes: Sequence[int] = (1, 64),
+    warmup: int = 5,
+    repeats: int = 30,
+) -> dict[str, float]:
+    """Median CPU milliseconds per call of `forward` as it is (an exported or ONNX model is
+    already in its deployed form) at each batch size, and the thread count."""
+    if example.dim() != 4 or example.shape[0] != 1:
+        raise ValueError(
+            f"example must be one input of shape [1, C, H, W], got {list(example.shape)}"
+        )
     example = example.detach().cpu().float()
     result: dict[str, float] = {}
     with torch.inference_mode():
         for batch_size in batch_sizes:
             batch = example.expand(batch_size, *example.shape[1:]).contiguous()
             for _ in range(warmup):
-                timed(batch)
+                forward(batch)
             times = []
             for _ in range(repeats):
                 start = time.perf_counter()
-                timed(batch)
+                forward(batch)
                 times.append(time.perf_counter() - start)
             result[f"latency_ms_b{batch_size}"] = statistics.median(times) * 1000.0
     result["latency_threads"] = torch.get_num_threads()

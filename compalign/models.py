@@ -152,9 +152,20 @@ MIN_IMAGE_SIZE = {"vgg11_bn": 32, "vgg16_bn": 32}
 
 
 def build_model(
-    name: str, num_classes: int, in_channels: int, image_size: int, seed: int = 0
+    name: str,
+    num_classes: int,
+    in_channels: int,
+    image_size: int,
+    seed: int = 0,
+    adapter: dict | None = None,
 ) -> nn.Module:
-    """Build model `name` with weights initialised from `seed` (same seed, same weights)."""
+    """Build model `name` with weights initialised from `seed` (same seed, same weights).
+
+    `name` may also be an architecture of a model source, `torchvision:resnet50` or
+    `timm:convnext_tiny` (a reference brought from a file, reference.source=file); `adapter`
+    then holds its preprocessing, built as its first layer (compalign.preprocess.InputAdapter)."""
+    if ":" in name:
+        return _external_model(name, num_classes, seed, adapter)
     if name not in MODELS:
         raise UserError(f"reference.model: unknown model {name!r}; choose one of {sorted(MODELS)}")
     minimum = MIN_IMAGE_SIZE.get(name, 1)
@@ -166,3 +177,18 @@ def build_model(
     with _INIT_LOCK:
         torch.manual_seed(seed)
         return MODELS[name](num_classes, in_channels)
+
+
+def _external_model(name: str, num_classes: int, seed: int, adapter: dict | None) -> nn.Module:
+    """A model source's architecture (compalign.model_sources), its input adapter first."""
+    from compalign.model_sources import MODEL_SOURCES
+    from compalign.preprocess import InputAdapter
+
+    source, _, architecture = name.partition(":")
+    entry = MODEL_SOURCES.get(source)
+    if entry is None or entry.build is None:
+        raise UserError(f"{name}: not an architecture compalign can build (torchvision:, timm:)")
+    with _INIT_LOCK:
+        torch.manual_seed(seed)
+        model = entry.build(architecture, num_classes)
+    return model if adapter is None else nn.Sequential(InputAdapter(adapter), model)

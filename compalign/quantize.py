@@ -79,6 +79,15 @@ def quantize_dynamic(model: nn.Module) -> nn.Module:
         return tq.quantize_dynamic(clone, {nn.Linear}, dtype=torch.qint8, inplace=True).eval()
 
 
+def float_parts_kept(model: nn.Module, mapping: tq.QConfigMapping) -> tq.QConfigMapping:
+    """`mapping` with the submodules that must compute in float left unquantized: those whose
+    class sets `keeps_float` (an input adapter's antialiased resize has no int8 kernel)."""
+    for name, module in model.named_modules():
+        if name and getattr(module, "keeps_float", False):
+            mapping.set_module_name(name, None)
+    return mapping
+
+
 def quantize_static(
     model: nn.Module, calibration: Iterable[torch.Tensor], backend: str = "x86"
 ) -> nn.Module:
@@ -90,7 +99,9 @@ def quantize_static(
         raise ValueError("quantize_static needs at least one calibration batch")
     clone = folded_copy(model).eval()
     with _quiet():
-        prepared = quantize_fx.prepare_fx(clone, tq.get_default_qconfig_mapping(backend), (first,))
+        prepared = quantize_fx.prepare_fx(
+            clone, float_parts_kept(clone, tq.get_default_qconfig_mapping(backend)), (first,)
+        )
         # no_grad, not inference_mode: observers write their running ranges into buffers, which
         # must stay ordinary tensors for convert_fx
         with torch.no_grad():
@@ -160,9 +171,8 @@ def prepare_qat(
     clone = folded_copy(model)
     if method == "quantize_static":
         with _quiet():
-            prepared = quantize_fx.prepare_qat_fx(
-                clone.train(), tq.get_default_qat_qconfig_mapping("x86"), (example_inputs,)
-            )
+            mapping = float_parts_kept(clone, tq.get_default_qat_qconfig_mapping("x86"))
+            prepared = quantize_fx.prepare_qat_fx(clone.train(), mapping, (example_inputs,))
         prepared.register_forward_pre_hook(_observers_follow_mode)
         return prepared
     if method == "quantize_dynamic":

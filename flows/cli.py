@@ -35,7 +35,7 @@ def _check_data(params: Params) -> None:
     from compalign.data import check_available
     from tasks.store import entry_dir, is_complete, stage_key
 
-    key = stage_key("prepare", {"data": params.data.model_dump()})
+    key = stage_key("prepare", {"data": params.data.prepare_params()})
     if not is_complete(entry_dir(key)):
         check_available(params.data)
 
@@ -190,6 +190,131 @@ def reproduce(
         typer.echo(f"\n{result['paper']}: {result['report']} (MLflow run {result['run_id']})")
         for verdict in result["verdicts"]:
             typer.echo(f"  - {verdict}")
+
+
+@app.command("audit")
+def audit_command(
+    reference: Annotated[
+        str, typer.Option("--reference", "-r", help="the reference model: a model spec (see below)")
+    ],
+    compressed: Annotated[
+        list[str],
+        typer.Option("--compressed", "-c", help="a candidate as NAME=SPEC (repeatable)"),
+    ],
+    params_file: Annotated[
+        Path | None,
+        typer.Option("--params", "-p", help="params file (default: params.yaml if there is one)"),
+    ] = None,
+    overrides: SetOption = None,
+    fail_on: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--fail-on",
+            help="release rule METRIC<=VALUE (or >=, <, >), e.g. mismatches_ref_correct_ci_high<=20;"
+            " a failed rule exits 1 (repeatable)",
+        ),
+    ] = None,
+    reference2: Annotated[
+        str | None,
+        typer.Option("--reference2", help="a second reference (another seed): the noise floor"),
+    ] = None,
+    refresh: Annotated[bool, typer.Option(help="prepare the data again, ignoring caches")] = False,
+) -> None:
+    """Audit models you bring against a reference on the test split of the `data` section.
+
+    A model spec is a compalign checkpoint folder, torchvision:NAME@STATE_DICT,
+    timm:NAME@STATE_DICT, a TorchScript file (.pt, .ts), a torch.export program (.pt2) or an
+    ONNX file (.onnx). Writes reports/compare/{summary.parquet,predictions.parquet,report.html}
+    and one MLflow parent run with a child per model.
+    """
+    from compalign.compare import parse_candidate
+    from compalign.gate import check_rules, parse_rule
+    from compalign.model_sources import load_model, parse_spec
+
+    if params_file is None and Path("params.yaml").is_file():
+        params_file = Path("params.yaml")
+    params = load_params(params_file, overrides or [])
+    candidates = dict(parse_candidate(text) for text in compressed)
+    if len(candidates) != len(compressed):
+        raise UserError("--compressed: two candidates have the same name")
+    rules = [parse_rule(text) for text in fail_on or []]
+    specs = [reference, *candidates.values(), *([reference2] if reference2 else [])]
+    for spec in specs:
+        parse_spec(spec)
+    _check_data(params)
+    # a missing file or a pickled module: refused before anything is written
+    loaded = {spec: load_model(spec) for spec in specs}
+    _prepare_process(params, refresh, flows=True)
+    from flows.compare import REPORT_DIR, audit_flow
+    from tasks.data import prepare
+
+    _check_models(
+        params,
+        prepare(params.data.prepare_params()),
+        loaded[reference],
+        {name: loaded[spec] for name, spec in candidates.items()},
+        loaded[reference2] if reference2 else None,
+    )
+    with _resumable("stages"):
+        result = audit_flow(params.model_dump(), reference, candidates, reference2)
+    _echo_comparison(result)
+    typer.echo(
+        f"Report: {REPORT_DIR / 'report.html'}; tables in {REPORT_DIR}/. MLflow parent run "
+        f"{result['parent_run_id']} in experiment {params.run.experiment!r} (`make ui`)."
+    )
+    failures = check_rules(rules, {name: result["metrics"][name] for name in result["candidates"]})
+    for line in failures:
+        typer.echo(line, err=True)
+    if failures:
+        raise typer.Exit(1)
+
+
+def _check_models(params: Params, data: dict, reference, candidates, reference2) -> None:
+    """Every model runs on the data's input and predicts its classes (else one line, exit 2)
+    before the flow starts."""
+    from compalign.compare import check_models
+    from compalign.data import load_split, read_manifest
+
+    manifest = read_manifest(data["path"])
+    check_models(
+        reference,
+        candidates,
+        load_split(data["path"], "test", manifest),
+        reference2=reference2,
+        class_names=manifest["class_names"],
+        class_map=params.data.class_names,
+        transform=params.data.transform,
+        options=params.audit,
+        attribution_samples=0,
+    )
+
+
+def _echo_comparison(result: dict) -> None:
+    """The headline of each model: accuracy, mismatches with their interval, the noise floor."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"Audit against the reference ({result['transform']})")
+    for column in ("model", "accuracy", "Δ acc.", "mismatches [95% CI]", "…ref. right", "ECE"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for row in result["summary"]:
+        interval = "–"
+        if row.get("mismatches") == row.get("mismatches"):  # not NaN
+            interval = (
+                f"{row['mismatches']:.0f} [{row['mismatches_ci_low']:.0f}, "
+                f"{row['mismatches_ci_high']:.0f}]"
+            )
+        right = row.get("mismatches_ref_correct")
+        change = row.get("accuracy_change")
+        table.add_row(
+            row["name"],
+            f"{row['accuracy']:.4f}",
+            "–" if change != change else f"{change:+.4f}",
+            interval,
+            "–" if right != right else f"{right:.0f}",
+            f"{row['ece']:.3f}",
+        )
+    Console(width=120).print(table)
 
 
 @app.command()

@@ -30,6 +30,7 @@ from flows.plan import (
     grid_by_compression,
     model_grid,
     reference_labels,
+    reference_model_name,
 )
 from flows.runtime import wait_or_raise_first_failure
 from tasks import tracking
@@ -75,7 +76,7 @@ def compressed_future(settings: Params, spec, data, reference, cache: dict, futu
 
 
 def run_name(params: Params) -> str:
-    return f"pipeline-{params.data.source}-{params.reference.model}"
+    return f"pipeline-{params.data.source}-{reference_model_name(params)}"
 
 
 @flow(name="compalign-pipeline", flow_run_name="{params[data][source]}-{params[reference][model]}")
@@ -90,15 +91,17 @@ def pipeline(params: dict[str, Any]) -> dict[str, Any]:
     tags = {
         "orchestrator": "prefect",
         "prefect_flow_run_id": str(flow_run.get_id()),
-        "model": settings.reference.model,
+        "model": reference_model_name(settings),
         "device": device,
         "host": socket.gethostname(),
     }
     with tracking.parent_run(track, run_name(settings), settings.flat(), tags) as parent:
         logger.info("MLflow parent run %s (experiment %s)", parent, track["experiment_id"])
         audit = settings.audit.model_dump()
-        data = prepare_task.submit(settings.data.model_dump())
-        reference = train_reference_task.submit(data, settings.reference.model_dump(), device)
+        data = prepare_task.submit(settings.data.prepare_params())
+        reference = train_reference_task.submit(
+            data, settings.reference.stage_params(settings.data), device
+        )
         reference_audit = audit_task.submit(
             data, reference, None, audit, reference_labels(settings), track, device, parent
         )
@@ -160,7 +163,7 @@ def pipeline(params: dict[str, Any]) -> dict[str, Any]:
             {result["labels"]["name"]: result["metrics"] for result in results},
             read_manifest(data.result()["path"], verify=False)["class_names"],
             REPORT_DIR / "report.html",
-            f"{settings.data.source} / {settings.reference.model}: what compression changed",
+            f"{settings.data.source} / {reference_model_name(settings)}: what compression changed",
             notes=[f"MLflow parent run {parent}, experiment {settings.run.experiment!r}."],
         )
         tracking.log_artifacts(track, parent, [("", html)])

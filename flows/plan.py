@@ -129,8 +129,15 @@ def reference_labels(params: Params) -> dict[str, str]:
         "level_kind": "none",
         "loss": "none",
         "dataset": params.data.source,
-        "model": params.reference.model,
+        "model": reference_model_name(params),
     }
+
+
+def reference_model_name(params: Params) -> str:
+    """The reference's architecture, or the spec of the file it came from."""
+    if params.reference.source == "file":
+        return str(params.reference.path)
+    return params.reference.model
 
 
 def compressed_labels(params: Params, spec: ModelSpec) -> dict[str, str]:
@@ -143,5 +150,5 @@ def compressed_labels(params: Params, spec: ModelSpec) -> dict[str, str]:
         "level_kind": level_kind(spec.method),
         "loss": spec.loss,
         "dataset": params.data.source,
-        "model": params.reference.model,
+        "model": reference_model_name(params),
     }

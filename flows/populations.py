@@ -38,7 +38,7 @@ REPORT_DIR = Path("reports/populations")
 
 def member_reference(settings: Params, seed: int) -> dict[str, Any]:
     """The `reference` section of the dense member with `seed`."""
-    return {**settings.reference.model_dump(), "seed": seed}
+    return {**settings.reference.stage_params(settings.data), "seed": seed}
 
 
 def population_losses(settings: Params) -> list[str]:
@@ -78,12 +78,12 @@ def populations_flow(params: dict[str, Any]) -> dict[str, Any]:
     futures: list[tuple[str, str, Any]] = []
     with tracking.parent_run(track, name, settings.flat(), tags) as parent:
         logger.info("MLflow parent run %s: %d members per population", parent, population.size)
-        data = prepare_task.submit(settings.data.model_dump())
+        data = prepare_task.submit(settings.data.prepare_params())
         futures.append(("prepare", "", data))
         references, reference_predictions = {}, {}
         if population.vectorise:  # one task trains every dense member as one batched model
             group = train_population_task.submit(
-                data, settings.reference.model_dump(), population.seeds, device
+                data, settings.reference.stage_params(settings.data), population.seeds, device
             )
             futures.append(("reference", "population", group))
             members = dict(zip(population.seeds, group.result(), strict=True))

@@ -59,13 +59,13 @@ def _fresh(directory: Path) -> Path:
 
 
 def stage_prepare(params: Params) -> None:
-    prepare(params.data.model_dump(), out_dir=str(DATA_DIR))
+    prepare(params.data.prepare_params(), out_dir=str(DATA_DIR))
 
 
 def stage_reference(params: Params) -> None:
     train_reference(
         artifact_of(DATA_DIR),
-        params.reference.model_dump(),
+        params.reference.stage_params(params.data),
         _device(params),
         out_dir=str(REFERENCE_DIR),
     )

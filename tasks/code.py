@@ -32,7 +32,13 @@ PACKAGES = ("compalign", "tasks")
 
 # Packages whose __init__ is a name -> entry table; their entries are reached by name only.
 REGISTRIES = frozenset(
-    {"compalign.losses", "compalign.compressors", "compalign.data.sources", "compalign.audit.metrics"}
+    {
+        "compalign.losses",
+        "compalign.compressors",
+        "compalign.data.sources",
+        "compalign.audit.metrics",
+        "compalign.model_sources",
+    }
 )
 # Modules (or packages, with everything below them) that cannot change a stage's result.
 NOT_RESULTS = (
@@ -147,13 +153,19 @@ def code_entries(stage: str, parameters: Mapping[str, Any] | None) -> list[Any]:
     from compalign.compressors import COMPRESSORS
     from compalign.data.sources import SOURCES
     from compalign.losses import LOSSES
+    from compalign.model_sources import MODEL_SOURCES
 
     every = parameters is None
     parameters = parameters or {}
     if stage == "prepare":  # the data source
         data = parameters.get("data") or {}
         return list(SOURCES.values()) if every else _named(SOURCES, data.get("source"))
-    if stage == "reference":  # the reference trains with plain cross-entropy
+    if stage == "reference":  # trained with plain cross-entropy, or read by a model source
+        reference = parameters.get("reference") or {}
+        if every:
+            return [LOSSES["ce"], *MODEL_SOURCES.values()]
+        if reference.get("source") == "file":
+            return _named(MODEL_SOURCES, _spec_source(reference.get("path")))
         return [LOSSES["ce"]]
     if stage in ("compress", "align"):  # the compressor, and the loss (Taylor importance, align)
         if every:
@@ -167,6 +179,17 @@ def code_entries(stage: str, parameters: Mapping[str, Any] | None) -> list[Any]:
         labels = parameters.get("labels") or {}
         return [*METRICS.values(), *_named(COMPRESSORS, labels.get("compressor"))]
     return []
+
+
+def _spec_source(spec: Any) -> str | None:
+    """The model source a reference.path spec names (None when it names none)."""
+    from compalign.errors import UserError
+    from compalign.model_sources import parse_spec
+
+    try:
+        return parse_spec(str(spec))[0]
+    except UserError:
+        return None
 
 
 def stage_files(stage: str, parameters: Mapping[str, Any] | None = None) -> list[str]:

@@ -50,7 +50,21 @@ def _data_files(parameters: Mapping[str, Any]) -> dict[str, Any]:
 # What a stage's key covers beyond its parameters, derived from them: prepare reads files its
 # params only name, so adding or changing an image must change its key. Derived inside stage_key
 # so that every key of one call agrees: Prefect's cache_key_fn, materialize's, and the CLI's.
-KEY_CONTENT: dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {"prepare": _data_files}
+def _reference_file(parameters: Mapping[str, Any]) -> dict[str, Any]:
+    """reference.source=file: the content digest of the model file (a path names no content)."""
+    reference = parameters.get("reference") or {}
+    if reference.get("source") != "file":
+        return {}
+    from compalign.model_sources import spec_files
+
+    files = spec_files(str(reference.get("path")))
+    return {"reference_file": [sha256_file(path) if path.is_file() else None for path in files]}
+
+
+KEY_CONTENT: dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
+    "prepare": _data_files,
+    "reference": _reference_file,
+}
 
 
 class Artifact(TypedDict):

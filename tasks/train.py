@@ -7,7 +7,7 @@ from typing import Any
 
 from prefect import task
 
-from compalign.checkpoint import save_checkpoint
+from compalign.checkpoint import read_checkpoint_manifest, save_checkpoint
 from compalign.config import ReferenceParams, TrainingParams
 from compalign.data import load_split, read_manifest
 from compalign.losses import LOSSES
@@ -48,9 +48,13 @@ def train_reference(
     """Train `reference.model` on the training split; record its validation accuracy."""
 
     def build(scratch: Path) -> None:
-        params = ReferenceParams.model_validate(reference)
+        settings = {key: value for key, value in reference.items() if key != "model_input"}
+        params = ReferenceParams.model_validate(settings)
         data_dir = require(data, "prepared dataset")
         manifest = read_manifest(data_dir)
+        if params.source == "file":
+            import_reference(scratch, params, reference.get("model_input") or {}, data, manifest)
+            return
         architecture = architecture_of(params.model, manifest)
         model = build_model(**architecture, seed=params.seed)
         train, val = load_split(data_dir, "train", manifest), load_split(data_dir, "val", manifest)
@@ -83,6 +87,80 @@ def train_reference(
 train_reference_task = task(train_reference, **task_options("reference"))
 
 
+def import_reference(
+    scratch: Path,
+    params: ReferenceParams,
+    model_input: dict[str, Any],
+    data: Artifact,
+    manifest: dict[str, Any],
+) -> None:
+    """reference.source=file: the model at reference.path becomes the reference checkpoint
+    instead of a trained one. A torchvision or timm model gets its preprocessing
+    (data.transform, else its source's) as a first layer that takes the pipeline's input
+    (compalign.preprocess.InputAdapter); a compalign checkpoint is taken as it is. Its sha256
+    is recorded beside the checkpoint's own."""
+    from compalign.checkpoint import load_checkpoint
+    from compalign.config import DataParams
+    from compalign.errors import UserError
+    from compalign.model_sources import load_model
+    from compalign.preprocess import adapter_settings, model_transform
+
+    loaded = load_model(params.path)
+    data_dir = Path(data["path"])
+    val = load_split(data_dir, "val", manifest)
+    height, _, channels = manifest["image_shape"]
+    if loaded.source == "checkpoint":
+        model = load_checkpoint(params.path)
+        architecture = {k: v for k, v in loaded.architecture.items() if k != "source"}
+        if read_checkpoint_manifest(params.path).get("kind", "float") != "float":
+            raise UserError(
+                f"reference.path={params.path}: a compressed checkpoint, not a dense one"
+            )
+    elif loaded.source in ("torchvision", "timm"):
+        settings = DataParams.model_validate({"transform": model_input.get("transform") or {}})
+        if model_input.get("class_names") is not None:
+            raise UserError(
+                "reference.source=file: the model must output the data's classes in order "
+                "(data.class_names maps classes for compalign audit only)"
+            )
+        transform = model_transform(
+            settings.transform, [loaded], manifest["mean"], manifest["std"], channels
+        )
+        adapter = adapter_settings(transform, manifest["mean"], manifest["std"], height, channels)
+        architecture = {
+            "name": f"{loaded.source}:{loaded.architecture['name']}",
+            "num_classes": loaded.num_classes,
+            "in_channels": channels,
+            "image_size": height,
+            "adapter": adapter,
+        }
+        model = build_model(**architecture)
+        model[1].load_state_dict(loaded.weights.state_dict())
+    else:
+        raise UserError(
+            f"reference.path={params.path}: a {loaded.source} model cannot be compressed here; "
+            "give the reference as torchvision:NAME@FILE, timm:NAME@FILE or a compalign checkpoint"
+        )
+    if architecture["num_classes"] != manifest["num_classes"]:
+        raise UserError(
+            f"reference.path={params.path}: the model outputs {architecture['num_classes']} "
+            f"classes but the data has {manifest['num_classes']}"
+        )
+    model.eval()
+    val_accuracy = float((predict_logits(model, val).argmax(1) == val.labels).float().mean())
+    stage_logger().info("reference %s: validation accuracy %.4f", params.path, val_accuracy)
+    save_checkpoint(
+        model,
+        architecture,
+        scratch,
+        stage="reference",
+        val_accuracy=val_accuracy,
+        data_digest=data["digest"],
+        source_spec=params.path,
+        source_sha256=loaded.digest,
+    )
+
+
 def member_parameters(parameters: dict[str, Any]) -> list[dict[str, Any]]:
     """The store parameters of each member a `train_population` call makes."""
     return [
@@ -102,6 +180,10 @@ def train_population(
 ) -> list[Artifact]:
     """Train one dense member per seed together as one batched model (compalign.vectorised:
     fit's math for each member), each stored as its own reference checkpoint."""
+    if reference.get("source") == "file":
+        from compalign.errors import UserError
+
+        raise UserError("populations train their members: reference.source=file is for `run`")
     parameters = {"data": data, "reference": reference, "seeds": seeds, "device": device}
     members = member_parameters(parameters)
     if all(is_complete(entry_dir(stage_key("reference", member))) for member in members):

@@ -160,3 +160,77 @@ def healthy(url: str) -> bool:
         return httpx.get(url, timeout=5).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+BYOM_CLASSES = ["cat", "dog", "fox"]
+
+
+@pytest.fixture(scope="session")
+def byom(tmp_path_factory):
+    """Models as users bring them, on a tiny image folder: a random torchvision ResNet-18 for
+    3 classes saved as a state dict, traced to TorchScript, exported with torch.export (any
+    batch size) and to ONNX (batch size fixed at 2); a TorchScript copy whose logits of classes
+    0 and 1 are swapped; the module pickled whole; a 5-class ResNet-18 state dict. The folder
+    (train/ and test/, 32x32 PNGs) is written with PIL."""
+    import numpy as np
+    import torch
+    import torchvision
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("byom")
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 4), ("test", 8)):
+        for index, name in enumerate(BYOM_CLASSES):
+            folder = root / "images" / split / name
+            folder.mkdir(parents=True)
+            for number in range(count):
+                pixels = np.zeros((32, 32, 3))
+                pixels[..., index] = 150
+                pixels = np.clip(pixels + rng.normal(0, 70, pixels.shape), 0, 255)
+                Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{number}.png")
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = torchvision.models.resnet18(num_classes=3).eval()
+        five = torchvision.models.resnet18(num_classes=5).eval()
+    example = torch.randn(2, 3, 32, 32)
+    paths = {name: root / name for name in ("state.pt", "pickled.pt", "five.pt")}
+    torch.save(model.state_dict(), paths["state.pt"])
+    torch.save(model, paths["pickled.pt"])
+    torch.save(five.state_dict(), paths["five.pt"])
+
+    class Swapped(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            return self.inner(images)[:, [1, 0, 2]]
+
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        paths["model.ts"] = root / "model.ts"
+        torch.jit.trace(model, example).save(str(paths["model.ts"]))
+        paths["swapped.ts"] = root / "swapped.ts"
+        torch.jit.trace(Swapped(model), example).save(str(paths["swapped.ts"]))
+        paths["model.pt2"] = root / "model.pt2"
+        batch = torch.export.Dim("batch", min=1, max=4096)
+        program = torch.export.export(model, (example,), dynamic_shapes={"x": {0: batch}})
+        torch.export.save(program, paths["model.pt2"])
+        paths["model.onnx"] = root / "model.onnx"
+        with contextlib.redirect_stdout(None):
+            torch.onnx.export(model, (example,), str(paths["model.onnx"]), dynamo=True)
+    return {"root": root, "images": root / "images", "model": model, **paths}
+
+
+@pytest.fixture(scope="session")
+def byom_test_split(byom, tmp_path_factory):
+    """The test split of the byom image folder, prepared as the pipeline prepares it."""
+    from compalign.config import DataParams
+    from compalign.data import build_table, load_split, write_prepared
+
+    table, manifest = build_table(DataParams(source="imagefolder", root=str(byom["images"])))
+    prepared = tmp_path_factory.mktemp("byom-prepared")
+    write_prepared(table, manifest, prepared)
+    return load_split(prepared, "test"), manifest

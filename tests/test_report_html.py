@@ -322,3 +322,40 @@ def test_populations_report_of_empty_frames(tmp_path):
     for heading in POPULATIONS_SECTIONS:
         assert f"<h2>{heading}</h2>" in text
     assert "<img" not in text
+
+
+def test_compare_page_has_a_card_per_candidate_flagged_above_the_noise_floor(tmp_path):
+    from compalign.report.html import compare_report
+
+    def row(name, role, mismatches, low, high, floor=math.nan):
+        return {
+            "name": name,
+            "role": role,
+            "source": "onnx",
+            "spec": f"{name}.onnx",
+            "accuracy": 0.9,
+            "accuracy_change": -0.01 if role == "candidate" else math.nan,
+            "mismatches": mismatches,
+            "mismatches_ci_low": low,
+            "mismatches_ci_high": high,
+            "mismatches_ref_correct": mismatches,
+            "mismatches_ref_correct_ci_low": low,
+            "mismatches_ref_correct_ci_high": high,
+            "noise_floor_mismatches": floor,
+            "params_total": 10.0,
+        }
+
+    summary = pd.DataFrame(
+        [
+            row("reference", "reference", math.nan, math.nan, math.nan),
+            row("reference2", "reference2", 4, 2, 6),
+            row("int8", "candidate", 3, 1, 5, floor=4),
+            row("<pruned>", "candidate", 20, 15, 25, floor=4),
+        ]
+    )
+    metrics = {name: {"recall_change.zero": -0.1} for name in summary["name"]}
+    page = compare_report(summary, metrics, CLASSES, tmp_path / "page.html", "compare").read_text()
+    assert len(re.findall(r'<div class="card(?: flag)?">', page)) == 2
+    assert page.count('<div class="card flag">') == 1  # only the candidate above the floor
+    assert "&lt;pruned&gt;" in page and "<pruned>" not in page  # escaped
+    assert "noise floor (reference2)" in page and "<script" not in page

@@ -489,6 +489,39 @@ def costs_figure(summary: pd.DataFrame) -> tuple[Figure | None, list[str]]:
     return figure, missing
 
 
+def candidate_mismatch_figure(summary: pd.DataFrame) -> Figure | None:
+    """Bars of each candidate's mismatches against the reference (all, and where the reference
+    is right) with their bootstrap intervals; dashed: the second reference's, the noise floor.
+    None without candidates (`role` "candidate")."""
+    rows = summary[summary["role"] == "candidate"]
+    if not len(rows):
+        return None
+    figure, (axis,) = _panels(1, width=max(4.0, 1.1 * len(rows) + 2.2), height=3.2)
+    positions = np.arange(len(rows))
+    for offset, column, label in (
+        (-0.19, "mismatches", "all"),
+        (0.19, "mismatches_ref_correct", "reference right"),
+    ):
+        values = column_floats(rows, column)
+        errors = _error_bars(rows, column)
+        axis.bar(
+            positions + offset, np.nan_to_num(values), 0.38, yerr=errors, capsize=3, label=label
+        )
+    floor = summary[summary["role"] == "reference2"]
+    if len(floor):
+        axis.axhline(
+            to_float(floor["mismatches"].iloc[0]),
+            color="0.2",
+            linestyle="--",
+            linewidth=1,
+            label="noise floor (reference2)",
+        )
+    axis.set_xticks(positions, [str(name) for name in rows["name"]])
+    axis.set_ylabel("mismatches vs reference")
+    axis.legend(fontsize=8)
+    return figure
+
+
 # --------------------------------------------------------------------------------------------
 # Populations page
 

@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 
 from compalign.costs import COST_METRICS
 from compalign.report.figures import (
+    candidate_mismatch_figure,
     class_impact_figure,
     compressed_rows,
     costs_figure,
@@ -51,10 +52,14 @@ _TEMPLATES = jinja2.Environment(
 class _Page:
     """An HTML page built section by section: captions, notes, figures, tables."""
 
-    def __init__(self, title: str, notes: Sequence[str] | None) -> None:
+    def __init__(
+        self, title: str, notes: Sequence[str] | None, template: str = "page.html.j2"
+    ) -> None:
         self.title = title
         self.leads = [str(note) for note in notes or []]
         self.sections: list[dict[str, Any]] = []
+        self.template = template
+        self.extra: dict[str, Any] = {}  # what a page's own template shows beyond the sections
 
     def lead(self, sentence: str) -> None:
         self.leads.append(sentence)
@@ -110,8 +115,8 @@ class _Page:
             self.note("No rows.")
 
     def render(self) -> str:
-        return _TEMPLATES.get_template("page.html.j2").render(
-            title=self.title, leads=self.leads, sections=self.sections
+        return _TEMPLATES.get_template(self.template).render(
+            title=self.title, leads=self.leads, sections=self.sections, **self.extra
         )
 
     def write(self, path: str | Path) -> Path:
@@ -401,4 +406,124 @@ def populations_report(
     hits = impact["impacted"].fillna(False).astype(bool).tolist() if "impacted" in impact else None
     first = [column for column in ("level", "loss") if column in impact]  # the row's key first
     page.table(impact[first + [c for c in impact.columns if c not in first]], hits)
+    return page.write(path)
+
+
+# --------------------------------------------------------------------------------------------
+# Compare page (compalign audit)
+
+
+def _interval(row: pd.Series, column: str) -> str:
+    value = to_float(row.get(column))
+    if not math.isfinite(value):
+        return "–"
+    low, high = to_float(row.get(f"{column}_ci_low")), to_float(row.get(f"{column}_ci_high"))
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return cell_text(value)
+    return f"{cell_text(value)} [{cell_text(low)}, {cell_text(high)}]"
+
+
+def _card(row: pd.Series, with_floor: bool) -> dict[str, Any]:
+    """A candidate's card: accuracy change, mismatches with their interval, the noise floor.
+    Flagged when even the low end of its mismatches' interval is above the noise floor (or,
+    without a second reference, above zero)."""
+    change = to_float(row.get("accuracy_change"))
+    rows = [
+        ["accuracy", cell_text(to_float(row.get("accuracy")))],
+        ["Δ accuracy", "–" if not math.isfinite(change) else f"{change:+.4f}"],
+        ["mismatches [95% CI]", _interval(row, "mismatches")],
+        ["…reference right", _interval(row, "mismatches_ref_correct")],
+    ]
+    floor = to_float(row.get("noise_floor_mismatches"))
+    if with_floor:
+        rows.append(["noise floor (reference2)", cell_text(floor)])
+    rows += [
+        ["worst class Δ recall", cell_text(to_float(row.get("worst_class_recall_change")))],
+        ["ECE Δ", cell_text(to_float(row.get("ece_change")))],
+    ]
+    low = to_float(row.get("mismatches_ci_low"))
+    bound = floor if with_floor and math.isfinite(floor) else 0.0
+    return {
+        "name": str(row["name"]),
+        "spec": f"{row.get('source', '')}: {row.get('spec', '')}",
+        "flag": math.isfinite(low) and low > bound,
+        "rows": rows,
+    }
+
+
+def compare_report(
+    summary: pd.DataFrame,
+    model_metrics: dict[str, dict[str, float]],
+    class_names: list[str],
+    path: str | Path,
+    title: str,
+    notes: list[str] | None = None,
+    attribution_pngs: dict[str, bytes] | None = None,
+) -> Path:
+    """Write the HTML page of `compalign audit` / compalign.audit_models (one card per
+    candidate, mismatches against the noise floor, per-class recall and group gap changes,
+    costs, attribution maps, the summary table) to `path`; returns `path`."""
+    page = _Page(title, notes, template="compare.html.j2")
+    candidates = summary[summary["role"] == "candidate"]
+    with_floor = bool((summary["role"] == "reference2").any())
+    page.extra["cards"] = [_card(row, with_floor) for _, row in candidates.iterrows()]
+    reference = reference_row(summary)
+    if reference is not None:
+        page.lead(
+            f"Reference {reference.get('spec')} ({reference.get('source')}): accuracy "
+            f"{cell_text(to_float(reference.get('accuracy')))}. A red card: even the low end "
+            "of the candidate's mismatch interval is above "
+            + ("the noise floor." if with_floor else "zero.")
+        )
+
+    page.section("Mismatches")
+    page.caption(
+        "Test examples on which each candidate's prediction differs from the reference's, all "
+        "and where the reference is right, with paired bootstrap 95% intervals. Dashed: the "
+        "second reference's mismatches (retrained with another seed), the noise floor."
+    )
+    figure = candidate_mismatch_figure(summary)
+    if figure is None:
+        page.note("No candidate.")
+    else:
+        page.figure(figure, "mismatches of each candidate against the reference")
+
+    page.section("Per-class recall change")
+    page.caption("Recall of each class, candidate minus reference (red: the class lost recall).")
+    _recall_section(page, summary[summary["role"] != "reference"], model_metrics, class_names)
+
+    page.section("Accuracy gap between groups")
+    page.caption(
+        "Per group column: the largest difference in accuracy between its groups, for every "
+        "model, and how the candidate changed it (red: the gap widened)."
+    )
+    _group_section(page, summary, model_metrics)
+
+    page.section("Costs relative to the reference")
+    page.caption(
+        "MACs (PyTorch modules only), size of the model's files and CPU latency at batch 64, as "
+        "a multiple of the reference's (dashed: 1). A format that does not let a cost be "
+        "measured (MACs of TorchScript, torch.export or ONNX) leaves it out."
+    )
+    _costs_section(page, summary)
+
+    if attribution_pngs:
+        page.section("Attribution maps")
+        page.caption(
+            "Saliency and integrated gradients of the reference and each differentiable "
+            "candidate on a fixed sample of test images, explaining the reference's prediction."
+        )
+        for name, png in attribution_pngs.items():
+            page.subheading(name)
+            page.image(png, f"attribution maps of the reference and {name}")
+
+    page.section("Comparison table")
+    page.caption("One row per model (intervals: bootstrap; costs: NaN where not measurable).")
+    metric_columns = [column for column in summary.columns if not _is_cost(column)]
+    cost_columns = [column for column in summary.columns if _is_cost(column)]
+    page.subheading("Metrics")
+    page.table(summary[metric_columns])
+    if cost_columns:
+        page.subheading("Costs")
+        page.table(summary[["name", *cost_columns]])
     return page.write(path)

@@ -1,0 +1,701 @@
+"""Audit any compressed models against any reference: the audit without the pipeline.
+
+`audit_models(reference, candidates, data)` takes models in any form a user has them (an
+`nn.Module`, any callable from images to logits, a model spec such as
+`torchvision:resnet18@weights.pt` or `int8.onnx`, a `LoadedModel`) and test data (a prepared
+`Split`, a torch `Dataset` or a `DataLoader`), runs every registered audit metric
+(compalign.audit) of each candidate against the reference, measures what is measurable of each
+model's costs, and returns a `Comparison`: the summary table, one row per test example with
+every model's prediction, and the HTML page. Pure PyTorch and pandas: no Prefect, and MLflow
+only when asked for (`mlflow=`).
+
+With `reference2` (a second reference, e.g. trained with another seed), its mismatches against
+the reference are reported beside each candidate's: the noise floor that retraining alone gives.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from pydantic import ValidationError
+from torch import nn
+
+from compalign.audit import AuditInputs, ReferenceAudit, audit, predictions_frame, summary_row
+from compalign.audit.metrics.attribution import MAPS_FILE
+from compalign.costs import COST_METRICS, measure_latency, parameter_counts, time_forward
+from compalign.errors import UserError
+from compalign.model_sources import LoadedModel, load_model
+from compalign.model_sources.base import Unregistered
+from compalign.preprocess import (
+    ClassNames,
+    Transform,
+    TransformParams,
+    model_transform,
+    output_indices,
+)
+
+REFERENCE = "reference"
+REFERENCE2 = "reference2"
+RESERVED_NAMES = (REFERENCE, REFERENCE2)
+SUMMARY_FILE = "summary.parquet"
+PREDICTIONS_FILE = "predictions.parquet"
+REPORT_FILE = "report.html"
+RELATIVE_COSTS = ("params_nonzero", "macs", "size_bytes", "latency_ms_b1", "latency_ms_b64")
+NOISE_FLOOR = ("mismatches", "mismatches_ref_correct")
+
+ModelLike = LoadedModel | nn.Module | Callable[[torch.Tensor], torch.Tensor] | str | Path
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+
+
+@dataclass
+class AuditData:
+    """Test examples in memory: images (uint8 [N, C, H, W] to be transformed, or floats that
+    are already a model's input), labels, ids, group columns and class names."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    example_ids: list[str]
+    groups: pd.DataFrame
+    class_names: list[str]
+    mean: list[float] | None = None  # the dataset's normalisation of uint8 images
+    std: list[float] | None = None
+
+    @property
+    def raw(self) -> bool:
+        return self.images.dtype == torch.uint8
+
+
+def audit_data(
+    data: Any,
+    class_names: Sequence[str] | None = None,
+    groups: pd.DataFrame | None = None,
+    batch_size: int = 256,
+) -> AuditData:
+    """`data` as AuditData: a compalign `Split` (uint8 images, its groups and normalisation), a
+    map-style torch Dataset of (image, label) pairs, or an iterable of (images, labels) batches
+    (a DataLoader). Class names: `class_names`, else the dataset's `classes`, else 0..K-1."""
+    from compalign.data import Split
+
+    mean = std = None
+    if isinstance(data, AuditData):
+        return data
+    if isinstance(data, Split):
+        images, labels, ids = data.images, data.labels, list(data.example_ids)
+        mean, std = data.mean.flatten().tolist(), data.std.flatten().tolist()
+        groups = data.groups if groups is None else groups
+    else:
+        batches = data
+        if hasattr(data, "__getitem__") and hasattr(data, "__len__"):
+            batches = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False)
+        image_batches, label_batches = [], []
+        for batch in batches:
+            if not isinstance(batch, list | tuple) or len(batch) < 2:
+                raise UserError("data: expected (images, labels) pairs or batches")
+            image_batches.append(torch.as_tensor(batch[0]))
+            label_batches.append(torch.as_tensor(batch[1]).reshape(-1))
+        if not image_batches:
+            raise UserError("data: no examples")
+        images, labels = torch.cat(image_batches), torch.cat(label_batches).long()
+        ids = [str(index) for index in range(len(labels))]
+        dataset = getattr(data, "dataset", data)
+        if class_names is None and hasattr(dataset, "classes"):
+            class_names = list(dataset.classes)
+    if images.dim() != 4:
+        raise UserError(f"data: images must be [N, C, H, W], got shape {list(images.shape)}")
+    if class_names is None:
+        class_names = [str(index) for index in range(int(labels.max()) + 1)]
+    if groups is None:
+        groups = pd.DataFrame(index=range(len(labels)))
+    if len(groups) != len(labels):
+        raise UserError(f"groups: {len(groups)} rows for {len(labels)} examples")
+    return AuditData(
+        images=images,
+        labels=labels,
+        example_ids=ids,
+        groups=groups.reset_index(drop=True),
+        class_names=[str(name) for name in class_names],
+        mean=mean,
+        std=std,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Models
+
+
+def as_loaded(model: ModelLike, name: str) -> LoadedModel:
+    """Any accepted form of a model as a LoadedModel (a spec is loaded from its file)."""
+    if isinstance(model, LoadedModel):
+        return model
+    if isinstance(model, str | Path):
+        return load_model(str(model))
+    if isinstance(model, nn.Module):
+        return LoadedModel(
+            model=model.eval(),
+            source="module",
+            spec=type(model).__name__,
+            files=(),
+            weights=model,
+            eager=True,
+        )
+    if callable(model):
+        return LoadedModel(
+            model=Unregistered(model),
+            source="callable",
+            spec=getattr(model, "__name__", name),
+            files=(),
+        )
+    raise TypeError(f"{name}: expected an nn.Module, a callable or a model spec, got {model!r}")
+
+
+class SelectedOutputs(nn.Module):
+    """The model's logits of the dataset's classes only, in the dataset's order."""
+
+    def __init__(self, model: nn.Module, indices: list[int]) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("indices", torch.tensor(indices, dtype=torch.long), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images)[:, self.indices.to(images.device)]
+
+
+@dataclass
+class AuditedModel:
+    """A model ready to run on the data: its name, what it was loaded from, the module that
+    gives the data's classes' logits, where it runs, and whether gradients reach its input."""
+
+    name: str
+    loaded: LoadedModel
+    model: nn.Module
+    device: torch.device
+    differentiable: bool
+    num_classes: int
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _device_for(loaded: LoadedModel, device: torch.device) -> torch.device:
+    """A PyTorch module runs on `device` (a quantized or half one on the CPU); an exported
+    program, an ONNX session or a plain callable on the CPU."""
+    if loaded.weights is None or loaded.source == "export" or device.type == "cpu":
+        return torch.device("cpu")
+    from compalign.train import runs_on
+
+    return runs_on(loaded.model, device)
+
+
+def gradients_flow(model: nn.Module, example: torch.Tensor) -> bool:
+    """Whether the model's logits have a gradient with respect to its input (not for int8
+    kernels, ONNX sessions or callables outside autograd)."""
+    images = example.detach().clone().requires_grad_()
+    try:
+        with torch.enable_grad():
+            output = model(images)
+            (gradient,) = torch.autograd.grad(output.float().sum(), images, allow_unused=True)
+    except Exception:  # any failure of a user's model under autograd: no gradients
+        return False
+    return gradient is not None
+
+
+def prepare_model(
+    name: str,
+    loaded: LoadedModel,
+    example: torch.Tensor,
+    class_names: list[str],
+    class_map: ClassNames | None,
+    device: torch.device,
+    probe_gradients: bool = True,
+) -> AuditedModel:
+    """Run the model once on `example` (one input as it will get them), find its class count
+    and map its outputs to the data's classes; UserError naming the model on any mismatch."""
+    where = f"{name} ({loaded.spec})"
+    run_on = _device_for(loaded, device)
+    model = loaded.model.to(run_on).eval()
+    try:
+        with torch.no_grad():
+            output = model(example.to(run_on))
+    except Exception as error:  # the user's model refused the input: say which input
+        raise UserError(
+            f"{where}: fails on an input of shape {list(example.shape)} ({_first_line(error)}); "
+            "set data.transform (resize, centre_crop, channels) to the input it expects"
+        ) from None
+    if not isinstance(output, torch.Tensor) or output.dim() != 2:
+        shape = list(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+        raise UserError(f"{where}: returns {shape}, not logits [batch, classes]")
+    num_classes = int(output.shape[1])
+    try:
+        indices = output_indices(class_names, class_map, num_classes)
+    except UserError as error:
+        raise UserError(f"{where}: {error}") from None
+    if indices is not None:
+        model = SelectedOutputs(model, indices)
+    differentiable = (
+        probe_gradients and loaded.source != "onnx" and gradients_flow(model, example.to(run_on))
+    )
+    return AuditedModel(name, loaded, model, run_on, differentiable, num_classes)
+
+
+@torch.no_grad()
+def predict(
+    audited: AuditedModel,
+    images: torch.Tensor,
+    normalise: Callable[[torch.Tensor], torch.Tensor],
+    batch_size: int,
+) -> torch.Tensor:
+    """Logits [N, classes] of the model on every image, in order, on the CPU."""
+    outputs = []
+    for start in range(0, len(images), batch_size):
+        batch = normalise(images[start : start + batch_size]).to(audited.device)
+        outputs.append(audited.model(batch).float().cpu())
+    return torch.cat(outputs)
+
+
+def model_costs(audited: AuditedModel, example: torch.Tensor, options: Any) -> dict[str, float]:
+    """Parameters (total, nonzero), MACs (PyTorch modules), size of its files on disk and
+    gzipped, CPU latency (`audit.latency_*`); NaN where the format does not let it be measured."""
+    from compalign.pruning import count_macs
+
+    loaded = audited.loaded
+    costs: dict[str, float] = {name: math.nan for name in COST_METRICS}
+    if loaded.parameter_counts is not None:
+        costs.update(loaded.parameter_counts)
+    elif loaded.weights is not None:
+        counts = parameter_counts(loaded.weights)
+        if counts["params_total"]:  # int8 TorchScript packs its weights where no count sees them
+            costs.update(counts)
+    example = example.detach().cpu()
+    if loaded.eager:
+        costs["macs"] = count_macs(loaded.weights.cpu(), example)
+    if loaded.files:
+        data = b"".join(path.read_bytes() for path in loaded.files)
+        costs["size_bytes"] = len(data)
+        costs["size_gzip_bytes"] = len(gzip.compress(data, 6, mtime=0))
+    elif loaded.weights is not None:
+        from compalign.costs import serialized_size
+
+        costs.update(serialized_size(loaded.weights))
+    settings = (options.latency_batch_sizes, options.latency_warmup, options.latency_repeats)
+    model = audited.model.cpu() if audited.device.type != "cpu" else audited.model
+    if loaded.eager:
+        costs.update(measure_latency(model, example, *settings))
+    else:
+        costs.update(time_forward(model, example, *settings))
+    if costs["params_total"] and not math.isnan(costs["params_total"]):
+        costs["weight_sparsity"] = 1.0 - costs["params_nonzero"] / costs["params_total"]
+    return costs
+
+
+# --------------------------------------------------------------------------------------------
+# The comparison
+
+
+@dataclass
+class Comparison:
+    """What `audit_models` found: `summary` (one row per model: its audit's summary columns,
+    noise floor, costs and their ratio to the reference's), `predictions` (one row per test
+    example: label, the reference's and each model's prediction and confidence), every model's
+    full `metrics`, each candidate's per-example `tables`, and the files its metrics made."""
+
+    summary: pd.DataFrame
+    predictions: pd.DataFrame
+    metrics: dict[str, dict[str, float]]
+    tables: dict[str, pd.DataFrame]
+    class_names: list[str]
+    transform: str
+    outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def candidates(self) -> list[str]:
+        return [name for name in self.metrics if name not in RESERVED_NAMES]
+
+    def gate_metrics(self, name: str) -> dict[str, float]:
+        """Every number a release rule can test for model `name`: its audit metrics, its costs
+        and cost ratios, its noise floor, its summary columns."""
+        row = self.summary.set_index("name").loc[name]
+        numbers = {
+            column: float(value)
+            for column, value in row.items()
+            if isinstance(value, int | float | np.number) and not isinstance(value, bool)
+        }
+        return {**numbers, **self.metrics[name]}
+
+    def to_html(self, path: str | Path, title: str | None = None) -> Path:
+        """Write the self-contained HTML page of the comparison to `path`; returns `path`."""
+        import tempfile
+
+        from compalign.audit.metrics.attribution import FIGURE_FILE
+        from compalign.report.html import compare_report
+
+        pngs = {}
+        for name, outputs in self.outputs.items():
+            if FIGURE_FILE in outputs:
+                with tempfile.TemporaryDirectory() as scratch:
+                    outputs[FIGURE_FILE](Path(scratch) / FIGURE_FILE)
+                    pngs[name] = (Path(scratch) / FIGURE_FILE).read_bytes()
+        notes = [f"Preprocessing of every model: {self.transform}.", *self.notes]
+        return compare_report(
+            self.summary,
+            self.metrics,
+            self.class_names,
+            path,
+            title or "What the candidates changed against the reference",
+            notes=notes,
+            attribution_pngs=pngs,
+        )
+
+    def write(self, directory: str | Path, title: str | None = None) -> dict[str, Path]:
+        """summary.parquet, predictions.parquet, report.html and, per model, `models/<name>/`
+        (its per-example comparison, metrics.json, attribution files) under `directory`."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        written = {
+            "summary": directory / SUMMARY_FILE,
+            "predictions": directory / PREDICTIONS_FILE,
+        }
+        self.summary.to_parquet(written["summary"], index=False)
+        self.predictions.to_parquet(written["predictions"], index=False)
+        for name, metrics in self.metrics.items():
+            folder = directory / "models" / name
+            folder.mkdir(parents=True, exist_ok=True)
+            safe = {k: (v if math.isfinite(v) else str(v)) for k, v in metrics.items()}
+            (folder / "metrics.json").write_text(json.dumps(safe, indent=2) + "\n")
+            if name in self.tables:
+                self.tables[name].to_parquet(folder / "comparison.parquet", index=False)
+            for file_name, value in self.outputs.get(name, {}).items():
+                if isinstance(value, pd.DataFrame):
+                    value.to_parquet(folder / file_name, index=False)
+                elif isinstance(value, dict):
+                    np.savez_compressed(folder / file_name, **value)
+                else:
+                    value(folder / file_name)
+        written["report"] = self.to_html(directory / REPORT_FILE, title)
+        return written
+
+
+def audit_options(options: Any = None, **overrides: Any) -> Any:
+    """The `audit` params section (compalign.config.AuditParams) from a section, a dict or
+    keyword overrides (e.g. attribution_samples=0, bootstrap_samples=200)."""
+    from compalign.config import AuditParams
+
+    base = options.model_dump() if hasattr(options, "model_dump") else dict(options or {})
+    try:
+        return AuditParams.model_validate({**base, **overrides})
+    except ValidationError as error:
+        first = error.errors()[0]
+        key = ".".join(str(part) for part in first["loc"])
+        raise UserError(f"audit option {key}: {first['msg']}") from None
+
+
+def _check_names(candidates: Mapping[str, Any]) -> None:
+    if not candidates:
+        raise UserError("no candidate to audit: give at least one compressed model")
+    for name in candidates:
+        if name in RESERVED_NAMES or not name or not all(c.isalnum() or c in "_-." for c in name):
+            raise UserError(
+                f"candidate name {name!r}: use letters, digits, _ - . (not reference, reference2)"
+            )
+
+
+def choose_transform(
+    data: AuditData, models: Sequence[LoadedModel], params: TransformParams
+) -> Transform:
+    """One preprocessing for every model of a comparison (compalign.preprocess.model_transform:
+    `data.transform`, else the first model's source that knows it, the reference first, else
+    the dataset's)."""
+    channels = data.images.shape[1]
+    mean = data.mean if data.mean is not None else [0.0] * channels
+    std = data.std if data.std is not None else [1.0] * channels
+    return model_transform(params, models, mean, std, channels)
+
+
+def parse_candidate(text: str) -> tuple[str, str]:
+    """ "NAME=SPEC" -> (NAME, SPEC); UserError for anything else."""
+    name, equals, spec = text.partition("=")
+    if not equals or not name or not spec:
+        raise UserError(f"--compressed {text!r}: expected NAME=SPEC, e.g. int8=model_int8.onnx")
+    _check_names({name: spec})
+    return name, spec
+
+
+@dataclass
+class Prepared:
+    """Models and data resolved for a comparison, before anything is predicted."""
+
+    models: dict[str, AuditedModel]
+    data: AuditData
+    normalise: Callable[[torch.Tensor], torch.Tensor]
+    transform: str
+    settings: Any
+    notes: list[str]
+
+
+def check_models(
+    reference: ModelLike,
+    candidates: Mapping[str, ModelLike],
+    data: Any,
+    *,
+    reference2: ModelLike | None = None,
+    class_names: Sequence[str] | None = None,
+    class_map: ClassNames | None = None,
+    groups: pd.DataFrame | None = None,
+    transform: TransformParams | Mapping[str, Any] | None = None,
+    normalise: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    options: Any = None,
+    device: str | torch.device = "cpu",
+    **audit_settings: Any,
+) -> Prepared:
+    """Load the models, choose the preprocessing, run each model once and map its outputs to
+    the data's classes: every mistake (a file, a format, an input size, a class count) is a
+    UserError here, before any audit runs. Arguments as for `audit_models`."""
+    if candidates is None or not isinstance(candidates, Mapping):
+        raise UserError("candidates: expected a mapping of names to models")
+    _check_names(candidates)
+    settings = audit_options(options, **audit_settings)
+    examples = audit_data(data, class_names, groups, settings.batch_size)
+    named = {REFERENCE: reference, **({} if reference2 is None else {REFERENCE2: reference2})}
+    named.update(candidates)
+    loaded = {name: as_loaded(model, name) for name, model in named.items()}
+    transform_params = TransformParams.model_validate(dict(transform or {}))
+    notes = []
+    if normalise is None and examples.raw:
+        chosen = choose_transform(examples, list(loaded.values()), transform_params)
+        normalise, described = chosen, chosen.describe()
+    elif normalise is None:
+        normalise, described = (lambda images: images), "images as the data gives them"
+    else:
+        described = f"the given normalise function ({getattr(normalise, '__name__', 'callable')})"
+    if not examples.raw and settings.figure_examples:
+        settings = settings.model_copy(update={"figure_examples": 0})
+        notes.append("No attribution figure: the data's images are not raw pixels.")
+    example = normalise(examples.images[:1])
+    probe = settings.attribution_samples > 0
+    models = {
+        name: prepare_model(
+            name, model, example, examples.class_names, class_map, torch.device(device), probe
+        )
+        for name, model in loaded.items()
+    }
+    return Prepared(models, examples, normalise, described, settings, notes)
+
+
+def audit_models(
+    reference: ModelLike,
+    candidates: Mapping[str, ModelLike],
+    data: Any,
+    *,
+    reference2: ModelLike | None = None,
+    class_names: Sequence[str] | None = None,
+    class_map: ClassNames | None = None,
+    groups: pd.DataFrame | None = None,
+    transform: TransformParams | Mapping[str, Any] | None = None,
+    normalise: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    options: Any = None,
+    costs: bool = True,
+    device: str | torch.device = "cpu",
+    mlflow: str | bool = False,
+    **audit_settings: Any,
+) -> Comparison:
+    """Audit each of `candidates` (name -> model) against `reference` on `data`.
+
+    Models: nn.Modules, callables from a float batch to logits, model specs
+    (compalign.model_sources) or LoadedModels. Data: a compalign Split (uint8 images, made into
+    each model's input by `transform`: compalign.preprocess), a torch Dataset or a DataLoader
+    (its images given to the models as they are, or through `normalise`). `class_map` maps the
+    data's classes to model outputs (params: data.class_names); `groups` adds group columns
+    (one row per example); audit settings come from `options` and keyword arguments (the
+    `audit` params section: bootstrap_samples=..., attribution_samples=0, ...). `costs` measures
+    parameters, MACs, size and latency; `mlflow` (an experiment name, or True for "compalign")
+    logs a parent run with a child per model to MLflow's tracking URI.
+    """
+    prepared = check_models(
+        reference,
+        candidates,
+        data,
+        reference2=reference2,
+        class_names=class_names,
+        class_map=class_map,
+        groups=groups,
+        transform=transform,
+        normalise=normalise,
+        options=options,
+        device=device,
+        **audit_settings,
+    )
+    comparison = run_comparison(prepared, costs)
+    if mlflow:
+        log_to_mlflow(comparison, "compalign" if mlflow is True else str(mlflow))
+    return comparison
+
+
+def run_comparison(prepared: Prepared, measure_costs: bool = True) -> Comparison:
+    """Predict, audit and (optionally) measure the costs of checked models."""
+    example = prepared.normalise(prepared.data.images[:1])
+    comparison = _run(
+        prepared.models,
+        prepared.data,
+        prepared.normalise,
+        prepared.settings,
+        measure_costs,
+        example,
+    )
+    comparison.transform = prepared.transform
+    comparison.notes = prepared.notes + comparison.notes
+    return comparison
+
+
+def _run(
+    audited: dict[str, AuditedModel],
+    examples: AuditData,
+    normalise: Callable[[torch.Tensor], torch.Tensor],
+    settings: Any,
+    measure_costs: bool,
+    example: torch.Tensor,
+) -> Comparison:
+    frames, results = {}, {}
+    reference_audit = None
+    for name, model in audited.items():  # the reference first
+        logits = predict(model, examples.images, normalise, settings.batch_size)
+        frames[name] = predictions_frame(examples.example_ids, examples.labels, logits)
+        inputs = AuditInputs(
+            frame=frames[name],
+            class_names=examples.class_names,
+            groups=examples.groups,
+            options=settings,
+            reference=reference_audit,
+            model=model.model if model.differentiable else None,
+            images=examples.images,
+            normalise=normalise,
+            device=model.device,
+        )
+        results[name] = audit(inputs)
+        if name == REFERENCE:
+            reference_audit = ReferenceAudit(
+                frame=frames[name],
+                metrics=results[name].metrics,
+                attributions=results[name].outputs.get(MAPS_FILE),
+            )
+    metrics = {name: dict(result.metrics) for name, result in results.items()}
+    floor = metrics.get(REFERENCE2)
+    for name in audited:
+        if name in RESERVED_NAMES or floor is None:
+            continue
+        for count in NOISE_FLOOR:
+            metrics[name][f"noise_floor_{count}"] = floor[count]
+            for end in ("ci_low", "ci_high"):
+                metrics[name][f"noise_floor_{count}_{end}"] = floor[f"{count}_{end}"]
+            metrics[name][f"{count}_above_noise_floor"] = metrics[name][count] - floor[count]
+    model_costs_ = {
+        name: model_costs(model, example, settings) if measure_costs else {}
+        for name, model in audited.items()
+    }
+    summary = _summary(audited, metrics, model_costs_)
+    predictions = pd.DataFrame(
+        {
+            "example_id": examples.example_ids,
+            "label": examples.labels.numpy().astype(np.int64),
+        }
+    )
+    for name, frame in frames.items():
+        predictions[f"{name}_prediction"] = frame["prediction"].to_numpy()
+        predictions[f"{name}_confidence"] = frame["confidence"].to_numpy()
+    notes = [
+        f"{model.name}: no attribution agreement (no gradients reach the input of this "
+        f"{model.loaded.source} model)."
+        for model in audited.values()
+        if not model.differentiable and settings.attribution_samples
+    ]
+    return Comparison(
+        summary=summary,
+        predictions=predictions,
+        metrics=metrics,
+        tables={name: result.table for name, result in results.items() if name != REFERENCE},
+        class_names=examples.class_names,
+        transform="",
+        outputs={name: result.outputs for name, result in results.items() if result.outputs},
+        notes=notes,
+    )
+
+
+def _summary(
+    audited: dict[str, AuditedModel],
+    metrics: dict[str, dict[str, float]],
+    costs: dict[str, dict[str, float]],
+) -> pd.DataFrame:
+    rows = []
+    for name, model in audited.items():
+        role = name if name in RESERVED_NAMES else "candidate"
+        row: dict[str, Any] = {
+            "name": name,
+            "role": role,
+            "source": model.loaded.source,
+            "spec": model.loaded.spec,
+            "sha256": model.loaded.digest if model.loaded.files else "",
+        }
+        columns = summary_row(metrics[name], {})
+        row.update({k: v for k, v in columns.items() if not k.startswith("reduction_factor")})
+        for count in NOISE_FLOOR:
+            for suffix in ("", "_ci_low", "_ci_high"):
+                key = f"noise_floor_{count}{suffix}"
+                row[key] = metrics[name].get(key, math.nan)
+        row["ece_change"] = metrics[name].get("ece_change", math.nan)
+        row.update({column: costs[name].get(column, math.nan) for column in COST_METRICS})
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    reference = frame.iloc[0]
+    for column in RELATIVE_COSTS:
+        base = reference[column]
+        frame[f"{column}_ratio"] = (
+            frame[column] / base if base and math.isfinite(base) else math.nan
+        )
+    return frame
+
+
+def log_to_mlflow(comparison: Comparison, experiment: str) -> str:
+    """Log the comparison to MLflow (its current tracking URI): a parent run with the summary,
+    the predictions and the page, a nested child per model with its metrics. Returns the
+    parent's run id."""
+    import tempfile
+
+    import mlflow
+
+    mlflow.set_experiment(experiment)
+    with mlflow.start_run(run_name="audit-models") as parent:
+        mlflow.set_tags({"role": "audit", "transform": comparison.transform})
+        with tempfile.TemporaryDirectory() as scratch:
+            comparison.write(scratch)
+            mlflow.log_artifacts(scratch)
+        for name in comparison.metrics:
+            row = comparison.summary.set_index("name").loc[name]
+            with mlflow.start_run(run_name=name, nested=True):
+                mlflow.set_tags({"role": str(row["role"]), "source": str(row["source"])})
+                mlflow.log_param("spec", str(row["spec"]))
+                finite = {
+                    _mlflow_name(key): float(value)
+                    for key, value in comparison.gate_metrics(name).items()
+                    if math.isfinite(value)
+                }
+                mlflow.log_metrics(finite)
+        return parent.info.run_id
+
+
+def _mlflow_name(name: str) -> str:
+    import re
+
+    return re.sub(r"[^\w\-./ ]", "_", name)
