@@ -19,15 +19,14 @@ from __future__ import annotations
 
 import ast
 import hashlib
-import importlib
 from collections.abc import Iterable, Mapping
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-import compalign
-
-ROOT = Path(compalign.__file__).resolve().parent.parent
+# The checkout this module belongs to. Not from compalign.__file__: loading an MLflow model logged
+# with `code_paths` re-imports compalign from the model's temporary copy of it.
+ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("compalign", "tasks")
 
 # Packages whose __init__ is a name -> entry table; their entries are reached by name only.
@@ -67,12 +66,9 @@ STAGE_MODULES = {
 
 def module_file(name: str) -> Path | None:
     """The source file of a project module (a package's __init__.py), None if not ours."""
-    package = name.split(".")[0]
-    if package not in PACKAGES:
+    if name.split(".")[0] not in PACKAGES:
         return None
-    # each package from where it is imported (they could be installed apart)
-    root = Path(importlib.import_module(package).__file__).resolve().parent.parent
-    base = root.joinpath(*name.split("."))
+    base = ROOT.joinpath(*name.split("."))
     for path in (base.with_suffix(".py"), base / "__init__.py"):
         if path.is_file():
             return path

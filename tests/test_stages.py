@@ -67,7 +67,7 @@ def test_prepare_and_reference_write_their_fixed_paths(staged):
     assert reference["stage"] == "reference"
     assert reference["data_digest"] == artifact_of(DATA_DIR)["digest"]
     # the same store entry the flow's prepare task makes
-    assert is_complete(entry_dir(stage_key("prepare", {"data": staged.data.model_dump()})))
+    assert is_complete(entry_dir(stage_key("prepare", {"data": staged.data.prepare_params()})))
 
 
 def test_compress_writes_one_folder_per_compressed_model(staged):
