@@ -26,6 +26,11 @@ from tasks.store import (
 )
 
 
+def validation_accuracy(model, val, device: str = "cpu") -> float:
+    """Top-1 accuracy of `model` on the validation split (recorded with every reference)."""
+    return float((predict_logits(model, val, device=device).argmax(1) == val.labels).float().mean())
+
+
 def train_config(section: TrainingParams) -> TrainConfig:
     """The training loop's settings from a `reference` or `align` params section."""
     return TrainConfig(**section.model_dump(include=set(TrainingParams.model_fields)))
@@ -66,9 +71,7 @@ def train_reference(
             device=device,
             on_epoch=epoch_logger("reference", params.epochs),
         )
-        val_accuracy = float(
-            (predict_logits(model, val, device=device).argmax(1) == val.labels).float().mean()
-        )
+        val_accuracy = validation_accuracy(model, val, device)
         stage_logger().info("reference %s: validation accuracy %.4f", params.model, val_accuracy)
         save_checkpoint(
             model,
@@ -147,7 +150,7 @@ def import_reference(
             f"classes but the data has {manifest['num_classes']}"
         )
     model.eval()
-    val_accuracy = float((predict_logits(model, val).argmax(1) == val.labels).float().mean())
+    val_accuracy = validation_accuracy(model, val)
     stage_logger().info("reference %s: validation accuracy %.4f", params.path, val_accuracy)
     save_checkpoint(
         model,
@@ -201,9 +204,7 @@ def train_population(
     fit_population(models, train, configs, LOSSES["ce"](), device=device)
     artifacts = []
     for member, model in zip(members, models, strict=True):
-        val_accuracy = float(
-            (predict_logits(model, val, device=device).argmax(1) == val.labels).float().mean()
-        )
+        val_accuracy = validation_accuracy(model, val, device)
 
         def build(scratch: Path, model=model, val_accuracy=val_accuracy) -> None:
             save_checkpoint(
