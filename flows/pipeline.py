@@ -32,14 +32,14 @@ from flows.plan import (
     reference_labels,
     reference_model_name,
 )
-from flows.runtime import wait_or_raise_first_failure
+from flows.runtime import report_finished, wait_or_raise_first_failure
 from tasks import tracking
 from tasks.align import align_task
 from tasks.audit import audit_task
 from tasks.compress import compress_task
 from tasks.costs import costs_task, latency_settings
 from tasks.data import prepare_task
-from tasks.logs import stage_logger
+from tasks.logs import publish_progress, stage_logger
 from tasks.report import publish_summary
 from tasks.train import train_reference_task
 
@@ -139,6 +139,7 @@ def pipeline(params: dict[str, Any]) -> dict[str, Any]:
                 audits.append(audit_future)
                 models[spec.name] = model
                 futures.append(("audit", spec.name, audit_future))
+        publish_progress("planned", count=len(models))  # the costs tasks, after these
         wait_or_raise_first_failure([future for _, _, future in futures])
         by_name = {result["labels"]["name"]: result for result in (f.result() for f in audits)}
         names = ["reference"] + [spec.name for spec in model_grid(settings)]
@@ -156,6 +157,7 @@ def pipeline(params: dict[str, Any]) -> dict[str, Any]:
                 return_state=True,
             )
             finished.append(("costs", name, state))
+            report_finished(state)
             costs[name] = state.result()["costs"]
         summary = publish_summary(track, parent, results, REPORT_DIR, costs)
         html = pipeline_report(

@@ -45,6 +45,7 @@ def wait_or_raise_first_failure(futures: list) -> None:
 
     from compalign.errors import UserError
 
+    report_progress(futures)
     wait(futures)
     errors = []
     for future in futures:
@@ -56,3 +57,33 @@ def wait_or_raise_first_failure(futures: list) -> None:
                 errors.append(error)
     if errors:
         raise next((e for e in errors if isinstance(e, UserError)), errors[0])
+
+
+def report_progress(futures: list) -> None:
+    """Announce `futures` as planned tasks and report each as it ends (a progress event per task
+    run, tasks.logs), from the flow's side: it works for tasks in threads and on Dask alike."""
+    from tasks.logs import publish_progress
+
+    publish_progress("planned", count=len(futures))
+    for future in futures:
+        future.add_done_callback(_report_finished)
+
+
+def report_finished(state) -> None:
+    """Report a task run that was called directly (not submitted) as ended in `state`."""
+    from tasks.logs import publish_progress
+
+    publish_progress("finished", task_run_id=str(state.state_details.task_run_id), state=state.name)
+
+
+def _report_finished(future) -> None:
+    from tasks.logs import publish_progress
+
+    # the wrapped (thread or Dask) future is done and holds the final state: no API call
+    wrapped = getattr(future, "wrapped_future", None)
+    try:
+        state = wrapped.result() if wrapped is not None else future.state
+        name = getattr(state, "name", "Completed")
+    except BaseException:  # the future itself failed: the task run never reached a state
+        name = "Crashed"
+    publish_progress("finished", task_run_id=str(future.task_run_id), state=name)

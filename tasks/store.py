@@ -23,6 +23,7 @@ import compalign
 from compalign.errors import UserError
 from compalign.files import atomic_directory, sha256_file
 from tasks.code import code_digest
+from tasks.logs import computing
 
 ARTIFACTS_DIR = Path("artifacts")
 # Prefect's result records live beside the entries they point to: deleting artifacts/ drops both.
@@ -141,7 +142,7 @@ def materialize(
     key = stage_key(stage, parameters)
     directory = entry_dir(key)
     if refresh_requested() or not is_complete(directory):
-        with atomic_directory(directory) as scratch:
+        with atomic_directory(directory) as scratch, computing(stage):
             build(scratch)
             if not (scratch / MANIFEST).is_file():
                 raise RuntimeError(f"stage {stage} wrote no {MANIFEST}")
