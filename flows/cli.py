@@ -27,6 +27,70 @@ SetOption = Annotated[
     list[str] | None,
     typer.Option("--set", "-s", help="override one value: section.key=value (repeatable)"),
 ]
+VerboseOption = Annotated[
+    bool,
+    typer.Option(
+        "--verbose", "-v", help="print every task's log lines (one per epoch) on the terminal"
+    ),
+]
+
+
+def version_text() -> str:
+    """The installed package's version, and the git commit when the code is a checkout."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        text = f"compalign {version('compalign')}"
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        from compalign import __version__
+
+        text = f"compalign {__version__}"
+    commit = _checkout_commit(Path(__file__).resolve().parent.parent)
+    return f"{text} (git {commit})" if commit else text
+
+
+def _checkout_commit(root: Path) -> str | None:
+    """The commit of the git checkout whose top level is `root` ('+' when it has uncommitted
+    changes); None for an installed copy (or without git)."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=root, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+
+    try:
+        if Path(git("rev-parse", "--show-toplevel")).resolve() != root:
+            return None  # a copy of the code inside some other repository
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+        return git("rev-parse", "--short=12", "HEAD") + ("+" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(version_text())
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_show_version, is_eager=True, help="show the version and exit"
+        ),
+    ] = False,
+) -> None:
+    """compalign: what compression (pruning, quantization) changes beyond top-1 accuracy."""
+
+
+def _display(verbose: bool):
+    """The live progress display of a flow run (flows.display)."""
+    from flows.display import FlowDisplay
+
+    return FlowDisplay(verbose)
 
 
 def _check_data(params: Params) -> None:
@@ -106,6 +170,7 @@ def run(
     params_file: ParamsOption = Path("params.yaml"),
     overrides: SetOption = None,
     refresh: Annotated[bool, typer.Option(help="recompute every stage, ignoring caches")] = False,
+    verbose: VerboseOption = False,
 ) -> None:
     """Run the whole pipeline (Prefect flow): prepare, reference, compress, align, audit."""
     params = load_params(params_file, overrides or [])
@@ -114,11 +179,14 @@ def run(
     import pandas as pd
 
     from compalign.report.tables import print_summary
-    from flows.pipeline import run_pipeline
+    from flows.pipeline import REPORT_DIR, run_pipeline
 
-    with _resumable("stages"):
+    with _resumable("stages"), _display(verbose):
         result = run_pipeline(params)
-    print_summary(pd.DataFrame(result["summary"]))
+    print_summary(
+        pd.DataFrame(result["summary"]),
+        more=f"{REPORT_DIR}/summary.md and {REPORT_DIR}/report.html",
+    )
     _echo_task_counts(result["tasks"])
     from tasks.tracking import ui_links
 
@@ -136,6 +204,7 @@ def populations(
     params_file: ParamsOption = Path("params.yaml"),
     overrides: SetOption = None,
     refresh: Annotated[bool, typer.Option(help="recompute every member, ignoring caches")] = False,
+    verbose: VerboseOption = False,
 ) -> None:
     """Populations of dense and compressed models: Pruning Identified Exemplars and disparately
     impacted classes (Hooker et al.); settings in the `populations` section."""
@@ -147,7 +216,7 @@ def populations(
     from compalign.report.tables import print_populations
     from flows.populations import REPORT_DIR, run_populations
 
-    with _resumable("members"):
+    with _resumable("members"), _display(verbose):
         result = run_populations(params)
     print_populations(pd.DataFrame(result["summary"]))
     _echo_task_counts(result["tasks"])
@@ -167,6 +236,7 @@ def reproduce(
         str | None, typer.Option(help="auto, cpu or cuda (default: the profile's)")
     ] = None,
     overrides: SetOption = None,
+    verbose: VerboseOption = False,
 ) -> None:
     """Regenerate a seed paper's results: tables, figures and verdicts in reports/<paper>/."""
     from flows.profiles import PAPERS, PROFILES, paper_params
@@ -184,7 +254,7 @@ def reproduce(
     _prepare_process(params, flows=True)
     from flows.reproduce import run_reproduce
 
-    with _resumable("stages"):
+    with _resumable("stages"), _display(verbose):
         results = run_reproduce(paper, profile, overrides)
     for result in results:
         typer.echo(f"\n{result['paper']}: {result['report']} (MLflow run {result['run_id']})")
@@ -219,6 +289,7 @@ def audit_command(
         typer.Option("--reference2", help="a second reference (another seed): the noise floor"),
     ] = None,
     refresh: Annotated[bool, typer.Option(help="prepare the data again, ignoring caches")] = False,
+    verbose: VerboseOption = False,
 ) -> None:
     """Audit models you bring against a reference on the test split of the `data` section.
 
@@ -255,7 +326,7 @@ def audit_command(
         {name: loaded[spec] for name, spec in candidates.items()},
         loaded[reference2] if reference2 else None,
     )
-    with _resumable("stages"):
+    with _resumable("stages"), _display(verbose):
         result = audit_flow(params.model_dump(), reference, candidates, reference2)
     _echo_comparison(result)
     typer.echo(

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import time
 
 import pandas as pd
 import psutil
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
 from conftest import BIN, ROOT, TINY, run_cli
@@ -82,9 +84,9 @@ def test_killed_run_resumes_from_cache_without_duplicates(tmp_path):
         child.kill()
     finished_before = {p.parent.name for p in (tmp_path / "artifacts").glob("*/*/manifest.json")}
 
-    result = run_cli("run", "--params", str(TINY), *extra, cwd=tmp_path)
+    result = run_cli("run", "--params", str(TINY), *extra, "--verbose", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
-    log = result.stdout + result.stderr
+    log = result.stdout + result.stderr  # --verbose: every task run's log lines
     for stage in ("prepare", "reference"):
         assert f"Task run '{stage}-" in log
         assert all(
@@ -133,6 +135,7 @@ def test_same_seed_same_numbers_in_a_fresh_project(tmp_path):
         result = run_cli("run", "--params", str(TINY), cwd=project)
         assert result.returncode == 0, result.stdout + result.stderr
         assert "tasks: 0 Cached" in result.stdout
+        check_plain_output(result, project)
     columns = [
         "name",
         "accuracy",
@@ -151,6 +154,25 @@ def test_same_seed_same_numbers_in_a_fresh_project(tmp_path):
     a, b = (pd.read_parquet(p / SUMMARY)[columns] for p in (first, second))
     pd.testing.assert_frame_equal(a, b)
     assert (a.mismatches > 0).any()  # the comparison is not trivially about zeros
+
+
+def check_plain_output(result, project):
+    """Output to a pipe: a few plain lines (no per-epoch lines: they are in Prefect's task
+    logs), the summary table, where the results are."""
+    lines = (result.stdout + result.stderr).splitlines()
+    assert len(lines) <= 40, "\n".join(lines)
+    assert not any(" epoch " in line for line in lines)
+    assert any(line.startswith("34/34 tasks, 0 cached") for line in result.stderr.splitlines())
+    assert "magnitude_global vs reference" in result.stdout
+    assert "Reference: accuracy" in result.stdout
+    assert "In reports/pipeline/summary.md and reports/pipeline/report.html: " in result.stdout
+    assert "MLflow parent run" in result.stdout
+    assert max(len(line) for line in result.stdout.splitlines()[:16]) <= 100  # the table
+    # the epochs are in the task logs of the project's Prefect database
+    with sqlite3.connect(project / ".compalign" / "prefect" / "prefect.db") as db:
+        epochs = db.execute("SELECT count(*) FROM log WHERE message LIKE '% epoch %/%'").fetchone()
+    tiny = yaml.safe_load(TINY.read_text())
+    assert epochs[0] == tiny["reference"]["epochs"] + 8 * tiny["align"]["epochs"]
 
 
 # Each command, stopped where it sets up Prefect's environment: Prefect must not be imported yet
@@ -191,3 +213,19 @@ def test_prefect_is_configured_before_it_is_imported(args):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "clean"
+
+
+def test_version_names_the_package_version_and_the_commit(tmp_path):
+    from importlib.metadata import version
+
+    from typer.testing import CliRunner
+
+    from flows.cli import _checkout_commit, app
+
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0, result.output
+    head = subprocess.run(
+        ["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    assert result.output.startswith(f"compalign {version('compalign')} (git {head}")
+    assert _checkout_commit(tmp_path) is None  # not a checkout: the version alone
