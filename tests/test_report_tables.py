@@ -98,13 +98,42 @@ def test_summary_markdown_has_the_reference_and_the_costs():
 
 
 @pytest.mark.parametrize("costs", [COSTS, None])
-def test_print_summary_prints_both_tables(costs):
+def test_print_summary_prints_the_table_and_where_the_costs_are(costs):
     console = Console(record=True, width=240, file=io.StringIO())
     print_summary(summary_frame(RESULTS, costs), console)
     text = console.export_text()
     assert "compressed vs reference" in text and "quantize_dynamic" in text
-    assert ("costs (CPU" in text) == (costs is not None)
+    # the costs table is in summary.md and the HTML report; the terminal says so
+    assert ("summary.md and report.html: costs." in text) == (costs is not None)
     assert "Reference: accuracy 0.9000" in text
+
+
+def test_summary_fits_100_columns_with_the_key_columns_first(capsys, monkeypatch):
+    """The default grid's labels (one compressor, the longest loss name, 4 levels x 5 losses):
+    not a terminal, so 100 columns; the headline columns shown, the rest named with where they
+    are."""
+    losses = ["none", "ce", "kd", "label_preserving", "pw"]
+    results = [RESULTS[0]] + [
+        _result(f"g-{level}-{loss}", "compressed", "magnitude_global", level, loss)
+        for level in (0.9, 0.95, 0.97, 0.98)
+        for loss in losses
+    ]
+    monkeypatch.delenv("COLUMNS", raising=False)
+    print_summary(summary_frame(results, COSTS), more="summary.md")  # stdout: captured, a pipe
+    text = capsys.readouterr().out
+    print(text)
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= 100
+    assert "magnitude_global vs reference" in lines[0]
+    header = lines[1].split()
+    assert header[:5] == ["level", "loss", "accuracy", "Δ", "acc."]  # the labels, then metrics
+    assert "mismatches" in header
+    assert any(
+        line.startswith("label_preserving") or " label_preserving " in line for line in lines
+    )
+    assert len(lines) <= 2 + 1 + 20 + 4  # title, header, rule, a row per model, notes
+    more = next(line for line in lines if line.startswith("In summary.md: "))
+    assert "ECE" in " ".join(lines[lines.index(more) :]) and "costs." in text
 
 
 def _pies(impacted: bool) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -120,29 +120,70 @@ def summary_markdown(frame: pd.DataFrame) -> str:
     return text
 
 
-def print_summary(frame: pd.DataFrame, console: Console | None = None) -> None:
-    """The comparison table, then the costs table, on the terminal."""
-    if console is None:
-        console = Console()
-        if not console.is_terminal:  # logs and CI: do not squeeze the tables into 80 columns
-            console = Console(width=200)
-    reference = frame[frame.role == "reference"]
-    tables = [
-        ("compressed vs reference (test split; intervals: bootstrap 95%)", display_frame(frame)),
-        ("costs (CPU; × = relative to the reference)", costs_frame(frame)),
-    ]
-    for title, shown in tables:
-        if not len(shown):
-            continue
-        table = Table(title=title)
-        for column in shown.columns:
+TERMINAL_WIDTH = 100  # what the tables fit when the output is not a terminal (logs, CI)
+LABELS = ("compressor", "level", "loss")
+
+
+def fitted_table(shown: pd.DataFrame, title: str, width: int, keep: int) -> tuple[Table, list[str]]:
+    """A rich table of `shown`'s first `keep` columns and then as many of the next ones, in
+    order, as fit in `width` characters; also the headers of the columns left out."""
+    from rich import box
+
+    def build(columns: list[str]) -> Table:
+        table = Table(
+            title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True
+        )
+        for column in columns:
             justify = "left" if column in ("compressor", "loss") else "right"
             table.add_column(column, justify=justify, no_wrap=True)
-        for row in shown.itertuples(index=False):
+        for row in shown[columns].itertuples(index=False):
             table.add_row(*row)
+        return table
+
+    measure = Console(width=10_000, file=None)
+    columns = list(shown.columns[:keep])
+    for column in shown.columns[keep:]:
+        if measure.measure(build([*columns, column])).maximum > width:
+            break
+        columns.append(column)
+    return build(columns), list(shown.columns[len(columns) :])
+
+
+def _headers(headers: list[str]) -> str:
+    """Headers as a list in words: a '…' header (a variant of the one before) in brackets."""
+    words: list[str] = []
+    for header in headers:
+        if header.startswith("…") and words:
+            words[-1] += f" ({header.strip()})"
+        else:
+            words.append(header.strip())
+    return ", ".join(words)
+
+
+def print_summary(frame: pd.DataFrame, console: Console | None = None, more: str = "") -> None:
+    """The comparison table on the terminal: the labels and as many metric columns (registry
+    order: the headline first) as fit the console's width (TERMINAL_WIDTH when it is not a
+    terminal), then the reference's line; `more` names where the full tables (metrics and
+    costs) are."""
+    if console is None:
+        console = Console()
+        if not console.is_terminal:  # logs and CI: the width of a usual terminal
+            console = Console(width=TERMINAL_WIDTH)
+    reference = frame[frame.role == "reference"]
+    shown = display_frame(frame)
+    if len(shown):
+        title = "compressed vs reference (test split; intervals: bootstrap 95%)"
+        if shown.compressor.nunique() == 1:  # one compressor: named once, in the title
+            title = f"{shown.compressor.iloc[0]} vs reference (test split; bootstrap 95% intervals)"
+            shown = shown.drop(columns="compressor")
+        keep = sum(column in LABELS for column in shown.columns)
+        table, left_out = fitted_table(shown, title, console.width, keep)
         console.print(table)
+        hidden = [*left_out, *(["costs"] if len(costs_frame(frame)) else [])]
+        if hidden:
+            console.print(f"In {more or 'summary.md and report.html'}: {_headers(hidden)}.")
     if len(reference):
-        console.print(_reference_line(reference.iloc[0]))
+        console.print(_reference_line(reference.iloc[0]) + ".")
 
 
 def _reference_line(row: pd.Series) -> str:
@@ -190,11 +231,11 @@ def populations_markdown(summary: pd.DataFrame, impact: pd.DataFrame) -> str:
 
 
 def print_populations(summary: pd.DataFrame, console: Console | None = None) -> None:
-    """The PIE table on the terminal."""
+    """The PIE table on the terminal (long cells wrap to fit its width)."""
     if console is None:
         console = Console()
         if not console.is_terminal:
-            console = Console(width=200)
+            console = Console(width=TERMINAL_WIDTH)
     table = Table(title="Pruning Identified Exemplars (population modal labels differ)")
     headers = [
         "level",
