@@ -18,13 +18,14 @@ import time
 from typing import Any
 
 # Prefect's loggers of flow and task runs: their INFO lines go to the Prefect API (the UI's task
-# logs) and, with --verbose, to the terminal.
-RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
+# logs) and, with --verbose, to the terminal; so do Dask's (a cluster starting and stopping).
+RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs", "distributed")
 PLAIN_STEPS = 5  # plain output: a line each time another fifth of the tasks is done
 
 
 class _QuietRunLogs(logging.Filter):
-    """Keeps warnings and errors of flow and task runs on the console, drops their INFO lines."""
+    """Keeps warnings and errors of flow and task runs (and Dask) on the console, drops their
+    INFO lines."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return record.levelno >= logging.WARNING or not record.name.startswith(RUN_LOGGERS)
@@ -61,7 +62,8 @@ class FlowDisplay:
         self._plain_step = 0  # plain output: the last fifth reported
         self._started = time.monotonic()
         self._progress: Any = None
-        self._restore: list = []
+        self._restore: list = []  # what undoes each set-up step (undone last to first)
+        self._stop_listening = lambda: None
 
     # -- set-up ---------------------------------------------------------------------------
     def __enter__(self) -> FlowDisplay:
@@ -86,7 +88,7 @@ class FlowDisplay:
                 file=sys.stderr,
                 flush=True,
             )
-        self._restore.append(add_progress_listener(self._on_event))
+        self._stop_listening = add_progress_listener(self._on_event)
         return self
 
     def _start_live(self, handlers: list[logging.Handler]) -> None:
@@ -117,6 +119,7 @@ class FlowDisplay:
                 self._restore.append(lambda h=handler, f=previous: setattr(h.console, "file", f))
 
     def __exit__(self, *_exc: object) -> None:
+        self._stop_listening()
         if self._progress is not None:
             with self._lock:
                 self._update_overall()
