@@ -149,12 +149,13 @@ def fitted_table(shown: pd.DataFrame, title: str, width: int, keep: int) -> tupl
     return build(columns), list(shown.columns[len(columns) :])
 
 
-def _headers(headers: list[str]) -> str:
-    """Headers as a list in words: a '…' header (a variant of the one before) in brackets."""
+def _headers(headers: list[str], before: str) -> str:
+    """Headers as a list in words: a '…' header (a variant of the one before it, the first one's
+    being `before`) in brackets after that one."""
     words: list[str] = []
     for header in headers:
-        if header.startswith("…") and words:
-            words[-1] += f" ({header.strip()})"
+        if header.startswith("…"):
+            words.append(f"{words.pop() if words else before.strip()} ({header.strip()})")
         else:
             words.append(header.strip())
     return ", ".join(words)
@@ -181,7 +182,9 @@ def print_summary(frame: pd.DataFrame, console: Console | None = None, more: str
         console.print(table)
         hidden = [*left_out, *(["costs"] if len(costs_frame(frame)) else [])]
         if hidden:
-            console.print(f"In {more or 'summary.md and report.html'}: {_headers(hidden)}.")
+            before = shown.columns[len(shown.columns) - len(left_out) - 1]
+            where = more or "summary.md and report.html"
+            console.print(f"In {where}: {_headers(hidden, before)}.")
     if len(reference):
         console.print(_reference_line(reference.iloc[0]) + ".")
 
