@@ -1,0 +1,274 @@
+"""Resume points (compalign.resume): a training loop stopped after some epochs and run again
+continues from its last point and ends bit-identical to a run that never stopped."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from test_vectorised import make_split
+
+from compalign.finetune import fine_tune
+from compalign.losses import LOSSES
+from compalign.models import build_model
+from compalign.resume import resume_area
+from compalign.train import STOP_REQUESTED, TrainConfig, augment_batch, fit, total_steps
+from compalign.vectorised import fit_population
+
+TRAIN = make_split(96, seed=1)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: these models are too small to share, and both runs of a comparison
+    must use the same kernels."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def small_cnn(seed: int = 0) -> torch.nn.Module:
+    return build_model("small_cnn", 10, 1, 8, seed=seed)
+
+
+def stop_after(epochs: int):
+    """An on_epoch callback that asks training to stop after `epochs` epochs (as Ctrl-C does)."""
+
+    def on_epoch(epoch: int, _metrics: dict) -> None:
+        if epoch + 1 == epochs:
+            STOP_REQUESTED.set()
+
+    return on_epoch
+
+
+def interrupted(train_once, area: Path, every: int, after: int):
+    """Run `train_once(on_epoch)` in `area`, stopped after `after` epochs; then again, to the end."""
+    with resume_area(area, every):
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                train_once(stop_after(after))
+        finally:
+            STOP_REQUESTED.clear()
+    with resume_area(area, every):
+        return train_once(None)
+
+
+def assert_same_weights(first: torch.nn.Module, second: torch.nn.Module) -> None:
+    one, two = first.state_dict(), second.state_dict()
+    assert one.keys() == two.keys()
+    for name in one:
+        assert torch.equal(one[name], two[name]), name
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "augment", "every", "after"),
+    [("sgd", True, 1, 2), ("adamw", False, 2, 3)],
+)
+def test_fit_stopped_and_resumed_equals_uninterrupted(tmp_path, optimizer, augment, every, after):
+    config = TrainConfig(epochs=4, batch_size=32, optimizer=optimizer, augment=augment, seed=5)
+    lr = {"lr": 2e-3} if optimizer == "adamw" else {}
+    config = TrainConfig(**{**config.__dict__, **lr})
+    whole = fit(small_cnn(), TRAIN, config, LOSSES["ce"]())
+
+    epochs_seen = []
+
+    def train_once(on_epoch):
+        def record(epoch, metrics):
+            epochs_seen.append(epoch)
+            if on_epoch is not None:
+                on_epoch(epoch, metrics)
+
+        return fit(small_cnn(), TRAIN, config, LOSSES["ce"](), on_epoch=record)
+
+    resumed = interrupted(train_once, tmp_path / "resume", every, after)
+    assert_same_weights(whole, resumed)
+    # the second run started after the last saved epoch, not from 0
+    last_saved = after - after % every
+    assert epochs_seen == [*range(after), *range(last_saved, 4)]
+    points = list((tmp_path / "resume").iterdir())
+    assert [p.name for p in points] == ["001-fit.pt"]
+    saved = torch.load(points[0], weights_only=True)  # tensors and plain values only
+    assert saved["epoch"] == 4
+
+
+def test_a_finished_loop_is_not_trained_again_and_bad_points_are_ignored(tmp_path):
+    config = TrainConfig(epochs=2, batch_size=32, seed=1)
+    with resume_area(tmp_path, 1):
+        first = fit(small_cnn(), TRAIN, config, LOSSES["ce"]())
+    calls = []
+    with resume_area(tmp_path, 1):
+        again = fit(small_cnn(), TRAIN, config, LOSSES["ce"](), on_epoch=lambda *a: calls.append(a))
+    assert calls == []
+    assert_same_weights(first, again)
+    # other settings, or a file that is not tensors only: ignored, trained from epoch 0
+    other = TrainConfig(epochs=2, batch_size=16, seed=1)
+    with resume_area(tmp_path, 1):
+        fit(small_cnn(), TRAIN, other, LOSSES["ce"](), on_epoch=lambda *a: calls.append(a))
+    assert len(calls) == 2
+
+    class Planted:
+        def __reduce__(self):
+            return (print, ("unpickled",))
+
+    torch.save({"format": 1, "payload": Planted()}, tmp_path / "001-fit.pt")
+    calls.clear()
+    with resume_area(tmp_path, 1):
+        fit(small_cnn(), TRAIN, config, LOSSES["ce"](), on_epoch=lambda *a: calls.append(a))
+    assert len(calls) == 2
+
+
+def test_gradual_pruning_resumes_with_its_masks(tmp_path):
+    """The schedule prunes while fine-tuning: masks, like weights, continue from the point."""
+    config = TrainConfig(epochs=4, batch_size=32, seed=2)
+    reference = small_cnn(3).eval()
+
+    def train_once(on_epoch):
+        return fine_tune(
+            "gradual_magnitude",
+            0.8,
+            {"start_step": 1, "end_step": 9, "frequency": 2},
+            lambda: copy.deepcopy(reference),
+            lambda: copy.deepcopy(reference),
+            reference,
+            TRAIN,
+            config,
+            LOSSES["kd"](),
+            on_epoch=on_epoch,
+        )
+
+    assert total_steps(len(TRAIN), config) == 12  # the schedule spans the stop after epoch 2
+    whole = train_once(None)
+    resumed = interrupted(train_once, tmp_path, every=1, after=2)
+    assert_same_weights(whole, resumed)
+    masks = [name for name in whole.state_dict() if name.endswith("_mask")]
+    assert masks
+
+
+def test_vectorised_population_resumes(tmp_path, monkeypatch):
+    import compalign.vectorised as vectorised
+
+    configs = [TrainConfig(epochs=3, batch_size=32, augment=True, seed=s) for s in (0, 1)]
+
+    def train_once():
+        return fit_population([small_cnn(0), small_cnn(1)], TRAIN, configs, LOSSES["ce"]())
+
+    whole = train_once()
+    batches = []
+
+    def stop_in_second_epoch():  # fit_population has no epoch callback: stop at a batch
+        batches.append(1)
+        if len(batches) > math.ceil(len(TRAIN) / 32) + 1:
+            raise KeyboardInterrupt
+
+    with resume_area(tmp_path, 1):
+        with monkeypatch.context() as patch:
+            patch.setattr(vectorised, "stop_if_requested", stop_in_second_epoch)
+            with pytest.raises(KeyboardInterrupt):
+                train_once()
+        assert torch.load(tmp_path / "001-fit_population.pt", weights_only=True)["epoch"] == 1
+    with resume_area(tmp_path, 1):
+        resumed = train_once()
+    for one, two in zip(whole, resumed, strict=True):
+        assert_same_weights(one, two)
+
+
+def test_cpu_training_is_the_plain_float32_loop():
+    """GPU accelerations (compalign.accelerated) change nothing on the CPU: fit equals the loop
+    written out without them (float32, no autocast, no grad scaler, no channels-last)."""
+    config = TrainConfig(epochs=2, batch_size=32, augment=True, seed=4)
+    trained = fit(small_cnn(), TRAIN, config, LOSSES["ce"]())
+
+    model = small_cnn().train()
+    generator = torch.Generator().manual_seed(config.seed)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=config.lr, momentum=0.9, nesterov=True, weight_decay=5e-4
+    )
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=total_steps(len(TRAIN), config)
+    )
+    for _ in range(config.epochs):
+        order = torch.randperm(len(TRAIN), generator=generator)
+        for start in range(0, len(TRAIN), config.batch_size):
+            index = order[start : start + config.batch_size]
+            images = augment_batch(TRAIN.normalise(TRAIN.images[index]), generator)
+            loss = torch.nn.functional.cross_entropy(model(images), TRAIN.labels[index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+    assert_same_weights(trained, model)
+    assert all(p.dtype == torch.float32 and p.is_contiguous() for p in trained.parameters())
+
+
+# ---------------------------------------------------------------------------------------------
+# A real kill: the reference stage in its own process, SIGKILLed after its first resume point
+
+STAGE = """
+import json, sys
+import torch
+torch.set_num_threads(1)
+import compalign.resume
+from tasks.train import train_reference
+load = compalign.resume.ResumePoint.load
+def reporting_load(self):
+    payload = load(self)
+    print("resumed after epoch", None if payload is None else payload["epoch"], flush=True)
+    return payload
+compalign.resume.ResumePoint.load = reporting_load
+data, settings = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+print(json.dumps(train_reference(data, settings, "cpu")), flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_killed_reference_stage_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
+    from compalign.checkpoint import load_checkpoint, read_checkpoint_manifest
+    from compalign.config import ReferenceParams
+    from compalign.data import load_split
+    from tasks.data import prepare
+    from tasks.train import train_config, validation_accuracy
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("COMPALIGN_REFRESH", raising=False)
+    data = prepare({"source": "digits", "limit": 100})
+    settings = ReferenceParams(epochs=20, batch_size=16, augment=True).model_dump()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "COMPALIGN_RESUME_EVERY": "1"}
+    env["OMP_NUM_THREADS"] = "1"
+    command = [sys.executable, "-c", STAGE, json.dumps(data), json.dumps(settings)]
+
+    first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
+    points = tmp_path / "artifacts" / "reference"
+    deadline = time.monotonic() + 60
+    while not list(points.glob(".resume-*/001-fit.pt")):
+        assert first.poll() is None, "the stage ended before it was killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert not list(points.glob("*/manifest.json"))  # nothing finished
+    epoch = torch.load(next(points.glob(".resume-*/001-fit.pt")), weights_only=True)["epoch"]
+    assert 1 <= epoch < 20
+
+    second = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+    lines = second.stdout.strip().splitlines()
+    assert lines[0].startswith("resumed after epoch") and int(lines[0].split()[-1]) >= epoch
+    artifact = json.loads(lines[-1])
+    assert not list(points.glob(".resume-*"))  # finished: its resume points are gone
+
+    params = ReferenceParams.model_validate(settings)
+    manifest = json.loads((Path(data["path"]) / "manifest.json").read_text())
+    model = build_model("small_cnn", 10, 1, 8, seed=params.seed)
+    fit(model, load_split(data["path"], "train", manifest), train_config(params), LOSSES["ce"]())
+    accuracy = validation_accuracy(model, load_split(data["path"], "val", manifest))
+    assert_same_weights(load_checkpoint(artifact["path"]), model)
+    assert read_checkpoint_manifest(artifact["path"])["val_accuracy"] == accuracy
