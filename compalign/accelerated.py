@@ -3,7 +3,8 @@
 On CUDA the training loops (`compalign.train.fit`, `compalign.vectorised.fit_population`) run
 the forward pass under autocast in bfloat16 (float16 with a `GradScaler` on GPUs without
 bfloat16), keep convolution weights and images channels-last, copy batches from pinned memory
-without blocking, and, inside `compiling(True)`, run the model through `torch.compile`. On the
+without blocking, and, inside `compiling(True)`, run the model through `torch.compile`; a model
+in quantization-aware training trains in float32 (it simulates a precision of its own). On the
 CPU every method here is the identity (float32, contiguous, blocking copies, eager), so CPU
 results are bit-identical to a loop without this module.
 """
@@ -34,12 +35,12 @@ def compiling(enabled: bool) -> Iterator[None]:
 class Accelerated:
     """The device-dependent parts of one training loop (see the module docstring)."""
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, mixed_precision: bool = True) -> None:
         self.device = device
         self.cuda = device.type == "cuda"
         self.dtype = None
         self.scaler = None
-        if self.cuda:
+        if self.cuda and mixed_precision:
             self.dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
             if self.dtype == torch.float16:  # float16 gradients underflow without scaling
                 self.scaler = torch.amp.GradScaler("cuda")
@@ -73,7 +74,7 @@ class Accelerated:
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """Mixed precision for the forward pass and loss on CUDA; nothing on the CPU."""
-        if self.cuda:
+        if self.dtype is not None:
             return torch.autocast("cuda", dtype=self.dtype)
         return contextlib.nullcontext()
 
@@ -96,6 +97,21 @@ class Accelerated:
             self.scaler.load_state_dict(state)
 
 
-def accelerated(device: torch.device | str) -> Accelerated:
-    """The accelerations of a training loop on `device`."""
-    return Accelerated(torch.device(device))
+def simulates_precision(model: nn.Module) -> bool:
+    """Whether `model` simulates a lower precision while it trains (fake quantization, weights
+    rounded through a parametrization: compalign.quantize.prepare_qat); autocast would change
+    the arithmetic it simulates."""
+    from torch.ao.quantization import FakeQuantizeBase
+    from torch.nn.utils import parametrize
+
+    return any(
+        isinstance(module, FakeQuantizeBase) or parametrize.is_parametrized(module)
+        for module in model.modules()
+    )
+
+
+def accelerated(device: torch.device | str, model: nn.Module | None = None) -> Accelerated:
+    """The accelerations of a training loop of `model` on `device` (float32 for a model that
+    simulates a precision)."""
+    mixed = model is None or not simulates_precision(model)
+    return Accelerated(torch.device(device), mixed_precision=mixed)

@@ -115,7 +115,7 @@ def fit(
     model.to(device).train()
     if reference is not None:
         reference.to(device).eval()  # frozen: its logits are computed under no_grad below
-    speed = accelerated(device)
+    speed = accelerated(device, model)
     speed.prepare(model, reference)
     generator = torch.Generator().manual_seed(config.seed)
     optimizer = make_optimizer(model, config)

@@ -21,7 +21,7 @@ from compalign.finetune import fine_tune
 from compalign.losses import LOSSES
 from compalign.models import build_model
 from compalign.resume import resume_area
-from compalign.train import STOP_REQUESTED, TrainConfig, augment_batch, fit, total_steps
+from compalign.train import STOP_REQUESTED, TrainConfig, fit, total_steps
 from compalign.vectorised import fit_population
 
 TRAIN = make_split(96, seed=1)
@@ -180,34 +180,6 @@ def test_vectorised_population_resumes(tmp_path, monkeypatch):
         resumed = train_once()
     for one, two in zip(whole, resumed, strict=True):
         assert_same_weights(one, two)
-
-
-def test_cpu_training_is_the_plain_float32_loop():
-    """GPU accelerations (compalign.accelerated) change nothing on the CPU: fit equals the loop
-    written out without them (float32, no autocast, no grad scaler, no channels-last)."""
-    config = TrainConfig(epochs=2, batch_size=32, augment=True, seed=4)
-    trained = fit(small_cnn(), TRAIN, config, LOSSES["ce"]())
-
-    model = small_cnn().train()
-    generator = torch.Generator().manual_seed(config.seed)
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=config.lr, momentum=0.9, nesterov=True, weight_decay=5e-4
-    )
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-        optimizer, T_max=total_steps(len(TRAIN), config)
-    )
-    for _ in range(config.epochs):
-        order = torch.randperm(len(TRAIN), generator=generator)
-        for start in range(0, len(TRAIN), config.batch_size):
-            index = order[start : start + config.batch_size]
-            images = augment_batch(TRAIN.normalise(TRAIN.images[index]), generator)
-            loss = torch.nn.functional.cross_entropy(model(images), TRAIN.labels[index])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-    assert_same_weights(trained, model)
-    assert all(p.dtype == torch.float32 and p.is_contiguous() for p in trained.parameters())
 
 
 # ---------------------------------------------------------------------------------------------
