@@ -77,8 +77,9 @@ class ResumePoint:
 
     def save(self, epoch: int, state: Mapping[str, Any]) -> None:
         """Write `state` (tensors and plain values) as reached after `epoch` epochs; atomic:
-        a kill during the write leaves the previous point."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        a kill during the write leaves the previous point. A point that cannot be written
+        (disk full; another run of the same stage finishing and removing the area) costs only
+        the ability to resume: a warning, and training goes on."""
         payload = {
             "format": FORMAT_VERSION,
             "identity": self.identity,
@@ -87,8 +88,14 @@ class ResumePoint:
             **state,
         }
         partial = self.path.with_name(f"{self.path.name}.{os.getpid()}.partial")
-        torch.save(payload, partial)
-        os.replace(partial, self.path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(payload, partial)
+            os.replace(partial, self.path)
+        except (OSError, RuntimeError) as error:  # torch.save reports a full disk as RuntimeError
+            logger.warning("%s: resume point not saved (%s)", self.path, error)
+            with contextlib.suppress(OSError):
+                partial.unlink(missing_ok=True)
 
     def load(self) -> dict[str, Any] | None:
         """The saved payload, or None when there is none usable (a warning says why)."""

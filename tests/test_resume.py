@@ -127,6 +127,16 @@ def test_a_finished_loop_is_not_trained_again_and_bad_points_are_ignored(tmp_pat
     assert len(calls) == 2
 
 
+def test_a_point_that_cannot_be_written_only_warns(tmp_path, caplog):
+    config = TrainConfig(epochs=1, batch_size=32, seed=1)
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("")
+    with resume_area(blocked, 1):
+        trained = fit(small_cnn(), TRAIN, config, LOSSES["ce"]())
+    assert_same_weights(trained, fit(small_cnn(), TRAIN, config, LOSSES["ce"]()))
+    assert "resume point not saved" in caplog.text
+
+
 def test_gradual_pruning_resumes_with_its_masks(tmp_path):
     """The schedule prunes while fine-tuning: masks, like weights, continue from the point."""
     config = TrainConfig(epochs=4, batch_size=32, seed=2)
