@@ -130,9 +130,10 @@ def next_resume_point(kind: str, config: Any, **identity: Any) -> ResumePoint | 
     return ResumePoint(path, area.every, described)
 
 
-def shapes(tensors: Mapping[str, torch.Tensor]) -> list[list[Any]]:
-    """Names and shapes of a state dict (part of a resume point's identity)."""
-    return [[name, list(tensor.shape)] for name, tensor in tensors.items()]
+def shapes(tensors: Mapping[str, Any]) -> list[list[Any]]:
+    """Names and shapes of a state dict (part of a resume point's identity; a non-tensor entry,
+    such as a module's extra state, counts by its name)."""
+    return [[name, list(getattr(value, "shape", ()))] for name, value in tensors.items()]
 
 
 def global_rng_state() -> dict[str, Any]:

@@ -164,6 +164,33 @@ def test_gradual_pruning_resumes_with_its_masks(tmp_path):
     assert masks
 
 
+@pytest.mark.parametrize("method", ["half"])  # quantize_dynamic, quantize_static: the same
+def test_quantization_aware_fine_tuning_resumes(tmp_path, method):
+    """Fake-quantized (parametrized) weights continue from the point; the converted models agree."""
+    config = TrainConfig(epochs=3, batch_size=32, seed=2)
+    reference = small_cnn(3).eval()
+
+    def train_once(on_epoch):
+        fresh = lambda: copy.deepcopy(reference)  # noqa: E731
+        return fine_tune(
+            method,
+            None,
+            {},
+            fresh,
+            fresh,
+            reference,
+            TRAIN,
+            config,
+            LOSSES["kd"](),
+            on_epoch=on_epoch,
+        )
+
+    whole = train_once(None)
+    resumed = interrupted(train_once, tmp_path, every=1, after=1)
+    images = TRAIN.normalise(TRAIN.images)
+    assert torch.equal(whole(images), resumed(images))
+
+
 def test_vectorised_population_resumes(tmp_path, monkeypatch):
     import compalign.vectorised as vectorised
 
