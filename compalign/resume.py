@@ -136,6 +136,20 @@ def shapes(tensors: Mapping[str, Any]) -> list[list[Any]]:
     return [[name, list(getattr(value, "shape", ()))] for name, value in tensors.items()]
 
 
+def register_saved_masks(model: torch.nn.Module, state: Mapping[str, Any]) -> None:
+    """Register the pruning masks a saved model state has and `model` has not yet (a schedule
+    that first prunes after the loop started), so that `load_state_dict` fits. The parameter
+    keeps its identity (`prune.identity` moves it to `<name>_orig`): an optimizer built over it
+    still updates it."""
+    from torch.nn.utils import prune
+
+    present = model.state_dict()
+    for key in state:
+        if key.endswith("_mask") and key not in present:
+            module_name, _, name = key.removesuffix("_mask").rpartition(".")
+            prune.identity(model.get_submodule(module_name), name)
+
+
 def global_rng_state() -> dict[str, Any]:
     """torch's global CPU generator, and every CUDA device's when CUDA is in use."""
     cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []

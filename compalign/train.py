@@ -20,7 +20,7 @@ from torch import nn
 from compalign.accelerated import accelerated
 from compalign.data import Split
 from compalign.losses import LossFn
-from compalign.resume import next_resume_point, shapes
+from compalign.resume import next_resume_point, register_saved_masks, shapes
 
 
 @dataclass(frozen=True)
@@ -126,6 +126,7 @@ def fit(
     resume = next_resume_point("fit", config, model=shapes(model.state_dict()))
     first_epoch = 0
     if resume is not None and (saved := resume.load()) is not None:
+        register_saved_masks(model, saved["model"])
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["lr_scheduler"])

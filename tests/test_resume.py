@@ -164,6 +164,28 @@ def test_gradual_pruning_resumes_with_its_masks(tmp_path):
     assert masks
 
 
+def test_masks_registered_after_the_loop_started_are_restored(tmp_path):
+    """A schedule whose first pruning step comes after training began (masks registered then,
+    not before fit): the resumed model gets them back before its state is loaded."""
+    from compalign.compressors.gradual_magnitude import prune_layers_to
+
+    config = TrainConfig(epochs=3, batch_size=32, seed=6)
+
+    def prune_at_step_4(step, model):
+        if step == 4:
+            prune_layers_to(model, 0.5)
+
+    def train_once(on_epoch):
+        return fit(
+            small_cnn(), TRAIN, config, LOSSES["ce"](), on_epoch=on_epoch, on_step=prune_at_step_4
+        )
+
+    whole = train_once(None)
+    resumed = interrupted(train_once, tmp_path, every=1, after=2)
+    assert_same_weights(whole, resumed)
+    assert any(name.endswith("_mask") for name in resumed.state_dict())
+
+
 # quantize_dynamic and quantize_static resume to equal logits too (checked by hand; slower)
 @pytest.mark.parametrize("method", ["half"])
 def test_quantization_aware_fine_tuning_resumes(tmp_path, method):
