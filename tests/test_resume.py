@@ -304,3 +304,15 @@ def test_killed_reference_stage_resumes_to_the_uninterrupted_result(tmp_path, mo
     accuracy = validation_accuracy(model, load_split(data["path"], "val", manifest))
     assert_same_weights(load_checkpoint(artifact["path"]), model)
     assert read_checkpoint_manifest(artifact["path"])["val_accuracy"] == accuracy
+
+
+@pytest.mark.parametrize(("every", "saved"), [("0", False), ("3", True)])
+def test_run_resume_every_reaches_the_stages(tmp_path, monkeypatch, every, saved):
+    """`run.resume_every` (COMPALIGN_RESUME_EVERY, set by the CLI) decides whether a stage's
+    training saves resume points; 0 turns them off."""
+    from tasks.store import training_runtime
+
+    monkeypatch.setenv("COMPALIGN_RESUME_EVERY", every)
+    with training_runtime(tmp_path / "points"):
+        fit(small_cnn(), TRAIN, TrainConfig(epochs=1, batch_size=32), LOSSES["ce"]())
+    assert (tmp_path / "points" / "001-fit.pt").is_file() == saved
