@@ -23,6 +23,7 @@ from tasks.store import (
     is_complete,
     materialize,
     prefect_group_cache_key,
+    refresh_requested,
     require,
     resume_dir_of,
     stage_key,
@@ -208,6 +209,8 @@ def train_population(
     # resume points of the batched training, named by the members' keys (tasks.store)
     group = hashlib.sha256("".join(stage_key("reference", m) for m in members).encode())
     resume_dir = resume_dir_of(entry_dir(f"reference-group-{group.hexdigest()[:24]}"))
+    if refresh_requested():
+        shutil.rmtree(resume_dir, ignore_errors=True)
     with training_runtime(resume_dir):
         fit_population(models, train, configs, LOSSES["ce"](), device=device)
     artifacts = []
