@@ -50,6 +50,8 @@ bench: setup
 	$(BIN)/python bench/overhead.py
 	$(BIN)/python bench/compression_costs.py
 	$(BIN)/python bench/populations.py
+	$(BIN)/python bench/training.py
+	$(BIN)/python bench/gpu.py
 
 lint: setup
 	$(BIN)/ruff check .

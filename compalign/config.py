@@ -228,6 +228,11 @@ class RunParams(Section):
     experiment: Annotated[str, Field(min_length=1)] = "compalign"
     threads: Annotated[int, Field(ge=1)] | None = None
     workers: Annotated[int, Field(ge=1, le=64)] = 2
+    # training and fine-tuning save a resume point every this many epochs (0: never), so a
+    # killed stage continues where it was (compalign.resume); results are the same either way
+    resume_every: Annotated[int, Field(ge=0)] = 1
+    # torch.compile the model while training on CUDA (no effect on the CPU)
+    compile: bool = False
 
 
 class PopulationsParams(Section):

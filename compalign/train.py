@@ -2,7 +2,8 @@
 
 One loop serves reference training (loss = cross-entropy) and alignment fine-tuning (a loss from
 `compalign.losses` that also sees the frozen reference model's logits on the same batch). All
-randomness (shuffling, augmentation) comes from one seeded `torch.Generator`.
+randomness (shuffling, augmentation) comes from one seeded `torch.Generator`. A loop run inside
+`compalign.resume.resume_area` saves resume points and continues a killed run bit-identically.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from compalign.accelerated import accelerated
 from compalign.data import Split
 from compalign.losses import LossFn
+from compalign.resume import next_resume_point, register_saved_masks, shapes
 
 
 @dataclass(frozen=True)
@@ -104,19 +107,34 @@ def fit(
 
     With `reference`, its logits on each (augmented) batch are computed without gradients and
     passed to the loss; the reference stays frozen in eval mode. `on_step(step, model)` runs
-    before each optimisation step (gradual pruning updates its masks there).
+    before each optimisation step (gradual pruning updates its masks there). Inside
+    `compalign.resume.resume_area` it saves resume points and continues from the last one.
+    On CUDA it trains in mixed precision, channels-last (`accelerated`); on the CPU in float32.
     """
     device = torch.device(device)
     model.to(device).train()
     if reference is not None:
         reference.to(device).eval()  # frozen: its logits are computed under no_grad below
+    speed = accelerated(device, model)
+    speed.prepare(model, reference)
     generator = torch.Generator().manual_seed(config.seed)
     optimizer = make_optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
         optimizer, T_max=total_steps(len(train), config)
     )
-    step = 0
-    for epoch in range(config.epochs):
+    forward = speed.compiled(model)
+    resume = next_resume_point("fit", config, model=shapes(model.state_dict()))
+    first_epoch = 0
+    if resume is not None and (saved := resume.load()) is not None:
+        register_saved_masks(model, saved["model"])
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["lr_scheduler"])
+        generator.set_state(saved["generators"][0])
+        speed.load_state_dict(saved["scaler"])
+        first_epoch = saved["epoch"]
+    step = first_epoch * math.ceil(len(train) / config.batch_size)
+    for epoch in range(first_epoch, config.epochs):
         order = torch.randperm(len(train), generator=generator)
         total_loss = correct = 0.0
         for start in range(0, len(train), config.batch_size):
@@ -128,22 +146,33 @@ def fit(
             images = train.normalise(train.images[index])
             if config.augment:
                 images = augment_batch(images, generator)
-            images, labels = images.to(device), train.labels[index].to(device)
+            images, labels = speed.images(images), speed.move(train.labels[index])
             reference_logits = None
-            if reference is not None:
-                with torch.no_grad():
-                    reference_logits = reference(images)
-            logits = model(images)
-            loss = loss_fn(logits, reference_logits, labels)
+            with speed.autocast():
+                if reference is not None:
+                    with torch.no_grad():
+                        reference_logits = reference(images)
+                logits = forward(images)
+                loss = loss_fn(logits, reference_logits, labels)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            speed.backward_and_step(loss, optimizer)
             scheduler.step()
             total_loss += float(loss.detach()) * len(index)
             correct += float((logits.argmax(1) == labels).sum())
         if on_epoch is not None:
             on_epoch(
                 epoch, {"loss": total_loss / len(train), "train_accuracy": correct / len(train)}
+            )
+        if resume is not None and resume.due(epoch + 1, config.epochs):
+            resume.save(
+                epoch + 1,
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "lr_scheduler": scheduler.state_dict(),
+                    "generators": [generator.get_state()],
+                    "scaler": speed.state_dict(),
+                },
             )
     return model.eval()
 

@@ -28,6 +28,11 @@ after many steps members are close to, not equal to, their one-at-a-time counter
 predictions agree on nearly every example and accuracies match closely. Members with the same
 seed within one population see identical inputs and kernels and stay identical.
 
+Resumable like `fit` (compalign.resume): inside `resume_area` it saves the stacked tensors, the
+optimizer, the schedule and every member's generator each `every` epochs, and continues from them.
+On CUDA it uses `fit`'s accelerations (compalign.accelerated) except channels-last for the images
+(a stacked batch is 5-D) and `torch.compile`.
+
 Speed: one batched kernel launch per layer instead of K, which pays where training a single
 model is overhead-bound (small models or batches, GPUs); on a CPU that one model already keeps
 busy there is little to gain (see bench/populations.py for a measurement and why).
@@ -49,8 +54,10 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 from torch.nn.utils import prune
 
+from compalign.accelerated import accelerated
 from compalign.data import Split
 from compalign.losses import LossFn
+from compalign.resume import next_resume_point, shapes
 from compalign.train import (
     TrainConfig,
     augment_batch,
@@ -139,11 +146,14 @@ def fit_population(
     _validate(models, configs, references)
     device = torch.device(device)
     config = configs[0]  # all equal but for the seed
+    speed = accelerated(device)
     for model in models:
         model.to(device).train()
+        speed.prepare(model)
     if references is not None:
         for reference in references:
             reference.to(device).eval()  # frozen: its logits are computed under no_grad below
+            speed.prepare(reference)
 
     stacked_params, buffers = stack_module_state(models)
     # nn.Parameters in an nn.Module, so that make_optimizer (fit's own) builds the optimizer
@@ -169,7 +179,24 @@ def fit_population(
     population_logits = vmap(member_logits)
 
     generators = [torch.Generator().manual_seed(member.seed) for member in configs]
-    for _ in range(config.epochs):
+    resume = next_resume_point(
+        "fit_population",
+        config,
+        seeds=[member.seed for member in configs],
+        model=shapes(params) + shapes(buffers),
+    )
+    first_epoch = 0
+    if resume is not None and (saved := resume.load()) is not None:
+        with torch.no_grad():
+            for name, tensor in {**params, **buffers}.items():
+                tensor.copy_(saved["model"][name])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["lr_scheduler"])
+        for generator, state in zip(generators, saved["generators"], strict=True):
+            generator.set_state(state)
+        speed.load_state_dict(saved["scaler"])
+        first_epoch = saved["epoch"]
+    for epoch in range(first_epoch, config.epochs):
         # one randperm per member per epoch, before the epoch's augmentation draws, as in fit
         orders = [torch.randperm(len(train), generator=generator) for generator in generators]
         for start in range(0, len(train), config.batch_size):
@@ -182,23 +209,34 @@ def fit_population(
                     images = augment_batch(images, generator)
                 member_images.append(images)
                 member_labels.append(train.labels[index])
-            images = torch.stack(member_images).to(device)
-            labels = torch.stack(member_labels).to(device)
+            images = speed.move(torch.stack(member_images))
+            labels = speed.move(torch.stack(member_labels))
             reference_logits: list[torch.Tensor | None] = [None] * len(models)
-            if references is not None:
-                with torch.no_grad():
-                    reference_logits = [
-                        reference(images[k]) for k, reference in enumerate(references)
-                    ]
-            logits = population_logits(params, buffers, images)
-            # Sum of per-member means: member k's gradient is exactly that of its own loss.
-            loss = sum(
-                loss_fn(logits[k], reference_logits[k], labels[k]) for k in range(len(models))
-            )
+            with speed.autocast():
+                if references is not None:
+                    with torch.no_grad():
+                        reference_logits = [
+                            reference(images[k]) for k, reference in enumerate(references)
+                        ]
+                logits = population_logits(params, buffers, images)
+                # Sum of per-member means: member k's gradient is exactly that of its own loss.
+                loss = sum(
+                    loss_fn(logits[k], reference_logits[k], labels[k]) for k in range(len(models))
+                )
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            speed.backward_and_step(loss, optimizer)
             scheduler.step()
+        if resume is not None and resume.due(epoch + 1, config.epochs):
+            resume.save(
+                epoch + 1,
+                {
+                    "model": {name: t.detach() for name, t in {**params, **buffers}.items()},
+                    "optimizer": optimizer.state_dict(),
+                    "lr_scheduler": scheduler.state_dict(),
+                    "generators": [generator.get_state() for generator in generators],
+                    "scaler": speed.state_dict(),
+                },
+            )
 
     with torch.no_grad():
         for k, model in enumerate(models):

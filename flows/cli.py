@@ -119,6 +119,9 @@ def _prepare_process(params: Params, refresh: bool = False, flows: bool = False)
         from flows.server import start_api_server
 
         start_api_server()
+    # read by tasks.store.training_runtime, in this process and in Dask workers it starts
+    os.environ["COMPALIGN_RESUME_EVERY"] = str(params.run.resume_every)
+    os.environ["COMPALIGN_COMPILE"] = "1" if params.run.compile else "0"
     if refresh:
         os.environ["COMPALIGN_REFRESH"] = "1"
         os.environ["PREFECT_TASKS_REFRESH_CACHE"] = "true"

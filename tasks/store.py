@@ -10,12 +10,13 @@ that was finished.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -130,6 +131,28 @@ def refresh_requested() -> bool:
     return os.environ.get("COMPALIGN_REFRESH") == "1"
 
 
+def resume_dir_of(directory: Path) -> Path:
+    """Where the training loops of the stage call that makes `directory` keep their resume
+    points (compalign.resume): a sibling named by the same key, so a rerun after a kill finds
+    them; removed when the entry is finished."""
+    return directory.parent / f".resume-{directory.name}"
+
+
+@contextlib.contextmanager
+def training_runtime(resume_dir: Path) -> Iterator[None]:
+    """Training inside saves resume points in `resume_dir` every `run.resume_every` epochs and
+    compiles its model when `run.compile` (both set for the process by the CLI through
+    COMPALIGN_RESUME_EVERY and COMPALIGN_COMPILE; neither changes a result, so neither is in
+    a key)."""
+    from compalign.accelerated import compiling
+    from compalign.config import RunParams
+    from compalign.resume import resume_area
+
+    every = os.environ.get("COMPALIGN_RESUME_EVERY", RunParams.model_fields["resume_every"].default)
+    with resume_area(resume_dir, int(every)), compiling(os.environ.get("COMPALIGN_COMPILE") == "1"):
+        yield
+
+
 def materialize(
     stage: str,
     parameters: Mapping[str, Any],
@@ -142,10 +165,18 @@ def materialize(
     key = stage_key(stage, parameters)
     directory = entry_dir(key)
     if refresh_requested() or not is_complete(directory):
-        with atomic_directory(directory) as scratch, computing(stage):
+        resume_dir = resume_dir_of(directory)
+        if refresh_requested():
+            shutil.rmtree(resume_dir, ignore_errors=True)
+        with (
+            atomic_directory(directory) as scratch,
+            training_runtime(resume_dir),
+            computing(stage),
+        ):
             build(scratch)
             if not (scratch / MANIFEST).is_file():
                 raise RuntimeError(f"stage {stage} wrote no {MANIFEST}")
+        shutil.rmtree(resume_dir, ignore_errors=True)  # finished: nothing left to resume
     if out_dir is None:
         return artifact_of(directory)
     with atomic_directory(out_dir) as scratch:

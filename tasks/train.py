@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +23,11 @@ from tasks.store import (
     is_complete,
     materialize,
     prefect_group_cache_key,
+    refresh_requested,
     require,
+    resume_dir_of,
     stage_key,
+    training_runtime,
 )
 
 
@@ -201,7 +206,13 @@ def train_population(
     configs = [train_config(params.model_copy(update={"seed": seed})) for seed in seeds]
     train, val = load_split(data_dir, "train", manifest), load_split(data_dir, "val", manifest)
     stage_logger().info("training %d members of %s as one batched model", len(seeds), params.model)
-    fit_population(models, train, configs, LOSSES["ce"](), device=device)
+    # resume points of the batched training, named by the members' keys (tasks.store)
+    group = hashlib.sha256("".join(stage_key("reference", m) for m in members).encode())
+    resume_dir = resume_dir_of(entry_dir(f"reference-group-{group.hexdigest()[:24]}"))
+    if refresh_requested():
+        shutil.rmtree(resume_dir, ignore_errors=True)
+    with training_runtime(resume_dir):
+        fit_population(models, train, configs, LOSSES["ce"](), device=device)
     artifacts = []
     for member, model in zip(members, models, strict=True):
         val_accuracy = validation_accuracy(model, val, device)
@@ -218,6 +229,7 @@ def train_population(
             )
 
         artifacts.append(materialize("reference", member, build))
+    shutil.rmtree(resume_dir, ignore_errors=True)  # every member stored: nothing to resume
     return artifacts
 
 
