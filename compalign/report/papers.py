@@ -76,6 +76,20 @@ def _held(condition: bool, partly: bool = False) -> str:
 
 # --------------------------------------------------------------------------------------------
 # Several training seeds (`reproduce.seeds`)
+#
+# flows/reproduce.py runs a configuration once per training seed and hands a builder every
+# seed's summary rows, one after the other, with a `seed` column (flows.reproduce.SeedRuns).
+# - joseph() reads every number through across_seeds() and judges each verdict on its interval.
+# - meyer(): the per-level table should come from across_seeds(summary, ["sparsity", "loss"],
+#   column) for each column it shows, once the group gap and its change are summary columns with
+#   `_ci_low` / `_ci_high` (a per-seed fairlearn bootstrap); "pw limits the gap" should then be
+#   judged on paired_difference(summary, ["sparsity"], "<gap change column>", "pw", "ce") through
+#   across_seeds (the interval of pw minus ce below 0, or including 0), as joseph() does for
+#   fairness. Until it does, its `metrics` are keyed by each summary row's `name`, which carries
+#   `@seed<seed>` for every seed but the first, so its per-row lookups stay right.
+# - hooker(): no seeds are added. The members of a population already are independent training
+#   seeds (populations.size), and its verdicts are statistics over them: PIEs from the members'
+#   modal labels, impacted classes from Welch's test over the members' recalls.
 # --------------------------------------------------------------------------------------------
 
 SEED_RULE = (
