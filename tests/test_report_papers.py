@@ -223,3 +223,10 @@ def test_joseph_judges_the_headline_on_every_seed(tmp_path):
     assert low < 1
     assert len(report.tables["per_seed"]) == len(bad)
     assert "Welch–Satterthwaite" in "\n".join(report.sections)
+
+
+def test_joseph_without_attribution_maps_does_not_judge_attributions(tmp_path):
+    summary = joseph_summary(5).assign(attribution_agreement=float("nan"))
+    report = paper_reports.joseph(summary, tmp_path, "cpu")
+    assert "**held**" in report.verdicts[0]
+    assert "**not judged**" in report.verdicts[2] and "attribution" in report.verdicts[2]

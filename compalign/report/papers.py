@@ -143,7 +143,11 @@ def across_seeds(
                 f"{column}_max": float(np.max(values)),
             }
         )
-    return pd.DataFrame(rows)
+    columns = [*keys, "seeds", column, *(f"{column}_{part}" for part in PARTS)]
+    return pd.DataFrame(rows, columns=columns)
+
+
+PARTS = ("low", "high", "sd", "min", "max")
 
 
 def _seed_interval(
@@ -364,6 +368,11 @@ def joseph(summary: pd.DataFrame, out_dir: Path, profile: str, tuned: bool = Fal
         ]
         not_worse = int((difference[column] >= 0).sum())
         above, below, total = sides.count("above 0"), sides.count("below 0"), len(sides)
+        if total == 0:  # e.g. attribution maps off, or no compression with both losses
+            report.verdicts.append(
+                f"{claim}: **not judged** (no compression has {column} of both ce and label_preserving)."
+            )
+            continue
         report.verdicts.append(
             f"{claim}: {_held(not_worse > total / 2 and below == 0, not_worse > 0)} ({measure}: mean "
             f"over seeds ≥ 0 at {not_worse} of {total} compressions; its interval across seeds lies "
