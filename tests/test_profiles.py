@@ -168,6 +168,9 @@ def tiny_overrides(params: Params, root) -> list[str]:
         "populations.size=2",
         f"populations.sparsities=[{min(params.populations.sparsities)}]",
         "populations.gallery_examples=2",
+        # float16 has no fast CPU kernels (README: 46x the reference's latency); the same code
+        # path as bfloat16, which has them
+        "compress.half.dtype=bfloat16",
         "audit.bootstrap_samples=100",
         "audit.attribution_samples=4",
         "audit.integrated_gradients_steps=2",
