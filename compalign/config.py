@@ -274,6 +274,19 @@ class PopulationsParams(Section):
         return list(range(self.first_seed, self.first_seed + self.size))
 
 
+class ReproduceParams(Section):
+    """`compalign reproduce` only: how many training seeds each paper's configuration runs with.
+    Seed i (0-based) adds i to every training seed (reference.seed, align.seed and each
+    compressor's seed: `training_seeds`); the data split (data.seed) and the audit's bootstrap
+    (audit.seed) stay, so every seed is judged on the same test examples."""
+
+    seeds: Annotated[int, Field(ge=1, le=100)] = 1
+
+
+# the sections whose `seed` keys (at any depth) `training_seeds` moves: what a training run draws
+TRAINING_SEED_SECTIONS = ("reference", "compress", "align")
+
+
 class Params(Section):
     """The whole params.yaml."""
 
@@ -284,6 +297,15 @@ class Params(Section):
     audit: AuditParams = Field(default_factory=AuditParams)
     populations: PopulationsParams = Field(default_factory=PopulationsParams)
     run: RunParams = Field(default_factory=RunParams)
+    reproduce: ReproduceParams = Field(default_factory=ReproduceParams)
+
+    def training_seeds(self, offset: int) -> Params:
+        """These params with `offset` added to every seed of reference training, compression
+        and fine-tuning (each `seed` key under TRAINING_SEED_SECTIONS); offset 0: unchanged."""
+        tree = self.model_dump()
+        for section in TRAINING_SEED_SECTIONS:
+            _add_to_seeds(tree[section], offset)
+        return Params.model_validate(tree)
 
     def flat(self) -> dict[str, Any]:
         """{"section.key": value} for every leaf, lists as their YAML text (for MLflow params)."""
@@ -298,6 +320,14 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
         else:
             items.append((f"{prefix}{key}", value))
     return items
+
+
+def _add_to_seeds(tree: dict[str, Any], offset: int) -> None:
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            _add_to_seeds(value, offset)
+        elif key == "seed":
+            tree[key] = value + offset
 
 
 def _one_of(value: str, allowed: Any) -> str:

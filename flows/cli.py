@@ -238,6 +238,12 @@ def reproduce(
     device: Annotated[
         str | None, typer.Option(help="auto, cpu or cuda (default: the profile's)")
     ] = None,
+    seeds: Annotated[
+        int | None,
+        typer.Option(
+            help="training seeds per configuration (default: the profile's reproduce.seeds)"
+        ),
+    ] = None,
     overrides: SetOption = None,
     verbose: VerboseOption = False,
 ) -> None:
@@ -251,6 +257,7 @@ def reproduce(
     if profile not in PROFILES:
         raise UserError(f"--profile {profile!r}: choose one of {', '.join(PROFILES)}")
     overrides = list(overrides or []) + ([f"run.device={device}"] if device else [])
+    overrides += [f"reproduce.seeds={seeds}"] if seeds is not None else []
     for name in PAPERS if paper == "all" else (paper,):
         params = paper_params(name, profile, overrides)  # every profile validated before any work
         _check_data(params)

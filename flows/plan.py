@@ -7,6 +7,7 @@ from typing import Any
 
 from compalign.compressors import COMPRESSORS
 from compalign.config import NO_FINE_TUNING, Params
+from compalign.tuning import tune_budget
 
 BASELINE_LOSS = "ce"  # reduction factors are mismatches of `ce` / mismatches of a loss
 
@@ -110,6 +111,15 @@ def align_arguments(params: Params, spec: ModelSpec, device: str) -> dict[str, A
         "training": params.align.training_settings(),
         "device": device,
         "tune": params.align.tune,
+        "tune_budget": tune_budget(
+            {
+                loss: params.align.loss_hyperparameters(loss)
+                for loss in params.align.losses
+                if loss != NO_FINE_TUNING
+            }
+        )
+        if params.align.tune
+        else None,
     }
 
 

@@ -11,6 +11,7 @@ headline finding; the same files go to a `reproduce-<paper>` run in that experim
 from __future__ import annotations
 
 import socket
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,31 +61,67 @@ def _pipeline(settings: Params) -> dict[str, Any]:
     return pipeline.with_options(task_runner=runner)(settings.model_dump())
 
 
+@dataclass
+class SeedRuns:
+    """The pipeline runs of one configuration, one per training seed (`reproduce.seeds`).
+
+    `summary`: every run's summary, one after the other, with a `seed` column (the run's
+    reference.seed). `metrics`: each model's audit metrics by its summary `name`; names are the
+    pipeline's own for the first seed and `<name>@seed<seed>` for the others, in `metrics` and in
+    `summary` alike, so a builder that reads `metrics[row.name]` per summary row gets that row's
+    own seed. `sources`: the MLflow parent runs."""
+
+    summary: pd.DataFrame
+    metrics: dict[str, dict[str, float]]
+    sources: list[str]
+
+
+def run_seeds(settings: Params) -> SeedRuns:
+    """Run the pipeline once per training seed: seed i is `settings.training_seeds(i)` (every
+    seed of reference training, compression and fine-tuning moved by i; the split and the test
+    examples stay). Each run is a normal pipeline run: cached per stage, logged to MLflow."""
+    frames, metrics, sources = [], {}, []
+    for offset in range(settings.reproduce.seeds):
+        seeded = settings.training_seeds(offset)
+        result = _pipeline(seeded)
+        seed = seeded.reference.seed
+        suffix = "" if offset == 0 else f"@seed{seed}"
+        frame = pd.DataFrame(result["summary"])
+        frame.insert(0, "seed", seed)
+        frame["name"] = frame["name"] + suffix
+        frames.append(frame)
+        metrics.update({f"{name}{suffix}": values for name, values in result["metrics"].items()})
+        sources.append(result["parent_run_id"])
+    return SeedRuns(pd.concat(frames, ignore_index=True), metrics, sources)
+
+
 @flow(name="reproduce-joseph")
 def reproduce_joseph(params: dict[str, Any], profile: str) -> dict[str, Any]:
-    """Joseph et al.: mismatches and reduction factors of ce, kd and label_preserving."""
+    """Joseph et al.: mismatches and reduction factors of ce, kd and label_preserving, over
+    `reproduce.seeds` training seeds."""
     settings = Params.model_validate(params)
-    result = _pipeline(settings)
-    report = papers.joseph(pd.DataFrame(result["summary"]), Path("reports/joseph"), profile)
-    return _publish(report, settings, profile, [result["parent_run_id"]])
+    runs = run_seeds(settings)
+    report = papers.joseph(runs.summary, Path("reports/joseph"), profile, tuned=settings.align.tune)
+    return _publish(report, settings, profile, runs.sources)
 
 
 @flow(name="reproduce-meyer")
 def reproduce_meyer(params: dict[str, Any], profile: str) -> dict[str, Any]:
-    """Meyer & Wong: structured Taylor pruning, ce against pw, accuracy by group."""
+    """Meyer & Wong: structured Taylor pruning, ce against pw, accuracy by group, over
+    `reproduce.seeds` training seeds (papers.meyer gets every seed's rows: see SeedRuns)."""
     settings = Params.model_validate(params)
-    result = _pipeline(settings)
+    runs = run_seeds(settings)
     group = (settings.audit.groups or ["rare"])[0]
-    report = papers.meyer(
-        pd.DataFrame(result["summary"]), result["metrics"], group, Path("reports/meyer"), profile
-    )
-    return _publish(report, settings, profile, [result["parent_run_id"]])
+    report = papers.meyer(runs.summary, runs.metrics, group, Path("reports/meyer"), profile)
+    return _publish(report, settings, profile, runs.sources)
 
 
 @flow(name="reproduce-hooker")
 def reproduce_hooker(params: dict[str, Any], profile: str) -> dict[str, Any]:
     """Hooker et al.: populations pruned gradually at several sparsities, and post-training
-    quantized, against the same dense members."""
+    quantized, against the same dense members. `reproduce.seeds` does not apply: the members
+    of a population already are independent training seeds (populations.size of them), and
+    the verdicts are statistics over the members (modal labels, Welch's test)."""
     settings = Params.model_validate(params)
     pruning = run_populations(settings)
     quantization, sources = {}, [pruning["parent_run_id"]]

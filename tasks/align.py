@@ -36,9 +36,11 @@ def align(
     device: str,
     tune: bool = False,
     out_dir: str | None = None,
+    tune_budget: int | None = None,
 ) -> Artifact:
     """Fine-tune the compressed model of `method` with `LOSSES[loss](**hyperparameters)`; with
-    `tune`, first choose the hyperparameters on the validation split (compalign.tuning)."""
+    `tune`, first choose the hyperparameters on the validation split (compalign.tuning), with
+    `tune_budget` candidates when given (every loss of a run the same number)."""
 
     def build(scratch: Path) -> None:
         data_dir = require(data, "prepared dataset")
@@ -49,7 +51,8 @@ def align(
         manifest = read_manifest(data_dir)
         train = load_split(data_dir, "train", manifest)
 
-        def train_candidate(loss_fn, on_epoch):
+        def train_candidate(loss_fn, on_epoch, seed_offset=0):
+            seeded = settings.model_copy(update={"seed": settings.seed + seed_offset})
             return fine_tune(
                 method,
                 level,
@@ -58,14 +61,14 @@ def align(
                 lambda: load_checkpoint(reference_dir),
                 reference_model,
                 train,
-                train_config(settings),
+                train_config(seeded),
                 loss_fn,
                 device,
                 on_epoch,
             )
 
         chosen = dict(hyperparameters)
-        tuned = bool(tune and tunable(loss))
+        tuned = bool(tune and tunable(loss, tune_budget))
         if tuned:
             model, chosen, table = tune_loss(
                 train_candidate,
@@ -77,6 +80,7 @@ def align(
                 on_candidate=lambda index, values: epoch_logger(
                     f"tune {loss} candidate {index} {values}", settings.epochs
                 ),
+                budget=tune_budget,
             )
             table.to_csv(scratch / TUNING_FILE, index=False)
             stage_logger().info(
@@ -118,6 +122,8 @@ def align(
         "device": device,
         "tune": tune,
     }
+    if tune and tune_budget:  # absent otherwise: the cache keys of untuned runs stay as they were
+        parameters["tune_budget"] = tune_budget
     return materialize("align", parameters, build, out_dir)
 
 

@@ -8,6 +8,7 @@ import inspect
 import pytest
 
 from compalign.compressors import COMPRESSORS, LEVEL_KINDS
+from compalign.tuning import candidates
 from flows.plan import (
     ModelSpec,
     align_arguments,
@@ -171,6 +172,14 @@ def test_align_arguments(tiny_params):
     assert "losses" not in arguments["training"] and "kd" not in arguments["training"]
     assert arguments["device"] == "cpu"
     assert arguments["tune"] is True
+    # every loss of the run gets as many tuning candidates as label_preserving's grid gives
+    assert arguments["tune_budget"] == len(candidates("label_preserving", {})) == 6
+    assert (
+        align_arguments(tiny_params(), ModelSpec("magnitude_global", 0.9, "kd"), "cpu")[
+            "tune_budget"
+        ]
+        is None
+    )
 
 
 def test_arguments_fit_the_task_signatures(tiny_params):

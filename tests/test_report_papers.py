@@ -167,3 +167,66 @@ def test_hooker_tables_and_verdicts_follow_the_counts(tmp_path):
     assert "**held**" in impacted
     # one quantizer harms more examples than the highest sparsity: only partly held
     assert "**partly held**" in quantized and "half (float16): 15 PIEs" in quantized
+
+
+def seeded(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    return pd.concat([frame.assign(seed=seed) for seed, frame in enumerate(frames)])
+
+
+def test_across_seeds_combines_seed_spread_with_test_resampling():
+    """mean ± t(ν) √(s²/S + SE²), SE from the mean bootstrap interval width, ν by
+    Welch-Satterthwaite: checked against the formula worked by hand."""
+    from scipy import stats
+
+    summary = pd.DataFrame(
+        {
+            "seed": [0, 1, 2],
+            "loss": "ce",
+            "mismatches": [10.0, 12.0, 14.0],
+            "mismatches_ci_low": [6.0, 8.0, 10.0],
+            "mismatches_ci_high": [14.0, 16.0, 18.0],
+        }
+    )
+    row = paper_reports.across_seeds(summary, ["loss"], "mismatches").iloc[0]
+    seed_var, test_var = 4.0 / 3, (8 / (2 * stats.norm.ppf(0.975))) ** 2
+    dof = (seed_var + test_var) ** 2 / (seed_var**2 / 2)
+    half = stats.t.ppf(0.975, dof) * (seed_var + test_var) ** 0.5
+    assert row.seeds == 3 and row.mismatches == 12.0 and row.mismatches_sd == 2.0
+    assert row.mismatches_low == pytest.approx(12 - half)
+    assert row.mismatches_high == pytest.approx(12 + half)
+    # wider than any one seed's bootstrap interval: the seeds' spread is in it
+    assert row.mismatches_high - row.mismatches_low > 8
+    # one seed: its own bootstrap interval; a ratio on the log scale: the geometric mean
+    one = paper_reports.across_seeds(summary[summary.seed == 1], ["loss"], "mismatches").iloc[0]
+    assert (one.mismatches, one.mismatches_low, one.mismatches_high) == (12.0, 8.0, 16.0)
+    ratios = summary.rename(columns=lambda c: c.replace("mismatches", "reduction_factor"))
+    ratio = paper_reports.across_seeds(ratios, ["loss"], "reduction_factor", scale="log")
+    assert ratio.reduction_factor.iloc[0] == pytest.approx((10 * 12 * 14) ** (1 / 3))
+    # no mismatches left (an infinite ratio): the union of the seeds' intervals
+    ratios.loc[0, ["reduction_factor", "reduction_factor_ci_high"]] = float("inf")
+    union = paper_reports.across_seeds(ratios, ["loss"], "reduction_factor", scale="log").iloc[0]
+    assert (union.reduction_factor_low, union.reduction_factor_high) == (6.0, float("inf"))
+
+
+def test_joseph_judges_the_headline_on_every_seed(tmp_path):
+    """Two seeds where label_preserving cuts mismatches 4x and one where it does worse than ce:
+    one seed alone would say held; across the three seeds the interval reaches below 1."""
+    good = joseph_summary(5)
+    report = paper_reports.joseph(seeded([good, good, good]), tmp_path, "cpu")
+    assert "**held**" in report.verdicts[0] and "3 training seeds (0, 1, 2)" in report.verdicts[0]
+    assert "4.00 [" in report.verdicts[0]
+    bad = seeded([good, good, joseph_summary(30)])
+    report = paper_reports.joseph(bad, tmp_path, "cpu")
+    assert "**did not hold**" in report.verdicts[0]
+    factors = report.tables["reduction_factors"]
+    low = float(factors.reduction.iloc[-1].split("[")[1].split(",")[0])
+    assert low < 1
+    assert len(report.tables["per_seed"]) == len(bad)
+    assert "Welch–Satterthwaite" in "\n".join(report.sections)
+
+
+def test_joseph_without_attribution_maps_does_not_judge_attributions(tmp_path):
+    summary = joseph_summary(5).assign(attribution_agreement=float("nan"))
+    report = paper_reports.joseph(summary, tmp_path, "cpu")
+    assert "**held**" in report.verdicts[0]
+    assert "**not judged**" in report.verdicts[2] and "attribution" in report.verdicts[2]

@@ -93,7 +93,9 @@ def test_align_keeps_the_model_and_hyperparameters_tuning_chose(store, monkeypat
     last = candidates("pw", PW)[-1]
     assert last != PW
 
-    def pick_the_last(train_candidate, reference, val, loss, configured, device, on_candidate):
+    def pick_the_last(
+        train_candidate, reference, val, loss, configured, device, on_candidate, budget=None
+    ):
         model = train_candidate(LOSSES[loss](**last), None)
         return model, last, pd.DataFrame([{**last, "chosen": True}])
 

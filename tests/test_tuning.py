@@ -8,6 +8,7 @@ import torch
 from compalign import tuning
 from compalign.compressors import COMPRESSORS
 from compalign.data import Split
+from compalign.losses import LOSSES
 from compalign.models import build_model
 from compalign.train import TrainConfig, fit
 
@@ -58,3 +59,38 @@ def test_tuning_picks_fewest_val_mismatches_at_no_lower_accuracy():
     assert winner.val_mismatches == eligible.val_mismatches.min()
     assert chosen == {"gamma": float(winner.gamma), "m": float(winner.m)}
     assert isinstance(model, torch.nn.Module)
+
+
+def test_a_budget_gives_every_loss_as_many_candidates():
+    """Joseph et al.'s comparison with tuning on: ce (no grid) and kd get as many fine-tunings
+    as label_preserving, the extra ones the configured weights from other seeds."""
+    configured = {loss: LOSSES[loss].defaults() for loss in ("ce", "kd", "label_preserving")}
+    budget = tuning.tune_budget(configured)
+    assert budget == len(tuning.candidates("label_preserving", configured["label_preserving"]))
+    for loss, values in configured.items():
+        runs = tuning.candidate_runs(loss, values, budget)
+        assert len(runs) == budget and runs[0] == (values, 0)
+        assert [offset for _, offset in runs if offset] == list(
+            range(1, budget - len(tuning.candidates(loss, values)) + 1)
+        )
+    assert tuning.candidate_runs("ce", {}) == [({}, 0)]  # no budget: the grid alone
+    assert tuning.tunable("ce", budget) and not tuning.tunable("ce")
+
+
+def test_tuning_with_a_budget_fine_tunes_the_repeats_from_other_seeds():
+    reference = build_model("small_cnn", 4, 1, 8, seed=0).eval()
+    val = split(2)
+    seeds = []
+
+    def train_candidate(loss_fn, on_epoch, seed_offset=0):
+        seeds.append(seed_offset)
+        return build_model("small_cnn", 4, 1, 8, seed=seed_offset).eval()
+
+    _, chosen, table = tuning.tune_loss(train_candidate, reference, val, "ce", {}, budget=3)
+    assert seeds == [0, 1, 2] and table.seed_offset.tolist() == [0, 1, 2]
+    assert chosen == {} and table.chosen.sum() == 1
+    winner = table[table.chosen].iloc[0]
+    assert (
+        winner.val_mismatches
+        == table[table.val_accuracy >= table.val_accuracy[0]].val_mismatches.min()
+    )

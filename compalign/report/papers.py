@@ -75,116 +75,326 @@ def _held(condition: bool, partly: bool = False) -> str:
 
 
 # --------------------------------------------------------------------------------------------
+# Several training seeds (`reproduce.seeds`)
+#
+# flows/reproduce.py runs a configuration once per training seed and hands a builder every
+# seed's summary rows, one after the other, with a `seed` column (flows.reproduce.SeedRuns).
+# - joseph() reads every number through across_seeds() and judges each verdict on its interval.
+# - meyer(): the per-level table should come from across_seeds(summary, ["sparsity", "loss"],
+#   column) for each column it shows, once the group gap and its change are summary columns with
+#   `_ci_low` / `_ci_high` (a per-seed fairlearn bootstrap); "pw limits the gap" should then be
+#   judged on paired_difference(summary, ["sparsity"], "<gap change column>", "pw", "ce") through
+#   across_seeds (the interval of pw minus ce below 0, or including 0), as joseph() does for
+#   fairness. Until it does, its `metrics` are keyed by each summary row's `name`, which carries
+#   `@seed<seed>` for every seed but the first, so its per-row lookups stay right.
+# - hooker(): no seeds are added. The members of a population already are independent training
+#   seeds (populations.size), and its verdicts are statistics over them: PIEs from the members'
+#   modal labels, impacted classes from Welch's test over the members' recalls.
+# --------------------------------------------------------------------------------------------
+
+SEED_RULE = (
+    "Across seeds: the mean over training seeds with an interval that covers both the seeds and "
+    "the resampling of the test examples: mean ± t(ν, 0.975) · √(s²/S + SE²), where s is the "
+    "standard deviation of the S per-seed values, SE the test-resampling standard error (the "
+    "mean over seeds of each seed's 95% bootstrap interval width / (2 · 1.96): every seed is "
+    "audited on the same test examples, so this part does not shrink with more seeds) and ν the "
+    "Welch–Satterthwaite degrees of freedom (the bootstrap part counted as known). Reduction "
+    "factors (ratios) are combined on the log scale (geometric mean). Where a seed's value or "
+    "bound is 0 or infinite (no mismatches left), the interval is the union of the seeds' "
+    "bootstrap intervals and the point is their median. With one seed the interval is that "
+    "seed's bootstrap interval; columns without a bootstrap interval get the seed part only."
+)
+
+
+def across_seeds(
+    summary: pd.DataFrame,
+    keys: list[str],
+    column: str,
+    level: float = 0.95,
+    scale: str = "linear",
+) -> pd.DataFrame:
+    """One row per `keys` group of a multi-seed summary (a `seed` column, one row per seed):
+    `column` as its mean over seeds, `<column>_sd` (spread across seeds), `_min`, `_max`,
+    `seeds` (how many), and `<column>_low` / `_high`: the interval of SEED_RULE, which also
+    covers test resampling where the summary has `<column>_ci_low` / `_ci_high`. `scale="log"`
+    for ratios. A summary without a `seed` column is one seed."""
+    if scale not in ("linear", "log"):
+        raise ValueError(f"scale must be linear or log, not {scale!r}")
+    frame = summary if "seed" in summary else summary.assign(seed=0)
+    bounds = [f"{column}_ci_low", f"{column}_ci_high"]
+    has_bounds = all(name in frame for name in bounds)
+    rows = []
+    for group_keys, group in frame.groupby(keys, sort=True, dropna=False):
+        group_keys = group_keys if isinstance(group_keys, tuple) else (group_keys,)
+        values = group[column].to_numpy(dtype=float)
+        low_high = group[bounds].to_numpy(dtype=float) if has_bounds else None
+        point, low, high = _seed_interval(values, low_high, level, scale)
+        rows.append(
+            {
+                **dict(zip(keys, group_keys, strict=True)),
+                "seeds": len(values),
+                column: point,
+                f"{column}_low": low,
+                f"{column}_high": high,
+                f"{column}_sd": float(np.std(values, ddof=1))
+                if len(values) > 1 and np.all(np.isfinite(values))
+                else math.nan,
+                f"{column}_min": float(np.min(values)),
+                f"{column}_max": float(np.max(values)),
+            }
+        )
+    columns = [*keys, "seeds", column, *(f"{column}_{part}" for part in PARTS)]
+    return pd.DataFrame(rows, columns=columns)
+
+
+PARTS = ("low", "high", "sd", "min", "max")
+
+
+def _seed_interval(
+    values: np.ndarray, bounds: np.ndarray | None, level: float, scale: str
+) -> tuple[float, float, float]:
+    """(point, low, high) of SEED_RULE for one group's per-seed values and bootstrap bounds."""
+    from scipy import stats
+
+    seeds = len(values)
+    checked = values if bounds is None else np.concatenate([values, bounds.ravel()])
+    usable = np.all(np.isfinite(checked)) and (scale == "linear" or np.all(checked > 0))
+    if not usable:
+        if bounds is None:
+            return float(np.median(values)), math.nan, math.nan
+        return float(np.median(values)), float(np.min(bounds[:, 0])), float(np.max(bounds[:, 1]))
+    forward, back = (np.log, np.exp) if scale == "log" else (lambda x: x, lambda x: x)
+    points = forward(values)
+    mean = float(np.mean(points))
+    if seeds == 1 and bounds is not None:
+        return float(values[0]), float(bounds[0, 0]), float(bounds[0, 1])
+    z = stats.norm.ppf(0.5 + level / 2)
+    test_var = 0.0
+    if bounds is not None:
+        test_se = float(np.mean((forward(bounds[:, 1]) - forward(bounds[:, 0])) / (2 * z)))
+        test_var = test_se**2
+    seed_var = float(np.var(points, ddof=1)) / seeds if seeds > 1 else math.nan
+    if math.isnan(seed_var):
+        return float(back(mean)), math.nan, math.nan
+    total = seed_var + test_var
+    if total == 0:
+        return float(back(mean)), float(back(mean)), float(back(mean))
+    # Welch-Satterthwaite: only the seed part is estimated with finite (S - 1) df
+    dof = math.inf if seed_var == 0 else total**2 / (seed_var**2 / (seeds - 1))
+    quantile = stats.t.ppf(0.5 + level / 2, dof) if math.isfinite(dof) else z
+    half = quantile * math.sqrt(total)
+    return float(back(mean)), float(back(mean - half)), float(back(mean + half))
+
+
+def _seed_text(row: pd.Series | dict, column: str, digits: int = 2) -> str:
+    """'mean [low, high]' of an `across_seeds` row."""
+    return (
+        f"{_number(row[column], digits)} [{_number(row[f'{column}_low'], digits)}, "
+        f"{_number(row[f'{column}_high'], digits)}]"
+    )
+
+
+def _compare(low: float, high: float) -> str:
+    """Where an interval of a difference lies: 'above 0', 'below 0' or 'includes 0'."""
+    if low > 0:
+        return "above 0"
+    if high < 0:
+        return "below 0"
+    return "includes 0"
+
+
+def paired_difference(
+    summary: pd.DataFrame, keys: list[str], column: str, loss: str, baseline: str
+) -> pd.DataFrame:
+    """Per seed and `keys` group, `column` of `loss` minus that of `baseline` (the same seed's
+    run), as a summary-like frame (`seed`, keys, column) for `across_seeds`."""
+    frame = summary if "seed" in summary else summary.assign(seed=0)
+    index = ["seed", *keys]
+    left = frame[frame.loss == loss].set_index(index)[column]
+    right = frame[frame.loss == baseline].set_index(index)[column]
+    return (left - right).dropna().rename(column).reset_index()
+
+
+# --------------------------------------------------------------------------------------------
 # Joseph et al.
 # --------------------------------------------------------------------------------------------
 
 
-def joseph(summary: pd.DataFrame, out_dir: Path, profile: str) -> PaperReport:
+def joseph(summary: pd.DataFrame, out_dir: Path, profile: str, tuned: bool = False) -> PaperReport:
     """Mismatches of ce, kd and label_preserving across sparsities and compressors; reduction
     factors against the paper's up to 4.1x (5.7x where the reference is right); class fairness
-    and attribution agreement with and without alignment."""
+    and attribution agreement with and without alignment. `summary` holds one row per model and
+    training seed (`seed` column; none: one seed); every number is a mean over seeds with the
+    interval of SEED_RULE, and each verdict states the rule that uses it. `tuned`: the losses'
+    weights were chosen on the validation split, each loss with the same number of candidates."""
     report = PaperReport("joseph", f"Joseph et al. (arXiv 2012.01604), {profile} profile")
+    summary = summary if "seed" in summary else summary.assign(seed=0)
     compressed = summary[summary.role == "compressed"].copy()
+    seeds = sorted(compressed.seed.unique().tolist())
+    count_digits = 0 if len(seeds) == 1 else 1
+    keys = ["compressor", "sparsity", "loss"]
+    accuracy = across_seeds(compressed, keys, "accuracy")
+    mismatches = across_seeds(compressed, keys, "mismatches").merge(
+        across_seeds(compressed, keys, "mismatches_ref_correct").drop(columns="seeds"), on=keys
+    )
+    aligned = compressed[compressed.loss.isin(["kd", "label_preserving"])]
+    factors = across_seeds(aligned, keys, "reduction_factor", scale="log").merge(
+        across_seeds(aligned, keys, "reduction_factor_ref_correct", scale="log").drop(
+            columns="seeds"
+        ),
+        on=keys,
+    )
+    by_model = mismatches.merge(accuracy[[*keys, "accuracy"]], on=keys)
+
     rows = []
-    for (method, sparsity), group in compressed.groupby(["compressor", "sparsity"], sort=True):
+    for (method, sparsity), group in by_model.groupby(["compressor", "sparsity"], sort=True):
         row: dict[str, Any] = {"compressor": method, "sparsity": sparsity}
         for _, model in group.iterrows():
             row[f"{model.loss} accuracy"] = round(model.accuracy, 4)
-            row[f"{model.loss} mismatches"] = _interval(model, "mismatches", 0)
-            row[f"{model.loss} ref. right"] = _interval(model, "mismatches_ref_correct", 0)
+            row[f"{model.loss} mismatches"] = _seed_text(model, "mismatches", count_digits)
+            row[f"{model.loss} ref. right"] = _seed_text(
+                model, "mismatches_ref_correct", count_digits
+            )
         rows.append(row)
     report.tables["mismatches"] = pd.DataFrame(rows)
 
-    aligned = compressed[compressed.loss.isin(["kd", "label_preserving"])]
-    baseline = compressed[compressed.loss == "ce"].set_index(["compressor", "sparsity"])
+    ce_counts = mismatches[mismatches.loss == "ce"].set_index(["compressor", "sparsity"])
     factor_rows = []
-    for _, model in aligned.iterrows():
-        ce_count = baseline.loc[(model.compressor, model.sparsity), "mismatches"]
+    for _, model in factors.merge(mismatches[[*keys, "mismatches"]], on=keys).iterrows():
         factor_rows.append(
             {
                 "compressor": model.compressor,
                 "sparsity": model.sparsity,
                 "loss": model.loss,
-                "ce mismatches": int(ce_count),
-                "mismatches": int(model.mismatches),
-                "reduction": _interval(model, "reduction_factor"),
-                "reduction, ref. right": _interval(model, "reduction_factor_ref_correct"),
+                "ce mismatches": round(
+                    ce_counts.loc[(model.compressor, model.sparsity), "mismatches"], 1
+                ),
+                "mismatches": round(model.mismatches, 1),
+                "reduction": _seed_text(model, "reduction_factor"),
+                "reduction, ref. right": _seed_text(model, "reduction_factor_ref_correct"),
                 "paper (up to)": f"{JOSEPH_HEADLINE['all']}x / {JOSEPH_HEADLINE['ref_correct']}x",
             }
         )
     report.tables["reduction_factors"] = pd.DataFrame(factor_rows)
 
+    columns = ["accuracy", "mismatches", "mismatches_ref_correct", "reduction_factor"]
+    report.tables["per_seed"] = compressed[["seed", *keys, *columns]].sort_values(
+        ["compressor", "sparsity", "loss", "seed"]
+    )
+
+    fairness_columns = {
+        "worst_class_recall_change": "worst class Δ recall",
+        "attribution_agreement": "attribution ρ",
+    }
+    fairness_means = compressed.groupby(keys, sort=True)[list(fairness_columns)].mean()
     fairness = []
-    for (method, sparsity), group in compressed.groupby(["compressor", "sparsity"], sort=True):
-        losses = group.set_index("loss")
+    for (method, sparsity), group in fairness_means.groupby(level=[0, 1], sort=True):
+        losses = group.droplevel([0, 1])
         fairness.append(
             {
                 "compressor": method,
                 "sparsity": sparsity,
                 **{
-                    f"{loss} worst class Δ recall": losses.loc[loss, "worst_class_recall_change"]
-                    for loss in losses.index
-                },
-                **{
-                    f"{loss} attribution ρ": losses.loc[loss, "attribution_agreement"]
+                    f"{loss} {label}": losses.loc[loss, column]
+                    for column, label in fairness_columns.items()
                     for loss in losses.index
                 },
             }
         )
     report.tables["fairness_and_attributions"] = pd.DataFrame(fairness)
 
-    figure = joseph_mismatch_figure(compressed)
+    figure = joseph_mismatch_figure(
+        mismatches.rename(
+            columns={"mismatches_low": "mismatches_ci_low", "mismatches_high": "mismatches_ci_high"}
+        )
+    )
     report.figures.append(save_png(figure, out_dir / "mismatches_vs_sparsity.png"))
 
     # verdicts
-    label_preserving = compressed[compressed.loss == "label_preserving"]
-    highest = label_preserving.loc[label_preserving.groupby("compressor").sparsity.idxmax()]
-    beats = [row.reduction_factor_ci_low > 1 for _, row in highest.iterrows()]
-    worth = label_preserving.merge(
-        baseline.reset_index()[["compressor", "sparsity", "mismatches"]],
-        on=["compressor", "sparsity"],
-        suffixes=("", "_ce"),
+    seed_text = (
+        f"{len(seeds)} training seed{'s' if len(seeds) > 1 else ''} ({', '.join(map(str, seeds))})"
     )
-    worth = worth[worth.mismatches_ce >= 5]  # ratios of a handful of mismatches say little
+    label_preserving = factors[factors.loss == "label_preserving"]
+    highest = label_preserving.loc[label_preserving.groupby("compressor").sparsity.idxmax()]
+    beats = [row.reduction_factor_low > 1 for _, row in highest.iterrows()]
+    at_highest = "; ".join(
+        f"{row.compressor} at {row.sparsity:g}: {_seed_text(row, 'reduction_factor')}x"
+        for _, row in highest.iterrows()
+    )
+    worth = label_preserving.merge(
+        ce_counts.reset_index()[["compressor", "sparsity", "mismatches"]],
+        on=["compressor", "sparsity"],
+    )
+    worth = worth[worth.mismatches >= 5]  # ratios of a handful of mismatches say little
     best = worth.sort_values("reduction_factor", ascending=False).head(1)
     best_text = "no level where ce left 5 or more mismatches"
     if len(best):
         row = best.iloc[0]
         best_text = (
-            f"{_interval(row, 'reduction_factor')}x ({_interval(row, 'reduction_factor_ref_correct')}x where the "
-            f"reference is right) with {row.compressor} at {row.sparsity:g}"
+            f"{_seed_text(row, 'reduction_factor')}x ({_seed_text(row, 'reduction_factor_ref_correct')}x "
+            f"where the reference is right) with {row.compressor} at {row.sparsity:g}"
         )
     report.verdicts.append(
         f"Label-preserving alignment cuts mismatches several-fold (paper: up to 4.1x, 5.7x where the "
-        f"reference is right): {_held(all(beats), any(beats))}. Our largest reduction where ce left at "
-        f"least 5 mismatches: {best_text}. Rule: at the highest sparsity of each compressor the "
-        f"bootstrap interval of the reduction factor lies above 1."
+        f"reference is right): {_held(all(beats), any(beats))} ({at_highest}). Our largest reduction "
+        f"where ce left at least 5 mismatches: {best_text}. Rule: at the highest sparsity of each "
+        f"compressor the interval of the reduction factor (ce mismatches / label_preserving "
+        f"mismatches, each seed against its own ce) across {seed_text} and test resampling lies "
+        f"above 1."
     )
-    pairs = []
-    for _, group in compressed.groupby(["compressor", "sparsity"]):
-        losses = group.set_index("loss")
-        if {"ce", "label_preserving"} <= set(losses.index):
-            aligned_row, plain = losses.loc["label_preserving"], losses.loc["ce"]
-            pairs.append(
-                (
-                    aligned_row.worst_class_recall_change >= plain.worst_class_recall_change,
-                    aligned_row.attribution_agreement >= plain.attribution_agreement,
-                )
+    for column, claim, measure in (
+        (
+            "worst_class_recall_change",
+            "Alignment also improves fairness across classes",
+            "the worst class's recall change with label_preserving minus that with ce",
+        ),
+        (
+            "attribution_agreement",
+            "Alignment improves agreement of attributions",
+            "integrated-gradients Spearman correlation with the reference, label_preserving "
+            "minus ce",
+        ),
+    ):
+        difference = across_seeds(
+            paired_difference(
+                compressed, ["compressor", "sparsity"], column, "label_preserving", "ce"
+            ),
+            ["compressor", "sparsity"],
+            column,
+        )
+        sides = [
+            _compare(row[f"{column}_low"], row[f"{column}_high"])
+            for _, row in difference.iterrows()
+        ]
+        not_worse = int((difference[column] >= 0).sum())
+        above, below, total = sides.count("above 0"), sides.count("below 0"), len(sides)
+        if total == 0:  # e.g. attribution maps off, or no compression with both losses
+            report.verdicts.append(
+                f"{claim}: **not judged** (no compression has {column} of both ce and label_preserving)."
             )
-    fair = [p[0] for p in pairs]
-    attributions = [p[1] for p in pairs]
-    report.verdicts.append(
-        f"Alignment also improves fairness across classes: {_held(sum(fair) > len(fair) / 2, any(fair))} "
-        f"(the worst class loses no more recall with label_preserving than with ce at {sum(fair)} of "
-        f"{len(fair)} compressions)."
-    )
-    report.verdicts.append(
-        f"Alignment improves agreement of attributions: {_held(sum(attributions) > len(attributions) / 2, any(attributions))} "
-        f"(integrated-gradients Spearman correlation with the reference at least as high as ce's at "
-        f"{sum(attributions)} of {len(attributions)} compressions)."
+            continue
+        report.verdicts.append(
+            f"{claim}: {_held(not_worse > total / 2 and below == 0, not_worse > 0)} ({measure}: mean "
+            f"over seeds ≥ 0 at {not_worse} of {total} compressions; its interval across seeds lies "
+            f"above 0 at {above} and below 0 at {below}). Rule: held when the mean difference is "
+            f"≥ 0 at more than half of the compressions and its interval lies below 0 at none."
+        )
+    tuning_text = (
+        "The losses' weights were tuned on the validation split (align.tune), every loss with the "
+        "same number of candidates: label_preserving and kd over their weight grids, ce (which "
+        "has no weights) over as many fine-tuning seeds; each keeps the candidate with the fewest "
+        "validation mismatches at no lower validation accuracy than its configured one."
+        if tuned
+        else "The losses' weights are their configured ones (align.tune is off)."
     )
     report.sections += [
-        "## Mismatches (test split; 95% bootstrap intervals)",
+        "## Seeds and intervals",
+        "",
+        f"Every configuration ran with {seed_text}: the seed moves reference training, "
+        "compression and fine-tuning; the data split and the test examples stay the same. "
+        f"{SEED_RULE} Each seed's own numbers are in `per_seed.csv`. {tuning_text}",
+        "",
+        "## Mismatches (test split; mean over seeds [interval across seeds and test resampling])",
         "",
         _markdown(report.tables["mismatches"]),
         "",
@@ -194,7 +404,7 @@ def joseph(summary: pd.DataFrame, out_dir: Path, profile: str) -> PaperReport:
         "",
         _markdown(report.tables["reduction_factors"]),
         "",
-        "## Fairness across classes and attribution agreement",
+        "## Fairness across classes and attribution agreement (means over seeds)",
         "",
         _markdown(report.tables["fairness_and_attributions"]),
     ]
