@@ -113,3 +113,11 @@ def test_populations_headline_shows_the_highest_level():
     text = populations_headline(frame, "PIEs")
     assert "| 0.9 | ce | 9 | 0.0450 | 0.8000 | 2 |" in text
     assert "| 0.5 |" not in text
+
+
+def test_a_summary_without_losses_has_a_headline_per_model():
+    frame = summary().drop(columns=["compressor", "loss", "level_kind", "sparsity"])
+    frame["role"] = ["reference"] + ["candidate"] * (len(frame) - 1)
+    assert fewest_mismatches_per_loss(frame) == {}
+    text = headline_markdown(frame, "models you bring")
+    assert "| magnitude_global-0.9-kd | – | 0.8200 |" in text

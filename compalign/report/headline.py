@@ -58,7 +58,7 @@ def fewest_mismatches_per_loss(summary: pd.DataFrame) -> dict[str, str]:
     the models at the highest level (ties: fewer mismatches overall, then higher accuracy, then
     the grid's order). Losses whose models have no finite count are left out."""
     rows = highest_level(summary)
-    if not len(rows) or "mismatches_ref_correct" not in rows:
+    if not len(rows) or not {"mismatches_ref_correct", "loss"} <= set(rows.columns):
         return {}
     rows = rows.assign(
         _ref=rows["mismatches_ref_correct"].astype(float),
