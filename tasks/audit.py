@@ -200,7 +200,9 @@ def audit_model(
         dataset=test_examples,
         input_example=input_example,
         registered_model=registered_model_name(labels["dataset"], labels["model"]),
-        version_tags={
+        version_tags=labels
+        | {"checkpoint_sha256": checkpoint["sha256"]}
+        | {
             name: f"{metrics[name]:g}"
             for entry in METRICS.values()
             for name in entry.headline

@@ -452,7 +452,8 @@ def log_child_once(
     `model`, `dataset` and `input_example` are loaders, called only when the run is logged. The
     model goes in as an MLflow model (pickle format, explicit pip requirements; with the input
     example, its signature), the state-dict checkpoint and tables as artifacts; with
-    `registered_model`, the logged model becomes a version of it, tagged `version_tags`.
+    `registered_model`, the logged model becomes a version of it, tagged `version_tags` (what
+    the model is and its headline metrics).
     """
     with store_lock(tracking["uri"]):
         found = None if refresh_requested() else existing_child(tracking, key)
@@ -488,7 +489,7 @@ def log_child_once(
                         registered_model,
                         run_id,
                         logged.model_id,
-                        {**tags, **(version_tags or {})},
+                        version_tags or {},
                     )
         return run_id, True
 

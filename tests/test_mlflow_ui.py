@@ -51,6 +51,8 @@ def prefect_ui(tmp_path_factory):
         "PREFECT_HOME": str(home),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "1",
+        # the UI's pages call this API (default: port 4200)
+        "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api",
     }
     env.pop("PREFECT_API_URL", None)
     with log.open("w") as out:
@@ -247,8 +249,9 @@ def test_the_registered_models_load_back_and_their_page_shows_the_aliases(
     )
 
     page.goto(f"{mlflow_server}/#/models/{name}")
-    for alias in aliases:
-        page.get_by_text(alias, exact=True).first.wait_for(timeout=UI_TIMEOUT_MS)
+    page.get_by_text(f"Version {len(versions)}").first.wait_for(timeout=UI_TIMEOUT_MS)
+    for alias in aliases:  # each version's aliases: "@ <alias>"
+        page.get_by_text(f"@ {alias}", exact=True).first.wait_for(timeout=UI_TIMEOUT_MS)
     screenshot = tmp_path / "registered-model.png"
     page.screenshot(path=str(screenshot), full_page=True)
     assert screenshot.stat().st_size > 10_000
@@ -284,11 +287,12 @@ def test_the_flow_run_shows_its_artifacts_and_named_task_runs_in_the_prefect_ui(
     ).json()
     by_key = {artifact["key"]: artifact for artifact in artifacts}
     key = "pipeline-digits-small-cnn"
-    assert {by_key[f"{key}-{part}"]["type"] for part in ("summary", "headline", "mlflow")} == {
+    # Prefect stores a link artifact as Markdown: [text](url)
+    assert [by_key[f"{key}-{part}"]["type"] for part in ("summary", "headline", "mlflow")] == [
         "table",
         "markdown",
-        "link",
-    }
+        "markdown",
+    ]
     assert by_key[f"{key}-progress"]["data"] == 100.0
     parent = pipeline_store_parent(pipeline_store)
     assert parent in by_key[f"{key}-mlflow"]["data"]
@@ -301,7 +305,7 @@ def test_the_flow_run_shows_its_artifacts_and_named_task_runs_in_the_prefect_ui(
     # the flow run's page, Artifacts tab: the four artifacts, as a user opens them
     page.goto(f"{url}/runs/flow-run/{flow_run['id']}")
     page.get_by_text(flow_run["name"]).first.wait_for(timeout=UI_TIMEOUT_MS)
-    page.get_by_role("tab", name="Artifacts").click()
+    page.get_by_text("Artifacts", exact=True).first.click()
     for part in ("summary", "headline", "mlflow", "progress"):
         page.get_by_text(f"{key}-{part}").first.wait_for(timeout=UI_TIMEOUT_MS)
     screenshot = tmp_path / "prefect-flow-run-artifacts.png"

@@ -335,7 +335,7 @@ def test_logged_models_have_a_signature_and_example_load_back_and_are_registered
         model=lambda: model,
         input_example=lambda: example,
         registered_model=name,
-        version_tags={"accuracy": "0.5"},
+        version_tags={"accuracy": "0.5", "loss": "none"},
     )
     store = tracking.client(track["uri"])
     (version,) = store.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
