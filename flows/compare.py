@@ -11,10 +11,12 @@ import socket
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from prefect import flow
 
 from compalign.config import Params
 from compalign.train import resolve_device
+from flows import artifacts
 from tasks import tracking
 from tasks.compare import audit_brought_models, audit_brought_models_task
 from tasks.data import prepare, prepare_task
@@ -73,10 +75,20 @@ def audit_flow(
     reference2: str | None = None,
 ) -> dict[str, Any]:
     """The audit of models you bring, with Prefect's engine: prepare and audit are tasks."""
-    return audit_models(
-        Params.model_validate(params),
+    settings = Params.model_validate(params)
+    result = audit_models(
+        settings,
         reference,
         candidates,
         reference2,
         stages=(prepare_task, audit_brought_models_task),
     )
+    track = tracking.setup(settings.run.experiment)
+    artifacts.publish_audit(
+        artifacts.artifact_key("audit", settings.data.source),
+        pd.DataFrame(result["summary"]),
+        f"{settings.data.source}: what the candidates changed against {reference}",
+        track,
+        result["parent_run_id"],
+    )
+    return result

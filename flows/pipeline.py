@@ -21,6 +21,7 @@ from compalign.config import Params
 from compalign.data import load_split, read_manifest
 from compalign.report.html import pipeline_report
 from compalign.train import resolve_device
+from flows import artifacts
 from flows.plan import (
     BASELINE_LOSS,
     align_arguments,
@@ -32,7 +33,7 @@ from flows.plan import (
     reference_labels,
     reference_model_name,
 )
-from flows.runtime import report_finished, wait_or_raise_first_failure
+from flows.runtime import report_finished
 from tasks import tracking
 from tasks.align import align_task
 from tasks.audit import audit_task
@@ -73,6 +74,11 @@ def compressed_future(settings: Params, spec, data, reference, cache: dict, futu
         cache[name] = compress_task.submit(data if needs_data else None, reference, **arguments)
         futures.append(("compress", name, cache[name]))
     return cache[name]
+
+
+def artifact_key(params: Params) -> str:
+    """The key of the flow run's Prefect artifacts: one history per dataset and model."""
+    return artifacts.artifact_key("pipeline", params.data.source, reference_model_name(params))
 
 
 def run_name(params: Params) -> str:
@@ -140,7 +146,10 @@ def pipeline(params: dict[str, Any]) -> dict[str, Any]:
                 models[spec.name] = model
                 futures.append(("audit", spec.name, audit_future))
         publish_progress("planned", count=len(models))  # the costs tasks, after these
-        wait_or_raise_first_failure([future for _, _, future in futures])
+        progress = artifacts.Progress(
+            artifact_key(settings), len(futures) + 1 + len(model_grid(settings)), "pipeline"
+        )
+        artifacts.wait_with_progress([future for _, _, future in futures], progress)
         by_name = {result["labels"]["name"]: result for result in (f.result() for f in audits)}
         names = ["reference"] + [spec.name for spec in model_grid(settings)]
         results = [by_name[name] for name in names]
@@ -159,16 +168,21 @@ def pipeline(params: dict[str, Any]) -> dict[str, Any]:
             finished.append(("costs", name, state))
             report_finished(state)
             costs[name] = state.result()["costs"]
-        summary = publish_summary(track, parent, results, REPORT_DIR, costs)
+            progress.advance()
+        title = (
+            f"{settings.data.source} / {reference_model_name(settings)}: what compression changed"
+        )
+        summary = publish_summary(track, parent, results, REPORT_DIR, costs, title)
         html = pipeline_report(
             summary,
             {result["labels"]["name"]: result["metrics"] for result in results},
             read_manifest(data.result()["path"], verify=False)["class_names"],
             REPORT_DIR / "report.html",
-            f"{settings.data.source} / {reference_model_name(settings)}: what compression changed",
+            title,
             notes=[f"MLflow parent run {parent}, experiment {settings.run.experiment!r}."],
         )
         tracking.log_artifacts(track, parent, [("", html)])
+    artifacts.publish_pipeline(artifact_key(settings), summary, title, track, parent)
     states = [
         {"stage": stage, "model": name, "state": future.state.name}
         for stage, name, future in futures

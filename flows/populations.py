@@ -22,8 +22,8 @@ from compalign.compressors import COMPRESSORS
 from compalign.config import NO_FINE_TUNING, Params
 from compalign.report.html import populations_report
 from compalign.train import resolve_device
+from flows import artifacts
 from flows.plan import ModelSpec, align_arguments, compress_arguments, compressed_id
-from flows.runtime import wait_or_raise_first_failure
 from tasks import tracking
 from tasks.align import align_task
 from tasks.compress import compress_task
@@ -75,6 +75,13 @@ def populations_flow(params: dict[str, Any]) -> dict[str, Any]:
     }
     name = f"populations-{settings.data.source}-{settings.reference.model}-{population.compressor}"
     logger = stage_logger()
+    key = artifacts.artifact_key(
+        "populations", settings.data.source, settings.reference.model, population.compressor
+    )
+    title = (
+        f"Populations of {population.size} {settings.reference.model} on {settings.data.source}: "
+        f"{population.compressor}"
+    )
     futures: list[tuple[str, str, Any]] = []
     with tracking.parent_run(track, name, settings.flat(), tags) as parent:
         logger.info("MLflow parent run %s: %d members per population", parent, population.size)
@@ -120,7 +127,8 @@ def populations_flow(params: dict[str, Any]) -> dict[str, Any]:
                     prediction = predict_task.submit(data, model, batch, device)
                     futures.append(("predict", f"{spec.name} seed {seed}", prediction))
                     member_predictions.setdefault((level, loss), {})[seed] = prediction
-        wait_or_raise_first_failure([future for _, _, future in futures])
+        progress = artifacts.Progress(key, len(futures), "populations")
+        artifacts.wait_with_progress([future for _, _, future in futures], progress)
         dense = np.stack(
             [load_predictions(reference_predictions[s].result()) for s in population.seeds]
         )
@@ -146,12 +154,12 @@ def populations_flow(params: dict[str, Any]) -> dict[str, Any]:
             analysis["impact"],
             galleries,
             REPORT_DIR / "report.html",
-            f"Populations of {population.size} {settings.reference.model} on {settings.data.source}: "
-            f"{population.compressor}",
+            title,
             notes=[f"MLflow parent run {parent}, experiment {settings.run.experiment!r}."],
         )
         analysis["files"].append(html)
         publish(track, parent, analysis)
+    artifacts.publish_populations(key, analysis["summary"], title, track, parent)
     states = [{"stage": s, "model": n, "state": f.state.name} for s, n, f in futures]
     cached = sum(state["state"] == "Cached" for state in states)
     logger.info("%d tasks: %d Cached, %d run", len(states), cached, len(states) - cached)

@@ -22,6 +22,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from compalign.compressors import COMPRESSORS
 from compalign.config import Params
 from compalign.report import papers
+from flows import artifacts
 from flows.pipeline import pipeline, task_workers
 from flows.populations import run_populations
 from flows.profiles import PAPERS, paper_params
@@ -48,6 +49,8 @@ def _publish(
     name = f"reproduce-{report.paper}-{profile}"
     with tracking.parent_run(track, name, settings.flat(), tags, close_orphaned=False) as run_id:
         tracking.log_artifacts(track, run_id, [("report", path) for path in files])
+        tracking.set_description(track, run_id, (out_dir / "README.md").read_text()[:8000])
+    artifacts.publish_reproduce(artifacts.artifact_key(name), report, track, run_id)
     return {
         "paper": report.paper,
         "run_id": run_id,

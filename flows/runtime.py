@@ -33,7 +33,7 @@ def configure_environment(project_dir: str | Path | None = None) -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
-def wait_or_raise_first_failure(futures: list) -> None:
+def wait_or_raise_first_failure(futures: list, announce: bool = True) -> None:
     """Wait for every submitted task, then re-raise the exception of the first one that failed
     (in submission order), a UserError before any other.
 
@@ -45,7 +45,8 @@ def wait_or_raise_first_failure(futures: list) -> None:
 
     from compalign.errors import UserError
 
-    report_progress(futures)
+    if announce:  # as planned tasks, for the terminal's progress display
+        report_progress(futures)
     wait(futures)
     errors = []
     for future in futures:

@@ -13,9 +13,12 @@ import socket
 from collections.abc import Callable
 from pathlib import Path
 
+import pandas as pd
+
 from compalign.config import Params
 from compalign.data import read_manifest
 from compalign.report.html import pipeline_report
+from compalign.report.plot_data import write_plot_data
 from compalign.report.tables import print_summary
 from compalign.train import resolve_device
 from flows.plan import (
@@ -30,7 +33,7 @@ from flows.plan import (
 )
 from tasks import tracking
 from tasks.align import align
-from tasks.audit import METRICS_FILE, audit_model
+from tasks.audit import METRICS_FILE, PREDICTIONS_FILE, audit_model
 from tasks.compress import compress
 from tasks.costs import latency_settings, measure_costs
 from tasks.data import prepare
@@ -45,6 +48,7 @@ ALIGNED_DIR = Path("models/aligned")
 AUDIT_MODELS_DIR = Path("reports/audit/models")
 AUDIT_METRICS_DIR = Path("reports/audit/metrics")
 AUDIT_SUMMARY_DIR = Path("reports/audit/summary")
+AUDIT_PLOTS_DIR = Path("reports/audit/plots")  # dvc.yaml's `plots:` read these
 
 
 def _device(params: Params) -> str:
@@ -103,7 +107,8 @@ def stage_align(params: Params) -> None:
 
 
 def stage_audit(params: Params) -> None:
-    """Audit every model, write one metrics JSON per model for `dvc metrics show`, log to MLflow."""
+    """Audit every model, write one metrics JSON per model for `dvc metrics show` and the
+    tables of `dvc plots show` (compalign.report.plot_data), log to MLflow."""
     _fresh(AUDIT_MODELS_DIR)
     _fresh(AUDIT_METRICS_DIR)
     device, audit = _device(params), params.audit.model_dump()
@@ -171,13 +176,24 @@ def stage_audit(params: Params) -> None:
             metrics = json.loads((Path(result["path"]) / METRICS_FILE).read_text())
             metrics.update(costs[name])
             (AUDIT_METRICS_DIR / f"{name}.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        summary = publish_summary(track, parent, results, AUDIT_SUMMARY_DIR, costs)
+        title = f"{params.data.source} / {params.reference.model}: what compression changed"
+        summary = publish_summary(track, parent, results, AUDIT_SUMMARY_DIR, costs, title)
+        write_plot_data(
+            summary,
+            {
+                result["labels"]["name"]: pd.read_parquet(Path(result["path"]) / PREDICTIONS_FILE)
+                for result in results
+            },
+            read_manifest(DATA_DIR, verify=False)["class_names"],
+            params.audit.confidence_level,
+            _fresh(AUDIT_PLOTS_DIR),
+        )
         html = pipeline_report(
             summary,
             {result["labels"]["name"]: result["metrics"] for result in results},
             read_manifest(DATA_DIR, verify=False)["class_names"],
             AUDIT_SUMMARY_DIR / "report.html",
-            f"{params.data.source} / {params.reference.model}: what compression changed (DVC)",
+            f"{title} (DVC)",
             notes=[f"MLflow parent run {parent}, experiment {params.run.experiment!r}."],
         )
         tracking.log_artifacts(track, parent, [("", html)])

@@ -17,6 +17,7 @@ import pandas as pd
 from prefect import task
 
 from compalign.audit import AuditInputs, ReferenceAudit, audit, predictions_frame
+from compalign.audit.metrics import METRICS
 from compalign.audit.metrics.attribution import AGREEMENT_FILE, FIGURE_FILE, MAPS_FILE
 from compalign.checkpoint import load_checkpoint, read_checkpoint_manifest
 from compalign.config import AuditParams
@@ -27,7 +28,7 @@ from tasks.code import code_digest
 from tasks.logs import stage_logger
 from tasks.options import task_options
 from tasks.store import MANIFEST, Artifact, materialize, require, stage_key
-from tasks.tracking import Tracking, log_child_once
+from tasks.tracking import EXAMPLE_SIZE, Tracking, log_child_once, registered_model_name
 
 PREDICTIONS_FILE = "predictions.parquet"
 METRICS_FILE = "metrics.json"
@@ -182,6 +183,10 @@ def audit_model(
         )
         return frame, read_manifest(data_dir, verify=False), str(data_dir)
 
+    def input_example() -> np.ndarray:
+        test = load_split(data_dir, "test")
+        return test.normalise(test.images[:EXAMPLE_SIZE]).numpy()
+
     run_id, newly = log_child_once(
         tracking,
         parent_run_id,
@@ -193,6 +198,16 @@ def audit_model(
         params=params,
         model=lambda: load_checkpoint(model_dir),
         dataset=test_examples,
+        input_example=input_example,
+        registered_model=registered_model_name(labels["dataset"], labels["model"]),
+        version_tags=labels
+        | {"checkpoint_sha256": checkpoint["sha256"]}
+        | {
+            name: f"{metrics[name]:g}"
+            for entry in METRICS.values()
+            for name in entry.headline
+            if name in metrics
+        },
     )
     stage_logger().info(
         "%s: accuracy %.4f%s -> MLflow run %s%s",

@@ -94,5 +94,9 @@ def audit_brought_models(
 
 
 audit_brought_models_task = task(
-    audit_brought_models, name="audit-models", cache_policy=NO_CACHE, persist_result=False
+    audit_brought_models,
+    name="audit-models",
+    task_run_name=lambda parameters: "audit models " + ", ".join(parameters["candidates"]),
+    cache_policy=NO_CACHE,
+    persist_result=False,
 )

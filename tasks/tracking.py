@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 import mlflow
+import numpy as np
 import pandas as pd
 import torch
 from mlflow.entities import DatasetInput, InputTag, RunStatus
@@ -40,9 +41,13 @@ KEY_TAG = "compalign.key"
 ROLE_TAG = "role"
 PID_TAG = "compalign.pid"
 HOST_TAG = "compalign.host"
+GIT_COMMIT_TAG = "mlflow.source.git.commit"  # MLflow's own: the UI shows it as the run's source
+NOTE_TAG = "mlflow.note.content"  # MLflow's own: the run's description, Markdown
+EXAMPLE_SIZE = 2  # test images saved with each logged model as its input example
 
 # SQLite allows one writer at a time; tasks running in threads take turns.
 _LOCK = threading.RLock()
+
 
 class _DropPickleNotice(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
@@ -182,10 +187,12 @@ def start_parent(
 ) -> str:
     """Create the pipeline's parent run with its flattened params, code version and process."""
     store = client(tracking["uri"])
+    git = git_state()
     all_tags = {
         ROLE_TAG: "pipeline",
         "compalign.version": compalign.__version__,
-        **git_state(),
+        **git,
+        **({GIT_COMMIT_TAG: git["git_commit"]} if git["git_commit"] != "unknown" else {}),
         **_process_tags(),
         **tags,
     }
@@ -257,6 +264,104 @@ def log_metrics(tracking: Tracking, run_id: str, metrics: Mapping[str, float]) -
                 if v is not None and math.isfinite(v)
             ],
         )
+
+
+def set_description(tracking: Tracking, run_id: str, markdown: str) -> None:
+    """The run's description in the MLflow UI (the `mlflow.note.content` tag), in Markdown."""
+    set_tags(tracking, run_id, {NOTE_TAG: markdown})
+
+
+def log_table(tracking: Tracking, run_id: str, frame: pd.DataFrame, artifact_file: str) -> None:
+    """A table the MLflow UI shows as one (JSON, `MlflowClient.log_table`); NaN and inf as
+    null and text, so the JSON stays valid."""
+    shown = frame.copy()
+    for column in shown.columns:
+        if pd.api.types.is_float_dtype(shown[column]):
+            values = shown[column]
+            shown[column] = values.astype(object).where(values.notna(), None)
+            shown[column] = [
+                str(value) if isinstance(value, float) and math.isinf(value) else value
+                for value in shown[column]
+            ]
+    with store_lock(tracking["uri"]):
+        client(tracking["uri"]).log_table(run_id, shown, artifact_file)
+
+
+def log_figure(tracking: Tracking, run_id: str, figure: Any, artifact_file: str) -> None:
+    """A matplotlib Figure as an image of the run (`MlflowClient.log_figure`)."""
+    with store_lock(tracking["uri"]):
+        client(tracking["uri"]).log_figure(run_id, figure, artifact_file)
+
+
+def registered_model_name(dataset: str, model: str) -> str:
+    """The registered model a pipeline's models are versions of: `<dataset>-<architecture>`
+    (a reference file's spec reduced to its file name)."""
+    architecture = Path(str(model).split("::")[0]).name or str(model)
+    return re.sub(r"[^\w\-.]+", "_", f"{dataset}-{architecture}")
+
+
+def _register(
+    store: MlflowClient, name: str, run_id: str, model_id: str, tags: Mapping[str, Any]
+) -> str:
+    """A new version of registered model `name` (made if missing) for `run_id`'s logged model."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        store.create_registered_model(
+            name,
+            description=(
+                "Versions: the models of compalign pipeline runs (one per audited model). "
+                "Aliases: `reference`, and per loss `best-<loss>`, the compressed model with "
+                "the fewest mismatches where the reference is right at the highest level."
+            ),
+        )
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    version = store.create_model_version(
+        name,
+        f"models:/{model_id}",
+        run_id=run_id,
+        tags={key: str(value) for key, value in tags.items()},
+        model_id=model_id,
+    )
+    return str(version.version)
+
+
+def model_version_of(tracking: Tracking, name: str, run_id: str) -> str | None:
+    """The version of registered model `name` logged from run `run_id`, registering the run's
+    logged model first if it has none yet (a child run logged before registration existed)."""
+    store = client(tracking["uri"])
+    found = store.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    if found:
+        return str(found[0].version)
+    models = store.search_logged_models(
+        [tracking["experiment_id"]], filter_string=f"source_run_id = '{run_id}'"
+    )
+    if not models:
+        return None
+    run = store.get_run(run_id)
+    tags = {k: v for k, v in run.data.tags.items() if not k.startswith(("mlflow.", "compalign."))}
+    return _register(store, name, run_id, models[0].model_id, tags)
+
+
+def set_aliases(tracking: Tracking, name: str, aliases: Mapping[str, str]) -> dict[str, str]:
+    """Point each alias of registered model `name` at the version logged from its run id;
+    returns {alias: version} (runs without a logged model are skipped)."""
+    done = {}
+    with store_lock(tracking["uri"]):
+        store = client(tracking["uri"])
+        for alias, run_id in aliases.items():
+            version = model_version_of(tracking, name, run_id)
+            if version is not None:
+                store.set_registered_model_alias(name, safe_alias(alias), version)
+                done[safe_alias(alias)] = version
+    return done
+
+
+def safe_alias(alias: str) -> str:
+    """A registered-model alias MLflow accepts (letters, digits, _ and -)."""
+    return re.sub(r"[^\w\-]", "_", alias)
 
 
 def log_artifacts(tracking: Tracking, run_id: str, paths: Iterable[tuple[str, str | Path]]) -> None:
@@ -338,24 +443,32 @@ def log_child_once(
     params: Mapping[str, Any] | None = None,
     model: Callable[[], nn.Module] | None = None,
     dataset: Callable[[], tuple[pd.DataFrame, Mapping[str, Any], str]] | None = None,
+    input_example: Callable[[], np.ndarray] | None = None,
+    registered_model: str | None = None,
+    version_tags: Mapping[str, Any] | None = None,
 ) -> tuple[str, bool]:
     """Log a nested child run for one model unless `key` already has one; (run_id, newly_logged).
 
-    `model` and `dataset` are loaders, called only when the run is logged. The model goes in as
-    an MLflow model (pickle format, explicit pip requirements), the state-dict checkpoint and
-    tables as artifacts.
+    `model`, `dataset` and `input_example` are loaders, called only when the run is logged. The
+    model goes in as an MLflow model (pickle format, explicit pip requirements; with the input
+    example, its signature), the state-dict checkpoint and tables as artifacts; with
+    `registered_model`, the logged model becomes a version of it, tagged `version_tags` (what
+    the model is and its headline metrics).
     """
     with store_lock(tracking["uri"]):
         found = None if refresh_requested() else existing_child(tracking, key)
         if found is not None:
             return found, False
         all_tags = {KEY_TAG: key, **_process_tags(), **tags}
-        with _known_notices(), mlflow.start_run(
-            run_name=run_name,
-            experiment_id=tracking["experiment_id"],
-            parent_run_id=parent_run_id,
-            tags=all_tags,
-        ) as run:
+        with (
+            _known_notices(),
+            mlflow.start_run(
+                run_name=run_name,
+                experiment_id=tracking["experiment_id"],
+                parent_run_id=parent_run_id,
+                tags=all_tags,
+            ) as run,
+        ):
             run_id = run.info.run_id
             if params:
                 client(tracking["uri"]).log_batch(
@@ -367,11 +480,44 @@ def log_child_once(
             if dataset is not None:
                 log_dataset(tracking, run_id, *dataset(), context="test")
             if model is not None:
-                mlflow.pytorch.log_model(
-                    folded_copy(model()).cpu().eval(),
-                    name="model",
-                    serialization_format="pickle",
-                    pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "torchvision"],
-                    code_paths=[str(PACKAGE_DIR)],
+                logged = log_torch_model(
+                    model(), None if input_example is None else input_example()
                 )
+                if registered_model is not None:
+                    _register(
+                        client(tracking["uri"]),
+                        registered_model,
+                        run_id,
+                        logged.model_id,
+                        version_tags or {},
+                    )
         return run_id, True
+
+
+def model_signature(network: nn.Module, example: np.ndarray) -> Any:
+    """The MLflow signature of `network` on `example` (float32 input; logits as float32,
+    whatever the model computes in)."""
+    from mlflow.models import infer_signature
+
+    with torch.no_grad():
+        logits = network(torch.from_numpy(example)).float().numpy()
+    return infer_signature(example, logits)
+
+
+def log_torch_model(network: nn.Module, example: np.ndarray | None) -> Any:
+    """Log `network` as the run's MLflow model `model`: pickle format (NOTES: the pt2 default
+    fails on quantized models), explicit pip requirements (inferring them takes seconds), and
+    with an input example its signature. Returns MLflow's ModelInfo."""
+    network = folded_copy(network).cpu().eval()
+    extra = {}
+    if example is not None:
+        example = np.ascontiguousarray(example, dtype=np.float32)
+        extra = {"signature": model_signature(network, example), "input_example": example}
+    return mlflow.pytorch.log_model(
+        network,
+        name="model",
+        serialization_format="pickle",
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "torchvision"],
+        code_paths=[str(PACKAGE_DIR)],
+        **extra,
+    )

@@ -242,6 +242,10 @@ train_population_task = task(
     **{
         **task_options("reference"),
         "name": "reference-population",
+        "task_run_name": lambda parameters: (
+            f"reference {parameters['reference']['model']} seeds "
+            + ", ".join(map(str, parameters["seeds"]))
+        ),
         "cache_key_fn": prefect_group_cache_key("reference", member_parameters),
     },
 )

@@ -1,4 +1,5 @@
-"""DVC runs the same stages from a fresh copy of the project: repro, metrics, status, push."""
+"""DVC runs the same stages from a fresh copy of the project: repro, metrics, plots, status,
+push."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from compalign.config import load_params
 from conftest import BIN, TINY, copy_project
 
 pytestmark = pytest.mark.slow
+LOSSES = ("none", "ce", "kd", "label_preserving", "pw")  # tests/tiny.yaml
 
 
 def dvc(*args, cwd):
@@ -27,7 +29,13 @@ def dvc(*args, cwd):
     return result.stdout + result.stderr
 
 
-def test_repro_metrics_status_and_push(tmp_path):
+def show_plots(project, *args):
+    """`dvc plots <args> --json`: the rendered plots by id."""
+    out = dvc("plots", *args, "--json", cwd=project)
+    return json.loads(out[out.index("{") :])["data"]
+
+
+def test_repro_metrics_plots_status_and_push(tmp_path):
     project = copy_project(tmp_path / "clone")
     # DVC needs every key a stage names present in params.yaml: write the full validated params
     (project / "params.yaml").write_text(yaml.safe_dump(load_params(TINY).model_dump()))
@@ -39,19 +47,44 @@ def test_repro_metrics_status_and_push(tmp_path):
     assert (project / "data/prepared/dataset.parquet").is_file()
     assert (project / "models/reference/model.pt").is_file()
     assert sorted(p.name for p in (project / "models/aligned").iterdir()) == [
-        f"magnitude_global-{s}-{loss}"
-        for s in ("0.9", "0.97")
-        for loss in ("ce", "kd", "label_preserving", "pw")
+        f"magnitude_global-{s}-{loss}" for s in ("0.9", "0.97") for loss in LOSSES[1:]
     ]
     metrics_dir = project / "reports/audit/metrics"
     assert len(list(metrics_dir.glob("*.json"))) == 1 + 10
-    kd = json.loads((metrics_dir / "magnitude_global-0.97-kd.json").read_text())
-    assert {"accuracy", "mismatches", "mismatches_ref_correct", "recall.0"} <= set(kd)
-    assert {"macs", "size_bytes", "latency_ms_b1", "latency_ms_b64"} <= set(kd)  # costs too
+    kd_metrics = json.loads((metrics_dir / "magnitude_global-0.97-kd.json").read_text())
+    assert {"accuracy", "mismatches", "mismatches_ref_correct", "recall.0"} <= set(kd_metrics)
+    assert {"macs", "size_bytes", "latency_ms_b1", "latency_ms_b64"} <= set(kd_metrics)  # costs
 
     shown = dvc("metrics", "show", cwd=project)
     assert "reports/audit/metrics/reference.json" in shown and "mismatches" in shown
     assert "up to date" in dvc("status", cwd=project).lower()
+
+    # `dvc plots show` renders dvc.yaml's plots from the audit stage's tables
+    plots = show_plots(project, "show")
+    compressed = [f"magnitude_global-{s}-{loss}" for s in ("0.9", "0.97") for loss in LOSSES]
+    for name in ("accuracy", "mismatches", "mismatches_ref_correct"):
+        [plot] = plots[name]
+        assert plot["type"] == "vega" and plot["revisions"] == ["workspace"]
+        points = plot["content"]["data"]["values"]
+        assert sorted(p["name"] for p in points) == sorted(compressed)
+        for point in points:  # every value inside its interval
+            low, value, high = (float(point[name + end]) for end in ("_ci_low", "", "_ci_high"))
+            assert low <= value <= high, point
+        kd = next(p for p in points if p["name"] == "magnitude_global-0.97-kd")
+        assert float(kd[name]) == pytest.approx(kd_metrics[name])
+    confusion = {
+        key.rsplit("/", 1)[1]: value for key, value in plots.items() if "/confusion/" in key
+    }
+    assert sorted(confusion) == sorted(f"{name}.csv" for name in compressed)
+    pairs = confusion["magnitude_global-0.97-kd.csv"][0]["content"]["data"]["values"]
+    assert len(pairs) == 200  # one per test example
+    assert sum(p["reference"] != p["compressed"] for p in pairs) == kd_metrics["mismatches"]
+    subprocess.run(["git", "add", "-A"], cwd=project, check=True)
+    subprocess.run(
+        ["git", "-c", "user.name=test", "-c", "user.email=test@localhost", "commit", "-qm", "1"],
+        cwd=project,
+        check=True,
+    )
 
     # an align change puts align out of date; repro then reruns align and what reads its outs
     params = yaml.safe_load((project / "params.yaml").read_text())
@@ -62,6 +95,10 @@ def test_repro_metrics_status_and_push(tmp_path):
     log = dvc("repro", cwd=project)
     assert "Running stage 'align'" in log and "Running stage 'audit'" in log
     assert "Running stage 'reference'" not in log and "Running stage 'compress'" not in log
+    # `dvc plots diff` draws the committed run and the workspace's together
+    [plot] = show_plots(project, "diff", "HEAD")["mismatches"]
+    assert set(plot["revisions"]) == {"HEAD", "workspace"}
+    assert {p["rev"] for p in plot["content"]["data"]["values"]} == {"HEAD", "workspace"}
 
     dvc("push", cwd=project)
     assert any((project / "dvc-storage").rglob("*"))

@@ -36,3 +36,56 @@ def test_prefect_accepts_the_options(project):
     assert made.name == "predict"
     assert made.persist_result is True
     assert made.cache_key_fn(None, PARAMETERS) == stage_key("predict", PARAMETERS)
+
+
+def test_task_runs_are_named_after_what_they_do():
+    from prefect._internal.engine import resolve_custom_task_run_name
+
+    from tasks.align import align_task
+    from tasks.audit import audit_task
+    from tasks.compress import compress_task
+    from tasks.costs import costs_task
+    from tasks.data import prepare_task
+    from tasks.train import train_population_task, train_reference_task
+
+    cases = [
+        (prepare_task, {"data": {"source": "digits"}}, "prepare digits"),
+        (
+            train_reference_task,
+            {"reference": {"model": "small_cnn", "seed": 3, "source": "train"}},
+            "reference small_cnn seed 3",
+        ),
+        (
+            train_population_task,
+            {"reference": {"model": "small_cnn"}, "seeds": [0, 1]},
+            "reference small_cnn seeds 0, 1",
+        ),
+        (
+            compress_task,
+            {"method": "magnitude_global", "level": 0.9, "loss": None},
+            "compress magnitude_global-0.9",
+        ),
+        (
+            compress_task,
+            {"method": "taylor_structured", "level": 0.5, "loss": "pw"},
+            "compress taylor_structured-0.5 by pw",
+        ),
+        (
+            align_task,
+            {"method": "magnitude_global", "level": 0.9, "loss": "kd"},
+            "align magnitude_global-0.9-kd",
+        ),
+        (
+            align_task,
+            {"method": "quantize_dynamic", "level": None, "loss": "ce"},
+            "align quantize_dynamic-ce",
+        ),
+        (
+            audit_task,
+            {"labels": {"name": "magnitude_global-0.9-kd"}},
+            "audit magnitude_global-0.9-kd",
+        ),
+        (costs_task, {"name": "reference"}, "costs reference"),
+    ]
+    for stage_task, parameters, expected in cases:
+        assert resolve_custom_task_run_name(stage_task, parameters) == expected

@@ -306,3 +306,67 @@ def test_ui_links_open_the_runs_table():
         "runs": "http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning",
         "run": "http://127.0.0.1:5000/#/experiments/7/runs/abc?workflowType=machine_learning",
     }
+
+
+@pytest.mark.parametrize("method", ["quantize_dynamic", "half"])  # NOTES: pt2 fails on these
+def test_logged_models_have_a_signature_and_example_load_back_and_are_registered(track, method):
+    import numpy as np
+    import torch
+
+    from compalign.compressors import COMPRESSORS
+    from compalign.models import build_model
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        reference = build_model("small_cnn", num_classes=10, in_channels=1, image_size=8).eval()
+    level = 0.5 if COMPRESSORS[method].uses_level else None
+    model = COMPRESSORS[method](reference, level, {}, None).eval()
+    example = np.random.default_rng(0).normal(size=(2, 1, 8, 8)).astype(np.float32)
+    parent = tracking.start_parent(track, "parent", {}, {})
+    name = f"digits-{method}"
+    run_id, _ = tracking.log_child_once(
+        track,
+        parent,
+        key=f"audit-{method}",
+        run_name=method,
+        tags={"loss": "none"},
+        metrics={"accuracy": 0.5},
+        artifacts=[],
+        model=lambda: model,
+        input_example=lambda: example,
+        registered_model=name,
+        version_tags={"accuracy": "0.5", "loss": "none"},
+    )
+    store = tracking.client(track["uri"])
+    (version,) = store.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    assert version.tags["accuracy"] == "0.5" and version.tags["loss"] == "none"
+    uri = f"models:/{name}/{version.version}"
+    info = mlflow.models.get_model_info(uri)
+    (inputs,), (outputs,) = info.signature.inputs.inputs, info.signature.outputs.inputs
+    assert (inputs.type, inputs.shape) == (np.dtype(np.float32), (-1, 1, 8, 8))
+    assert (outputs.type, outputs.shape) == (np.dtype(np.float32), (-1, 10))
+    assert info.saved_input_example_info is not None
+    loaded = mlflow.pytorch.load_model(uri)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(example)).float()
+        assert torch.equal(loaded(torch.from_numpy(example)).float(), expected)
+    # aliases point at the version of a run; a second alias call moves nothing else
+    assert tracking.set_aliases(track, name, {"reference": run_id}) == {
+        "reference": str(version.version)
+    }
+    assert store.get_model_version_by_alias(name, "reference").run_id == run_id
+
+
+def test_parent_run_has_mlflow_git_commit_and_a_description(track):
+    run_id = tracking.start_parent(track, "parent", {}, {})
+    tracking.set_description(track, run_id, "## headline\n\n| a |\n|---|\n| 1 |\n")
+    tags = tracking.client(track["uri"]).get_run(run_id).data.tags
+    assert tags[tracking.NOTE_TAG].startswith("## headline")
+    if tags["git_commit"] != "unknown":  # the suite runs from a git checkout
+        assert tags[tracking.GIT_COMMIT_TAG] == tags["git_commit"]
+
+
+def test_registered_model_name_is_dataset_and_architecture():
+    assert tracking.registered_model_name("digits", "small_cnn") == "digits-small_cnn"
+    assert tracking.registered_model_name("cifar10", "models/my net.pt") == "cifar10-my_net.pt"
+    assert tracking.safe_alias("best-label preserving") == "best-label_preserving"
