@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -163,3 +164,23 @@ def test_compressor_removes_channels_and_restores_weights_for_pw(digits, loss, t
     loaded = load_checkpoint(tmp_path).eval()
     images = train.normalise(train.images[:16])
     assert torch.allclose(loaded(images), pruned.eval()(images), atol=1e-6)
+
+
+def test_fine_tuning_recipe_steps_the_cosine_once_per_epoch(digits, monkeypatch):
+    """lr_schedule cosine_per_epoch: CosineAnnealingLR(T_max=epochs) stepped after each epoch
+    (their GenericRetrainer), so every batch of epoch e runs at lr (1 + cos(pi e / E)) / 2."""
+    train, reference = digits
+    seen = []
+    original = torch.optim.AdamW.step
+
+    def step(self, *args, **kwargs):
+        seen.append(self.param_groups[0]["lr"])
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    config = TrainConfig(
+        epochs=3, batch_size=100, optimizer="adamw", lr=1e-3, lr_schedule="cosine_per_epoch"
+    )
+    fit(copy.deepcopy(reference), train, config, LOSSES["ce"]())
+    expected = [1e-3 * (1 + math.cos(math.pi * epoch / 3)) / 2 for epoch in range(3)]
+    assert seen == pytest.approx([value for value in expected for _ in range(3)])
