@@ -92,6 +92,8 @@ class TrainingParams(Section):
     weight_decay: Annotated[float, Field(ge=0.0)] = 5e-4
     augment: bool = False
     seed: Seed = 0
+    # cosine annealing stepped after every batch, or once per epoch (Meyer & Wong's retrainer)
+    lr_schedule: Literal["cosine_per_step", "cosine_per_epoch"] = "cosine_per_step"
 
 
 class ReferenceParams(TrainingParams):

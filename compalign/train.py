@@ -35,6 +35,9 @@ class TrainConfig:
     weight_decay: float = 5e-4
     augment: bool = False
     seed: int = 0
+    # cosine annealing stepped after every batch (T_max = all steps), or once per epoch
+    # (T_max = epochs: Meyer & Wong's GenericRetrainer)
+    lr_schedule: str = "cosine_per_step"
 
 
 EpochCallback = Callable[[int, dict[str, float]], None]
@@ -103,7 +106,8 @@ def fit(
     on_epoch: EpochCallback | None = None,
     on_step: StepCallback | None = None,
 ) -> nn.Module:
-    """Train `model` on `train` with `loss_fn(logits, reference_logits, labels)`; cosine schedule.
+    """Train `model` on `train` with `loss_fn(logits, reference_logits, labels)`; cosine schedule
+    per step or per epoch (`config.lr_schedule`).
 
     With `reference`, its logits on each (augmented) batch are computed without gradients and
     passed to the loss; the reference stays frozen in eval mode. `on_step(step, model)` runs
@@ -119,8 +123,9 @@ def fit(
     speed.prepare(model, reference)
     generator = torch.Generator().manual_seed(config.seed)
     optimizer = make_optimizer(model, config)
+    per_epoch = config.lr_schedule == "cosine_per_epoch"
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-        optimizer, T_max=total_steps(len(train), config)
+        optimizer, T_max=config.epochs if per_epoch else total_steps(len(train), config)
     )
     forward = speed.compiled(model)
     resume = next_resume_point("fit", config, model=shapes(model.state_dict()))
@@ -156,9 +161,12 @@ def fit(
                 loss = loss_fn(logits, reference_logits, labels)
             optimizer.zero_grad(set_to_none=True)
             speed.backward_and_step(loss, optimizer)
-            scheduler.step()
+            if not per_epoch:
+                scheduler.step()
             total_loss += float(loss.detach()) * len(index)
             correct += float((logits.argmax(1) == labels).sum())
+        if per_epoch:
+            scheduler.step()
         if on_epoch is not None:
             on_epoch(
                 epoch, {"loss": total_loss / len(train), "train_accuracy": correct / len(train)}

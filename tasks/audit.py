@@ -95,6 +95,7 @@ def _build_audit(
         images=test.images,
         normalise=test.normalise,
         device=device,
+        logits=logits,
     )
     result = audit(inputs)
     metrics = result.metrics

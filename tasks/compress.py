@@ -28,7 +28,8 @@ def calibration_data(
     hyperparameters: dict[str, Any] | None,
 ) -> Calibration:
     """A seeded sample of training batches and, with a loss, the gradient function of Taylor
-    importance (the loss against the frozen reference, summed over those batches)."""
+    importance (the loss against the frozen reference, summed over those batches), and for
+    iterative pruning the loss, the reference and the training split themselves."""
     data_dir = require(data, "prepared dataset")
     train = load_split(data_dir, "train", read_manifest(data_dir))
     size = calibration["batch_size"]
@@ -36,7 +37,7 @@ def calibration_data(
     chunks = [order[start : start + size] for start in range(0, len(train), size)]
     chunks = chunks[: calibration["batches"]]
     batches = [train.normalise(train.images[index]) for index in chunks]
-    gradient_fn = None
+    gradient_fn = reference = loss_fn = None
     if loss is not None:
         reference = load_checkpoint(reference_dir).eval()
         loss_fn = LOSSES[loss](**(hyperparameters or {}))
@@ -49,7 +50,7 @@ def calibration_data(
                     reference_logits = reference(images)
                 loss_fn(model(images), reference_logits, train.labels[index]).backward()
 
-    return Calibration(batches, gradient_fn)
+    return Calibration(batches, gradient_fn, loss, loss_fn, reference, train)
 
 
 def compress(

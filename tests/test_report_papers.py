@@ -118,6 +118,37 @@ def test_meyer_judges_the_gap_change_of_pw_against_ce(tmp_path, pw_change, verdi
     assert "**held**" in report.verdicts[1]  # equal accuracy
 
 
+@pytest.mark.parametrize(
+    ("interval", "side", "verdict"),
+    [
+        ((-0.05, -0.01), "pw smaller", "**held**"),
+        ((-0.05, 0.02), "within noise", "**did not hold**"),
+    ],
+)
+def test_meyer_judges_pw_against_ce_by_the_paired_interval(tmp_path, interval, side, verdict):
+    """With bootstrap intervals, pw's smaller gap change counts only where the paired interval
+    of (pw change - ce change) lies below 0; an interval across 0 is noise."""
+    summary, metrics = meyer_inputs(-0.01)
+    for name, values in metrics.items():
+        if name.endswith("-pw"):
+            values["group.rare.accuracy_gap_change_vs_ce"] = -0.03
+            values["group.rare.accuracy_gap_change_vs_ce_ci_low"] = interval[0]
+            values["group.rare.accuracy_gap_change_vs_ce_ci_high"] = interval[1]
+        if name.endswith("-ce"):
+            values["group.rare.accuracy_gap_change_ci_low"] = 0.01
+            values["group.rare.accuracy_gap_change_ci_high"] = 0.04
+        if name != "reference":
+            values["auroc"] = 0.97
+    report = paper_reports.meyer(summary, metrics, "rare", tmp_path, "cpu")
+    report.write(tmp_path)
+    table = pd.read_csv(tmp_path / "gap_change_ce_vs_pw.csv")
+    assert table["pw against ce"].tolist() == [side, side]
+    assert table["ce gap change [95% CI]"].tolist()[0] == "0.020 [0.010, 0.040]"
+    assert verdict in report.verdicts[0] and "Rule:" in report.verdicts[0]
+    assert "**held**" in report.verdicts[1]  # ce's gap grew beyond noise at both levels
+    assert (table["pw AUROC"] == 0.97).all()
+
+
 def test_hooker_tables_and_verdicts_follow_the_counts(tmp_path):
     pruning = pd.DataFrame(
         {

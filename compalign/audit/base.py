@@ -59,6 +59,7 @@ class AuditInputs:
     normalise: Callable[[torch.Tensor], torch.Tensor] | None = None
     device: torch.device | str = "cpu"
     outputs: dict[str, Any] = field(default_factory=dict)
+    logits: torch.Tensor | None = None  # the model's test logits, in the frame's order
 
     @property
     def compared(self) -> bool:

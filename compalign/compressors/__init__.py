@@ -19,6 +19,7 @@ from compalign.compressors import (
     quantize_static,
     random_unstructured,
     structured,
+    taylor_iterative,
 )
 from compalign.compressors.base import LEVEL_KINDS, Calibration, Compressor, Family
 
@@ -32,6 +33,7 @@ COMPRESSORS: dict[str, Compressor] = {
     "quantize_static": quantize_static.ENTRY,
     "half": half.ENTRY,
     "magnitude_channel": magnitude_channel.ENTRY,
+    "taylor_iterative": taylor_iterative.ENTRY,
 }
 
 __all__ = ["COMPRESSORS", "LEVEL_KINDS", "Calibration", "Compressor", "Family"]

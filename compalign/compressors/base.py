@@ -10,13 +10,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from compalign.finetune import STRUCTURED, UNSTRUCTURED, Family
 from compalign.options import NoOptions, Options
+
+if TYPE_CHECKING:
+    from compalign.data import Split
+    from compalign.losses import LossFn
 
 __all__ = ["STRUCTURED", "UNSTRUCTURED", "Calibration", "Compressor", "Family", "LEVEL_KINDS"]
 
@@ -25,16 +29,23 @@ LEVEL_KINDS = {
     "weight_sparsity": "weight sparsity",
     "flops_removed": "fraction of MACs removed",
     "channel_sparsity": "fraction of channels masked per layer",
+    "conv_flops_removed": "fraction of conv FLOPs removed",
 }
 
 
 @dataclass
 class Calibration:
     """What data-driven compressors need: float training batches (normalised), and for Taylor
-    importance a function that fills the model's gradients with the alignment loss."""
+    importance a function that fills the model's gradients with the alignment loss. Iterative
+    pruning (taylor_iterative) trains while it prunes: it gets the alignment loss itself, its
+    name, the frozen reference and the whole training split."""
 
     batches: list[torch.Tensor]
     gradient_fn: Callable[[nn.Module], None] | None = None
+    loss_name: str | None = None
+    loss_fn: LossFn | None = None
+    reference: nn.Module | None = None
+    train: Split | None = None
 
     @property
     def example(self) -> torch.Tensor:
@@ -93,7 +104,7 @@ class Compressor:
         return self.options.model_validate(dict(options or {}))
 
     def checkpoint_kind(self, method: str) -> str:
-        """"float" for a model that stays float (masks saved apart), else the method's name."""
+        """ "float" for a model that stays float (masks saved apart), else the method's name."""
         return method if self.family.quantized else "float"
 
     def __call__(

@@ -416,6 +416,31 @@ def joseph(summary: pd.DataFrame, out_dir: Path, profile: str, tuned: bool = Fal
 # --------------------------------------------------------------------------------------------
 
 
+def _meyer_value(metrics: dict[str, float], key: str) -> float:
+    return float(metrics.get(key, float("nan")))
+
+
+def _meyer_interval(metrics: dict[str, float], key: str, digits: int = 3) -> str:
+    """ "value [low, high]" of a metric with `_ci_low` / `_ci_high`, the value alone without."""
+    value = _meyer_value(metrics, key)
+    low, high = _meyer_value(metrics, f"{key}_ci_low"), _meyer_value(metrics, f"{key}_ci_high")
+    if math.isnan(low):
+        return _number(value, digits)
+    return f"{_number(value, digits)} [{_number(low, digits)}, {_number(high, digits)}]"
+
+
+def _meyer_side(difference: float, low: float, high: float) -> str:
+    """Where pw's gap change lies against ce's: "smaller" / "larger" when the paired interval of
+    the difference excludes 0 (or, without an interval, by the sign), else "noise"."""
+    if math.isnan(low):
+        return "smaller" if difference <= 0 else "larger"
+    if high < 0:
+        return "smaller"
+    if low > 0:
+        return "larger"
+    return "noise"
+
+
 def meyer(
     summary: pd.DataFrame,
     metrics: dict[str, dict[str, float]],
@@ -424,7 +449,8 @@ def meyer(
     profile: str,
 ) -> PaperReport:
     """Structured (Taylor) pruning at several FLOP reductions, ce against pw: per-group accuracy
-    (AUROC for two classes), the gap between groups and how pruning changes it."""
+    and AUROC, the gap between groups, how pruning changes it (with paired bootstrap intervals)
+    and whether pw's change differs from ce's beyond test-set noise."""
     report = PaperReport("meyer", f"Meyer & Wong (arXiv 2211.10285), {profile} profile")
     reference = metrics["reference"]
     rows = []
@@ -438,13 +464,14 @@ def meyer(
             and key.count(".") == 3
         }
     )
-    for _, model in compressed.sort_values(["sparsity", "loss"]).iterrows():
+    seeded = "seed" in summary.columns
+    order = ["sparsity", "seed", "loss"] if seeded else ["sparsity", "loss"]
+    for _, model in compressed.sort_values(order).iterrows():
         model_metrics = metrics[model["name"]]
-        row = {
-            "FLOPs removed": model.sparsity,
-            "loss": model.loss,
-            "accuracy": round(model.accuracy, 4),
-        }
+        row = {"FLOPs removed": model.sparsity}
+        if seeded:
+            row["seed"] = model.seed
+        row.update({"loss": model.loss, "accuracy": round(model.accuracy, 4)})
         for value in values:
             row[f"accuracy {group}={value}"] = round(
                 model_metrics[f"group.{group}.{value}.accuracy"], 4
@@ -457,38 +484,106 @@ def meyer(
         row["gap change vs reference"] = round(
             model_metrics[f"group.{group}.accuracy_gap_change"], 4
         )
+        row["gap change [95% CI]"] = _meyer_interval(
+            model_metrics, f"group.{group}.accuracy_gap_change"
+        )
+        if "auroc" in model_metrics:
+            row["AUROC"] = round(model_metrics["auroc"], 4)
+            row["AUROC change"] = round(_meyer_value(model_metrics, "auroc_change"), 4)
+            row["worst class ΔAUROC"] = round(
+                _meyer_value(model_metrics, "worst_class_auroc_change"), 4
+            )
+            for value in values:
+                key = f"auroc.group.{group}.{value}"
+                if key in model_metrics and f"AUROC {group}={value}" not in row:
+                    row[f"AUROC {group}={value}"] = round(model_metrics[key], 4)
         rows.append(row)
-    reference_row = {
-        "FLOPs removed": 0.0,
-        "loss": "reference",
-        "accuracy": round(reference["accuracy"], 4),
-    }
+    reference_row: dict[str, Any] = {"FLOPs removed": 0.0}
+    if seeded:
+        reference_row["seed"] = ""
+    reference_row.update({"loss": "reference", "accuracy": round(reference["accuracy"], 4)})
     for value in values:
         reference_row[f"accuracy {group}={value}"] = round(
             reference[f"group.{group}.{value}.accuracy"], 4
         )
     reference_row["gap"] = round(reference[f"group.{group}.accuracy_gap"], 4)
     reference_row["gap change vs reference"] = 0.0
+    if "auroc" in reference:
+        reference_row["AUROC"] = round(reference["auroc"], 4)
     report.tables["groups"] = pd.DataFrame([reference_row, *rows])
 
     table = pd.DataFrame(rows)
     figure = meyer_group_figure(table, group)
     report.figures.append(save_png(figure, out_dir / "group_gap_vs_flops.png"))
 
-    by_level = table.pivot_table(
-        index="FLOPs removed", columns="loss", values="gap change vs reference"
-    )
-    if {"ce", "pw"} <= set(by_level.columns):
-        smaller = (by_level["pw"] <= by_level["ce"]).tolist()
+    # ce against pw at each level (and seed): pw's gap change minus ce's, paired over the same
+    # bootstrap resamples of the test examples (the pw audit's `..._vs_ce`)
+    keys = ["sparsity", "seed"] if seeded else ["sparsity"]
+    comparison, sides, ce_grew = [], [], []
+    for key, models in compressed.groupby(keys, sort=True):
+        by_loss = models.set_index("loss")
+        if not {"ce", "pw"} <= set(by_loss.index):
+            continue
+        ce, pw = metrics[by_loss.loc["ce", "name"]], metrics[by_loss.loc["pw", "name"]]
+        name = f"group.{group}.accuracy_gap_change"
+        difference = _meyer_value(pw, f"{name}_vs_ce")
+        if math.isnan(difference):
+            difference = _meyer_value(pw, name) - _meyer_value(ce, name)
+        low, high = (
+            _meyer_value(pw, f"{name}_vs_ce_ci_low"),
+            _meyer_value(pw, f"{name}_vs_ce_ci_high"),
+        )
+        side = _meyer_side(difference, low, high)
+        sides.append(side)
+        ce_low = _meyer_value(ce, f"{name}_ci_low")
+        ce_grew.append(ce_low > 0 if not math.isnan(ce_low) else _meyer_value(ce, name) > 0)
+        level = key[0] if isinstance(key, tuple) else key
+        entry: dict[str, Any] = {"FLOPs removed": level}
+        if seeded:
+            entry["seed"] = key[1]
+        entry.update(
+            {
+                "ce gap change [95% CI]": _meyer_interval(ce, name),
+                "pw gap change [95% CI]": _meyer_interval(pw, name),
+                "pw − ce [95% CI]": (
+                    f"{_number(difference, 3)} [{_number(low, 3)}, {_number(high, 3)}]"
+                    if not math.isnan(low)
+                    else _number(difference, 3)
+                ),
+                "pw against ce": {
+                    "smaller": "pw smaller",
+                    "larger": "pw larger",
+                    "noise": "within noise",
+                }[side],
+                "ce accuracy": round(float(by_loss.loc["ce", "accuracy"]), 4),
+                "pw accuracy": round(float(by_loss.loc["pw", "accuracy"]), 4),
+                "ce AUROC": round(_meyer_value(ce, "auroc"), 4),
+                "pw AUROC": round(_meyer_value(pw, "auroc"), 4),
+            }
+        )
+        comparison.append(entry)
+    if comparison:
+        report.tables["gap_change_ce_vs_pw"] = pd.DataFrame(comparison)
+        smaller = [side == "smaller" for side in sides]
+        larger = sum(side == "larger" for side in sides)
+        noise = sum(side == "noise" for side in sides)
         report.verdicts.append(
             f"The performance-weighted loss limits the bias pruning adds to a subgroup: "
-            f"{_held(sum(smaller) > len(smaller) / 2, any(smaller))} (the gap between the {group} groups "
-            f"grows no more with pw than with ce at {sum(smaller)} of {len(smaller)} FLOP reductions: "
+            f"{_held(sum(smaller) > len(smaller) / 2, any(smaller))} (pw's change of the accuracy "
+            f"gap between the {group} groups is below ce's at {sum(smaller)} of {len(sides)} "
+            f"FLOP reductions, above it at {larger}, and the two cannot be told apart at {noise}: "
             + ", ".join(
-                f"{level:g}: pw {row['pw']:+.3f} vs ce {row['ce']:+.3f}"
-                for level, row in by_level.iterrows()
+                f"{entry['FLOPs removed']:g}: pw − ce {entry['pw − ce [95% CI]']}"
+                for entry in comparison
             )
-            + ")."
+            + "). Rule: at a reduction, pw is below (above) ce when the 95% paired bootstrap "
+            "interval of (pw gap change − ce gap change) over the test examples lies below "
+            "(above) 0; held when below at more than half of the reductions."
+        )
+        report.verdicts.append(
+            f"Pruning with plain cross-entropy widens the gap (the premise): "
+            f"{_held(sum(ce_grew) > len(ce_grew) / 2, any(ce_grew))} (the interval of ce's gap "
+            f"change lies above 0 at {sum(ce_grew)} of {len(ce_grew)} reductions)."
         )
         accuracy = table.pivot_table(index="FLOPs removed", columns="loss", values="accuracy")
         close = (accuracy["pw"] >= accuracy["ce"] - 0.01).tolist()
@@ -497,7 +592,15 @@ def meyer(
             f"or better at {sum(close)} of {len(close)} reductions)."
         )
     report.sections += [
-        f"## Accuracy by group ({group}), gap between groups and its change",
+        f"## The gap between the {group} groups: ce against pw",
+        "",
+        "Gap = the largest minus the smallest group accuracy; change = against the unpruned "
+        "reference. Intervals: 95% paired bootstrap over the test examples (every model is "
+        "resampled alike), so they cover test-set noise, not training noise.",
+        "",
+        _markdown(report.tables["gap_change_ce_vs_pw"]) if comparison else "(no ce/pw pair)",
+        "",
+        f"## Accuracy and AUROC by group ({group}), gap between groups and its change",
         "",
         _markdown(report.tables["groups"]),
         "",

@@ -11,6 +11,7 @@ from compalign.audit.base import Metric
 from compalign.audit.metrics import (
     accuracy,
     attribution,
+    auroc,
     calibration,
     class_fairness,
     groups,
@@ -24,6 +25,7 @@ METRICS: dict[str, Metric] = {
     "reduction_factor": reduction_factor.ENTRY,
     "class_fairness": class_fairness.ENTRY,
     "groups": groups.ENTRY,
+    "auroc": auroc.ENTRY,
     "attribution": attribution.ENTRY,
     "calibration": calibration.ENTRY,
 }
