@@ -90,6 +90,7 @@ def train_pruned_member(
             stage="pruned",
             compressor=method,
             sparsity=level,
+            seed=params.seed,
             measured_sparsity=measured,
             val_accuracy=val_accuracy,
             data_digest=data["digest"],

@@ -188,7 +188,11 @@ def test_train_pruned_follows_hookers_schedule_scaled_to_the_run():
     1/64 of the steps, frozen after; the classifier stays dense."""
     from torch import nn
 
-    from compalign.compressors.gradual_magnitude import GradualOptions, GradualSchedule, train_pruned
+    from compalign.compressors.gradual_magnitude import (
+        GradualOptions,
+        GradualSchedule,
+        train_pruned,
+    )
 
     schedule = GradualSchedule.for_training(0.9, GradualOptions(), 3200)
     assert (schedule.start_step, schedule.end_step, schedule.frequency) == (500, 800, 50)
@@ -204,7 +208,9 @@ def test_train_pruned_follows_hookers_schedule_scaled_to_the_run():
     model = build_model("small_cnn", 10, 1, 8, seed=0)
     config = TrainConfig(epochs=6, batch_size=16, lr=0.05)  # 24 steps: prune at 4, 5, 6
     seen = []
-    train_pruned(model, split, config, 0.8, on_epoch=lambda e, _: seen.append(weight_sparsity(model)))
+    train_pruned(
+        model, split, config, 0.8, on_epoch=lambda e, _: seen.append(weight_sparsity(model))
+    )
     masked = sum(m.weight.numel() for m, _ in prunable_parameters(model)) - model[-1].weight.numel()
     ratio = masked / sum(m.weight.numel() for m, _ in prunable_parameters(model))
     # round(24 * 5/32) = 4, round(24 * 8/32) = 6, every max(1, round(24 / 64)) = 1 step: epoch 0
