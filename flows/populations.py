@@ -112,7 +112,11 @@ def populations_flow(params: dict[str, Any]) -> dict[str, Any]:
         logger.info("MLflow parent run %s: %d members per population", parent, population.size)
         data = prepare_task.submit(settings.data.prepare_params())
         futures.append(("prepare", "", data))
-        references, reference_predictions = {}, {}
+        # Every training task is submitted before any prediction: a pool thread that runs a
+        # task first waits for its inputs, so a prediction submitted next to its model would hold
+        # a thread idle while that model trains (one member training at a time on 2 workers).
+        references: dict[int, Any] = {}
+        to_predict: list[tuple[str, tuple[float | None, str] | None, int, Any]] = []
         if population.vectorise:  # one task trains every dense member as one batched model
             group = train_population_task.submit(
                 data, settings.reference.stage_params(settings.data), population.seeds, device
@@ -126,11 +130,8 @@ def populations_flow(params: dict[str, Any]) -> dict[str, Any]:
                 references[seed] = train_reference_task.submit(
                     data, member_reference(settings, seed), device
                 )
-            reference_predictions[seed] = predict_task.submit(data, references[seed], batch, device)
-            if not population.vectorise:
                 futures.append(("reference", f"seed {seed}", references[seed]))
-            futures.append(("predict", f"dense {seed}", reference_predictions[seed]))
-        member_predictions: dict[tuple[float | None, str], dict[int, Any]] = {}
+            to_predict.append((f"dense {seed}", None, seed, references[seed]))
         from_scratch = trains_from_scratch(settings)
         for level in levels(settings):
             for seed in population.seeds:
@@ -149,9 +150,9 @@ def populations_flow(params: dict[str, Any]) -> dict[str, Any]:
                             device,
                         )
                         futures.append(("pruned", f"{level:g}-{loss} seed {seed}", model))
-                        prediction = predict_task.submit(data, model, batch, device)
-                        futures.append(("predict", f"{level:g}-{loss} seed {seed}", prediction))
-                        member_predictions.setdefault((level, loss), {})[seed] = prediction
+                        to_predict.append(
+                            (f"{level:g}-{loss} seed {seed}", (level, loss), seed, model)
+                        )
                         continue
                     spec = ModelSpec(population.compressor, level, loss)
                     name = compressed_id(settings, spec)
@@ -167,9 +168,16 @@ def populations_flow(params: dict[str, Any]) -> dict[str, Any]:
                             data, references[seed], model, **align_arguments(settings, spec, device)
                         )
                         futures.append(("align", f"{spec.name} seed {seed}", model))
-                    prediction = predict_task.submit(data, model, batch, device)
-                    futures.append(("predict", f"{spec.name} seed {seed}", prediction))
-                    member_predictions.setdefault((level, loss), {})[seed] = prediction
+                    to_predict.append((f"{spec.name} seed {seed}", (level, loss), seed, model))
+        reference_predictions: dict[int, Any] = {}
+        member_predictions: dict[tuple[float | None, str], dict[int, Any]] = {}
+        for label, key, seed, model in to_predict:
+            prediction = predict_task.submit(data, model, batch, device)
+            futures.append(("predict", label, prediction))
+            if key is None:
+                reference_predictions[seed] = prediction
+            else:
+                member_predictions.setdefault(key, {})[seed] = prediction
         wait_or_raise_first_failure([future for _, _, future in futures])
         dense = np.stack(
             [load_predictions(reference_predictions[s].result()) for s in population.seeds]
