@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import pandas as pd
 import pytest
@@ -22,7 +23,8 @@ OVERRIDES = [
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, prefect_server):
-    """The same population twice on the local runner (the second cached), once on Dask."""
+    """The same population twice on the local runner (the second cached), once on Dask; once
+    vectorised, and once from scratch (Hooker et al.'s protocol) reusing the dense members."""
     from compalign.config import load_params
     from conftest import TINY
     from flows.populations import run_populations
@@ -57,7 +59,14 @@ def runs(tmp_path_factory, prefect_server):
                         "populations.protocol=from_scratch",
                     ],
                 )
+                # its own project (reports/populations is per project), with the local run's
+                # store copied in so that its dense members are reused
+                scratch_dir = tmp_path_factory.mktemp("from_scratch")
+                shutil.copytree(project / "artifacts", scratch_dir / "artifacts")
+                os.chdir(scratch_dir)
                 results["from_scratch"] = run_populations(scratch)
+                results["from_scratch-dir"] = scratch_dir
+                os.chdir(project)
             results[f"{runner}-dir"] = project
     finally:
         os.chdir(previous)
@@ -139,7 +148,7 @@ def test_from_scratch_members_are_independent_pruned_training_runs(runs):
     assert stages.count("pruned") == 3 and "compress" not in stages and "align" not in stages
     # the dense members are the local run's, reused from the store
     assert result["dense_predictions"] == runs["local"]["dense_predictions"]
-    entries = sorted((runs["local-dir"] / "artifacts" / "pruned").iterdir())
+    entries = sorted((runs["from_scratch-dir"] / "artifacts" / "pruned").iterdir())
     assert len(entries) == 3
     seeds = sorted(read_checkpoint_manifest(entry)["seed"] for entry in entries)
     assert seeds == [pruned_seed(seed, 0.9) for seed in (0, 1, 2)]
