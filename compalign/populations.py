@@ -124,14 +124,24 @@ def class_impact(
     normalised recalls (`normalised_recalls`), in Hooker et al.'s order: `ttest_ind(dense,
     compressed, equal_var=False)`, so t > 0 when the class loses relative recall. `change`
     (compressed mean - dense mean of the normalised recall) gives the direction and size; the
-    decision is `decide_impact`'s (Benjamini-Hochberg over this table's classes)."""
+    decision is `decide_impact`'s (Benjamini-Hochberg over this table's classes). A class whose
+    recall does not vary within either population is not tested (t and p NaN): its standard
+    error is zero (it happens on small test sets where every member gets a class right)."""
     dense = normalised_recalls(reference_predictions, labels, len(class_names))
     sparse = normalised_recalls(compressed_predictions, labels, len(class_names))
     rows = []
     for index, name in enumerate(class_names):
-        with warnings.catch_warnings():  # near-identical recalls: scipy warns, p is still right
-            warnings.simplefilter("ignore", RuntimeWarning)
-            statistic, p_value = stats.ttest_ind(dense[:, index], sparse[:, index], equal_var=False)
+        if np.ptp(dense[:, index]) == 0 and np.ptp(sparse[:, index]) == 0:
+            # Every member of each population has the same recall (e.g. all perfect): Welch's
+            # standard error is 0 and scipy returns t = inf, p = 0 whenever the two mean top-1s
+            # differ, which is a difference of averages, not evidence about this class.
+            statistic, p_value = float("nan"), float("nan")
+        else:
+            with warnings.catch_warnings():  # near-identical recalls: scipy warns, p is right
+                warnings.simplefilter("ignore", RuntimeWarning)
+                statistic, p_value = stats.ttest_ind(
+                    dense[:, index], sparse[:, index], equal_var=False
+                )
         rows.append(
             {
                 "class": name,

@@ -114,6 +114,18 @@ def test_welch_statistic_by_hand_with_the_population_mean_top1():
     assert own != pytest.approx(t)
 
 
+def test_a_class_without_variation_in_either_population_is_not_tested():
+    """Class a is right for every member of both populations; the mean top-1s differ (class b
+    varies), so its normalised recalls are constant but unequal: scipy would say t = inf,
+    p = 0. It is left untested (NaN), never impacted."""
+    labels = np.array([0, 0, 1, 1])
+    dense = np.array([[0, 0, 1, 1], [0, 0, 1, 0], [0, 0, 1, 1]])
+    sparse = np.array([[0, 0, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
+    impact = class_impact(dense, sparse, labels, ["a", "b"])
+    assert np.isnan(impact.t[0]) and np.isnan(impact.p[0]) and not impact.impacted[0]
+    assert np.isfinite(impact.p[1])
+
+
 def test_impact_is_decided_on_benjamini_hochberg_adjusted_p():
     """Four tests at raw p 0.01, 0.04, 0.045, 0.5: BH gives 0.04, 0.06, 0.06, 0.5 (p_i m / i,
     made monotone from the top), so one class is impacted at 0.05, not three; NaN stays out."""
