@@ -179,6 +179,8 @@ def test_gradual_magnitude_never_prunes_the_classifier():
     assert len(masks_of(pruned)) == len(convs)  # first conv and 1x1 shortcuts included
     for conv in convs:
         assert float((~conv.weight_mask.bool()).float().mean()) == pytest.approx(0.7, abs=0.01)
+        # the weight reads pruned before any forward pass (the compress stage logs its sparsity)
+        assert float((conv.weight == 0).float().mean()) == pytest.approx(0.7, abs=0.01)
     other = COMPRESSORS["magnitude_layerwise"](build_model("resnet20", 10, 3, 8, seed=0), 0.7)
     assert len(masks_of(other)) == len(convs) + 1
 

@@ -73,6 +73,8 @@ def prune_layers_to(model: nn.Module, sparsity: float) -> None:
         if count:
             new_mask[torch.argsort(effective, stable=True)[:count]] = 0.0
         mask.copy_(new_mask.view_as(mask))
+        with torch.no_grad():  # what prune's forward pre-hook sets, so the weight reads right now
+            setattr(module, name, getattr(module, f"{name}_orig") * mask)
 
 
 @dataclass
