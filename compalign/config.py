@@ -239,8 +239,12 @@ class RunParams(Section):
 
 class PopulationsParams(Section):
     """Populations of independently trained models (Hooker et al.): K dense members with seeds
-    first_seed .. first_seed+K-1, and K compressed members per level and loss, each from its own
-    dense member. Reference training and fine-tuning use the `reference` and `align` sections."""
+    first_seed .. first_seed+K-1, and K compressed members per level and loss. `protocol`:
+    `from_scratch` (Hooker et al.'s) trains each compressed member of a compressor that can
+    prune while training (gradual_magnitude) from its own seed, for the `reference` section's
+    budget, pruning inside the run; `from_dense` compresses dense member k and fine-tunes it
+    with the `align` section. Post-training compressors (quantizers, one-shot pruners) always
+    compress dense member k."""
 
     size: Annotated[int, Field(ge=2, le=256)] = 8
     first_seed: Seed = 0
@@ -255,6 +259,7 @@ class PopulationsParams(Section):
     dask_workers: Annotated[int, Field(ge=1, le=256)] = 2
     threads_per_task: Annotated[int, Field(ge=1, le=256)] = 1
     vectorise: bool = False
+    protocol: Literal["from_scratch", "from_dense"] = "from_scratch"
 
     @field_validator("compressor")
     @classmethod

@@ -60,11 +60,15 @@ class FineTuneJob:
 
 @dataclass(frozen=True)
 class Family:
-    """How the models of a group of compressors are fine-tuned, and whether they stay float."""
+    """How the models of a group of compressors are fine-tuned, and whether they stay float.
+    `train_pruned(model, train, config, level, options, device, on_epoch)`, where a family has
+    it, trains a fresh model from scratch with the compression inside the training run (the
+    populations flow's `protocol: from_scratch`)."""
 
     name: str
     fine_tune: Callable[[FineTuneJob], nn.Module]
     quantized: bool = False
+    train_pruned: Callable[..., nn.Module] | None = None
 
 
 def fine_tune_compressed(job: FineTuneJob) -> nn.Module:
@@ -75,6 +79,7 @@ def fine_tune_compressed(job: FineTuneJob) -> nn.Module:
 
 UNSTRUCTURED = Family("unstructured", fine_tune_compressed)
 STRUCTURED = Family("structured", fine_tune_compressed)
+
 
 def fine_tune(
     method: str,

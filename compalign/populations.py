@@ -20,13 +20,14 @@ def modal_labels(
     predictions: np.ndarray, num_classes: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """The most frequent label of each example over the population's members, and the fraction
-    of members that predicted it. Ties go to the smallest label (argmax returns the first)."""
+    of members that predicted it. Ties go to the LARGEST label, as Hooker et al.'s
+    `predictions.mode().max()` (pie_dataset_gen/aggregate_predictions.py)."""
     predictions = np.asarray(predictions, dtype=np.int64)
     members, count = predictions.shape
     classes = num_classes or int(predictions.max()) + 1
     votes = np.zeros((count, classes), dtype=np.int64)
     np.add.at(votes, (np.tile(np.arange(count), members), predictions.ravel()), 1)
-    modes = votes.argmax(axis=1)
+    modes = classes - 1 - votes[:, ::-1].argmax(axis=1)  # argmax takes the first: scan from the top
     return modes, votes[np.arange(count), modes] / members
 
 
@@ -99,16 +100,16 @@ def pie_table(
 
 
 def normalised_recalls(predictions: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """[K, classes]: each member's recall of each class minus its own top-1 accuracy (the
-    quantity Hooker et al. compare, so that an overall accuracy drop is not a class effect)."""
+    """[K, classes]: each member's recall of each class minus the POPULATION's mean top-1 (one
+    number for all K members), as Hooker et al. normalise (per_class_accuracy/gen_tstatistic.py:
+    `recall - mean_accuracy_dict[p]`), so that an overall accuracy drop is not a class effect."""
     predictions, labels = np.asarray(predictions), np.asarray(labels)
+    mean_top1 = population_accuracy(predictions, labels)
     result = np.full((len(predictions), num_classes), np.nan)
-    for member, predicted in enumerate(predictions):
-        top1 = (predicted == labels).mean()
-        for label in range(num_classes):
-            members = labels == label
-            if members.any():
-                result[member, label] = (predicted[members] == label).mean() - top1
+    for label in range(num_classes):
+        members = labels == label
+        if members.any():
+            result[:, label] = (predictions[:, members] == label).mean(axis=1) - mean_top1
     return result
 
 
@@ -119,32 +120,57 @@ def class_impact(
     class_names: list[str],
     alpha: float = 0.05,
 ) -> pd.DataFrame:
-    """Per class, Welch's two-sided t-test (unequal variances) between the dense and the
-    compressed members' normalised recalls (`normalised_recalls`). A class with p <= alpha is
-    disparately impacted; `change` (compressed mean - dense mean of the normalised recall) gives
-    the direction and size."""
+    """Per class, Welch's two-sided t-test between the dense and the compressed members'
+    normalised recalls (`normalised_recalls`), in Hooker et al.'s order: `ttest_ind(dense,
+    compressed, equal_var=False)`, so t > 0 when the class loses relative recall. `change`
+    (compressed mean - dense mean of the normalised recall) gives the direction and size; the
+    decision is `decide_impact`'s (Benjamini-Hochberg over this table's classes). A class whose
+    recall does not vary within either population is not tested (t and p NaN): its standard
+    error is zero (it happens on small test sets where every member gets a class right)."""
     dense = normalised_recalls(reference_predictions, labels, len(class_names))
     sparse = normalised_recalls(compressed_predictions, labels, len(class_names))
     rows = []
     for index, name in enumerate(class_names):
-        with warnings.catch_warnings():  # near-identical recalls: scipy warns, p is still right
-            warnings.simplefilter("ignore", RuntimeWarning)
-            statistic, p_value = stats.ttest_ind(sparse[:, index], dense[:, index], equal_var=False)
-        change = float(np.mean(sparse[:, index]) - np.mean(dense[:, index]))
-        impacted = bool(np.isfinite(p_value) and p_value <= alpha)
+        if np.ptp(dense[:, index]) == 0 and np.ptp(sparse[:, index]) == 0:
+            # Every member of each population has the same recall (e.g. all perfect): Welch's
+            # standard error is 0 and scipy returns t = inf, p = 0 whenever the two mean top-1s
+            # differ, which is a difference of averages, not evidence about this class.
+            statistic, p_value = float("nan"), float("nan")
+        else:
+            with warnings.catch_warnings():  # near-identical recalls: scipy warns, p is right
+                warnings.simplefilter("ignore", RuntimeWarning)
+                statistic, p_value = stats.ttest_ind(
+                    dense[:, index], sparse[:, index], equal_var=False
+                )
         rows.append(
             {
                 "class": name,
                 "reference_normalised_recall": float(np.mean(dense[:, index])),
                 "compressed_normalised_recall": float(np.mean(sparse[:, index])),
-                "change": change,
+                "change": float(np.mean(sparse[:, index]) - np.mean(dense[:, index])),
                 "t": float(statistic),
                 "p": float(p_value),
-                "impacted": impacted,
-                "direction": ("better" if change > 0 else "worse") if impacted else "",
             }
         )
-    return pd.DataFrame(rows)
+    return decide_impact(pd.DataFrame(rows), alpha)
+
+
+def decide_impact(impact: pd.DataFrame, alpha: float) -> pd.DataFrame:
+    """`p_adjusted`: Benjamini-Hochberg adjusted p-values (scipy.stats.false_discovery_control)
+    over every row of `impact` with a finite p (all classes x levels tested together); a class
+    is `impacted` when its ADJUSTED p <= alpha, `direction` the sign of its `change`."""
+    impact = impact.copy()
+    p_values = impact["p"].to_numpy(dtype=float)
+    adjusted = np.full(len(p_values), np.nan)
+    finite = np.isfinite(p_values)
+    if finite.any():
+        adjusted[finite] = stats.false_discovery_control(p_values[finite], method="bh")
+    impact["p_adjusted"] = adjusted
+    impact["impacted"] = np.isfinite(adjusted) & (adjusted <= alpha)
+    impact["direction"] = np.where(
+        impact["impacted"], np.where(impact["change"] > 0, "better", "worse"), ""
+    )
+    return impact
 
 
 def analyse_populations(
@@ -158,16 +184,31 @@ def analyse_populations(
 ) -> dict[str, Any]:
     """What a populations run reports of each (level, loss) population against the dense one:
     `summary` (a row each: `pie_summary`, the PIEs shared with the level's first loss, the
-    impacted classes), `impact` (their `class_impact` tables with level and loss), `pies` (their
-    `pie_table`s) and `galleries` (the PIEs to show, those both populations are surest about
-    first, at most `gallery_examples`: test position, label and both modal labels)."""
+    impacted classes: by Benjamini-Hochberg adjusted p, and `impacted_classes_raw` by raw p),
+    `impact` (their `class_impact` tables with level and loss, p adjusted over all of them
+    together), `pies` (their `pie_table`s) and `galleries` (the PIEs to show, those both
+    populations are surest about first, at most `gallery_examples`: test position, label and
+    both modal labels)."""
     classes = len(class_names)
-    rows, impacts, pie_tables, galleries = [], [], {}, {}
+    rows, pie_tables, galleries = [], {}, {}
+    impacts = [
+        class_impact(reference_predictions, predictions, labels, class_names, significance).assign(
+            level=level, loss=loss
+        )
+        for (level, loss), predictions in compressed_predictions.items()
+    ]
+    # one Benjamini-Hochberg family: every class at every level (and loss) tested here
+    impact_all = (
+        decide_impact(pd.concat(impacts, ignore_index=True), significance)
+        if impacts
+        else pd.DataFrame()
+    )
     first_loss_pies: dict[float | None, np.ndarray] = {}
-    for (level, loss), predictions in compressed_predictions.items():
+    for position, ((level, loss), predictions) in enumerate(compressed_predictions.items()):
         summary = pie_summary(reference_predictions, predictions, labels)
         table = pie_table(example_ids, labels, reference_predictions, predictions)
-        impact = class_impact(reference_predictions, predictions, labels, class_names, significance)
+        count = len(class_names)
+        impact = impact_all.iloc[position * count : (position + 1) * count]
         reference_modes, _ = modal_labels(reference_predictions, classes)
         compressed_modes, _ = modal_labels(predictions, classes)
         mask = reference_modes != compressed_modes
@@ -180,13 +221,14 @@ def analyse_populations(
                 **summary,
                 "pies_shared_with_first_loss": int((mask & first).sum()),
                 "impacted_classes": int(len(impacted)),
+                "impacted_classes_raw": int((impact.p <= significance).sum()),
                 "impacted": ", ".join(
-                    f"{row['class']} ({row['change']:+.3f}, p={row['p']:.3f})"
+                    f"{row['class']} ({row['change']:+.3f}, p={row['p']:.3f}, "
+                    f"p_BH={row['p_adjusted']:.3f})"
                     for _, row in impacted.iterrows()
                 ),
             }
         )
-        impacts.append(impact.assign(level=level, loss=loss))
         pie_tables[(level, loss)] = table
         order = np.argsort(
             -(table.reference_agreement.to_numpy() + table.compressed_agreement.to_numpy()),
@@ -203,7 +245,7 @@ def analyse_populations(
         )
     return {
         "summary": pd.DataFrame(rows),
-        "impact": pd.concat(impacts, ignore_index=True) if impacts else pd.DataFrame(),
+        "impact": impact_all,
         "pies": pie_tables,
         "galleries": galleries,
     }

@@ -19,9 +19,20 @@ from torch.nn.utils import prune
 PRUNABLE = (nn.Conv2d, nn.Linear)
 
 
-def prunable_parameters(model: nn.Module) -> list[tuple[nn.Module, str]]:
-    """(module, "weight") for every conv and linear layer: the weights pruning may zero."""
-    return [(module, "weight") for module in model.modules() if isinstance(module, PRUNABLE)]
+def prunable_parameters(
+    model: nn.Module, include_classifier: bool = True
+) -> list[tuple[nn.Module, str]]:
+    """(module, "weight") for every conv and linear layer: the weights pruning may zero. With
+    `include_classifier=False` the final linear layer (`classifier_name`) is left out, as Hooker
+    et al.'s ResNet-50 leaves its `final_dense` unpruned (utils/resnet_model.py)."""
+    skipped = None
+    if not include_classifier:
+        skipped = dict(model.named_modules())[classifier_name(model)]
+    return [
+        (module, "weight")
+        for module in model.modules()
+        if isinstance(module, PRUNABLE) and module is not skipped
+    ]
 
 
 def classifier_name(model: nn.Module) -> str:

@@ -1,6 +1,10 @@
 """The populations flow: K dense members and K compressed members per level and loss, each its
 own cached task, then Pruning Identified Exemplars and disparately impacted classes.
 
+`populations.protocol` says where a compressed member comes from: `from_scratch` (Hooker et
+al.'s) trains it from its own seed with the pruning inside the training run (tasks.pruned),
+`from_dense` compresses dense member k and fine-tunes it (tasks.compress, tasks.align).
+
 Runs on a local thread pool or on Dask (prefect-dask): an existing scheduler by address, or a
 LocalCluster of worker processes started for the run. Members already trained, by this flow or
 by the pipeline (same stage keys), are never trained again.
@@ -20,6 +24,8 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from compalign.compressors import COMPRESSORS
 from compalign.config import NO_FINE_TUNING, Params
+from compalign.errors import UserError
+from compalign.losses import LOSSES
 from compalign.report.html import populations_report
 from compalign.train import resolve_device
 from flows import artifacts
@@ -31,14 +37,33 @@ from tasks.data import prepare_task
 from tasks.logs import stage_logger
 from tasks.populations import analyse, publish
 from tasks.predict import load_predictions, predict_task
+from tasks.pruned import pruned_seed, train_pruned_task
 from tasks.train import train_population_task, train_reference_task
 
 REPORT_DIR = Path("reports/populations")
+PROTOCOLS = {
+    "from_scratch": "each compressed member trained from its own seed, pruned inside its "
+    "training run, as Hooker et al.",
+    "from_dense": "each compressed member is dense member k compressed, then fine-tuned",
+}
 
 
 def member_reference(settings: Params, seed: int) -> dict[str, Any]:
     """The `reference` section of the dense member with `seed`."""
     return {**settings.reference.stage_params(settings.data), "seed": seed}
+
+
+def trains_from_scratch(settings: Params) -> bool:
+    """Whether the compressed members are trained from scratch with the compression inside
+    the run: protocol `from_scratch` and a compressor whose family can (gradual pruning)."""
+    family = COMPRESSORS[settings.populations.compressor].family
+    return settings.populations.protocol == "from_scratch" and family.train_pruned is not None
+
+
+def protocol_used(settings: Params) -> str:
+    """The protocol the compressed members really follow (a post-training compressor always
+    compresses dense member k, whatever `populations.protocol` says)."""
+    return "from_scratch" if trains_from_scratch(settings) else "from_dense"
 
 
 def population_losses(settings: Params) -> list[str]:
@@ -47,6 +72,12 @@ def population_losses(settings: Params) -> list[str]:
     compressor = COMPRESSORS[settings.populations.compressor]
     if compressor.family.quantized and not settings.align.quantization_aware:
         return [NO_FINE_TUNING]
+    if trains_from_scratch(settings) and NO_FINE_TUNING in settings.populations.losses:
+        raise UserError(
+            f"populations.losses: {NO_FINE_TUNING!r} (no training) has no meaning with "
+            "populations.protocol=from_scratch, which trains every compressed member; drop it or "
+            "set populations.protocol=from_dense"
+        )
     return settings.populations.losses
 
 
@@ -71,6 +102,7 @@ def populations_flow(params: dict[str, Any]) -> dict[str, Any]:
         "prefect_flow_run_id": str(flow_run.get_id()),
         "model": settings.reference.model,
         "compressor": population.compressor,
+        "protocol": protocol_used(settings),
         "host": socket.gethostname(),
     }
     name = f"populations-{settings.data.source}-{settings.reference.model}-{population.compressor}"
@@ -87,7 +119,11 @@ def populations_flow(params: dict[str, Any]) -> dict[str, Any]:
         logger.info("MLflow parent run %s: %d members per population", parent, population.size)
         data = prepare_task.submit(settings.data.prepare_params())
         futures.append(("prepare", "", data))
-        references, reference_predictions = {}, {}
+        # Every training task is submitted before any prediction: a pool thread that runs a
+        # task first waits for its inputs, so a prediction submitted next to its model would hold
+        # a thread idle while that model trains (one member training at a time on 2 workers).
+        references: dict[int, Any] = {}
+        to_predict: list[tuple[str, tuple[float | None, str] | None, int, Any]] = []
         if population.vectorise:  # one task trains every dense member as one batched model
             group = train_population_task.submit(
                 data, settings.reference.stage_params(settings.data), population.seeds, device
@@ -101,15 +137,30 @@ def populations_flow(params: dict[str, Any]) -> dict[str, Any]:
                 references[seed] = train_reference_task.submit(
                     data, member_reference(settings, seed), device
                 )
-            reference_predictions[seed] = predict_task.submit(data, references[seed], batch, device)
-            if not population.vectorise:
                 futures.append(("reference", f"seed {seed}", references[seed]))
-            futures.append(("predict", f"dense {seed}", reference_predictions[seed]))
-        member_predictions: dict[tuple[float | None, str], dict[int, Any]] = {}
+            to_predict.append((f"dense {seed}", None, seed, references[seed]))
+        from_scratch = trains_from_scratch(settings)
         for level in levels(settings):
             for seed in population.seeds:
                 compressed: dict[str, Any] = {}
                 for loss in population_losses(settings):
+                    if from_scratch:
+                        model = train_pruned_task.submit(
+                            data,
+                            member_reference(settings, pruned_seed(seed, level)),
+                            population.compressor,
+                            level,
+                            settings.compress.options(population.compressor),
+                            loss,
+                            settings.align.loss_hyperparameters(loss),
+                            references[seed] if LOSSES[loss].uses_reference else None,
+                            device,
+                        )
+                        futures.append(("pruned", f"{level:g}-{loss} seed {seed}", model))
+                        to_predict.append(
+                            (f"{level:g}-{loss} seed {seed}", (level, loss), seed, model)
+                        )
+                        continue
                     spec = ModelSpec(population.compressor, level, loss)
                     name = compressed_id(settings, spec)
                     if name not in compressed:
@@ -124,17 +175,24 @@ def populations_flow(params: dict[str, Any]) -> dict[str, Any]:
                             data, references[seed], model, **align_arguments(settings, spec, device)
                         )
                         futures.append(("align", f"{spec.name} seed {seed}", model))
-                    prediction = predict_task.submit(data, model, batch, device)
-                    futures.append(("predict", f"{spec.name} seed {seed}", prediction))
-                    member_predictions.setdefault((level, loss), {})[seed] = prediction
+                    to_predict.append((f"{spec.name} seed {seed}", (level, loss), seed, model))
+        reference_predictions: dict[int, Any] = {}
+        member_predictions: dict[tuple[float | None, str], dict[int, Any]] = {}
+        for label, group, seed, model in to_predict:
+            prediction = predict_task.submit(data, model, batch, device)
+            futures.append(("predict", label, prediction))
+            if group is None:
+                reference_predictions[seed] = prediction
+            else:
+                member_predictions.setdefault(group, {})[seed] = prediction
         progress = artifacts.Progress(key, len(futures), "populations")
         artifacts.wait_with_progress([future for _, _, future in futures], progress)
         dense = np.stack(
             [load_predictions(reference_predictions[s].result()) for s in population.seeds]
         )
         compressed_arrays = {
-            key: np.stack([load_predictions(by_seed[s].result()) for s in population.seeds])
-            for key, by_seed in member_predictions.items()
+            group: np.stack([load_predictions(by_seed[s].result()) for s in population.seeds])
+            for group, by_seed in member_predictions.items()
         }
         analysis = analyse(
             data.result()["path"],
@@ -155,7 +213,10 @@ def populations_flow(params: dict[str, Any]) -> dict[str, Any]:
             galleries,
             REPORT_DIR / "report.html",
             title,
-            notes=[f"MLflow parent run {parent}, experiment {settings.run.experiment!r}."],
+            notes=[
+                f"MLflow parent run {parent}, experiment {settings.run.experiment!r}.",
+                f"Protocol: {protocol_used(settings)} ({PROTOCOLS[protocol_used(settings)]}).",
+            ],
         )
         analysis["files"].append(html)
         publish(track, parent, analysis)
@@ -167,6 +228,7 @@ def populations_flow(params: dict[str, Any]) -> dict[str, Any]:
         "parent_run_id": parent,
         "experiment_id": track["experiment_id"],
         "tracking_uri": track["uri"],
+        "protocol": protocol_used(settings),
         "tasks": states,
         "summary": analysis["summary"].to_dict(orient="records"),
         "impact": analysis["impact"].to_dict(orient="records"),

@@ -143,6 +143,7 @@ def reproduce_hooker(params: dict[str, Any], profile: str) -> dict[str, Any]:
         quantization,
         Path("reports/hooker"),
         profile,
+        protocol=pruning["protocol"],
     )
     return _publish(report, settings, profile, sources)
 

@@ -61,6 +61,7 @@ STAGE_MODULES = {
     "audit": "tasks.audit",
     "costs": "tasks.costs",
     "predict": "tasks.predict",
+    "pruned": "tasks.pruned",
 }
 
 
@@ -163,7 +164,8 @@ def code_entries(stage: str, parameters: Mapping[str, Any] | None) -> list[Any]:
         if reference.get("source") == "file":
             return _named(MODEL_SOURCES, _spec_source(reference.get("path")))
         return [LOSSES["ce"]]
-    if stage in ("compress", "align"):  # the compressor, and the loss (Taylor importance, align)
+    # the compressor, and the loss (Taylor importance, align, training a pruned member)
+    if stage in ("compress", "align", "pruned"):
         if every:
             return [*COMPRESSORS.values(), *LOSSES.values()]
         return _named(COMPRESSORS, parameters.get("method")) + _named(

@@ -115,7 +115,7 @@ def test_gradual_updates_prune_every_layer_and_never_revive_weights():
     for step in range(0, 50):
         schedule.update(step, model)
         with torch.no_grad():  # a training step: weights move, pruned ones may try to come back
-            for module, _ in prunable_parameters(model):
+            for module, _ in prunable_parameters(model, include_classifier=False):
                 module.weight_orig.add_(torch.randn_like(module.weight_orig) * 0.01)
         current = torch.cat([m.flatten() for m in masks_of(model).values()])
         if previous is not None:
@@ -163,3 +163,60 @@ def test_every_compressor_describes_itself(name):
     entry.settings({})
     assert entry.level_kind is None or entry.level_kind in LEVEL_KINDS
     assert entry.family.quantized == (entry.rebuild is not None)
+
+
+def test_gradual_magnitude_never_prunes_the_classifier():
+    """Hooker et al.'s ResNet-50 masks every conv (the first one and the shortcuts too) but not
+    its final dense layer; the other unstructured compressors still prune the classifier."""
+    from torch import nn
+
+    model = build_model("resnet20", 10, 3, 8, seed=0)
+    classifier = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    dense = classifier.weight.detach().clone()
+    pruned = COMPRESSORS["gradual_magnitude"](model, 0.7)
+    assert not hasattr(classifier, "weight_mask") and torch.equal(classifier.weight, dense)
+    convs = [m for m in pruned.modules() if isinstance(m, nn.Conv2d)]
+    assert len(masks_of(pruned)) == len(convs)  # first conv and 1x1 shortcuts included
+    for conv in convs:
+        assert float((~conv.weight_mask.bool()).float().mean()) == pytest.approx(0.7, abs=0.01)
+        # the weight reads pruned before any forward pass (the compress stage logs its sparsity)
+        assert float((conv.weight == 0).float().mean()) == pytest.approx(0.7, abs=0.01)
+    other = COMPRESSORS["magnitude_layerwise"](build_model("resnet20", 10, 3, 8, seed=0), 0.7)
+    assert len(masks_of(other)) == len(convs) + 1
+
+
+def test_train_pruned_follows_hookers_schedule_scaled_to_the_run():
+    """From scratch: no pruning before 5/32 of the steps, the final level at 8/32, masks every
+    1/64 of the steps, frozen after; the classifier stays dense."""
+    from torch import nn
+
+    from compalign.compressors.gradual_magnitude import (
+        GradualOptions,
+        GradualSchedule,
+        train_pruned,
+    )
+
+    schedule = GradualSchedule.for_training(0.9, GradualOptions(), 3200)
+    assert (schedule.start_step, schedule.end_step, schedule.frequency) == (500, 800, 50)
+    generator = torch.Generator().manual_seed(0)
+    split = Split(
+        images=torch.randint(0, 256, (64, 1, 8, 8), dtype=torch.uint8, generator=generator),
+        labels=torch.arange(64) % 10,
+        example_ids=[str(i) for i in range(64)],
+        mean=torch.zeros(1, 1, 1, 1),
+        std=torch.ones(1, 1, 1, 1) * 255,
+        groups=None,
+    )
+    model = build_model("small_cnn", 10, 1, 8, seed=0)
+    config = TrainConfig(epochs=6, batch_size=16, lr=0.05)  # 24 steps: prune at 4, 5, 6
+    seen = []
+    train_pruned(
+        model, split, config, 0.8, on_epoch=lambda e, _: seen.append(weight_sparsity(model))
+    )
+    masked = sum(m.weight.numel() for m, _ in prunable_parameters(model)) - model[-1].weight.numel()
+    ratio = masked / sum(m.weight.numel() for m, _ in prunable_parameters(model))
+    # round(24 * 5/32) = 4, round(24 * 8/32) = 6, every max(1, round(24 / 64)) = 1 step: epoch 0
+    # (steps 0-3) ends dense, epoch 1 (steps 4-7) reaches the final level and it stays there
+    assert seen[0] == 0.0 and seen[1:] == pytest.approx([0.8 * ratio] * 5, abs=1e-3)
+    classifier = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    assert not hasattr(classifier, "weight_mask") and bool((classifier.weight != 0).all())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import pandas as pd
 import pytest
@@ -16,12 +17,14 @@ OVERRIDES = [
     "populations.losses=[ce,label_preserving]",
     "populations.gallery_examples=8",
     "populations.dask_workers=2",
+    "populations.protocol=from_dense",
 ]
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, prefect_server):
-    """The same population twice on the local runner (the second cached), once on Dask."""
+    """The same population twice on the local runner (the second cached), once on Dask; once
+    vectorised, and once from scratch (Hooker et al.'s protocol) reusing the dense members."""
     from compalign.config import load_params
     from conftest import TINY
     from flows.populations import run_populations
@@ -47,6 +50,23 @@ def runs(tmp_path_factory, prefect_server):
                     ],
                 )
                 results["vectorised"] = run_populations(vectorised)
+                scratch = load_params(
+                    TINY,
+                    [
+                        *OVERRIDES,
+                        "populations.sparsities=[0.9]",
+                        "populations.losses=[ce]",
+                        "populations.protocol=from_scratch",
+                    ],
+                )
+                # its own project (reports/populations is per project), with the local run's
+                # store copied in so that its dense members are reused
+                scratch_dir = tmp_path_factory.mktemp("from_scratch")
+                shutil.copytree(project / "artifacts", scratch_dir / "artifacts")
+                os.chdir(scratch_dir)
+                results["from_scratch"] = run_populations(scratch)
+                results["from_scratch-dir"] = scratch_dir
+                os.chdir(project)
             results[f"{runner}-dir"] = project
     finally:
         os.chdir(previous)
@@ -113,3 +133,31 @@ def test_vectorised_members_match_one_at_a_time_training(runs):
         (t["stage"], t["model"]) for t in runs["vectorised"]["tasks"]
     }
     assert "reference" in stages
+
+
+def test_from_scratch_members_are_independent_pruned_training_runs(runs):
+    """Hooker et al.'s protocol: each pruned member trained from its own seed (none shared with
+    a dense member), pruned inside its run, the classifier left dense; no compress/align."""
+    from compalign.checkpoint import load_checkpoint, read_checkpoint_manifest
+    from compalign.pruning import masks_of
+    from tasks.pruned import pruned_seed
+
+    result = runs["from_scratch"]
+    assert result["protocol"] == "from_scratch" and runs["local"]["protocol"] == "from_dense"
+    stages = [task["stage"] for task in result["tasks"]]
+    assert stages.count("pruned") == 3 and "compress" not in stages and "align" not in stages
+    # the dense members are the local run's, reused from the store
+    assert result["dense_predictions"] == runs["local"]["dense_predictions"]
+    entries = sorted((runs["from_scratch-dir"] / "artifacts" / "pruned").iterdir())
+    assert len(entries) == 3
+    seeds = sorted(read_checkpoint_manifest(entry)["seed"] for entry in entries)
+    assert seeds == [pruned_seed(seed, 0.9) for seed in (0, 1, 2)]
+    assert not set(seeds) & {0, 1, 2}
+    for entry in entries:
+        model = load_checkpoint(entry)
+        masks = masks_of(model)
+        classifier = model[-1]  # small_cnn's final nn.Linear
+        assert not hasattr(classifier, "weight_mask") and bool((classifier.weight != 0).all())
+        assert len(masks) == 3  # small_cnn's three convs
+        for mask in masks.values():
+            assert float((~mask).float().mean()) == pytest.approx(0.9, abs=0.01)

@@ -161,8 +161,9 @@ def test_hooker_tables_and_verdicts_follow_the_counts(tmp_path):
             "compressed_top1_on_pies": [0.2, 0.3],
             "compressed_top1_on_rest": [0.99, 0.98],
             "compressed_top1": [0.99, 0.97],
-            "impacted_classes": [0, 2],
-            "impacted": ["", "9 (-0.080, p=0.001), 4 (+0.020, p=0.010)"],
+            "impacted_classes": [0, 1],
+            "impacted_classes_raw": [0, 2],
+            "impacted": ["", "9 (-0.080, p=0.001, p_BH=0.003)"],
         }
     )
     impact = pd.DataFrame(
@@ -172,15 +173,18 @@ def test_hooker_tables_and_verdicts_follow_the_counts(tmp_path):
             "change": [-0.08, 0.02, 0.0],
             "t": [-7.0, 3.0, 0.1],
             "p": [0.001, 0.01, 0.9],
-            "direction": ["worse", "better", "better"],
-            "impacted": [True, True, False],
+            "p_adjusted": [0.003, 0.06, 0.9],
+            "direction": ["worse", "", ""],
+            "impacted": [True, False, False],
         }
     )
     quantization = {
         "quantize_dynamic": pruning.iloc[[0]].assign(pie_count=0),
         "half (float16)": pruning.iloc[[0]].assign(pie_count=15),
     }
-    report = paper_reports.hooker(pruning, impact, quantization, tmp_path, "cpu")
+    report = paper_reports.hooker(
+        pruning, impact, quantization, tmp_path, "cpu", protocol="from_scratch"
+    )
     files = {path.name for path in report.write(tmp_path)}
     assert {
         "pies_by_sparsity.csv",
@@ -191,11 +195,18 @@ def test_hooker_tables_and_verdicts_follow_the_counts(tmp_path):
     } <= files
     table = pd.read_csv(tmp_path / "pies_by_sparsity.csv")
     assert list(table["paper ImageNet top-1 (ResNet-50)"]) == [76.46, 72.57]
-    assert len(pd.read_csv(tmp_path / "impacted_classes.csv")) == 2  # p <= 0.05 only
+    impacted_table = pd.read_csv(tmp_path / "impacted_classes.csv")
+    assert len(impacted_table) == 2  # raw p <= 0.05 only
+    # the decision is on the Benjamini-Hochberg adjusted p, shown beside the raw one
+    assert impacted_table.impacted.tolist() == [True, False]
+    assert impacted_table.p_adjusted.tolist() == [0.003, 0.06]
     growth, harder, impacted, quantized = report.verdicts
     assert "**held**" in growth and "1, 0.9: 12" in growth
     assert "**held**" in harder and "2 of 2" in harder
-    assert "**held**" in impacted
+    assert "**held**" in impacted and "adjusted p <= 0.05: 0.3: 0, 0.9: 1" in impacted
+    assert "raw p <= 0.05, the authors' rule: 0.3: 0, 0.9: 2" in impacted
+    readme = (tmp_path / "README.md").read_text()
+    assert "Protocol: from_scratch: each pruned member trained from its own seed" in readme
     # one quantizer harms more examples than the highest sparsity: only partly held
     assert "**partly held**" in quantized and "half (float16): 15 PIEs" in quantized
 

@@ -23,11 +23,14 @@ LossFn = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor], torch.Tenso
 @dataclass(frozen=True)
 class Loss:
     """A registry entry: the factory, its options (the one place its defaults are written) and
-    the overrides `align.tune` tries on top of the configured options (compalign.tuning)."""
+    the overrides `align.tune` tries on top of the configured options (compalign.tuning);
+    `uses_reference`: whether it reads the reference's logits (False: a training loop may pass
+    None and skip the reference's forward passes)."""
 
     factory: Callable[..., LossFn]
     options: type[Options] = NoOptions
     tuning_grid: tuple[dict[str, Any], ...] = field(default_factory=tuple)
+    uses_reference: bool = True
 
     def __call__(self, **hyperparameters: Any) -> LossFn:
         """The loss function with `hyperparameters` (validated; missing ones take defaults)."""

@@ -327,7 +327,10 @@ def _impact_section(page: _Page, impact: pd.DataFrame) -> None:
         page.note("No class impact to show (the impact table is empty).")
         return
     if "impacted" in impact:
-        rule = "outlined and starred: p ≤ the run's significance level (column impacted)"
+        rule = (
+            "outlined and starred: Benjamini-Hochberg adjusted p ≤ the run's significance level "
+            "(column impacted; raw p in column p)"
+        )
     else:
         rule = "outlined and starred: p ≤ 0.05"
     figure = class_impact_figure(impact)

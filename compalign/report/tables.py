@@ -218,16 +218,22 @@ def populations_markdown(summary: pd.DataFrame, impact: pd.DataFrame) -> str:
         "compressed_top1_on_rest",
         "pies_shared_with_first_loss",
         "impacted_classes",
+        "impacted_classes_raw",
     ]
+    columns = [column for column in columns if column in summary]
     text = "PIEs per compression level and loss:\n\n" + summary[columns].to_markdown(
         index=False, floatfmt=".4f"
     )
     significant = impact[impact.impacted] if len(impact) else impact
-    text += "\n\nDisparately impacted classes (Welch t-test):\n\n"
+    text += (
+        "\n\nDisparately impacted classes (Welch t-test; decided on Benjamini-Hochberg adjusted "
+        "p, raw p beside it):\n\n"
+    )
     if len(significant):
-        text += significant[
-            ["level", "loss", "class", "change", "t", "p", "direction"]
-        ].to_markdown(index=False, floatfmt=".4f")
+        shown = ["level", "loss", "class", "change", "t", "p", "p_adjusted", "direction"]
+        text += significant[[c for c in shown if c in significant]].to_markdown(
+            index=False, floatfmt=".4f"
+        )
     else:
         text += "none"
     return text
