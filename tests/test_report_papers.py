@@ -3,6 +3,7 @@ that follow the numbers (a finding that fails in the data is reported as not hel
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -147,6 +148,39 @@ def test_meyer_judges_pw_against_ce_by_the_paired_interval(tmp_path, interval, s
     assert verdict in report.verdicts[0] and "Rule:" in report.verdicts[0]
     assert "**held**" in report.verdicts[1]  # ce's gap grew beyond noise at both levels
     assert (table["pw AUROC"] == 0.97).all()
+
+
+def test_meyer_combines_seeds_into_one_interval_per_level(tmp_path):
+    """With several training seeds, each level's pw - ce comes from across_seeds over the seeds'
+    paired bootstrap intervals: seeds that disagree widen the interval to include 0, so a level
+    that one seed alone would call "pw smaller" is noise across seeds."""
+    frames, metrics = [], {}
+    for seed, difference in ((0, -0.03), (1, 0.04), (2, -0.01)):
+        summary, seed_metrics = meyer_inputs(-0.01)
+        suffix = "" if seed == 0 else f"@seed{seed}"
+        summary["name"] = summary["name"] + suffix
+        summary["seed"] = seed
+        frames.append(summary)
+        for name, values in seed_metrics.items():
+            if name.endswith("-pw"):
+                values["group.rare.accuracy_gap_change_vs_ce"] = difference
+                values["group.rare.accuracy_gap_change_vs_ce_ci_low"] = difference - 0.01
+                values["group.rare.accuracy_gap_change_vs_ce_ci_high"] = difference + 0.01
+            metrics[name if name == "reference" else name + suffix] = values
+    report = paper_reports.meyer(pd.concat(frames), metrics, "rare", tmp_path, "cpu")
+    report.write(tmp_path)
+    table = pd.read_csv(tmp_path / "gap_change_ce_vs_pw.csv")
+    assert table["seeds"].tolist() == [3, 3]
+    assert table["pw against ce"].tolist() == ["within noise", "within noise"]
+    point, low, high = paper_reports._seed_interval(
+        np.array([-0.03, 0.04, -0.01]),
+        np.array([[-0.04, -0.02], [0.03, 0.05], [-0.02, 0.0]]),
+        0.95,
+        "linear",
+    )
+    assert table["pw − ce [95% CI]"][0] == f"{point:.3f} [{low:.3f}, {high:.3f}]"
+    assert "3 training seeds" in report.verdicts[0] and "**did not hold**" in report.verdicts[0]
+    assert len(pd.read_csv(tmp_path / "gap_change_ce_vs_pw_per_seed.csv")) == 6
 
 
 def test_hooker_tables_and_verdicts_follow_the_counts(tmp_path):

@@ -516,87 +516,135 @@ def meyer(
     figure = meyer_group_figure(table, group)
     report.figures.append(save_png(figure, out_dir / "group_gap_vs_flops.png"))
 
-    # ce against pw at each level (and seed): pw's gap change minus ce's, paired over the same
-    # bootstrap resamples of the test examples (the pw audit's `..._vs_ce`)
+    # ce against pw at each level and seed: pw's gap change minus ce's, paired over the same
+    # bootstrap resamples of the test examples (the pw audit's `..._vs_ce`); then, per level,
+    # across seeds (SEED_RULE: the interval covers the seeds and the test resampling)
     keys = ["sparsity", "seed"] if seeded else ["sparsity"]
-    comparison, sides, ce_grew = [], [], []
+    name = f"group.{group}.accuracy_gap_change"
+    pairs = []
     for key, models in compressed.groupby(keys, sort=True):
         by_loss = models.set_index("loss")
         if not {"ce", "pw"} <= set(by_loss.index):
             continue
         ce, pw = metrics[by_loss.loc["ce", "name"]], metrics[by_loss.loc["pw", "name"]]
-        name = f"group.{group}.accuracy_gap_change"
         difference = _meyer_value(pw, f"{name}_vs_ce")
         if math.isnan(difference):
             difference = _meyer_value(pw, name) - _meyer_value(ce, name)
-        low, high = (
-            _meyer_value(pw, f"{name}_vs_ce_ci_low"),
-            _meyer_value(pw, f"{name}_vs_ce_ci_high"),
-        )
-        side = _meyer_side(difference, low, high)
-        sides.append(side)
-        ce_low = _meyer_value(ce, f"{name}_ci_low")
-        ce_grew.append(ce_low > 0 if not math.isnan(ce_low) else _meyer_value(ce, name) > 0)
-        level = key[0] if isinstance(key, tuple) else key
-        entry: dict[str, Any] = {"FLOPs removed": level}
-        if seeded:
-            entry["seed"] = key[1]
-        entry.update(
+        key = key if isinstance(key, tuple) else (key,)
+        pairs.append(
             {
-                "ce gap change [95% CI]": _meyer_interval(ce, name),
-                "pw gap change [95% CI]": _meyer_interval(pw, name),
-                "pw − ce [95% CI]": (
-                    f"{_number(difference, 3)} [{_number(low, 3)}, {_number(high, 3)}]"
-                    if not math.isnan(low)
-                    else _number(difference, 3)
-                ),
-                "pw against ce": {
-                    "smaller": "pw smaller",
-                    "larger": "pw larger",
-                    "noise": "within noise",
-                }[side],
-                "ce accuracy": round(float(by_loss.loc["ce", "accuracy"]), 4),
-                "pw accuracy": round(float(by_loss.loc["pw", "accuracy"]), 4),
-                "ce AUROC": round(_meyer_value(ce, "auroc"), 4),
-                "pw AUROC": round(_meyer_value(pw, "auroc"), 4),
+                "sparsity": key[0],
+                "seed": key[1] if seeded else 0,
+                "difference": difference,
+                "difference_ci_low": _meyer_value(pw, f"{name}_vs_ce_ci_low"),
+                "difference_ci_high": _meyer_value(pw, f"{name}_vs_ce_ci_high"),
+                **{
+                    f"{loss}_{part}": _meyer_value(values_of, f"{name}{suffix}")
+                    for loss, values_of in (("ce", ce), ("pw", pw))
+                    for part, suffix in (
+                        ("change", ""),
+                        ("change_ci_low", "_ci_low"),
+                        ("change_ci_high", "_ci_high"),
+                    )
+                },
+                "ce_accuracy": float(by_loss.loc["ce", "accuracy"]),
+                "pw_accuracy": float(by_loss.loc["pw", "accuracy"]),
+                "ce_auroc": _meyer_value(ce, "auroc"),
+                "pw_auroc": _meyer_value(pw, "auroc"),
             }
         )
-        comparison.append(entry)
+    comparison, sides, ce_grew = [], [], []
+    if pairs:
+        frame = pd.DataFrame(pairs)
+        if frame[["difference_ci_low", "difference_ci_high"]].isna().any().any():
+            frame = frame.drop(columns=["difference_ci_low", "difference_ci_high"])
+        combined = {
+            column: across_seeds(frame, ["sparsity"], column).set_index("sparsity")
+            for column in (
+                "difference",
+                "ce_change",
+                "pw_change",
+                "ce_accuracy",
+                "pw_accuracy",
+                "ce_auroc",
+                "pw_auroc",
+            )
+        }
+        for level, row in combined["difference"].iterrows():
+            difference, low, high = row["difference"], row["difference_low"], row["difference_high"]
+            side = _meyer_side(difference, low, high)
+            sides.append(side)
+            ce_row = combined["ce_change"].loc[level]
+            ce_low = ce_row["ce_change_low"]
+            ce_grew.append(ce_low > 0 if not math.isnan(ce_low) else ce_row["ce_change"] > 0)
+            comparison.append(
+                {
+                    "FLOPs removed": level,
+                    "seeds": int(row["seeds"]),
+                    "ce gap change [95% CI]": _seed_text(ce_row, "ce_change", 3),
+                    "pw gap change [95% CI]": _seed_text(
+                        combined["pw_change"].loc[level], "pw_change", 3
+                    ),
+                    "pw − ce [95% CI]": (
+                        f"{_number(difference, 3)} [{_number(low, 3)}, {_number(high, 3)}]"
+                        if not math.isnan(low)
+                        else _number(difference, 3)
+                    ),
+                    "pw against ce": {
+                        "smaller": "pw smaller",
+                        "larger": "pw larger",
+                        "noise": "within noise",
+                    }[side],
+                    **{
+                        label: round(float(combined[column].loc[level, column]), 4)
+                        for label, column in (
+                            ("ce accuracy", "ce_accuracy"),
+                            ("pw accuracy", "pw_accuracy"),
+                            ("ce AUROC", "ce_auroc"),
+                            ("pw AUROC", "pw_auroc"),
+                        )
+                    },
+                }
+            )
     if comparison:
         report.tables["gap_change_ce_vs_pw"] = pd.DataFrame(comparison)
         smaller = [side == "smaller" for side in sides]
         larger = sum(side == "larger" for side in sides)
         noise = sum(side == "noise" for side in sides)
+        seeds = comparison[0]["seeds"]
         report.verdicts.append(
             f"The performance-weighted loss limits the bias pruning adds to a subgroup: "
-            f"{_held(sum(smaller) > len(smaller) / 2, any(smaller))} (pw's change of the accuracy "
+            f"{_held(sum(smaller) > len(smaller) / 2, any(smaller))} ({seeds} training "
+            f"seed{'s' if seeds != 1 else ''}; pw's change of the accuracy "
             f"gap between the {group} groups is below ce's at {sum(smaller)} of {len(sides)} "
             f"FLOP reductions, above it at {larger}, and the two cannot be told apart at {noise}: "
             + ", ".join(
                 f"{entry['FLOPs removed']:g}: pw − ce {entry['pw − ce [95% CI]']}"
                 for entry in comparison
             )
-            + "). Rule: at a reduction, pw is below (above) ce when the 95% paired bootstrap "
-            "interval of (pw gap change − ce gap change) over the test examples lies below "
-            "(above) 0; held when below at more than half of the reductions."
+            + "). Rule: at a reduction, pw is below (above) ce when the 95% interval of "
+            "(pw gap change − ce gap change) lies below (above) 0; the difference is paired "
+            "over the test examples within a seed (bootstrap) and combined across seeds by the "
+            "rule below; held when below at more than half of the reductions."
         )
         report.verdicts.append(
             f"Pruning with plain cross-entropy widens the gap (the premise): "
             f"{_held(sum(ce_grew) > len(ce_grew) / 2, any(ce_grew))} (the interval of ce's gap "
             f"change lies above 0 at {sum(ce_grew)} of {len(ce_grew)} reductions)."
         )
-        accuracy = table.pivot_table(index="FLOPs removed", columns="loss", values="accuracy")
-        close = (accuracy["pw"] >= accuracy["ce"] - 0.01).tolist()
+        close = [entry["pw accuracy"] >= entry["ce accuracy"] - 0.01 for entry in comparison]
         report.verdicts.append(
-            f"…without costing overall accuracy: {_held(all(close), any(close))} (pw within 1 point of ce "
-            f"or better at {sum(close)} of {len(close)} reductions)."
+            f"…without costing overall accuracy: {_held(all(close), any(close))} (pw within 1 "
+            f"point of ce or better, mean over seeds, at {sum(close)} of {len(close)} reductions)."
         )
+        if seeded:
+            report.tables["gap_change_ce_vs_pw_per_seed"] = pd.DataFrame(pairs)
     report.sections += [
         f"## The gap between the {group} groups: ce against pw",
         "",
         "Gap = the largest minus the smallest group accuracy; change = against the unpruned "
-        "reference. Intervals: 95% paired bootstrap over the test examples (every model is "
-        "resampled alike), so they cover test-set noise, not training noise.",
+        "reference. Intervals: within a seed, 95% paired bootstrap over the test examples "
+        "(every model is resampled alike); across seeds, " + SEED_RULE[len("Across seeds: ") :],
         "",
         _markdown(report.tables["gap_change_ce_vs_pw"]) if comparison else "(no ce/pw pair)",
         "",
