@@ -7,6 +7,7 @@ offending key and what is allowed.
 from __future__ import annotations
 
 import difflib
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -220,14 +221,33 @@ AuditParams = merged_options(
 )
 
 
+def cores() -> int:
+    """The CPU cores this process may use (its affinity, not the machine's count)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 class RunParams(Section):
     """Settings of the run as a whole, not of one stage (they enter no stage's cache key except
     `device`, which training stages record)."""
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
     experiment: Annotated[str, Field(min_length=1)] = "compalign"
+    # torch threads of each task (null: the cores shared among the workers)
     threads: Annotated[int, Field(ge=1)] | None = None
-    workers: Annotated[int, Field(ge=1, le=64)] = 2
+    # tasks at once ("auto": one per core, each with one torch thread: bench/grid.py)
+    workers: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = "auto"
+    runner: Literal["local", "dask"] = "local"
+    dask_address: str | None = None  # an existing scheduler; none: a LocalCluster on loopback
+
+    def worker_count(self) -> int:
+        """Tasks at once: `workers`, or the machine's cores for "auto"."""
+        return cores() if self.workers == "auto" else self.workers
+
+    def task_threads(self) -> int:
+        """Torch threads of each task: `threads`, or the cores shared among the workers."""
+        return self.threads or max(1, cores() // self.worker_count())
 
 
 class PopulationsParams(Section):

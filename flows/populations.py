@@ -23,7 +23,7 @@ from compalign.config import NO_FINE_TUNING, Params
 from compalign.report.html import populations_report
 from compalign.train import resolve_device
 from flows.plan import ModelSpec, align_arguments, compress_arguments, compressed_id
-from flows.runtime import wait_or_raise_first_failure
+from flows.runtime import dask_runner, wait_or_raise_first_failure
 from tasks import tracking
 from tasks.align import align_task
 from tasks.compress import compress_task
@@ -173,19 +173,8 @@ def task_runner(settings: Params):
     """The Prefect task runner `populations.runner` asks for."""
     population = settings.populations
     if population.runner == "dask":
-        from prefect_dask import DaskTaskRunner
-
-        if population.dask_address:
-            return DaskTaskRunner(address=population.dask_address)
-        return DaskTaskRunner(
-            cluster_class="distributed.LocalCluster",
-            cluster_kwargs={
-                "n_workers": population.dask_workers,
-                "threads_per_worker": 1,
-                "processes": True,
-                "host": "127.0.0.1",
-                "dashboard_address": None,
-            },
+        return dask_runner(
+            population.dask_address, population.dask_workers, population.threads_per_task
         )
     workers = population.workers or os.cpu_count() or 1
     if COMPRESSORS[population.compressor].traces_globally:
@@ -201,11 +190,6 @@ def run_populations(settings: Params) -> dict[str, Any]:
     threads = settings.populations.threads_per_task
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
-    if settings.populations.runner == "dask":
-        import dask
-
-        # the environment Dask's nannies give worker processes (default: 1 thread each)
-        dask.config.set({"distributed.nanny.pre-spawn-environ.OMP_NUM_THREADS": threads})
     runner = task_runner(settings)
     try:
         return populations_flow.with_options(task_runner=runner)(settings.model_dump())
