@@ -237,9 +237,18 @@ class RunParams(Section):
     # torch threads of each task (null: the cores shared among the workers)
     threads: Annotated[int, Field(ge=1)] | None = None
     # tasks at once ("auto": one per core, each with one torch thread: bench/grid.py)
-    workers: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = "auto"
+    workers: int | Literal["auto"] = "auto"
     runner: Literal["local", "dask"] = "local"
     dask_address: str | None = None  # an existing scheduler; none: a LocalCluster on loopback
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers(cls, value: Any) -> Any:
+        if value == "auto" or (
+            isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 64
+        ):
+            return value
+        raise ValueError("must be auto or a whole number from 1 to 64")
 
     def worker_count(self) -> int:
         """Tasks at once: `workers`, or the machine's cores for "auto"."""
