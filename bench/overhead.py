@@ -135,8 +135,18 @@ def plain_pipeline(params, scratch: Path) -> tuple[dict[str, dict[str, float]], 
             if name not in compressed:
                 compressed[name] = clock(
                     "compress", entry, copy.deepcopy(reference), spec.sparsity, settings, None
+                ).state_dict()
+
+            def fresh(spec=spec, settings=settings, name=name):
+                """A new copy of the compressed model (a pruned module cannot be deep-copied:
+                its masked weights are not graph leaves), as loading its checkpoint gives."""
+                model = COMPRESSORS[spec.method](
+                    copy.deepcopy(reference), spec.sparsity, settings, None
                 )
-            model = compressed[name]
+                model.load_state_dict(compressed[name])
+                return model
+
+            model = fresh()
             if spec.fine_tuned:
                 hyper = params.align.loss_hyperparameters(spec.loss)
                 model = clock(
@@ -145,7 +155,7 @@ def plain_pipeline(params, scratch: Path) -> tuple[dict[str, dict[str, float]], 
                     spec.method,
                     spec.sparsity,
                     settings,
-                    lambda name=name: copy.deepcopy(compressed[name]),
+                    fresh,
                     lambda: copy.deepcopy(reference),
                     reference,
                     train,
@@ -274,7 +284,7 @@ def main() -> None:
             assert {t["state"] for t in cached["tasks"]} == {"Cached"}
             rows.append(("cached rerun, same process", cached_seconds, plain_seconds))
             command = [str(Path(sys.executable).parent / "compalign"), "run"]
-            command += ["--params", arguments.params]
+            command += ["--params", str(Path(arguments.params).resolve())]
             for override in arguments.overrides:
                 command += ["--set", override]
             command += ["--set", f"run.workers={workers}", "--set", f"run.threads={threads}"]
