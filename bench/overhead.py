@@ -264,6 +264,7 @@ def main() -> None:
     (home / "plain").mkdir()
     plain_seconds, (plain_metrics, clock) = timed(plain_pipeline, params, home / "plain")
     rows = [("plain core calls", plain_seconds, plain_seconds)]
+    print(f"plain core calls: {plain_seconds:.1f} s", flush=True)
     flow_stages = {}
     checks = []
     n = cores()
@@ -276,6 +277,7 @@ def main() -> None:
         settings = params.model_copy(update={"run": run})
         seconds, result = timed(run_pipeline, settings)
         rows.append((f"flow, {workers} worker(s) x {threads} thread(s)", seconds, plain_seconds))
+        print(f"{rows[-1][0]}: {seconds:.1f} s", flush=True)
         if workers == 1:
             flow_stages = task_seconds(result["flow_run_id"])
         checks += differences(plain_metrics, result["metrics"])
