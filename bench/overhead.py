@@ -244,6 +244,7 @@ def main() -> None:
     parser.add_argument("--params", default=str(ROOT / "params.yaml"))
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     arguments = parser.parse_args()
+    arguments.params = str(Path(arguments.params).resolve())  # the projects are other folders
 
     from compalign.config import cores, load_params
 
@@ -286,7 +287,7 @@ def main() -> None:
             assert {t["state"] for t in cached["tasks"]} == {"Cached"}
             rows.append(("cached rerun, same process", cached_seconds, plain_seconds))
             command = [str(Path(sys.executable).parent / "compalign"), "run"]
-            command += ["--params", str(Path(arguments.params).resolve())]
+            command += ["--params", arguments.params]
             for override in arguments.overrides:
                 command += ["--set", override]
             command += ["--set", f"run.workers={workers}", "--set", f"run.threads={threads}"]
