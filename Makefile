@@ -16,7 +16,7 @@ STAMP := $(VENV)/.installed
 # apt-get needs root: sudo only for another user (env: sudo drops the caller's variables)
 APT := $(shell [ "$$(id -u)" = 0 ] || echo sudo) env DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: setup run test ui repro bench lint clean browser
+.PHONY: setup run test ui repro bench bench-overhead lint clean browser
 
 $(STAMP): pyproject.toml $(PIP_CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,8 +46,14 @@ repro: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 	$(BIN)/dvc metrics show
 
+# bench/overhead.py: orchestration + tracking + store against the same work as plain core calls,
+# per stage and whole; (1 worker x N threads) against (N workers x 1 thread); cached reruns
+bench-overhead: setup
+	$(BIN)/python bench/overhead.py $(ARGS)
+
 bench: setup
 	$(BIN)/python bench/overhead.py
+	$(BIN)/python bench/threads.py
 	$(BIN)/python bench/compression_costs.py
 	$(BIN)/python bench/populations.py
 	$(BIN)/python bench/training.py

@@ -7,6 +7,7 @@ offending key and what is allowed.
 from __future__ import annotations
 
 import difflib
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -222,19 +223,47 @@ AuditParams = merged_options(
 )
 
 
+def cores() -> int:
+    """The CPU cores this process may use (its affinity, not the machine's count)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 class RunParams(Section):
     """Settings of the run as a whole, not of one stage (they enter no stage's cache key except
     `device`, which training stages record)."""
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
     experiment: Annotated[str, Field(min_length=1)] = "compalign"
+    # torch threads of each task (null: the cores shared among the workers)
     threads: Annotated[int, Field(ge=1)] | None = None
-    workers: Annotated[int, Field(ge=1, le=64)] = 2
+    # tasks at once ("auto": one per core, each with one torch thread: bench/threads.py)
+    workers: int | Literal["auto"] = "auto"
+    runner: Literal["local", "dask"] = "local"
+    dask_address: str | None = None  # an existing scheduler; none: a LocalCluster on loopback
     # training and fine-tuning save a resume point every this many epochs (0: never), so a
     # killed stage continues where it was (compalign.resume); results are the same either way
     resume_every: Annotated[int, Field(ge=0)] = 1
     # torch.compile the model while training on CUDA (no effect on the CPU)
     compile: bool = False
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers(cls, value: Any) -> Any:
+        if value == "auto" or (
+            isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 64
+        ):
+            return value
+        raise ValueError("must be auto or a whole number from 1 to 64")
+
+    def worker_count(self) -> int:
+        """Tasks at once: `workers`, or the machine's cores for "auto"."""
+        return cores() if self.workers == "auto" else self.workers
+
+    def task_threads(self) -> int:
+        """Torch threads of each task: `threads`, or the cores shared among the workers."""
+        return self.threads or max(1, cores() // self.worker_count())
 
 
 class PopulationsParams(Section):

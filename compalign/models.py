@@ -10,7 +10,6 @@ import threading
 from collections.abc import Callable
 
 import torch
-import torchvision
 from torch import nn
 
 from compalign.errors import UserError
@@ -109,6 +108,8 @@ def resnet56(num_classes: int, in_channels: int) -> nn.Module:
 
 def resnet18(num_classes: int, in_channels: int) -> nn.Module:
     """torchvision ResNet-18 with a small-image stem: 3x3 stride-1 first conv and no max-pool."""
+    import torchvision  # here, not at import: seconds that a cached run does not need
+
     model = torchvision.models.resnet18(num_classes=num_classes)
     model.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
     model.maxpool = nn.Identity()
@@ -130,11 +131,15 @@ def _vgg_bn(builder: Callable[..., nn.Module], num_classes: int, in_channels: in
 
 def vgg11_bn(num_classes: int, in_channels: int) -> nn.Module:
     """VGG-11 with batch norm (Simonyan & Zisserman 2015)."""
+    import torchvision
+
     return _vgg_bn(torchvision.models.vgg11_bn, num_classes, in_channels)
 
 
 def vgg16_bn(num_classes: int, in_channels: int) -> nn.Module:
     """VGG-16 with batch norm (Simonyan & Zisserman 2015)."""
+    import torchvision
+
     return _vgg_bn(torchvision.models.vgg16_bn, num_classes, in_channels)
 
 

@@ -12,7 +12,6 @@ import copy
 from typing import Any
 
 import torch
-import torch_pruning as tp
 from torch import nn
 from torch.nn.utils import prune
 
@@ -127,6 +126,8 @@ def count_macs(model: nn.Module, example_inputs: torch.Tensor) -> int:
     # count_ops_and_params deep-copies the model itself and returns the batch's count divided by
     # the batch size (a float); multiplying back gives the batch's count. (Its Linear hook adds
     # the bias once per call, not per example, so the count is not exactly linear in the batch.)
+    import torch_pruning as tp  # here, not at import: it imports torchvision and timm (seconds)
+
     per_example, _ = tp.utils.count_ops_and_params(model, example_inputs)
     return int(round(per_example * example_inputs.shape[0]))
 

@@ -163,6 +163,16 @@ def _resumable(what: str):
         raise typer.Exit(130) from None
 
 
+def _cached_run(params: Params) -> dict | None:
+    """The result of a run whose every task is cached, from the store (flows/cached.py), before
+    Prefect, MLflow or a worker starts; None when the flow must run."""
+    from flows.cached import cached_run
+    from flows.graph import REPORT_DIR
+
+    result = cached_run(params, REPORT_DIR)
+    return None if result is None else {**result, "cached_run": True}
+
+
 def _echo_task_counts(tasks: list[dict]) -> None:
     cached = sum(task["state"] == "Cached" for task in tasks)
     typer.echo(f"{len(tasks)} tasks: {cached} Cached, {len(tasks) - cached} run")
@@ -178,22 +188,34 @@ def run(
     """Run the whole pipeline (Prefect flow): prepare, reference, compress, align, audit."""
     params = load_params(params_file, overrides or [])
     _check_data(params)
-    _prepare_process(params, refresh, flows=True)
     import pandas as pd
 
     from compalign.report.tables import print_summary
-    from flows.pipeline import REPORT_DIR, run_pipeline
+    from flows.graph import REPORT_DIR
 
-    with _resumable("stages"), _display(verbose):
-        result = run_pipeline(params)
+    result = None if refresh else _cached_run(params)
+    if result is None:
+        _prepare_process(params, refresh, flows=True)
+        from flows.pipeline import run_pipeline
+
+        with _resumable("stages"), _display(verbose):
+            result = run_pipeline(params)
     print_summary(
         pd.DataFrame(result["summary"]),
         more=f"{REPORT_DIR}/summary.md and {REPORT_DIR}/report.html",
     )
     _echo_task_counts(result["tasks"])
-    from tasks.tracking import ui_links
+    if result.get("cached_run"):
+        typer.echo(
+            "Nothing ran: every task is cached, so no Prefect flow run or MLflow run was "
+            "recorded (--refresh recomputes). The results are those of the run below."
+        )
+    links = result.get("links")
+    if links is None:
+        from flows.cached import MLFLOW_UI
+        from tasks.tracking import ui_links
 
-    links = ui_links("http://127.0.0.1:5000", result["experiment_id"], result["parent_run_id"])
+        links = ui_links(MLFLOW_UI, result["experiment_id"], result["parent_run_id"])
     typer.echo(
         f"MLflow parent run {result['parent_run_id']} in experiment "
         f"{params.run.experiment!r} ({result['tracking_uri']}).\n"

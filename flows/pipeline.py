@@ -8,13 +8,12 @@ reruns only the alignments it touches and their audits.
 from __future__ import annotations
 
 import socket
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 from prefect import flow
 from prefect.runtime import flow_run
-from prefect.task_runners import ThreadPoolTaskRunner
 
 from compalign.compressors import COMPRESSORS
 from compalign.config import Params
@@ -22,29 +21,34 @@ from compalign.data import load_split, read_manifest
 from compalign.report.html import pipeline_report
 from compalign.train import resolve_device
 from flows import artifacts
-from flows.plan import (
-    BASELINE_LOSS,
-    align_arguments,
-    compress_arguments,
-    compressed_id,
-    compressed_labels,
-    grid_by_compression,
-    model_grid,
-    reference_labels,
-    reference_model_name,
+from flows.cached import MLFLOW_UI, record_run
+from flows.graph import REPORT_DIR, Input, pipeline_steps, resolve
+from flows.plan import model_grid, reference_model_name
+from flows.runtime import (
+    dask_runner,
+    report_finished,
+    report_when_done,
+    submit_when_ready,
+    thread_pool_runner,
+    wait_or_raise_first_failure,
 )
-from flows.runtime import report_finished
 from tasks import tracking
 from tasks.align import align_task
 from tasks.audit import audit_task
 from tasks.compress import compress_task
-from tasks.costs import costs_task, latency_settings
+from tasks.costs import costs_task
 from tasks.data import prepare_task
 from tasks.logs import publish_progress, stage_logger
 from tasks.report import publish_summary
 from tasks.train import train_reference_task
 
-REPORT_DIR = Path("reports/pipeline")
+TASKS = {
+    "prepare": prepare_task,
+    "reference": train_reference_task,
+    "compress": compress_task,
+    "align": align_task,
+    "audit": audit_task,
+}
 
 
 def log_data_lineage(track: tracking.Tracking, run_id: str, data: dict[str, Any]) -> None:
@@ -66,16 +70,6 @@ def log_data_lineage(track: tracking.Tracking, run_id: str, data: dict[str, Any]
     )
 
 
-def compressed_future(settings: Params, spec, data, reference, cache: dict, futures: list):
-    """The compress task of a spec, submitted once per compress output (see compressed_id)."""
-    name = compressed_id(settings, spec)
-    if name not in cache:
-        needs_data, arguments = compress_arguments(settings, spec)
-        cache[name] = compress_task.submit(data if needs_data else None, reference, **arguments)
-        futures.append(("compress", name, cache[name]))
-    return cache[name]
-
-
 def artifact_key(params: Params) -> str:
     """The key of the flow run's Prefect artifacts: one history per dataset and model."""
     return artifacts.artifact_key("pipeline", params.data.source, reference_model_name(params))
@@ -92,7 +86,6 @@ def pipeline(params: dict[str, Any]) -> dict[str, Any]:
     device = str(resolve_device(settings.run.device))
     track = tracking.setup(settings.run.experiment)
     logger = stage_logger()
-    futures = []  # (stage, model, future) of every submitted task
     finished = []  # (stage, model, state) of the tasks run directly
     tags = {
         "orchestrator": "prefect",
@@ -103,72 +96,36 @@ def pipeline(params: dict[str, Any]) -> dict[str, Any]:
     }
     with tracking.parent_run(track, run_name(settings), settings.flat(), tags) as parent:
         logger.info("MLflow parent run %s (experiment %s)", parent, track["experiment_id"])
-        audit = settings.audit.model_dump()
-        data = prepare_task.submit(settings.data.prepare_params())
-        reference = train_reference_task.submit(
-            data, settings.reference.stage_params(settings.data), device
+        threads = torch.get_num_threads()  # this thread's: the costs are measured with them
+        steps = pipeline_steps(settings, device, track, parent)
+        submitted = [step for step in steps if step.stage != "costs"]
+        publish_progress("planned", count=len(steps))  # the terminal's display
+        progress = artifacts.Progress(artifact_key(settings), len(steps), "pipeline")
+        futures = submit_when_ready(
+            submitted,
+            TASKS,
+            after={"prepare": lambda data: log_data_lineage(track, parent, data.result())},
+            on_submit=report_when_done,
+            on_done=lambda _: progress.advance(),
         )
-        reference_audit = audit_task.submit(
-            data, reference, None, audit, reference_labels(settings), track, device, parent
-        )
-        futures += [("prepare", "", data), ("reference", "", reference)]
-        futures.append(("audit", "reference", reference_audit))
-        log_data_lineage(track, parent, data.result())
-        audits = [reference_audit]
-        models = {"reference": reference}
-        compressed: dict[tuple, Any] = {}
-        for specs in grid_by_compression(settings):
-            baseline = None  # the `ce` audit at this compression: reduction factors need it
-            for spec in specs:  # `ce` first
-                compressed_model = compressed_future(
-                    settings, spec, data, reference, compressed, futures
-                )
-                model = compressed_model
-                if spec.fine_tuned:
-                    model = align_task.submit(
-                        data, reference, compressed_model, **align_arguments(settings, spec, device)
-                    )
-                    futures.append(("align", spec.name, model))
-                audit_future = audit_task.submit(
-                    data,
-                    model,
-                    reference_audit,
-                    audit,
-                    compressed_labels(settings, spec),
-                    track,
-                    device,
-                    parent,
-                    baseline,
-                )
-                if spec.loss == BASELINE_LOSS:
-                    baseline = audit_future
-                audits.append(audit_future)
-                models[spec.name] = model
-                futures.append(("audit", spec.name, audit_future))
-        publish_progress("planned", count=len(models))  # the costs tasks, after these
-        progress = artifacts.Progress(
-            artifact_key(settings), len(futures) + 1 + len(model_grid(settings)), "pipeline"
-        )
-        artifacts.wait_with_progress([future for _, _, future in futures], progress)
-        by_name = {result["labels"]["name"]: result for result in (f.result() for f in audits)}
+        wait_or_raise_first_failure(list(futures.values()), announce=False)
         names = ["reference"] + [spec.name for spec in model_grid(settings)]
-        results = [by_name[name] for name in names]
+        results = [futures[f"audit:{name}"].result() for name in names]
         # costs one model at a time, once nothing else runs: latency is measured undisturbed
+        torch.set_num_threads(threads)  # MKL's count is process-wide: the workers' set it
         costs = {}
-        for name in names:
-            state = costs_task(
-                data,
-                models[name].result(),
-                latency_settings(audit),
-                name,
-                track,
-                by_name[name]["run_id"],
-                return_state=True,
-            )
-            finished.append(("costs", name, state))
+
+        def result_of(source: Input) -> Any:
+            result = futures[source.step].result()
+            return result if source.field is None else result[source.field]
+
+        for step in steps[len(submitted) :]:
+            state = costs_task(**resolve(step.arguments, result_of), return_state=True)
+            finished.append(("costs", step.model, state))
             report_finished(state)
-            costs[name] = state.result()["costs"]
+            costs[step.model] = state.result()["costs"]
             progress.advance()
+        data = futures["prepare"]
         title = (
             f"{settings.data.source} / {reference_model_name(settings)}: what compression changed"
         )
@@ -184,8 +141,8 @@ def pipeline(params: dict[str, Any]) -> dict[str, Any]:
         tracking.log_artifacts(track, parent, [("", html)])
     artifacts.publish_pipeline(artifact_key(settings), summary, title, track, parent)
     states = [
-        {"stage": stage, "model": name, "state": future.state.name}
-        for stage, name, future in futures
+        {"stage": step.stage, "model": step.model, "state": futures[step.id].state.name}
+        for step in submitted
     ] + [{"stage": stage, "model": name, "state": state.name} for stage, name, state in finished]
     cached = sum(state["state"] == "Cached" for state in states)
     logger.info("%d tasks: %d Cached, %d run", len(states), cached, len(states) - cached)
@@ -202,21 +159,34 @@ def pipeline(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def task_workers(params: Params) -> int:
-    """`run.workers`, or 1 when a compressor traces with torch.fx: FX patches
-    torch.nn.Module.__call__ process-wide while it traces, so tasks in other threads must not
-    run models at the same time."""
+    """`run.workers` ("auto": the cores), or 1 when a compressor traces with torch.fx: FX
+    patches torch.nn.Module.__call__ process-wide while it traces, so tasks in other threads
+    must not run models at the same time."""
     if any(COMPRESSORS[method].traces_globally for method in params.compress.methods):
         return 1
-    return params.run.workers
+    return params.run.worker_count()
 
 
-def run_pipeline(params: Params) -> dict[str, Any]:
-    """Run the flow with a thread pool of `task_workers(params)` tasks at a time."""
+def task_runner(params: Params):
+    """The task runner `run.runner` asks for: a local thread pool of `task_workers(params)`
+    threads, or Dask (the scheduler at `run.dask_address`, else a LocalCluster of that many
+    worker processes on loopback), each task with `run.task_threads()` torch threads."""
+    threads = params.run.task_threads()
+    if params.run.runner == "dask":
+        return dask_runner(params.run.dask_address, params.run.worker_count(), threads)
     workers = task_workers(params)
-    if workers < params.run.workers:
+    if workers < params.run.worker_count():
         print(
             f"note: running one task at a time (run.workers={params.run.workers}): "
             "quantize_static traces models with torch.fx, which is not thread-safe"
         )
-    runner = ThreadPoolTaskRunner(max_workers=workers)
-    return pipeline.with_options(task_runner=runner)(params.model_dump())
+    return thread_pool_runner(workers, threads)
+
+
+def run_pipeline(params: Params) -> dict[str, Any]:
+    """Run the flow on the runner `run.runner` asks for; record the run for the cached-run
+    check (flows/cached.py)."""
+    result = pipeline.with_options(task_runner=task_runner(params))(params.model_dump())
+    links = tracking.ui_links(MLFLOW_UI, result["experiment_id"], result["parent_run_id"])
+    record_run(params, {**result, "links": links}, REPORT_DIR)
+    return result

@@ -30,6 +30,7 @@ from compalign.report.html import populations_report
 from compalign.train import resolve_device
 from flows import artifacts
 from flows.plan import ModelSpec, align_arguments, compress_arguments, compressed_id
+from flows.runtime import dask_runner
 from tasks import tracking
 from tasks.align import align_task
 from tasks.compress import compress_task
@@ -243,19 +244,8 @@ def task_runner(settings: Params):
     """The Prefect task runner `populations.runner` asks for."""
     population = settings.populations
     if population.runner == "dask":
-        from prefect_dask import DaskTaskRunner
-
-        if population.dask_address:
-            return DaskTaskRunner(address=population.dask_address)
-        return DaskTaskRunner(
-            cluster_class="distributed.LocalCluster",
-            cluster_kwargs={
-                "n_workers": population.dask_workers,
-                "threads_per_worker": 1,
-                "processes": True,
-                "host": "127.0.0.1",
-                "dashboard_address": None,
-            },
+        return dask_runner(
+            population.dask_address, population.dask_workers, population.threads_per_task
         )
     workers = population.workers or os.cpu_count() or 1
     if COMPRESSORS[population.compressor].traces_globally:
@@ -271,11 +261,6 @@ def run_populations(settings: Params) -> dict[str, Any]:
     threads = settings.populations.threads_per_task
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
-    if settings.populations.runner == "dask":
-        import dask
-
-        # the environment Dask's nannies give worker processes (default: 1 thread each)
-        dask.config.set({"distributed.nanny.pre-spawn-environ.OMP_NUM_THREADS": threads})
     runner = task_runner(settings)
     try:
         return populations_flow.with_options(task_runner=runner)(settings.model_dump())

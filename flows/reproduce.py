@@ -17,13 +17,12 @@ from typing import Any
 
 import pandas as pd
 from prefect import flow
-from prefect.task_runners import ThreadPoolTaskRunner
 
 from compalign.compressors import COMPRESSORS
 from compalign.config import Params
 from compalign.report import papers
 from flows import artifacts
-from flows.pipeline import pipeline, task_workers
+from flows.pipeline import pipeline, task_runner
 from flows.populations import run_populations
 from flows.profiles import PAPERS, paper_params
 from tasks import tracking
@@ -60,8 +59,7 @@ def _publish(
 
 
 def _pipeline(settings: Params) -> dict[str, Any]:
-    runner = ThreadPoolTaskRunner(max_workers=task_workers(settings))
-    return pipeline.with_options(task_runner=runner)(settings.model_dump())
+    return pipeline.with_options(task_runner=task_runner(settings))(settings.model_dump())
 
 
 @dataclass

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+import queue
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+from flows.graph import Step, resolve
 from tasks.store import PREFECT_RESULTS_DIR
 
 
@@ -70,6 +74,12 @@ def report_progress(futures: list) -> None:
         future.add_done_callback(_report_finished)
 
 
+def report_when_done(future) -> None:
+    """Report `future`'s task run as ended, once it ends (a submitted task the flow did not
+    announce through report_progress)."""
+    future.add_done_callback(_report_finished)
+
+
 def report_finished(state) -> None:
     """Report a task run that was called directly (not submitted) as ended in `state`."""
     from tasks.logs import publish_progress
@@ -88,3 +98,107 @@ def _report_finished(future) -> None:
     except BaseException:  # the future itself failed: the task run never reached a state
         name = "Crashed"
     publish_progress("finished", task_run_id=str(future.task_run_id), state=name)
+
+
+def submit_when_ready(
+    steps: list[Step],
+    tasks: dict[str, Any],
+    after: dict[str, Callable[[Any], None]] | None = None,
+    on_submit: Callable[[Any], None] | None = None,
+    on_done: Callable[[Any], None] | None = None,
+) -> dict[str, Any]:
+    """Submit each step (flows/graph.py) to the flow's task runner once every step it needs is
+    done; return the futures by step id. `after[step id]` is called with a step's future once it
+    has completed; `on_submit(future)` as each is submitted, `on_done(future)` as each ends
+    (in this thread), for progress reports.
+
+    A task submitted with futures still running would take a worker and wait there for them;
+    submitted only when its inputs are done, it never holds a worker idle, so `run.workers`
+    fine-tunings really run at once. A step whose input failed is never submitted (the failure
+    is raised by wait_or_raise_first_failure).
+    """
+    from prefect.futures import PrefectFuture
+
+    after = after or {}
+    done = queue.SimpleQueue()
+    futures: dict[str, PrefectFuture] = {}
+    ids: dict[int, str] = {}
+    completed: set[str] = set()
+    failed: set[str] = set()
+    waiting = list(steps)
+    running = 0
+    while True:
+        for step in list(waiting):
+            if any(need in failed for need in step.needs):
+                waiting.remove(step)
+                failed.add(step.id)
+            elif all(need in completed for need in step.needs):
+                waiting.remove(step)
+                arguments = resolve(step.arguments, lambda source: futures[source.step])
+                future = tasks[step.stage].submit(**arguments)
+                futures[step.id], ids[id(future)] = future, step.id
+                future.add_done_callback(done.put)
+                if on_submit is not None:
+                    on_submit(future)
+                running += 1
+        if not running:
+            return futures
+        try:
+            future = done.get(timeout=0.5)  # a timeout: Ctrl-C and SIGTERM reach this thread
+        except queue.Empty:
+            continue
+        running -= 1
+        future.wait()
+        if on_done is not None:
+            on_done(future)
+        step_id = ids[id(future)]
+        if future.state.is_completed():
+            completed.add(step_id)
+            if step_id in after:
+                after[step_id](future)
+        else:
+            failed.add(step_id)
+
+
+def thread_pool_runner(workers: int, threads: int):
+    """Prefect's thread pool of `workers` threads, each running torch with `threads` threads.
+
+    torch.set_num_threads is per thread for OpenMP (each thread has its own team), so each
+    worker sets its own count when it starts; the calling thread keeps its count (MKL's count
+    is process-wide: a flow that measures something afterwards sets its own again).
+    """
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    class TorchThreadPoolTaskRunner(ThreadPoolTaskRunner):
+        def _register_worker_thread(self) -> None:
+            import torch
+
+            torch.set_num_threads(threads)
+            super()._register_worker_thread()
+
+        def duplicate(self):
+            return type(self)(max_workers=self._max_workers)
+
+    return TorchThreadPoolTaskRunner(max_workers=workers)
+
+
+def dask_runner(address: str | None, workers: int, threads: int):
+    """prefect-dask's runner: the scheduler at `address`, or a LocalCluster of `workers` worker
+    processes on loopback (no dashboard), each task with `threads` torch threads."""
+    import dask
+    from prefect_dask import DaskTaskRunner
+
+    # the environment Dask's nannies give worker processes (torch reads it at import)
+    dask.config.set({"distributed.nanny.pre-spawn-environ.OMP_NUM_THREADS": threads})
+    if address:
+        return DaskTaskRunner(address=address)
+    return DaskTaskRunner(
+        cluster_class="distributed.LocalCluster",
+        cluster_kwargs={
+            "n_workers": workers,
+            "threads_per_worker": 1,
+            "processes": True,
+            "host": "127.0.0.1",
+            "dashboard_address": None,
+        },
+    )

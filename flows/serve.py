@@ -66,10 +66,9 @@ def serve_pipeline(params: Params, cron: str, name: str) -> None:
     if params.run.threads:
         # runs execute in spawned subprocesses, which read torch's thread count from here
         os.environ.setdefault("OMP_NUM_THREADS", str(params.run.threads))
-    from prefect.task_runners import ThreadPoolTaskRunner
 
-    from flows.pipeline import pipeline, task_workers
+    from flows.pipeline import pipeline, task_runner
 
     # the served flow object itself runs in the subprocess: keep run_pipeline's task runner
-    flow = pipeline.with_options(task_runner=ThreadPoolTaskRunner(max_workers=task_workers(params)))
+    flow = pipeline.with_options(task_runner=task_runner(params))
     flow.serve(name=name, cron=cron, parameters={"params": params.model_dump()})

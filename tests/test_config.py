@@ -36,6 +36,7 @@ def test_tiny_profile_is_valid():
         ("reference.lr=abc", "reference.lr", "valid number"),
         ("reference.optimizer=adam", "reference.optimizer", "'sgd' or 'adamw'"),
         ("data.source=imagenet", "data.source", "cifar10"),
+        ("run.workers=0", "run.workers", "auto or a whole number from 1 to 64"),
         (
             "nosuch.key=1",
             "nosuch",
@@ -91,3 +92,16 @@ def test_flat_params_cover_every_leaf():
 def test_sparsities_sorted_and_deduplicated():
     params = validate({"compress": {"sparsities": [0.9, 0.5, 0.9]}})
     assert params.compress.sparsities == [0.5, 0.9]
+
+
+def test_auto_workers_share_the_cores(monkeypatch):
+    """run.workers auto: one task per core, one torch thread each; N workers share the cores."""
+    import compalign.config
+
+    monkeypatch.setattr(compalign.config, "cores", lambda: 8)
+    run = load_params(ROOT / "params.yaml").run
+    assert (run.workers, run.worker_count(), run.task_threads()) == ("auto", 8, 1)
+    run = load_params(ROOT / "params.yaml", ["run.workers=2"]).run
+    assert (run.worker_count(), run.task_threads()) == (2, 4)
+    run = load_params(ROOT / "params.yaml", ["run.workers=3", "run.threads=2"]).run
+    assert (run.worker_count(), run.task_threads()) == (3, 2)

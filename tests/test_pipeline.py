@@ -205,3 +205,70 @@ def test_no_run_left_running(runs):
         [first["experiment_id"]], filter_string="attributes.status = 'RUNNING'"
     )
     assert running == []
+
+
+def test_two_fine_tunings_run_at_once_with_two_workers(runs):
+    """run.workers 2 (tiny profile): some two align task runs overlap in time, read from the
+    Prefect API's start and end times of the first run's task runs."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    _, first, _, _ = runs
+    with get_client(sync_client=True) as client:
+        task_runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[first["flow_run_id"]]))
+        )
+    aligns = [run for run in task_runs if run.name.startswith("align")]
+    assert len(aligns) == 8 and all(run.start_time and run.end_time for run in aligns)
+    overlaps = [
+        min(a.end_time, b.end_time) - max(a.start_time, b.start_time)
+        for i, a in enumerate(aligns)
+        for b in aligns[i + 1 :]
+    ]
+    assert max(overlaps).total_seconds() > 0, sorted(overlaps)[-3:]
+
+
+def test_a_rerun_of_a_recorded_run_is_answered_from_the_store(runs, monkeypatch):
+    """The cached-run check (no Prefect, no MLflow) finds the recorded result of the runs with
+    the same params, and declines changed params, changed code, a deleted store entry and
+    --refresh."""
+    import tasks.code
+    from compalign.config import load_params
+    from conftest import TINY
+    from flows.cached import cached_run, task_keys, tracking_identity
+    from flows.graph import REPORT_DIR
+    from tasks import tracking
+
+    project, first, second, third = runs
+    monkeypatch.chdir(project)
+    assert tracking_identity("tiny") == tracking.setup("tiny")
+    for overrides, recorded in (([], second), (["align.epochs=3"], third)):
+        params = load_params(TINY, overrides)
+        result = cached_run(params, REPORT_DIR)
+        pd.testing.assert_frame_equal(
+            pd.DataFrame(result["summary"]), pd.DataFrame(recorded["summary"])
+        )
+        assert result["parent_run_id"] == recorded["parent_run_id"]
+        assert {task["state"] for task in result["tasks"]} == {"Cached"}
+        assert len(result["tasks"]) == len(recorded["tasks"])
+    # workers and threads are how a run executes, not what it computes
+    assert cached_run(load_params(TINY, ["run.workers=1", "run.threads=1"]), REPORT_DIR)
+    assert cached_run(load_params(TINY, ["align.epochs=4"]), REPORT_DIR) is None
+    monkeypatch.setenv("COMPALIGN_REFRESH", "1")
+    assert cached_run(load_params(TINY), REPORT_DIR) is None
+    monkeypatch.delenv("COMPALIGN_REFRESH")
+    # an edited loss changes the keys of its alignments and their audits
+    read_source = tasks.code.read_source
+    monkeypatch.setattr(
+        tasks.code,
+        "read_source",
+        lambda name: read_source(name) + (b"\n# edited" if name.endswith("losses/kd.py") else b""),
+    )
+    assert task_keys(load_params(TINY)) is None
+    monkeypatch.undo()
+    monkeypatch.chdir(project)
+    keys = task_keys(load_params(TINY))
+    assert len(keys) == len(second["tasks"])
+    entry = project / "artifacts" / "costs" / keys[-1].partition("-")[2] / "costs.json"
+    entry.write_text(entry.read_text() + " ")  # a store entry that no longer matches its digest
+    assert cached_run(load_params(TINY), REPORT_DIR) is None

@@ -112,3 +112,25 @@ def test_refuses_to_run_once_prefect_is_imported(tmp_path, module):
         "refused: configure_environment() must run before prefect is imported None"
     )  # and the result store left unset
     assert not (tmp_path / ".compalign").exists()
+
+
+def test_each_worker_thread_runs_torch_with_the_tasks_thread_count(prefect_server):
+    """torch.set_num_threads is per thread (OpenMP): the pool's workers get `threads`, the
+    flow's own thread keeps its count."""
+    import torch
+    from prefect import flow, task
+
+    from flows.runtime import thread_pool_runner
+
+    @task
+    def threads_here() -> int:
+        return torch.get_num_threads()
+
+    @flow(task_runner=thread_pool_runner(2, 1))
+    def two_tasks() -> tuple[list[int], int]:
+        futures = [threads_here.submit() for _ in range(2)]
+        return [future.result() for future in futures], torch.get_num_threads()
+
+    before = torch.get_num_threads()
+    workers, main = two_tasks()
+    assert workers == [1, 1] and main == before == torch.get_num_threads()

@@ -20,7 +20,6 @@ from collections.abc import Callable
 from typing import Annotated, Literal
 
 import torch
-import torch_pruning as tp
 from pydantic import Field
 from torch import nn
 
@@ -75,6 +74,8 @@ class _KeepTopChannels:
 
 
 def _make_importance(importance: str, global_pruning: bool):
+    import torch_pruning as tp  # here, not at import: it imports torchvision and timm (seconds)
+
     if importance == "l1":
         base = tp.importance.GroupMagnitudeImportance(p=1)
     elif importance == "taylor":
@@ -139,6 +140,8 @@ class _Search:
         self.dense_macs = count_macs(dense, example_inputs)
 
     def pruner(self, model: nn.Module, ratio: float, overrides: dict[str, float]):
+        import torch_pruning as tp
+
         modules = dict(model.named_modules())
         return tp.pruner.BasePruner(
             model,
