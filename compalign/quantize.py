@@ -113,8 +113,50 @@ def _plain_program(program: fx.GraphModule) -> None:
         if name not in used:
             owner_name, _, attribute = name.rpartition(".")
             delattr(program.get_submodule(owner_name) if owner_name else program, attribute)
+    _canonical_names(program)
     program.delete_all_unused_submodules()
     program.recompile()
+
+
+def _canonical_names(program: fx.GraphModule) -> None:
+    """Name the program's tensors `tensor_<i>` in the order of the layers that read them
+    (through their dequantize op), so a program converted after QAT and one converted after
+    calibration, whose constants convert_pt2e numbers in different orders, share one state dict
+    layout (checkpoints of both rebuild the same way)."""
+    ops = torch.ops.quantized_decomposed
+    passes_through = {
+        ops.quantize_per_tensor.default,
+        ops.dequantize_per_tensor.default,
+        ops.quantize_per_channel.default,
+        ops.dequantize_per_channel.default,
+    }
+    nodes = list(program.graph.nodes)
+    position = {node: index for index, node in enumerate(nodes)}
+
+    def reader(node: fx.Node) -> tuple[int, tuple[int, ...]]:
+        path, current = [], node
+        while current.users:
+            user = min(current.users, key=position.__getitem__)
+            path.append(user.args.index(current) if current in user.args else len(user.args))
+            if user.target not in passes_through:
+                return position[user], tuple(reversed(path))
+            current = user
+        return len(nodes), tuple(reversed(path))
+
+    constants = sorted((n for n in nodes if n.op == "get_attr"), key=reader)
+    values = []
+    for node in constants:
+        owner_name, _, attribute = node.target.rpartition(".")
+        owner = program.get_submodule(owner_name) if owner_name else program
+        values.append(getattr(owner, attribute))
+        delattr(owner, attribute)
+    for index, (node, value) in enumerate(zip(constants, values, strict=True)):
+        name = f"tensor_{index}"
+        if isinstance(value, nn.Parameter):
+            program.register_parameter(name, value)
+        else:
+            program.register_buffer(name, value)
+        node.target = name
 
 
 class Int8Program(nn.Module):
