@@ -249,7 +249,7 @@ def task_runner(settings: Params):
         )
     workers = population.workers or os.cpu_count() or 1
     if COMPRESSORS[population.compressor].traces_globally:
-        workers = 1  # torch.fx tracing is process-wide (see flows.pipeline.task_workers)
+        workers = 1  # model tracing is process-wide (see flows.pipeline.task_workers)
     return ThreadPoolTaskRunner(max_workers=workers)
 
 
