@@ -31,8 +31,8 @@ def test_dvc_stages_mirror_the_flow_stages():
     its params are params.yaml sections or keys that exist."""
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     assert list(stages) == PIPELINE_STAGES == ["prepare", "reference", "compress", "align", "audit"]
-    # costs: run within DVC's audit stage; predict: population members (no DVC stage)
-    assert set(STAGE_MODULES) == {*PIPELINE_STAGES, "costs", "predict"}
+    # costs: run within DVC's audit stage; predict and pruned: population members (no DVC stage)
+    assert set(STAGE_MODULES) == {*PIPELINE_STAGES, "costs", "predict", "pruned"}
     sections = Params.model_fields
     for name, stage in stages.items():
         assert stage["cmd"] == f"compalign stage {name}"
