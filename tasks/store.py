@@ -36,6 +36,12 @@ PIPELINE_STAGES = ["prepare", "reference", "compress", "align", "audit"]  # the 
 
 # Parameters that say where or under which parent to put a result, not what the result is.
 NOT_IN_KEY = frozenset({"out_dir", "parent_run_id"})
+# parameters that enter a key only when they take effect, so that the keys of calls without them
+# stay as they were; the same rule for the parameters Prefect sees (every argument, defaults
+# included) and those a task hands to materialize
+ONLY_WHEN: dict[str, Callable[[Mapping[str, Any]], bool]] = {
+    "tune_budget": lambda parameters: bool(parameters.get("tune") and parameters["tune_budget"]),
+}
 
 
 def _data_files(parameters: Mapping[str, Any]) -> dict[str, Any]:
@@ -98,7 +104,13 @@ def stage_key(stage: str, parameters: Mapping[str, Any]) -> str:
         "stage": stage,
         "code": code_digest(stage, parameters),
         "torch": torch.__version__,
-        "parameters": _keyable({k: v for k, v in parameters.items() if k not in NOT_IN_KEY}),
+        "parameters": _keyable(
+            {
+                k: v
+                for k, v in parameters.items()
+                if k not in NOT_IN_KEY and (k not in ONLY_WHEN or ONLY_WHEN[k](parameters))
+            }
+        ),
     }
     text = json.dumps(content, sort_keys=True, default=str)
     return f"{stage}-{hashlib.sha256(text.encode()).hexdigest()[:24]}"

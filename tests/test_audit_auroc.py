@@ -96,3 +96,15 @@ def test_group_gap_change_has_a_paired_bootstrap_interval_and_one_against_ce():
     against = audit(make_inputs(right, labels, saved, baseline=ce_table)).metrics
     assert against["group.rare.accuracy_gap_change_vs_ce"] == pytest.approx(-0.5)
     assert against["group.rare.accuracy_gap_change_vs_ce_ci_high"] < 0
+
+
+def test_scores_that_are_not_finite_have_no_auroc():
+    """A diverged model (NaN logits) gets NaN AUROCs instead of stopping the audit."""
+    from compalign.audit.metrics.auroc import class_aurocs, model_auroc, probabilities
+
+    labels = np.array([0, 1, 2, 0, 1, 2])
+    logits = torch.randn(6, 3, generator=torch.Generator().manual_seed(0))
+    logits[2, 1] = float("nan")
+    scores = probabilities(logits)
+    assert np.isnan(class_aurocs(labels, scores)).all()
+    assert np.isnan(model_auroc(labels, scores))

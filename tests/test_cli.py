@@ -88,11 +88,11 @@ def test_killed_run_resumes_from_cache_without_duplicates(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     log = result.stdout + result.stderr  # --verbose: every task run's log lines
     for stage in ("prepare", "reference"):
-        assert f"Task run '{stage}-" in log
+        assert f"Task run '{stage} " in log
         assert all(
             "Cached" in line
             for line in log.splitlines()
-            if f"Task run '{stage}-" in line and "Finished" in line
+            if f"Task run '{stage} " in line and "Finished" in line
         )
     finished_after = {p.parent.name for p in (tmp_path / "artifacts").glob("*/*/manifest.json")}
     assert finished_before <= finished_after  # nothing lost

@@ -104,3 +104,15 @@ def test_prepare_key_covers_the_images_on_disk(project):
     second = prepare(data)
     assert second["path"] != first["path"]
     assert json.loads((project / second["path"] / store.MANIFEST).read_text())["num_examples"] == 17
+
+
+def test_tune_budget_enters_the_align_key_only_when_tuning():
+    """Prefect hands the cache key every argument (tune_budget with tune off too); the task
+    hands materialize tune_budget only when tuning: both give the same key."""
+    from tasks.store import stage_key
+
+    parameters = {"method": "magnitude_global", "level": 0.9, "loss": "kd", "tune": False}
+    assert stage_key("align", {**parameters, "tune_budget": 6}) == stage_key("align", parameters)
+    assert stage_key("align", {**parameters, "tune_budget": None}) == stage_key("align", parameters)
+    tuned = {**parameters, "tune": True}
+    assert stage_key("align", {**tuned, "tune_budget": 6}) != stage_key("align", tuned)

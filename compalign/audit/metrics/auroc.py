@@ -30,11 +30,12 @@ def probabilities(logits: torch.Tensor) -> np.ndarray:
 
 
 def class_aurocs(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """One-vs-rest AUROC of each class (NaN where the examples hold only that class or none)."""
+    """One-vs-rest AUROC of each class (NaN where the examples hold only that class or none,
+    or where the model's scores are not finite: a diverged model has no ranking to judge)."""
     result = np.full(scores.shape[1], NAN)
     for index in range(scores.shape[1]):
         positive = labels == index
-        if positive.any() and not positive.all():
+        if positive.any() and not positive.all() and np.isfinite(scores[:, index]).all():
             result[index] = roc_auc_score(positive, scores[:, index])
     return result
 
