@@ -188,7 +188,12 @@ def fit(
 def runs_on(model: nn.Module, device: torch.device | str) -> torch.device:
     """`device` for a float32 model; the CPU for a quantized or half-precision one (int8 kernels
     are CPU kernels, and half models are measured where they are deployed)."""
-    quantized = any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in model.modules())
+    quantized = any(
+        type(m).__module__.startswith("torch.ao.nn.quantized") or type(m).__name__ == "Int8Program"
+        for m in model.modules()
+    ) or any(  # torchao's int8 weights (quantize_): tensor subclasses of its own
+        type(p).__module__.startswith("torchao.") for p in model.parameters()
+    )
     half = any(p.dtype in (torch.float16, torch.bfloat16) for p in model.parameters())
     return torch.device("cpu") if quantized or half else torch.device(device)
 
