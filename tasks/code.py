@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import threading
 from collections.abc import Iterable, Mapping
 from functools import cache
 from pathlib import Path
@@ -98,12 +99,18 @@ def _imports(tree: ast.AST) -> Iterable[str]:
         yield from _imports(node)
 
 
+# CPython's ast.parse is not safe from several threads at once (task threads compute keys in
+# parallel: "SystemError: AST constructor recursion depth mismatch" was seen)
+_PARSING = threading.Lock()
+
+
 @cache
 def _direct(name: str) -> tuple[str, ...]:
     path = module_file(name)
     if path is None:
         raise FileNotFoundError(f"{name}: no source file for this project module under {ROOT}")
-    tree = ast.parse(path.read_text(), str(path))
+    with _PARSING:
+        tree = ast.parse(path.read_text(), str(path))
     return tuple(dict.fromkeys(found for found in _imports(tree) if module_file(found)))
 
 
