@@ -22,6 +22,7 @@ import time
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from populations import matmul_peak_gflops  # bench/populations.py (bench/ is on the path)
 from torch.utils.flop_counter import FlopCounterMode
 
 from compalign.config import ReferenceParams, TrainingParams
@@ -30,18 +31,6 @@ from compalign.losses import LOSSES
 from compalign.models import build_model
 from compalign.pruning import count_macs
 from compalign.train import TrainConfig, fit
-
-
-def matmul_peak_flops(size: int = 2048, repeats: int = 10) -> float:
-    """Best FLOP/s of a float32 size x size matmul: the machine's practical peak."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    a @ b  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best
 
 
 def random_split(count: int, channels: int, size: int, seed: int = 0) -> Split:
@@ -98,7 +87,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    peak = matmul_peak_flops()
+    peak = matmul_peak_gflops() * 1e9
     print(
         f"training throughput, float32 on the CPU; torch threads: {torch.get_num_threads()}; "
         f"load average at start: {load[0]:.2f}"

@@ -418,30 +418,17 @@ def _celeba_grey(index):
     return 40 + 15 * index
 
 
-def _write_celeba(root, rng):
-    """A 12-image CelebA folder; returns the attributes as {filename: int8 [40] of -1/1}."""
-    folder = root / "celeba"
-    images = folder / "img_align_celeba"
-    images.mkdir(parents=True)
-    count = len(CELEBA_PARTITION)
-    names = [f"{i + 1:06d}.jpg" for i in range(count)]
-    attrs = rng.choice(np.array([-1, 1], dtype=np.int8), size=(count, len(CELEBA_ATTRS)))
-    attrs[:, CELEBA_ATTRS.index("Blond_Hair")] = np.where(np.arange(count) % 3 == 0, 1, -1)
-    attrs[:, CELEBA_ATTRS.index("Smiling")] = np.where(np.arange(count) % 2 == 0, 1, -1)
-    for index, name in enumerate(names):
-        # a uniform grey face between a red band on top and a blue band at the bottom, each as
-        # tall as the centre crop cuts off; bands fill whole 8x8 JPEG blocks so they do not bleed
-        pixels = np.full((CELEBA_HEIGHT, CELEBA_WIDTH, 3), _celeba_grey(index), dtype=np.uint8)
-        pixels[:CELEBA_BAND] = (255, 0, 0)
-        pixels[-CELEBA_BAND:] = (0, 0, 255)
-        Image.fromarray(pixels).save(images / name, quality=95, subsampling=0)
+def write_celeba_lists(folder, names, partition, attrs):
+    """CelebA's list_*.txt files for `names` as torchvision reads them: the official partition
+    (0/1/2 = train/valid/test), identities, boxes, landmarks and the -1/1 attributes."""
+    count = len(names)
 
     def lines(rows, header=None):
         text = [str(count), header] if header is not None else []
         return "\n".join(text + rows) + "\n"
 
     (folder / "list_eval_partition.txt").write_text(
-        lines([f"{name} {part}" for name, part in zip(names, CELEBA_PARTITION, strict=True)])
+        lines([f"{name} {part}" for name, part in zip(names, partition, strict=True)])
     )
     (folder / "identity_CelebA.txt").write_text(
         lines([f"{name} {1000 + i}" for i, name in enumerate(names)])
@@ -465,6 +452,27 @@ def _write_celeba(root, rng):
             " ".join(CELEBA_ATTRS) + " ",
         )
     )
+
+
+def _write_celeba(root, rng):
+    """A 12-image CelebA folder; returns the attributes as {filename: int8 [40] of -1/1}."""
+    folder = root / "celeba"
+    images = folder / "img_align_celeba"
+    images.mkdir(parents=True)
+    count = len(CELEBA_PARTITION)
+    names = [f"{i + 1:06d}.jpg" for i in range(count)]
+    attrs = rng.choice(np.array([-1, 1], dtype=np.int8), size=(count, len(CELEBA_ATTRS)))
+    attrs[:, CELEBA_ATTRS.index("Blond_Hair")] = np.where(np.arange(count) % 3 == 0, 1, -1)
+    attrs[:, CELEBA_ATTRS.index("Smiling")] = np.where(np.arange(count) % 2 == 0, 1, -1)
+    for index, name in enumerate(names):
+        # a uniform grey face between a red band on top and a blue band at the bottom, each as
+        # tall as the centre crop cuts off; bands fill whole 8x8 JPEG blocks so they do not bleed
+        pixels = np.full((CELEBA_HEIGHT, CELEBA_WIDTH, 3), _celeba_grey(index), dtype=np.uint8)
+        pixels[:CELEBA_BAND] = (255, 0, 0)
+        pixels[-CELEBA_BAND:] = (0, 0, 255)
+        Image.fromarray(pixels).save(images / name, quality=95, subsampling=0)
+
+    write_celeba_lists(folder, names, CELEBA_PARTITION, attrs)
     return dict(zip(names, attrs, strict=True))
 
 

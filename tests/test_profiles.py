@@ -100,7 +100,7 @@ def write_celeba(root, rng, count=48):
     """celeba/ as torchvision reads it: JPEGs in img_align_celeba/ and the list_*.txt files
     (official partition 0/1/2 = train/valid/test), every attribute -1/1, Blond_Hair and Male
     balanced so every test group has both labels."""
-    from test_data_sources import CELEBA_ATTRS
+    from test_data_sources import CELEBA_ATTRS, write_celeba_lists
 
     folder = root / "celeba"
     (folder / "img_align_celeba").mkdir(parents=True)
@@ -115,34 +115,7 @@ def write_celeba(root, rng, count=48):
         pixels = rng.integers(0, 256, size=(218, 178, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(folder / "img_align_celeba" / name, quality=90)
 
-    def lines(rows, header=None):
-        return "\n".join(([str(count), header] if header is not None else []) + rows) + "\n"
-
-    (folder / "list_eval_partition.txt").write_text(
-        lines([f"{name} {part}" for name, part in zip(names, partition, strict=True)])
-    )
-    (folder / "identity_CelebA.txt").write_text(
-        lines([f"{name} {1000 + i}" for i, name in enumerate(names)])
-    )
-    (folder / "list_bbox_celeba.txt").write_text(
-        lines([f"{name}    95  71 226 313" for name in names], "image_id x_1 y_1 width height")
-    )
-    (folder / "list_landmarks_align_celeba.txt").write_text(
-        lines(
-            [f"{name} 69  109  106  113   77  142   73  152  108  154" for name in names],
-            "lefteye_x lefteye_y righteye_x righteye_y nose_x nose_y "
-            "leftmouth_x leftmouth_y rightmouth_x rightmouth_y",
-        )
-    )
-    (folder / "list_attr_celeba.txt").write_text(
-        lines(
-            [
-                f"{name} " + " ".join(f"{v:2d}" for v in row)
-                for name, row in zip(names, attrs, strict=True)
-            ],
-            " ".join(CELEBA_ATTRS) + " ",
-        )
-    )
+    write_celeba_lists(folder, names, partition, attrs)
 
 
 # data.source -> (writer, the torchvision module whose md5 check the fake files cannot pass)
