@@ -137,6 +137,18 @@ def _prepare_process(params: Params, refresh: bool = False, flows: bool = False)
         torch.set_num_threads(params.run.threads)
 
 
+def _server_ready(experiment: str | None = None) -> None:
+    """Wait for the Prefect API server `_prepare_process` started, first creating the MLflow
+    experiment (a new SQLite store runs MLflow's migrations, several seconds) while it starts."""
+    if experiment is not None:
+        from tasks import tracking
+
+        tracking.setup(experiment)
+    from flows.server import wait_for_api_server
+
+    wait_for_api_server()
+
+
 def _interrupt(signum: int, frame: object) -> None:
     """Ctrl-C: training loops in worker threads stop at their next batch (no signal reaches a
     thread), and the main thread gets its KeyboardInterrupt as usual."""
@@ -252,6 +264,7 @@ def run(
         _prepare_process(params, refresh, flows=True)
         from flows.pipeline import run_pipeline
 
+        _server_ready(params.run.experiment)
         with _resumable("stages"), _display(verbose):
             result = run_pipeline(params)
     kind = console_kind()
@@ -284,6 +297,7 @@ def populations(
     from compalign.report.tables import print_populations
     from flows.populations import REPORT_DIR, run_populations
 
+    _server_ready(params.run.experiment)
     with _resumable("members"), _display(verbose):
         result = run_populations(params)
     print_populations(pd.DataFrame(result["summary"]))
@@ -329,6 +343,7 @@ def reproduce(
     _prepare_process(params, flows=True)
     from flows.reproduce import run_reproduce
 
+    _server_ready()
     with _resumable("stages"), _display(verbose):
         results = run_reproduce(paper, profile, overrides)
     for result in results:
@@ -401,6 +416,7 @@ def audit_command(
         {name: loaded[spec] for name, spec in candidates.items()},
         loaded[reference2] if reference2 else None,
     )
+    _server_ready(params.run.experiment)
     with _resumable("stages"), _display(verbose):
         result = audit_flow(params.model_dump(), reference, candidates, reference2)
     _echo_comparison(result)
