@@ -4,6 +4,7 @@ same methods and log to experiments of their own."""
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import pickle
 
@@ -207,3 +208,12 @@ def test_paper_profile_runs_end_to_end_on_tiny_data(path, project, prefect_serve
     readme = (project / "reports" / paper / "README.md").read_text()
     assert readme.startswith("# ") and "paper profile" in readme
     assert all(verdict in readme for verdict in result["verdicts"])
+    if "taylor_iterative" in profile.compress.methods:
+        # each pruned model's audit holds the conv FLOPs its masks removed and its saved model's
+        audits = [
+            json.loads(path.read_text())
+            for path in (project / "artifacts" / "audit").glob("*/metrics.json")
+        ]
+        recorded = [metrics for metrics in audits if "conv_flops_removed" in metrics]
+        assert len(recorded) == len(profile.align.losses)
+        assert all(metrics["masked_conv_flops_removed"] >= 0.25 for metrics in recorded)
