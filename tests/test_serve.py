@@ -102,11 +102,15 @@ def test_serve_registers_the_schedule_and_the_validated_params(served):
 def test_a_run_of_the_deployment_runs_the_pipeline_in_the_project(served, prefect_api):
     """What the schedule does at 03:00, triggered now: the serve process runs the flow."""
     project, deployment, log = served
-    response = httpx.post(
-        f"{prefect_api}/deployments/{deployment['id']}/create_flow_run", json={}, timeout=10
-    )
-    response.raise_for_status()
-    run_id = response.json()["id"]
+
+    def created() -> httpx.Response | None:
+        # a busy SQLite-backed server answers 503 now and then (Prefect's own client retries)
+        response = httpx.post(
+            f"{prefect_api}/deployments/{deployment['id']}/create_flow_run", json={}, timeout=10
+        )
+        return None if response.status_code == 503 else response.raise_for_status()
+
+    run_id = poll(created, 60, "a flow run of the deployment").json()["id"]
 
     def finished() -> dict | None:
         run = httpx.get(f"{prefect_api}/flow_runs/{run_id}", timeout=10).json()
