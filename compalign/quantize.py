@@ -253,7 +253,49 @@ def quantize_dynamic(model: nn.Module, backend: str = "torchao") -> nn.Module:
     # configuration for the whole process
     config = Int8DynamicActivationInt8WeightConfig(set_inductor_config=False)
     quantize_(clone, config, filter_fn=_is_plain_linear)
+    for module in clone.modules():
+        if any(_is_torchao(p) for p in module.parameters(recurse=False)):
+            module.register_state_dict_post_hook(_plain_int8_state)
+            module.register_load_state_dict_pre_hook(_int8_from_plain)
     return clone.eval()
+
+
+def _is_torchao(value: torch.Tensor) -> bool:
+    """A torchao tensor subclass (quantize_'s Int8Tensor weight)."""
+    return type(value).__module__.startswith("torchao.")
+
+
+def _plain_int8_state(module: nn.Module, state_dict: dict, prefix: str, metadata: Any) -> None:
+    """State dict post-hook of a layer that torchao's quantize_ converted: each torchao weight is
+    saved as the plain tensors it holds (`<name>.qdata` int8, `<name>.scale`, ...), which
+    `torch.load(weights_only=True)` reads without torchao's class (not allowlisted unless torchao
+    was imported first, and never allowlisted here)."""
+    for name, value in module.named_parameters(recurse=False):
+        key = prefix + name
+        if key in state_dict and _is_torchao(value):
+            del state_dict[key]
+            inner, _ = value.__tensor_flatten__()
+            for part in inner:
+                state_dict[f"{key}.{part}"] = getattr(value, part).detach()
+
+
+def _int8_from_plain(module: nn.Module, state_dict: dict, prefix: str, *_: Any) -> None:
+    """Load-state-dict pre-hook, the inverse of _plain_int8_state: the saved plain tensors are
+    put back into a torchao weight whose other attributes (block size, dtype, activation
+    quantization) come from the rebuilt layer, quantized with the same configuration. A state
+    dict that lacks some of the parts is left as it is (the load then names what is missing)."""
+    for name, value in module.named_parameters(recurse=False):
+        key = prefix + name
+        if not _is_torchao(value):
+            continue
+        inner, context = value.__tensor_flatten__()
+        keys = {part: f"{key}.{part}" for part in inner}
+        if not all(k in state_dict for k in keys.values()):
+            continue
+        parts = {part: state_dict.pop(k) for part, k in keys.items()}
+        state_dict[key] = type(value).__tensor_unflatten__(
+            parts, context, value.size(), value.stride()
+        )
 
 
 def _is_plain_linear(module: nn.Module, name: str = "") -> bool:
