@@ -17,12 +17,10 @@ import hashlib
 import json
 import os
 import shutil
-import sqlite3
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from compalign.config import Params
-from flows.graph import Input, pipeline_steps, resolve
+from flows.quick import tracking_identity
 from tasks.code import ROOT
 from tasks.store import (
     PREFECT_RESULTS_DIR,
@@ -33,6 +31,10 @@ from tasks.store import (
     stage_key,
 )
 
+if TYPE_CHECKING:  # the package's config imports torch: kept out of flows/quick.py's replay
+    from compalign.config import Params
+    from flows.graph import Input
+
 MLFLOW_UI = "http://127.0.0.1:5000"  # where `make ui` serves it
 RUNS_DIR = Path(".compalign/runs")
 RESULT_FILE = "result.json"
@@ -41,27 +43,6 @@ REPORTS = "reports"
 PRESENTATION = ("flows", "tasks/report.py", "tasks/tracking.py", "compalign/report")
 # Settings of how a run executes, not of what it computes.
 EXECUTION = ("workers", "threads", "runner", "dask_address")
-
-
-def tracking_identity(experiment: str) -> dict[str, str] | None:
-    """What tasks.tracking.setup returns for `experiment`, read from a local SQLite store
-    without MLflow; None when there is no such store or experiment (the flow then makes them)."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
-    database = Path(uri.removeprefix("sqlite:///"))
-    if not uri.startswith("sqlite:///") or not database.is_file():
-        return None
-    try:
-        with sqlite3.connect(f"{database.as_uri()}?mode=ro", uri=True) as connection:
-            row = connection.execute(
-                "SELECT experiment_id, creation_time, lifecycle_stage FROM experiments "
-                "WHERE name = ?",
-                (experiment,),
-            ).fetchone()
-    except sqlite3.Error:
-        return None
-    if row is None or row[2] != "active":
-        return None
-    return {"uri": uri, "experiment_id": str(row[0]), "store_id": f"{uri}|{row[0]}|{row[1]}"}
 
 
 def _record(key: str) -> Any:
@@ -81,6 +62,7 @@ def task_keys(params: Params) -> list[str] | None:
     one of them would not be a cache hit (so the keys after it cannot be known without running
     it)."""
     from compalign.train import resolve_device
+    from flows.graph import pipeline_steps, resolve
 
     track = tracking_identity(params.run.experiment)
     if track is None:
@@ -101,6 +83,17 @@ def task_keys(params: Params) -> list[str] | None:
             return None
         keys.append(key)
     return keys
+
+
+def records_hold(keys: list[str]) -> bool:
+    """Every task of `keys` would still be a cache hit: its store entry is finished and its
+    Prefect result record is one Prefect reads back."""
+    try:
+        for key in keys:
+            _record(key)
+    except LookupError:
+        return False
+    return True
 
 
 def run_digest(params: Params, keys: list[str]) -> str:

@@ -137,6 +137,18 @@ def _prepare_process(params: Params, refresh: bool = False, flows: bool = False)
         torch.set_num_threads(params.run.threads)
 
 
+def _server_ready(experiment: str | None = None) -> None:
+    """Wait for the Prefect API server `_prepare_process` started, first creating the MLflow
+    experiment (a new SQLite store runs MLflow's migrations, several seconds) while it starts."""
+    if experiment is not None:
+        from tasks import tracking
+
+        tracking.setup(experiment)
+    from flows.server import wait_for_api_server
+
+    wait_for_api_server()
+
+
 def _interrupt(signum: int, frame: object) -> None:
     """Ctrl-C: training loops in worker threads stop at their next batch (no signal reaches a
     thread), and the main thread gets its KeyboardInterrupt as usual."""
@@ -178,35 +190,13 @@ def _echo_task_counts(tasks: list[dict]) -> None:
     typer.echo(f"{len(tasks)} tasks: {cached} Cached, {len(tasks) - cached} run")
 
 
-@app.command()
-def run(
-    params_file: ParamsOption = Path("params.yaml"),
-    overrides: SetOption = None,
-    refresh: Annotated[bool, typer.Option(help="recompute every stage, ignoring caches")] = False,
-    verbose: VerboseOption = False,
-) -> None:
-    """Run the whole pipeline (Prefect flow): prepare, reference, compress, align, audit."""
-    params = load_params(params_file, overrides or [])
-    _check_data(params)
-    import pandas as pd
-
-    from compalign.report.tables import print_summary
-    from flows.graph import REPORT_DIR
-
-    result = None if refresh else _cached_run(params)
-    if result is None:
-        _prepare_process(params, refresh, flows=True)
-        from flows.pipeline import run_pipeline
-
-        with _resumable("stages"), _display(verbose):
-            result = run_pipeline(params)
-    print_summary(
-        pd.DataFrame(result["summary"]),
-        more=f"{REPORT_DIR}/summary.md and {REPORT_DIR}/report.html",
-    )
-    _echo_task_counts(result["tasks"])
-    if result.get("cached_run"):
-        typer.echo(
+def _tail_lines(params: Params, result: dict, cached_run: bool) -> list[str]:
+    """What follows the summary table: the task counts, and where the MLflow run is."""
+    tasks = result["tasks"]
+    cached = len(tasks) if cached_run else sum(task["state"] == "Cached" for task in tasks)
+    lines = [f"{len(tasks)} tasks: {cached} Cached, {len(tasks) - cached} run"]
+    if cached_run:
+        lines.append(
             "Nothing ran: every task is cached, so no Prefect flow run or MLflow run was "
             "recorded (--refresh recomputes). The results are those of the run below."
         )
@@ -216,12 +206,78 @@ def run(
         from tasks.tracking import ui_links
 
         links = ui_links(MLFLOW_UI, result["experiment_id"], result["parent_run_id"])
-    typer.echo(
+    lines += [
         f"MLflow parent run {result['parent_run_id']} in experiment "
-        f"{params.run.experiment!r} ({result['tracking_uri']}).\n"
-        f"See it with `make ui`, then open {links['run']}\n"
-        f"(all runs, to compare: {links['runs']})"
+        f"{params.run.experiment!r} ({result['tracking_uri']}).",
+        f"See it with `make ui`, then open {links['run']}",
+        f"(all runs, to compare: {links['runs']})",
+    ]
+    return lines
+
+
+def _remember(digest: str | None, params: Params, result: dict, summary: str) -> None:
+    """Keep this answer for the next identical `compalign run` (flows/quick.py), once every
+    task of it is a cache hit; a run whose answer cannot be kept is not an error."""
+    from flows.cached import RUNS_DIR, run_digest, task_keys
+    from flows.quick import console_kind, remember
+
+    if digest is None:
+        return
+    keys = task_keys(params)
+    if keys is None:
+        return
+    with contextlib.suppress(OSError):
+        remember(
+            digest,
+            keys=keys,
+            run_dir=RUNS_DIR / run_digest(params, keys),
+            settings=params.model_dump(mode="json"),
+            experiment=params.run.experiment,
+            console=console_kind(),
+            summary=summary,
+            lines=_tail_lines(params, result, cached_run=True),
+        )
+
+
+@app.command()
+def run(
+    params_file: ParamsOption = Path("params.yaml"),
+    overrides: SetOption = None,
+    refresh: Annotated[bool, typer.Option(help="recompute every stage, ignoring caches")] = False,
+    verbose: VerboseOption = False,
+) -> None:
+    """Run the whole pipeline (Prefect flow): prepare, reference, compress, align, audit."""
+    from flows.quick import inputs_digest
+
+    digest = inputs_digest(params_file, overrides or [])  # before anything can change
+    params = load_params(params_file, overrides or [])
+    _check_data(params)
+    import pandas as pd
+    from rich.console import Console
+
+    from compalign.report.tables import print_summary
+    from flows.graph import REPORT_DIR
+    from flows.quick import console_kind
+
+    result = None if refresh else _cached_run(params)
+    if result is None:
+        _prepare_process(params, refresh, flows=True)
+        from flows.pipeline import run_pipeline
+
+        _server_ready(params.run.experiment)
+        with _resumable("stages"), _display(verbose):
+            result = run_pipeline(params)
+    kind = console_kind()
+    console = Console(record=True, width=None if kind["terminal"] else kind["width"])
+    print_summary(
+        pd.DataFrame(result["summary"]),
+        console=console,
+        more=f"{REPORT_DIR}/summary.md and {REPORT_DIR}/report.html",
     )
+    summary = console.export_text(styles=kind["terminal"])
+    for line in _tail_lines(params, result, cached_run=bool(result.get("cached_run"))):
+        typer.echo(line)
+    _remember(digest, params, result, summary)
 
 
 @app.command()
@@ -241,6 +297,7 @@ def populations(
     from compalign.report.tables import print_populations
     from flows.populations import REPORT_DIR, run_populations
 
+    _server_ready(params.run.experiment)
     with _resumable("members"), _display(verbose):
         result = run_populations(params)
     print_populations(pd.DataFrame(result["summary"]))
@@ -286,6 +343,7 @@ def reproduce(
     _prepare_process(params, flows=True)
     from flows.reproduce import run_reproduce
 
+    _server_ready()
     with _resumable("stages"), _display(verbose):
         results = run_reproduce(paper, profile, overrides)
     for result in results:
@@ -358,6 +416,7 @@ def audit_command(
         {name: loaded[spec] for name, spec in candidates.items()},
         loaded[reference2] if reference2 else None,
     )
+    _server_ready(params.run.experiment)
     with _resumable("stages"), _display(verbose):
         result = audit_flow(params.model_dump(), reference, candidates, reference2)
     _echo_comparison(result)

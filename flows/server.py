@@ -8,6 +8,10 @@ under uvicorn, loopback only, the project's PREFECT_HOME) in a session of its ow
 Ctrl-C reaches only `compalign`, and the server watches its parent: when `compalign` is gone, by
 any signal, the server stops itself within a second. A normal exit stops it at once.
 
+Its start (5-6 s of imports and database set-up in the server process) overlaps the run's own
+imports and MLflow's set-up: `start_api_server` binds the port and returns,
+`wait_for_api_server` waits for it just before the first flow.
+
 A user's own server (PREFECT_API_URL set) is used as it is.
 """
 
@@ -40,17 +44,15 @@ def watch():
     os._exit(1)
 
 threading.Thread(target=watch, daemon=True).start()
+import socket
 import uvicorn
-uvicorn.run("prefect.server.api.server:create_app", factory=True, host="127.0.0.1",
-            port=int(sys.argv[2]), log_level="error", lifespan="on")
+# the socket compalign bound and listens on: no other process can take the port meanwhile
+listening = socket.socket(fileno=int(sys.argv[2]))
+config = uvicorn.Config("prefect.server.api.server:create_app", factory=True,
+                        log_level="error", lifespan="on")
+uvicorn.Server(config).run(sockets=[listening])
 """
 STARTUP_TIMEOUT_S = 120
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _healthy(url: str) -> bool:
@@ -61,9 +63,18 @@ def _healthy(url: str) -> bool:
         return False
 
 
+# servers started and not yet seen healthy: url -> (process, start time)
+_STARTING: dict[str, tuple[subprocess.Popen, float]] = {}
+
+
 def start_api_server() -> subprocess.Popen | None:
-    """Start this process's Prefect API server and point PREFECT_API_URL at it; None (and
-    nothing started) when the user set PREFECT_API_URL. Call before Prefect is imported."""
+    """Start this process's Prefect API server and point PREFECT_API_URL at it, without
+    waiting for it (`wait_for_api_server` does, just before the first flow: the server's start
+    overlaps the imports and MLflow's set-up); None (and nothing started) when the user set
+    PREFECT_API_URL. Call before Prefect is imported.
+
+    The port is bound here and the listening socket handed to the server, so no other process
+    can take it between choosing and binding it."""
     if os.environ.get("PREFECT_API_URL"):
         return None
     spec = importlib.util.find_spec("prefect")
@@ -75,31 +86,46 @@ def start_api_server() -> subprocess.Popen | None:
         "PREFECT__SERVER_FINAL": "1",
         "PYTHONPATH": os.pathsep.join(filter(None, [app_dir, os.environ.get("PYTHONPATH")])),
     }
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while True:  # another process may take the port between choosing and binding it: retry
-        port = _free_port()
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen(128)
+        port = listening.getsockname()[1]
         process = subprocess.Popen(
-            [sys.executable, "-c", LAUNCHER, str(os.getpid()), str(port)],
+            [sys.executable, "-c", LAUNCHER, str(os.getpid()), str(listening.fileno())],
             env=env,
+            pass_fds=(listening.fileno(),),
             start_new_session=True,  # a terminal's Ctrl-C reaches compalign, not the server
             stdin=subprocess.DEVNULL,
         )
-        url = f"http://127.0.0.1:{port}/api"
-        while process.poll() is None and not _healthy(url):
-            if time.monotonic() > deadline:
-                process.kill()
-                raise UserError(
-                    f"the local Prefect server did not start within {STARTUP_TIMEOUT_S} s; "
-                    "set PREFECT_API_URL to a running `prefect server start`"
-                )
-            time.sleep(0.1)
-        if process.poll() is None:
-            break
-        if time.monotonic() > deadline:
-            raise UserError(f"the local Prefect server exited with code {process.returncode}")
+    url = f"http://127.0.0.1:{port}/api"
     os.environ["PREFECT_API_URL"] = url
     atexit.register(stop_api_server, process)
+    _STARTING[url] = (process, time.monotonic())
     return process
+
+
+def wait_for_api_server() -> None:
+    """Block until the server `start_api_server` started answers (nothing to do for a user's
+    own server or one already seen healthy); a one-line UserError if it exits or does not
+    answer within STARTUP_TIMEOUT_S."""
+    url = os.environ.get("PREFECT_API_URL", "")
+    if url not in _STARTING:
+        return
+    process, started = _STARTING[url]
+    while not _healthy(url):
+        if process.poll() is not None:
+            raise UserError(
+                f"the local Prefect server exited with code {process.returncode} before it "
+                "answered; set PREFECT_API_URL to a running `prefect server start`"
+            )
+        if time.monotonic() - started > STARTUP_TIMEOUT_S:
+            process.kill()
+            raise UserError(
+                f"the local Prefect server did not start within {STARTUP_TIMEOUT_S} s; "
+                "set PREFECT_API_URL to a running `prefect server start`"
+            )
+        time.sleep(0.1)
+    del _STARTING[url]
 
 
 def stop_api_server(process: subprocess.Popen, grace_s: float = 10) -> None:

@@ -107,6 +107,7 @@ def align(
             compressor=method,
             sparsity=level,
             measured_sparsity=measured,
+            compression_record=source.get("compression_record", {}),
         )
 
     parameters = {

@@ -102,6 +102,7 @@ def _build_audit(
     checkpoint = read_checkpoint_manifest(model_dir)
     if "measured_sparsity" in checkpoint:
         metrics["weight_sparsity"] = checkpoint["measured_sparsity"]
+    metrics.update(checkpoint.get("compression_record", {}))
     _write_outputs(scratch, result.outputs)
     result.table.to_parquet(scratch / PREDICTIONS_FILE, index=False)
     (scratch / METRICS_FILE).write_text(json.dumps(_json_safe(metrics), indent=2) + "\n")

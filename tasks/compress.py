@@ -89,6 +89,7 @@ def compress(
             sparsity=level,
             measured_sparsity=measured,
             importance_loss=loss,
+            compression_record=dict(getattr(model, "compression_record", {})),
         )
 
     parameters = {

@@ -136,6 +136,8 @@ def test_same_seed_same_numbers_in_a_fresh_project(tmp_path):
         assert result.returncode == 0, result.stdout + result.stderr
         assert "tasks: 0 Cached" in result.stdout
         check_plain_output(result, project)
+        if project == first:
+            check_quick_rerun(result, project)
     columns = [
         "name",
         "accuracy",
@@ -154,6 +156,58 @@ def test_same_seed_same_numbers_in_a_fresh_project(tmp_path):
     a, b = (pd.read_parquet(p / SUMMARY)[columns] for p in (first, second))
     pd.testing.assert_frame_equal(a, b)
     assert (a.mismatches > 0).any()  # the comparison is not trivially about zeros
+
+
+QUICK_CHECK = """
+import sys
+from flows.quick import replay
+print("answered" if replay(sys.argv[1:]) else "declined")
+print("torch imported" if "torch" in sys.modules else "torch not imported")
+"""
+
+
+def quick(project, *args, env=None):
+    """flows.quick.replay of `compalign <args>` in `project`, in a process of its own with the
+    environment run_cli gives the command: its two lines (answered?, torch imported?)."""
+    full_env = {**os.environ, **(env or {})}
+    for name in ("PREFECT_HOME", "PREFECT_LOCAL_STORAGE_PATH", "MLFLOW_TRACKING_URI"):
+        full_env.pop(name, None)
+    result = subprocess.run(
+        [str(BIN / "python"), "-c", QUICK_CHECK, *args],
+        cwd=project,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return result.stdout.splitlines()[-2:]
+
+
+def check_quick_rerun(first_run, project):
+    """The same command again is answered by flows/quick.py without importing torch: the same
+    summary, every task Cached, nothing recorded; changed params, --refresh or a store entry
+    that no longer matches its digest go to the usual path."""
+    rerun = run_cli("run", "--params", str(TINY), cwd=project, env={"PYTHONPROFILEIMPORTTIME": "1"})
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    imported = [line.rsplit("|", 1)[-1].strip() for line in rerun.stderr.splitlines()]
+    assert "flows.quick" in imported and "torch" not in imported and "prefect" not in imported
+    table = first_run.stdout.split("34 tasks:")[0]
+    assert rerun.stdout.startswith(table)
+    assert "34 tasks: 34 Cached, 0 run\nNothing ran: every task is cached" in rerun.stdout
+    assert "MLflow parent run" in rerun.stdout
+    with sqlite3.connect(project / ".compalign" / "prefect" / "prefect.db") as db:
+        assert db.execute("SELECT count(*) FROM flow_run").fetchone() == (1,)
+
+    tiny = ["run", "--params", str(TINY)]
+    assert quick(project, *tiny) == ["answered", "torch not imported"]
+    assert quick(project, *tiny, "-v") == ["answered", "torch not imported"]
+    assert quick(project, *tiny, "--set", "align.epochs=3")[0] == "declined"
+    assert quick(project, *tiny, "--refresh")[0] == "declined"
+    assert quick(project, *tiny, env={"COMPALIGN_REFRESH": "1"})[0] == "declined"
+    assert quick(project, *tiny, env={"COMPALIGN_SOMETHING": "new"})[0] == "declined"
+    costs = next((project / "artifacts" / "costs").glob("*/costs.json"))
+    costs.write_text(costs.read_text() + " ")  # no longer the file its manifest's digest names
+    assert quick(project, *tiny) == ["declined", "torch not imported"]
 
 
 def check_plain_output(result, project):

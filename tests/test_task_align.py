@@ -114,3 +114,32 @@ def test_tune_with_a_loss_without_a_grid_trains_once(store):
     assert read_checkpoint_manifest(aligned["path"])["tuned"] is False
     assert not (Path(aligned["path"]) / TUNING_FILE).exists()
     assert aligned["path"] != fine_tune(store, "ce", {})["path"]  # `tune` is in the key
+
+
+def test_a_compressors_record_travels_from_compress_to_align(store):
+    """taylor_iterative records the conv FLOPs its masks removed and those its saved model
+    removed (compression_record); compress keeps it in its manifest, align copies it on (the
+    audit adds it to the model's metrics); a compressor without one records {}."""
+    data, reference, magnitude = store
+    options = {"batch_size": 8, "batches_between_prunes": 0, "per_step": 8}
+    calibration = {"batches": 1, "batch_size": 8}
+    pruned = compress(data, reference, "taylor_iterative", 0.3, options, calibration, "ce", {})
+    record = read_checkpoint_manifest(pruned["path"])["compression_record"]
+    assert set(record) == {"masked_conv_flops_removed", "conv_flops_removed"}
+    assert record["masked_conv_flops_removed"] >= 0.3
+    # small_cnn is a plain conv stack: every masked filter is removed
+    assert record["conv_flops_removed"] == pytest.approx(record["masked_conv_flops_removed"])
+    aligned = align(
+        data,
+        reference,
+        pruned,
+        "taylor_iterative",
+        0.3,
+        options,
+        "ce",
+        {},
+        training_settings(),
+        "cpu",
+    )
+    assert read_checkpoint_manifest(aligned["path"])["compression_record"] == record
+    assert read_checkpoint_manifest(magnitude["path"])["compression_record"] == {}

@@ -184,3 +184,68 @@ def test_fine_tuning_recipe_steps_the_cosine_once_per_epoch(digits, monkeypatch)
     fit(copy.deepcopy(reference), train, config, LOSSES["ce"]())
     expected = [1e-3 * (1 + math.cos(math.pi * epoch / 3)) / 2 for epoch in range(3)]
     assert seen == pytest.approx([value for value in expected for _ in range(3)])
+
+
+def _conv_flops_of(model, example):
+    """Every Conv2d's in x out x H_out x W_out x k^2 as the model stands (independent of the
+    compressor's own bookkeeping)."""
+    total = []
+
+    def hook(module, inputs, output):
+        kernel = module.kernel_size[0] * module.kernel_size[1]
+        total.append(
+            module.in_channels * module.out_channels * output.shape[-1] * output.shape[-2] * kernel
+        )
+
+    handles = [
+        m.register_forward_hook(hook) for m in model.modules() if isinstance(m, torch.nn.Conv2d)
+    ]
+    with torch.no_grad():
+        model.eval()(example)
+    for handle in handles:
+        handle.remove()
+    return sum(total)
+
+
+@pytest.mark.parametrize("loss", ["ce", "pw"])
+def test_resnet_record_holds_the_masked_and_the_saved_conv_flops(digits, loss):
+    """On a ResNet-20 a masked conv2 or shortcut filter whose channel other convs still feed
+    stays in the saved model: the record's `conv_flops_removed` is the saved model's counted
+    fraction, below the masks' `masked_conv_flops_removed` (which reached the level). `pw` gives
+    such a filter back its reference weights (their true_prune), `ce` keeps it zeroed."""
+    train, _ = digits
+    reference = build_model("resnet20", 10, 1, 8)
+    fit(reference, train, TrainConfig(epochs=1, batch_size=64, lr=0.05), LOSSES["ce"]())
+    reference.eval()
+    loss_fn = LOSSES[loss](**(PW if loss == "pw" else {}))
+    example = train.normalise(train.images[:1])
+    calibration = Calibration([example], None, loss, loss_fn, reference, train)
+    options = {"batch_size": 64, "batches_between_prunes": 0, "per_step": 16}
+    pruned = COMPRESSORS["taylor_iterative"](copy.deepcopy(reference), 0.3, options, calibration)
+    record = pruned.compression_record
+    dense = _conv_flops_of(reference, example)
+    saved = _conv_flops_of(pruned, example)
+    assert record["conv_flops_removed"] == pytest.approx(1 - saved / dense, abs=1e-12)
+    assert record["masked_conv_flops_removed"] >= 0.3
+    assert record["conv_flops_removed"] < record["masked_conv_flops_removed"]
+    zero_rows = sum(
+        int((module.weight.detach().flatten(1).abs().sum(1) == 0).sum())
+        for module in pruned.modules()
+        if isinstance(module, torch.nn.Conv2d)
+    )
+    assert (zero_rows > 0) == (loss == "ce")
+
+
+def test_plain_stack_record_masked_and_saved_conv_flops_agree(digits):
+    """In small_cnn every masked filter goes: the saved model's conv FLOPs are the masks'."""
+    train, reference = digits
+    loss_fn = LOSSES["ce"]()
+    example = train.normalise(train.images[:1])
+    calibration = Calibration([example], None, "ce", loss_fn, reference, train)
+    options = {"batch_size": 64, "batches_between_prunes": 1, "per_step": 8}
+    pruned = COMPRESSORS["taylor_iterative"](copy.deepcopy(reference), 0.5, options, calibration)
+    record = pruned.compression_record
+    saved = _conv_flops_of(pruned, example) / _conv_flops_of(reference, example)
+    assert record["conv_flops_removed"] == pytest.approx(1 - saved, abs=1e-12)
+    assert record["conv_flops_removed"] == pytest.approx(record["masked_conv_flops_removed"])
+    assert record["masked_conv_flops_removed"] >= 0.5

@@ -66,7 +66,9 @@ class Compressor:
     and what the pipeline must know about it.
 
     - `apply(model, level, options, calibration)` returns the compressed model without
-      fine-tuning (what the loss `none` audits); it may change `model`.
+      fine-tuning (what the loss `none` audits); it may change `model`. It may set the returned
+      model's `compression_record`, a dict of floats (what it measured of its own result), which
+      the pipeline keeps in the checkpoint manifests and adds to the model's audit metrics.
     - `level_kind`: what `compress.sparsities` mean for it (a key of LEVEL_KINDS), None when it
       has no levels (quantizers).
     - `needs_calibration`: it gets training batches (compalign.compressors.base.Calibration).

@@ -18,13 +18,38 @@ the levels asked for, so a run asked for 0.5 alone replays it through the very s
 their next run reloads the checkpoint with a fresh data loader and batch count, whereas the
 trajectory here keeps its pass over the data and its pruning rhythm across a level.
 
-Afterwards the masked filters are removed physically (torch-pruning, like their `true_prune`):
-a channel goes when nothing feeds it any more. In a residual stage a masked filter whose channel
-other convs still feed stays (zeroed, or with its reference weights for `pw`), as in theirs, so
-the saved ResNet keeps more conv FLOPs than the target the masks reached (a ResNet-20 pruned to
-0.4 kept 0.63-0.65 of them); in a plain conv stack (small_cnn) the target is exact. Every loss but those in `keep_trained_for`
-restarts its kept filters from the reference's weights (their `restore_weights = method !=
-'taylor'`); `ce` keeps the weights trained while pruning.
+FLOP count (the stopping rule). Per convolution, live input channels x kept filters x H_out x
+W_out x k^2, where an input channel is live while any unmasked filter still feeds it. Theirs
+(prune/utils.py `PrunableConv2d.register_flops`, `get_flops`) takes as input count the kept
+filters of the previous convolution in module order. On a plain conv stack (small_cnn, VGG) the
+two are the same number. On a ResNet we differ, on purpose. Their loop that resets the input
+count at a residual block (`isinstance(module, (BasicBlock, MBConv))`) sets `modules[i]`, `i`
+left over from the loop before: on their CIFAR ResNet it resets only the model's last
+convolution, on torchvision's ResNet-18 (their CelebA model, our meyer-paper profile's; not their
+BasicBlock class) nothing. Their count thus treats a residual channel as gone for the next block
+as soon as the previous block's conv2 masks it, although the shortcut still feeds it, and credits
+torchvision's 1x1 downsample convolution with the flags of its block's conv2 (128 filters) though
+it reads 64 channels. Counting live inputs is what the reset appears meant for and holds for any
+model. It makes a ResNet level take more masking than theirs: a ResNet-20 on random 32x32
+images, pruned with `ce` to 0.4 (4 filters a step), keeps 0.5945 of the conv FLOPs by our count
+and 0.5633 by their module-order count on the same masks.
+
+Saved model. The masked filters are removed physically (torch-pruning, like their `true_prune`):
+a channel goes when nothing feeds it any more. A masked filter whose channel other convolutions
+still feed (a residual stage's conv2 or shortcut) stays, as in theirs, so a saved ResNet runs
+more conv FLOPs than the masks count: that ResNet-20 keeps 0.6511 of them. In a plain conv stack
+every masked filter goes and the two agree. The model carries both as `compression_record`
+(`masked_conv_flops_removed`, the stopping rule's; `conv_flops_removed`, the saved model's, same
+convolutions, same denominator), which the pipeline keeps in its manifests and audit metrics; the
+measured costs (MACs) are the saved model's.
+
+Weights. Every loss but those in `keep_trained_for` restarts from the reference's weights (their
+`restore_weights = method != 'taylor'`): every weight left, a masked filter that stays included
+(their `load_state_dict(preprune_state_dict)` after `prune.remove`). `ce` keeps the weights trained
+while pruning, and a masked filter that stays keeps its zeroed convolution row and batch-norm
+scale and shift, so the saved model computes what the masked one did. Theirs differs here: their
+mask multiplies the batch norm's output and `prune.remove` zeroes only the convolution, so such a
+channel of theirs adds its batch norm's constant shift after pruning.
 """
 
 from __future__ import annotations
@@ -181,14 +206,24 @@ def _dead_inputs(model: nn.Module, example: torch.Tensor) -> dict[nn.Module, lis
 
 
 def conv_flops(model: nn.Module, filters: list[_Filter], example: torch.Tensor) -> int:
-    """The convolutions' FLOPs as the authors count them (prune/utils.py `get_flops`): per conv,
-    live input channels x kept filters x H_out x W_out x k^2."""
+    """The convolutions' FLOPs under the masks, the pruning's cost (prune/utils.py `get_flops`
+    counts in x out x H_out x W_out x k^2 per conv): per conv, live input channels x kept
+    filters x H_out x W_out x k^2."""
     dead = _dead_inputs(model, example)
     total = 0
     for item in filters:
         live_in = item.conv.in_channels - len(dead.get(item.conv, []))
         total += live_in * int(item.flags.sum()) * item.flop_constant
     return total
+
+
+def saved_conv_flops(model: nn.Module, example: torch.Tensor) -> int:
+    """The FLOPs of the same convolutions as `conv_flops` counts, every channel of the model as
+    it is (in x out x H_out x W_out x k^2): what a physically pruned model really runs."""
+    return sum(
+        item.conv.in_channels * item.conv.out_channels * item.flop_constant
+        for item in _convolutions(model, example)
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -200,6 +235,7 @@ class _Recorder:
 
     def __init__(self, filters: list[_Filter]) -> None:
         self.filters = filters
+        self.outputs: dict[str, torch.Tensor] = {}
         self.activations: dict[str, torch.Tensor] = {}
         self.gradients: dict[str, torch.Tensor] = {}
         self.handles = [
@@ -208,16 +244,19 @@ class _Recorder:
 
     def _forward(self, name: str):
         def hook(module, inputs, output):
-            if not output.requires_grad:
-                return
-            self.activations[name] = output.detach().flatten(2)
-
-            def keep(grad):
-                self.gradients[name] = grad.detach().flatten(2)
-
-            output.register_hook(keep)
+            if output.requires_grad:
+                self.outputs[name] = output
+                self.activations[name] = output.detach().flatten(2)
 
         return hook
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """The loss's gradient with respect to every recorded conv output, and nothing else: no
+        weight gradient is computed (a third of the backward pass that the scores never read)."""
+        names = list(self.outputs)
+        grads = torch.autograd.grad(loss, [self.outputs[name] for name in names])
+        self.gradients = {name: g.detach().flatten(2) for name, g in zip(names, grads, strict=True)}
+        self.outputs.clear()
 
     def scores(self) -> list[torch.Tensor]:
         """Per conv, per filter: mean over the batch of |sum over positions of a * g|; inf for a
@@ -251,7 +290,7 @@ def taylor_scores(
     training = model.training
     try:
         model.eval()
-        loss_fn(model(images), reference_logits, labels).backward()
+        recorder.backward(loss_fn(model(images), reference_logits, labels))
         return recorder.scores()
     finally:
         model.train(training)
@@ -376,8 +415,9 @@ def remove_masked(
     restore: dict[str, torch.Tensor] | None = None,
 ) -> nn.Module:
     """Physically remove every channel that the masks in `flags` leave unfed (torch-pruning,
-    one merged group, as the authors' `true_prune`); with `restore`, the kept weights are first
-    reset to that state dict (the reference's)."""
+    one merged group, as the authors' `true_prune`); with `restore`, every weight left is first
+    reset to that state dict (the reference's), masked filters whose channel stays included (as
+    their `load_state_dict(preprune_state_dict)` does); without it those stay zeroed."""
     filters = {item.name: item for item in _convolutions(model, example)}
     for name, keep in flags.items():
         filters[name].flags = keep.clone()
@@ -399,8 +439,6 @@ def remove_masked(
             removals.setdefault(key, (dep, set()))[1].update(plain)
     if restore is not None:
         model.load_state_dict(restore)
-        for item in filters.values():
-            item.apply()  # filters coupled to a live channel stay, masked, as in true_prune
     for dep, idxs in removals.values():
         dep.handler(dep.target.module, sorted(idxs))
     return model
@@ -440,6 +478,11 @@ def taylor_iterative(
     for name, param in pruned.named_parameters():
         param.grad = None
         param.requires_grad_(requires.get(name, True))
+    # the masks' count is the pruning's stopping rule; a ResNet keeps more (module docstring)
+    pruned.compression_record = {
+        "masked_conv_flops_removed": 1.0 - snapshot.flops / snapshot.total_flops,
+        "conv_flops_removed": 1.0 - saved_conv_flops(pruned, example) / snapshot.total_flops,
+    }
     return pruned.train(model.training)
 
 

@@ -1,0 +1,24 @@
+"""The `compalign` command: a cached `compalign run` is answered by flows/quick.py before the
+package (torch, Prefect, MLflow) is imported; everything else goes to flows/cli.py."""
+
+from __future__ import annotations
+
+import sys
+
+
+def main() -> None:
+    from flows.quick import replay
+
+    try:
+        answered = replay(sys.argv[1:])
+    except Exception:  # noqa: BLE001  a remembered answer that cannot be read is only a miss
+        answered = False
+    if answered:
+        return
+    from flows.cli import main as cli_main
+
+    cli_main()
+
+
+if __name__ == "__main__":
+    main()

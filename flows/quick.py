@@ -1,0 +1,302 @@
+"""A cached `compalign run` answered before torch, pandas, Prefect or MLflow is imported.
+
+`flows/cached.py` already answers a run whose every task is cached without starting Prefect or
+MLflow, but to know that it has to validate the params and compute every task's key, which
+imports the whole package (torch, torchvision, timm, torch-pruning, scikit-learn): about 5 of
+the 6.5 s such a rerun took. Once it has answered (or a flow run has finished), the answer is
+remembered under the digest of everything the keys can depend on, read without those imports:
+
+- the command's own inputs: the params file's bytes, the `--set` overrides, the working folder,
+  the environment variables the package reads (COMPALIGN_*, PREFECT_*, MLFLOW_*,
+  CUDA_VISIBLE_DEVICES), the Python version and platform, whether GPU device files exist;
+- every source file of the package (compalign/, tasks/, flows/: a change anywhere misses, even
+  one no task uses) and the name and version of every installed distribution (the dist-info
+  folder names: an upgraded torch misses);
+- the files and folders the validated params name (data.root, a reference model file, ...):
+  their sizes and modification times, every file under a folder included, taken when the answer
+  was remembered and compared now; the MLflow experiment's identity in the local SQLite store.
+
+A later `compalign run` with the same digest checks, as the slower path does, that every task's
+store entry is still finished (its main file has the digest its manifest records) and that
+Prefect's result record is still a cache hit; that the run's recorded result is the one the
+summary was rendered from; then restores the report files and prints the remembered summary,
+rendered for the same kind of console (terminal or not, width, colours). Anything else, and the
+usual path runs. Like the slower path, it records no Prefect flow run and no MLflow run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import sqlite3
+import sys
+import sysconfig
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+SOURCES = ("compalign", "tasks", "flows")
+QUICK_DIR = Path(".compalign/runs/quick")
+REPORT_DIR = Path("reports/pipeline")  # the run's summary and report
+SCHEME = 1  # bump when what the digest covers changes
+ENVIRONMENT = ("COMPALIGN_", "PREFECT_", "MLFLOW_", "CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES")
+GPU_FILES = ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/dev/dxg")
+TERMINAL_WIDTH = 100  # what summary tables fit when the output is not a terminal (logs, CI)
+WITNESS_LIMIT = 200_000  # files under the folders params name; above it nothing is remembered
+
+
+def tracking_identity(experiment: str) -> dict[str, str] | None:
+    """What tasks.tracking.setup returns for `experiment`, read from a local SQLite store
+    without MLflow; None when there is no such store or experiment (the flow then makes them)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    database = Path(uri.removeprefix("sqlite:///"))
+    if not uri.startswith("sqlite:///") or not database.is_file():
+        return None
+    try:
+        with sqlite3.connect(f"{database.as_uri()}?mode=ro", uri=True) as connection:
+            row = connection.execute(
+                "SELECT experiment_id, creation_time, lifecycle_stage FROM experiments "
+                "WHERE name = ?",
+                (experiment,),
+            ).fetchone()
+    except sqlite3.Error:
+        return None
+    if row is None or row[2] != "active":
+        return None
+    return {"uri": uri, "experiment_id": str(row[0]), "store_id": f"{uri}|{row[0]}|{row[1]}"}
+
+
+def console_kind() -> dict[str, Any]:
+    """The console the summary is printed on, as print_summary sizes it: a terminal's width and
+    colours, or TERMINAL_WIDTH without colours for logs and pipes."""
+    from rich.console import Console
+
+    console = Console()
+    if not console.is_terminal:
+        return {"terminal": False, "width": TERMINAL_WIDTH, "colors": None}
+    return {"terminal": True, "width": console.width, "colors": console.color_system}
+
+
+def _installed() -> list[str]:
+    """Every installed distribution's dist-info folder name (name and version)."""
+    names: set[str] = set()
+    for key in ("purelib", "platlib"):
+        folder = Path(sysconfig.get_paths()[key])
+        if folder.is_dir():
+            names.update(entry.name for entry in os.scandir(folder) if entry.name.endswith("-info"))
+    return sorted(names)
+
+
+def inputs_digest(params_file: Path, overrides: list[str]) -> str | None:
+    """The digest of the command's inputs, the package's code and the installed distributions;
+    None when the params file cannot be read (the usual path says why)."""
+    try:
+        params_bytes = params_file.read_bytes()
+    except OSError:
+        return None
+    digest = hashlib.sha256()
+    head = {
+        "scheme": SCHEME,
+        "params_file": str(params_file),
+        "overrides": list(overrides),
+        "cwd": os.getcwd(),
+        "environment": {
+            name: value
+            for name, value in sorted(os.environ.items())
+            if name.startswith(ENVIRONMENT)
+        },
+        "python": sys.version,
+        "prefix": sys.prefix,
+        "platform": platform.platform(),
+        "gpu_files": [Path(name).exists() for name in GPU_FILES],
+        "installed": _installed(),
+    }
+    digest.update(json.dumps(head, sort_keys=True).encode())
+    digest.update(hashlib.sha256(params_bytes).digest())
+    for folder in SOURCES:
+        for file in sorted((ROOT / folder).rglob("*.py")):
+            if "__pycache__" not in file.parts:
+                digest.update(file.relative_to(ROOT).as_posix().encode())
+                digest.update(hashlib.sha256(file.read_bytes()).digest())
+    return digest.hexdigest()[:32]
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _strings(item)
+    elif isinstance(value, str) and value:
+        yield value
+
+
+def _stat(path: Path) -> list[int]:
+    status = path.stat()
+    return [status.st_size, status.st_mtime_ns]
+
+
+def witnesses(settings: dict[str, Any]) -> dict[str, Any] | None:
+    """Size and modification time of every file the params name, and of every file under every
+    folder they name; None when there are too many to check quickly."""
+    seen: dict[str, Any] = {}
+    count = 0
+    for text in sorted(set(_strings(settings))):
+        if len(text) > 4096 or "\n" in text:
+            continue
+        path = Path(text)
+        try:
+            if path.is_file():
+                seen[text] = _stat(path)
+            elif path.is_dir():
+                listing = _listing(path)
+                count += len(listing)
+                if count > WITNESS_LIMIT:
+                    return None
+                seen[text] = listing
+        except OSError:
+            continue
+    return seen
+
+
+def _listing(folder: Path) -> dict[str, list[int]]:
+    listing = {}
+    for directory, _, files in os.walk(folder):
+        for name in files:
+            path = Path(directory, name)
+            listing[path.relative_to(folder).as_posix()] = _stat(path)
+    return listing
+
+
+def _witnesses_hold(recorded: dict[str, Any]) -> bool:
+    for text, seen in recorded.items():
+        path = Path(text)
+        try:
+            if isinstance(seen, dict):
+                if not path.is_dir() or _listing(path) != seen:
+                    return False
+            elif not path.is_file() or _stat(path) != seen:
+                return False
+        except OSError:
+            return False
+    return True
+
+
+def _memo_path(digest: str) -> Path:
+    return QUICK_DIR / f"{digest}.json"
+
+
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def remember(
+    digest: str,
+    *,
+    keys: list[str],
+    run_dir: Path,
+    settings: dict[str, Any],
+    experiment: str,
+    console: dict[str, Any],
+    summary: str,
+    lines: list[str],
+) -> Path | None:
+    """Keep the answer of a run whose every task is cached now, for `replay`: its task keys,
+    its recorded run, the files its params name and its output, as printed on `console`."""
+    from flows.cached import RESULT_FILE
+
+    seen = witnesses(settings)
+    track = tracking_identity(experiment)
+    result = run_dir / RESULT_FILE
+    if seen is None or track is None or not result.is_file():
+        return None
+    memo = {
+        "keys": keys,
+        "run_dir": run_dir.as_posix(),
+        "result_sha256": _file_digest(result),
+        "witnesses": seen,
+        "experiment": experiment,
+        "tracking": track,
+        "outputs": {},
+        "lines": lines,
+    }
+    path = _memo_path(digest)
+    if path.is_file():  # keep what other consoles remembered for the same answer
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, ValueError):
+            old = {}
+        if {k: old.get(k) for k in ("keys", "run_dir", "result_sha256")} == {
+            k: memo[k] for k in ("keys", "run_dir", "result_sha256")
+        }:
+            memo["outputs"] = old.get("outputs", {})
+    memo["outputs"][json.dumps(console, sort_keys=True)] = summary
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scratch = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    scratch.write_text(json.dumps(memo) + "\n")
+    os.replace(scratch, path)
+    return path
+
+
+def parse_run(argv: list[str]) -> tuple[Path, list[str]] | None:
+    """`run [--params FILE] [--set K=V]... [--verbose]` as (params file, overrides); None for
+    anything else (another command, --refresh, --help, an option this does not know)."""
+    if not argv or argv[0] != "run":
+        return None
+    params_file, overrides = Path("params.yaml"), []
+    rest = iter(argv[1:])
+    for word in rest:
+        name, equals, value = word.partition("=")
+        if name in ("--params", "-p", "--set", "-s"):
+            if not equals:
+                value = next(rest, None)
+                if value is None:
+                    return None
+            if name in ("--params", "-p"):
+                params_file = Path(value)
+            else:
+                overrides.append(value)
+        elif word not in ("--verbose", "-v"):
+            return None
+    return params_file, overrides
+
+
+def replay(argv: list[str]) -> bool:
+    """Print the remembered answer of `compalign <argv>` when it is one and still holds; False
+    when the usual path must run."""
+    parsed = parse_run(argv)
+    if parsed is None or os.environ.get("COMPALIGN_REFRESH") == "1":
+        return False
+    if os.environ.get("PREFECT_TASKS_REFRESH_CACHE", "").lower() in ("1", "true"):
+        return False
+    digest = inputs_digest(*parsed)
+    if digest is None:
+        return False
+    try:
+        memo = json.loads(_memo_path(digest).read_text())
+    except (OSError, ValueError):
+        return False
+    summary = memo["outputs"].get(json.dumps(console_kind(), sort_keys=True))
+    if summary is None or tracking_identity(memo["experiment"]) != memo["tracking"]:
+        return False
+    if not _witnesses_hold(memo["witnesses"]):
+        return False
+    from flows.cached import REPORTS, RESULT_FILE, records_hold
+
+    run_dir = Path(memo["run_dir"])
+    result = run_dir / RESULT_FILE
+    if not result.is_file() or _file_digest(result) != memo["result_sha256"]:
+        return False
+    if not records_hold(memo["keys"]):
+        return False
+    if (run_dir / REPORTS).is_dir():
+        shutil.copytree(run_dir / REPORTS, REPORT_DIR, dirs_exist_ok=True)
+    sys.stdout.write(summary)
+    sys.stdout.write("".join(f"{line}\n" for line in memo["lines"]))
+    sys.stdout.flush()
+    return True
