@@ -30,7 +30,12 @@ CHECKPOINT_FILE = "model.pt"
 MANIFEST_FILE = "manifest.json"
 
 # 3: the compressor's options are saved (they rebuild a quantized model), not only a half dtype
-FORMAT_VERSION = 3
+# 4: int8 models come from torchao (PT2E static, quantize_ dynamic) unless their saved options
+#    name another backend; a format-3 int8 checkpoint was made by the torch.ao paths
+FORMAT_VERSION = 4
+READABLE_FORMATS = {
+    3: {"quantize_static": {"backend": "fx"}, "quantize_dynamic": {"backend": "eager"}}
+}
 
 
 def save_checkpoint(
@@ -107,7 +112,7 @@ def load_checkpoint(checkpoint_dir: str | Path, device: str | torch.device = "cp
                 "(loaded with weights_only=True, nothing in it was run); delete it and rerun "
                 "the stage that wrote it"
             ) from error
-    if payload.get("format") != FORMAT_VERSION:
+    if payload.get("format") != FORMAT_VERSION and payload.get("format") not in READABLE_FORMATS:
         raise UserError(f"{path}: checkpoint format {payload.get('format')} is not supported")
     return rebuild(payload).to(device)
 
@@ -126,6 +131,8 @@ def rebuild(payload: dict[str, Any]) -> nn.Module:
     entry = COMPRESSORS[payload["kind"]]
     size, channels = architecture["image_size"], architecture["in_channels"]
     example = torch.zeros(1, channels, size, size)
-    model = entry.rebuild(model.eval(), example, entry.settings(payload["options"]))
+    legacy = READABLE_FORMATS.get(payload.get("format"), {}).get(payload["kind"], {})
+    options = entry.settings({**legacy, **payload["options"]})
+    model = entry.rebuild(model.eval(), example, options)
     model.load_state_dict(state)
     return model.eval()

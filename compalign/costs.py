@@ -1,8 +1,8 @@
 """What a compressed model costs to store and to run: parameters, serialized bytes, CPU latency.
 
 Works on every kind of model the pipeline produces: float models (possibly carrying
-`torch.nn.utils.prune` masks), FX GraphModules with int8 modules, dynamically quantized models and
-half-precision models wrapped in `compalign.quantize.CastInput`. The caller's model is never
+`torch.nn.utils.prune` masks), int8 models (PT2E programs, torchao or eager dynamic quantization,
+FX GraphModules with int8 modules) and half-precision models wrapped in `compalign.quantize.CastInput`. The caller's model is never
 changed: masks are folded into a copy or into a fresh state dict.
 """
 
@@ -52,18 +52,25 @@ _PACKED = (nnq.Linear, nnq.Conv1d, nnq.Conv2d, nnq.Conv3d)
 def parameter_counts(model: nn.Module) -> dict[str, int]:
     """Total and nonzero parameters ({"params_total", "params_nonzero"}), masks applied.
 
-    Also counts the packed int8 weights and biases of quantized conv/linear modules.
+    Also counts int8 weights: torchao's, a PT2E program's (int8 buffers) and the packed weights
+    and biases of torch.ao quantized conv/linear modules.
     """
     buffers = dict(model.named_buffers())
     total = nonzero = 0
     for name, parameter in model.named_parameters():
         value = parameter.detach()
+        if type(value) is not torch.Tensor and hasattr(value, "dequantize"):
+            value = value.dequantize()  # a torchao int8 weight (quantize_dynamic)
         if name.endswith("_orig"):
             mask = buffers.get(name[: -len("_orig")] + "_mask")
             if mask is not None:
                 value = value * mask
         total += value.numel()
         nonzero += int(torch.count_nonzero(value))
+    for value in buffers.values():
+        if value.dtype == torch.int8:  # a PT2E program's int8 weights (compalign.quantize)
+            total += value.numel()
+            nonzero += int(torch.count_nonzero(value))
     for module in model.modules():
         if isinstance(module, _PACKED):
             for value in (module.weight(), module.bias()):

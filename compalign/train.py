@@ -185,17 +185,21 @@ def fit(
     return model.eval()
 
 
+def holds_int8(model: nn.Module) -> bool:
+    """Whether `model` computes in int8: torch.ao's int8 modules (FX static, eager dynamic), a
+    PT2E program (compalign.quantize.Int8Program) or torchao's int8 weights (quantize_, tensor
+    subclasses of its own)."""
+    return any(
+        type(m).__module__.startswith("torch.ao.nn.quantized") or type(m).__name__ == "Int8Program"
+        for m in model.modules()
+    ) or any(type(p).__module__.startswith("torchao.") for p in model.parameters())
+
+
 def runs_on(model: nn.Module, device: torch.device | str) -> torch.device:
     """`device` for a float32 model; the CPU for a quantized or half-precision one (int8 kernels
     are CPU kernels, and half models are measured where they are deployed)."""
-    quantized = any(
-        type(m).__module__.startswith("torch.ao.nn.quantized") or type(m).__name__ == "Int8Program"
-        for m in model.modules()
-    ) or any(  # torchao's int8 weights (quantize_): tensor subclasses of its own
-        type(p).__module__.startswith("torchao.") for p in model.parameters()
-    )
     half = any(p.dtype in (torch.float16, torch.bfloat16) for p in model.parameters())
-    return torch.device("cpu") if quantized or half else torch.device(device)
+    return torch.device("cpu") if holds_int8(model) or half else torch.device(device)
 
 
 @torch.no_grad()

@@ -159,9 +159,10 @@ def pipeline(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def task_workers(params: Params) -> int:
-    """`run.workers` ("auto": the cores), or 1 when a compressor traces with torch.fx: FX
-    patches torch.nn.Module.__call__ process-wide while it traces, so tasks in other threads
-    must not run models at the same time."""
+    """`run.workers` ("auto": the cores), or 1 when a compressor traces models (quantize_static:
+    torch.export's strict tracing with PT2E, torch.fx with the FX fallback): tracing patches
+    process-wide state (FX: torch.nn.Module.__call__), so tasks in other threads must not run
+    models at the same time."""
     if any(COMPRESSORS[method].traces_globally for method in params.compress.methods):
         return 1
     return params.run.worker_count()
@@ -178,7 +179,7 @@ def task_runner(params: Params):
     if workers < params.run.worker_count():
         print(
             f"note: running one task at a time (run.workers={params.run.workers}): "
-            "quantize_static traces models with torch.fx, which is not thread-safe"
+            "quantize_static traces models (torch.export / torch.fx), which is not thread-safe"
         )
     return thread_pool_runner(workers, threads)
 

@@ -63,7 +63,9 @@ ROUND_TRIPS = [
     ("gradual_magnitude", 0.7, {}),
     ("structured", 0.5, {"importance": "l1"}),
     ("quantize_dynamic", None, {}),
+    ("quantize_dynamic", None, {"backend": "eager"}),
     ("quantize_static", None, {}),
+    ("quantize_static", None, {"backend": "fx"}),
     ("half", None, {"dtype": "bfloat16"}),
     ("half", None, {"dtype": "float16"}),
 ]
@@ -103,3 +105,23 @@ def test_every_compressor_round_trips(tmp_path, method, level, options):
         )
     if compressor.family.name in ("unstructured", "gradual"):
         assert masks_of(loaded).keys() == masks_of(model).keys()
+
+
+def test_format_3_int8_checkpoint_loads_with_the_torch_ao_path(tmp_path):
+    """A static int8 checkpoint written before PT2E (format 3, no backend saved) is rebuilt with
+    FX graph mode, the path that made it."""
+    from compalign.quantize import quantize_static
+
+    generator = torch.Generator().manual_seed(0)
+    model = quantize_static(
+        build_model(**ARCH, seed=1).eval(), [torch.randn(16, 1, 8, 8, generator=generator)], "fx"
+    )
+    save_checkpoint(model, ARCH, tmp_path, kind="quantize_static", options={"backend": "fx"})
+    path = tmp_path / CHECKPOINT_FILE
+    payload = torch.load(path, weights_only=True)
+    torch.save({**payload, "format": 3, "options": {}}, path)
+    manifest = json.loads((tmp_path / MANIFEST_FILE).read_text())
+    (tmp_path / MANIFEST_FILE).write_text(json.dumps({**manifest, "sha256": sha256_file(path)}))
+    images = torch.randn(6, 1, 8, 8, generator=generator)
+    with torch.no_grad():
+        assert torch.equal(load_checkpoint(tmp_path)(images), model(images))

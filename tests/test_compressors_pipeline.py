@@ -49,7 +49,7 @@ def run(tmp_path_factory, prefect_server):
             "audit.attribution_samples=4",
         ],
     )
-    assert task_workers(params) == 1  # static int8 traces with torch.fx: one task at a time
+    assert task_workers(params) == 1  # static int8 traces (torch.export): one task at a time
     project = tmp_path_factory.mktemp("compressors")
     previous = os.getcwd()
     os.chdir(project)

@@ -1,20 +1,41 @@
 """`quantize_dynamic`: post-training dynamic int8 quantization of the Linear layers (weights
-int8, activations quantized on the fly; PyTorch's `quantize_dynamic`)."""
+int8, activations quantized on the fly): torchao's `quantize_` with
+Int8DynamicActivationInt8WeightConfig, or PyTorch's eager `quantize_dynamic` behind
+`backend: eager`."""
 
 from __future__ import annotations
+
+from typing import Literal
 
 from torch import nn
 
 from compalign import quantize
 from compalign.compressors.base import Compressor
+from compalign.options import Options
 
 
-def quantize_dynamic(model: nn.Module, level, options, calibration) -> nn.Module:
-    return quantize.quantize_dynamic(model.eval())
+class QuantizeDynamicOptions(Options):
+    """Dynamic int8: which quantization path."""
+
+    # torchao: per-row int8 weights and activations. eager: torch.ao.quantization.quantize_dynamic
+    # (deprecated by PyTorch; per-tensor), which reproduces results made before the switch.
+    backend: Literal["torchao", "eager"] = "torchao"
 
 
-def rebuild(model: nn.Module, example, options) -> nn.Module:
-    return quantize.rebuild(model, "quantize_dynamic", example)
+def quantize_dynamic(
+    model: nn.Module, level, options: QuantizeDynamicOptions, calibration
+) -> nn.Module:
+    return quantize.quantize_dynamic(model.eval(), options.backend)
 
 
-ENTRY = Compressor(quantize_dynamic, quantize.QUANTIZATION, level_kind=None, rebuild=rebuild)
+def rebuild(model: nn.Module, example, options: QuantizeDynamicOptions) -> nn.Module:
+    return quantize.rebuild(model, "quantize_dynamic", example, backend=options.backend)
+
+
+ENTRY = Compressor(
+    quantize_dynamic,
+    quantize.QUANTIZATION,
+    QuantizeDynamicOptions,
+    level_kind=None,
+    rebuild=rebuild,
+)

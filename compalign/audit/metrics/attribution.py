@@ -34,9 +34,15 @@ class AttributionOptions(Options):
 
 
 def attributable(model) -> bool:
-    """Gradient attributions need a differentiable model: int8 kernels have no gradients, so
-    quantized models get no attribution agreement (half-precision ones do)."""
-    return not any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in model.modules())
+    """Gradient attributions need a differentiable model of the deployed computation: int8 models
+    get no attribution agreement, whichever path made them: no gradient reaches the input of
+    torch.ao's int8 modules, of a PT2E program (its quantize ops) or of torchao's dynamic int8
+    (its activation quantization), so captum's saliency and integrated gradients fail on them.
+    Their float or fake-quantized parents are not substituted: they are not the model audited.
+    Half-precision models get one."""
+    from compalign.train import holds_int8
+
+    return not holds_int8(model)
 
 
 def _maps(inputs: AuditInputs, indices: np.ndarray, targets: np.ndarray) -> dict[str, np.ndarray]:
