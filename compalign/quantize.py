@@ -59,6 +59,13 @@ def _check_method(method: str) -> None:
 def _check_backend(backend: str, known: tuple[str, ...], method: str) -> None:
     if backend not in known:
         raise ValueError(f"unknown {method} backend {backend!r}; choose one of {list(known)}")
+    if backend != known[0]:  # the first is the maintained path (PT2E / torchao)
+        warnings.warn(
+            f"compress.{method}.backend={backend} uses torch.ao.quantization, which PyTorch has "
+            f"deprecated (pytorch/ao#2259); {known[0]!r}, the default, is the maintained path",
+            FutureWarning,
+            stacklevel=3,
+        )
 
 
 def _check_half(dtype: torch.dtype) -> None:

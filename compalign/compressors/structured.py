@@ -38,7 +38,6 @@ class StructuredOptions(Options):
     round_to: Annotated[int, Field(ge=2, le=64)] | None = None
 
 
-
 # No group loses more than this fraction of its channels (and every group keeps at least one):
 # a layer with no channels left would cut the network in two.
 MAX_PRUNING_RATIO = 0.9
