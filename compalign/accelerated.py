@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -104,8 +105,14 @@ def simulates_precision(model: nn.Module) -> bool:
     from torch.ao.quantization import FakeQuantizeBase
     from torch.nn.utils import parametrize
 
+    fake_quantizers: tuple[type, ...] = (FakeQuantizeBase,)
+    # PT2E QAT programs hold torchao's own fake quantizers; without torchao imported there are
+    # none (so it is not imported here just to look)
+    torchao_fake = sys.modules.get("torchao.quantization.pt2e.fake_quantize")
+    if torchao_fake is not None:
+        fake_quantizers += (torchao_fake.FakeQuantizeBase,)
     return any(
-        isinstance(module, FakeQuantizeBase) or parametrize.is_parametrized(module)
+        isinstance(module, fake_quantizers) or parametrize.is_parametrized(module)
         for module in model.modules()
     )
 
