@@ -126,6 +126,12 @@ def _prepare_process(params: Params, refresh: bool = False, flows: bool = False)
         os.environ["COMPALIGN_REFRESH"] = "1"
         os.environ["PREFECT_TASKS_REFRESH_CACHE"] = "true"
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    # MLflow notices tasks/tracking.py silences around each logging call; set once here as well,
+    # because warnings.catch_warnings there is not thread-safe and task threads log at once
+    import warnings
+
+    warnings.filterwarnings("ignore", message="The specified dataset source can be")
+    warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
     signal.signal(signal.SIGINT, _interrupt)
     from compalign.files import remove_stale_scratch
     from tasks.store import ARTIFACTS_DIR
@@ -141,8 +147,12 @@ def _server_ready(experiment: str | None = None) -> None:
     """Wait for the Prefect API server `_prepare_process` started, first creating the MLflow
     experiment (a new SQLite store runs MLflow's migrations, several seconds) while it starts."""
     if experiment is not None:
+        import logging
+
         from tasks import tracking
 
+        # "Creating initial MLflow database tables..." on a new store: not news on a terminal
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
         tracking.setup(experiment)
     from flows.server import wait_for_api_server
 
