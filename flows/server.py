@@ -26,6 +26,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 from compalign.errors import UserError
@@ -63,8 +64,34 @@ def _healthy(url: str) -> bool:
         return False
 
 
-# servers started and not yet seen healthy: url -> (process, start time)
-_STARTING: dict[str, tuple[subprocess.Popen, float]] = {}
+STARTS = 3  # a server that exits before answering is started again, on the same socket, this
+# many times in all: two runs that create one project's Prefect database at once race on its
+# migrations ("index ... already exists"), and the loser's server exits
+
+
+@dataclass
+class _Starting:
+    """A server started and not yet seen healthy: the socket it listens on (kept open here, so
+    a restarted server takes the same port), its environment, its process."""
+
+    listening: socket.socket
+    env: dict[str, str]
+    process: subprocess.Popen
+    started: float
+    starts: int = 1
+
+
+_STARTING: dict[str, _Starting] = {}  # by PREFECT_API_URL
+
+
+def _launch(listening: socket.socket, env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", LAUNCHER, str(os.getpid()), str(listening.fileno())],
+        env=env,
+        pass_fds=(listening.fileno(),),
+        start_new_session=True,  # a terminal's Ctrl-C reaches compalign, not the server
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def start_api_server() -> subprocess.Popen | None:
@@ -86,40 +113,44 @@ def start_api_server() -> subprocess.Popen | None:
         "PREFECT__SERVER_FINAL": "1",
         "PYTHONPATH": os.pathsep.join(filter(None, [app_dir, os.environ.get("PYTHONPATH")])),
     }
-    with socket.socket() as listening:
-        listening.bind(("127.0.0.1", 0))
-        listening.listen(128)
-        port = listening.getsockname()[1]
-        process = subprocess.Popen(
-            [sys.executable, "-c", LAUNCHER, str(os.getpid()), str(listening.fileno())],
-            env=env,
-            pass_fds=(listening.fileno(),),
-            start_new_session=True,  # a terminal's Ctrl-C reaches compalign, not the server
-            stdin=subprocess.DEVNULL,
-        )
-    url = f"http://127.0.0.1:{port}/api"
+    listening = socket.socket()
+    listening.bind(("127.0.0.1", 0))
+    listening.listen(128)
+    state = _Starting(listening, env, _launch(listening, env), time.monotonic())
+    url = f"http://127.0.0.1:{listening.getsockname()[1]}/api"
     os.environ["PREFECT_API_URL"] = url
-    atexit.register(stop_api_server, process)
-    _STARTING[url] = (process, time.monotonic())
-    return process
+    _STARTING[url] = state
+    atexit.register(_stop, state)
+    return state.process
+
+
+def _stop(state: _Starting) -> None:
+    stop_api_server(state.process)
+    state.listening.close()
 
 
 def wait_for_api_server() -> None:
     """Block until the server `start_api_server` started answers (nothing to do for a user's
-    own server or one already seen healthy); a one-line UserError if it exits or does not
-    answer within STARTUP_TIMEOUT_S."""
+    own server or one already seen healthy); a server that exits first is started again, up to
+    STARTS times in all; a one-line UserError if it keeps exiting or does not answer within
+    STARTUP_TIMEOUT_S."""
     url = os.environ.get("PREFECT_API_URL", "")
-    if url not in _STARTING:
+    state = _STARTING.get(url)
+    if state is None:
         return
-    process, started = _STARTING[url]
     while not _healthy(url):
-        if process.poll() is not None:
-            raise UserError(
-                f"the local Prefect server exited with code {process.returncode} before it "
-                "answered; set PREFECT_API_URL to a running `prefect server start`"
-            )
-        if time.monotonic() - started > STARTUP_TIMEOUT_S:
-            process.kill()
+        if state.process.poll() is not None:
+            if state.starts >= STARTS:
+                raise UserError(
+                    f"the local Prefect server exited with code {state.process.returncode} "
+                    f"before it answered ({state.starts} starts); set PREFECT_API_URL to a "
+                    "running `prefect server start`"
+                )
+            state.starts += 1
+            state.process = _launch(state.listening, state.env)
+            continue
+        if time.monotonic() - state.started > STARTUP_TIMEOUT_S:
+            state.process.kill()
             raise UserError(
                 f"the local Prefect server did not start within {STARTUP_TIMEOUT_S} s; "
                 "set PREFECT_API_URL to a running `prefect server start`"
