@@ -77,3 +77,11 @@ def test_files_and_folders_the_params_name_are_witnessed(tmp_path):
     assert not quick._witnesses_hold(seen)
     model.unlink()
     assert not quick._witnesses_hold(seen)
+
+
+def test_the_console_width_of_logs_is_the_summary_tables():
+    """flows/quick.py keys a remembered summary by the width print_summary gives a non-terminal
+    (its own copy of the constant: compalign.report.tables imports pandas and torch)."""
+    from compalign.report.tables import TERMINAL_WIDTH
+
+    assert quick.TERMINAL_WIDTH == TERMINAL_WIDTH
