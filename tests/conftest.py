@@ -61,18 +61,22 @@ def tiny_params():
     return make
 
 
+def cli_env(extra: dict | None = None) -> dict[str, str]:
+    """The environment a user's shell gives the installed commands: the venv first on PATH, and
+    none of the settings the CLI sets per project (mlflow.set_tracking_uri in an earlier
+    in-process test exports MLFLOW_TRACKING_URI, which would send a run to that test's store)."""
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    for name in ("PREFECT_HOME", "PREFECT_LOCAL_STORAGE_PATH", "MLFLOW_TRACKING_URI"):
+        env.pop(name, None)
+    return {**env, **(extra or {})}
+
+
 def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 600):
     """Run the installed `compalign` command in `cwd`; return the CompletedProcess."""
-    full_env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
-    # the CLI gives each project its own; mlflow.set_tracking_uri in an earlier in-process test
-    # exports MLFLOW_TRACKING_URI, which would send this run to that test's store
-    for name in ("PREFECT_HOME", "PREFECT_LOCAL_STORAGE_PATH", "MLFLOW_TRACKING_URI"):
-        full_env.pop(name, None)
-    full_env.update(env or {})
     return subprocess.run(
         [str(BIN / "compalign"), *args],
         cwd=cwd,
-        env=full_env,
+        env=cli_env(env),
         capture_output=True,
         text=True,
         timeout=timeout,

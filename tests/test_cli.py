@@ -14,7 +14,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import BIN, ROOT, TINY, run_cli
+from conftest import BIN, ROOT, TINY, cli_env, run_cli
 
 SUMMARY = "reports/pipeline/summary.parquet"
 
@@ -56,9 +56,7 @@ def wait_for_alignment(process, project):
 
 
 def start_run(project, *extra):
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
-    for name in ("PREFECT_HOME", "PREFECT_LOCAL_STORAGE_PATH", "MLFLOW_TRACKING_URI"):
-        env.pop(name, None)
+    env = cli_env()
     return subprocess.Popen(
         [str(BIN / "compalign"), "run", "--params", str(TINY), *extra],
         cwd=project,
@@ -169,13 +167,10 @@ print("torch imported" if "torch" in sys.modules else "torch not imported")
 def quick(project, *args, env=None):
     """flows.quick.replay of `compalign <args>` in `project`, in a process of its own with the
     environment run_cli gives the command: its two lines (answered?, torch imported?)."""
-    full_env = {**os.environ, **(env or {})}
-    for name in ("PREFECT_HOME", "PREFECT_LOCAL_STORAGE_PATH", "MLFLOW_TRACKING_URI"):
-        full_env.pop(name, None)
     result = subprocess.run(
         [str(BIN / "python"), "-c", QUICK_CHECK, *args],
         cwd=project,
-        env=full_env,
+        env=cli_env(env),
         capture_output=True,
         text=True,
         check=True,

@@ -4,7 +4,6 @@ push."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 
 import pytest
@@ -12,7 +11,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from compalign.config import load_params
-from conftest import BIN, TINY, copy_project
+from conftest import BIN, TINY, cli_env, copy_project
 
 pytestmark = pytest.mark.slow
 # tests/tiny.yaml with fewer models: DVC's wiring is the same for 1 level x 3 losses as for the
@@ -23,9 +22,7 @@ GRID = [f"compress.sparsities=[{','.join(LEVELS)}]", f"align.losses=[{','.join(L
 
 
 def dvc(*args, cwd):
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
-    for name in ("PREFECT_HOME", "PREFECT_LOCAL_STORAGE_PATH", "MLFLOW_TRACKING_URI"):
-        env.pop(name, None)
+    env = cli_env()
     result = subprocess.run(
         [str(BIN / "dvc"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900
     )

@@ -225,11 +225,9 @@ def test_user_error_inside_a_task_is_one_line(tmp_path):
 def test_two_runs_at_once_on_one_fresh_project(tmp_path):
     """Both exit 0; MLflow holds exactly one child run per cache key; a second pair with
     different params also finishes."""
-    from conftest import BIN
+    from conftest import BIN, cli_env
 
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
-    for name in ("PREFECT_HOME", "PREFECT_LOCAL_STORAGE_PATH", "MLFLOW_TRACKING_URI"):
-        env.pop(name, None)
+    env = cli_env()
     quick = [
         "--set",
         "reference.epochs=1",
@@ -279,11 +277,9 @@ def test_two_runs_at_once_on_one_fresh_project(tmp_path):
 
 
 def start_in_own_session(project: Path, *extra: str) -> subprocess.Popen:
-    from conftest import BIN
+    from conftest import BIN, cli_env
 
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
-    for name in ("PREFECT_HOME", "PREFECT_LOCAL_STORAGE_PATH", "MLFLOW_TRACKING_URI"):
-        env.pop(name, None)
+    env = cli_env()
     log = open(project / "run.log", "w")  # noqa: SIM115 (the process writes it)
     return subprocess.Popen(
         [
