@@ -7,9 +7,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from matplotlib import colormaps
+from PIL import Image
 
 from compalign.attribution import ATTRIBUTION_METHODS
 from compalign.report.figures import (
+    CAPTION,
+    CELL,
+    PANEL,
     agreement_figure,
     compressed_rows,
     level_figure,
@@ -36,6 +41,27 @@ def test_agreement_figure_writes_png(tmp_path, channels):
     agreement_figure(images, maps, [f"label {i} / ref {i} / comp 5" for i in range(4)], path)
     data = path.read_bytes()
     assert data.startswith(PNG_SIGNATURE) and len(data) > 1000
+    page = np.asarray(Image.open(path).convert("RGB"))
+    columns = 1 + 2 * len(maps)
+    assert page.shape == (4 * CELL[0], columns * CELL[1], 3)
+
+    def panel(row: int, column: int) -> np.ndarray:
+        top, left = row * CELL[0] + CAPTION, column * CELL[1] + (CELL[1] - PANEL) // 2
+        return page[top : top + PANEL, left : left + PANEL]
+
+    # the image, magnified without smoothing: its top-left pixel fills the panel's corner
+    first = images[1, :, 0, 0].numpy()
+    assert (panel(1, 0)[: PANEL // 8, : PANEL // 8] == (first if channels == 3 else first[0])).all()
+    # each map on inferno up to its own maximum; a dead map is inferno's first colour
+    dead = 2 + 2 * list(maps).index("saliency")
+    low = np.round(np.asarray(colormaps["inferno"](0.0)[:3]) * 255)
+    assert (panel(0, dead) == low).all()
+    high = np.round(np.asarray(colormaps["inferno"](1.0)[:3]) * 255)
+    brightest = np.unravel_index(maps["saliency"][0][2].argmax(), (8, 8))
+    step = PANEL // 8
+    assert (
+        panel(2, dead - 1)[brightest[0] * step + step // 2, brightest[1] * step + step // 2] == high
+    ).all()
 
 
 @pytest.mark.parametrize("count", [0, 3])

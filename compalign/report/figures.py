@@ -18,8 +18,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+from PIL import Image
 
 from compalign.compressors.base import LEVEL_KINDS
 from compalign.config import NO_FINE_TUNING
@@ -707,6 +709,35 @@ def pie_gallery(
 # Audit
 
 
+# The agreement grid's geometry, in pixels at DPI: each cell a square panel under its caption.
+CELL = (200, 190)  # height, width
+PANEL = 150  # the longer side of a panel
+CAPTION = 36  # the band above a panel that holds its caption
+BORDER = (64, 64, 64)  # the frame drawn around each panel
+
+
+def _fit(values: np.ndarray, side: int) -> np.ndarray:
+    """`values` ([H, W] or [H, W, 3]) resized, nearest neighbour, to fit a `side` square with
+    its aspect kept (what imshow shows when it magnifies a small image)."""
+    height, width = values.shape[:2]
+    scale = side / max(height, width)
+    rows = np.minimum((np.arange(max(1, round(height * scale))) / scale).astype(int), height - 1)
+    columns = np.minimum((np.arange(max(1, round(width * scale))) / scale).astype(int), width - 1)
+    return values[rows[:, None], columns[None, :]]
+
+
+def _heat(values: np.ndarray) -> np.ndarray:
+    """An attribution map as uint8 RGB: inferno from 0 to the map's own maximum (imshow with
+    vmin=0), white where it is NaN."""
+    values = np.asarray(values, dtype=np.float64)
+    finite = np.isfinite(values)
+    top = values[finite].max() if finite.any() else 0.0
+    scaled = np.clip(values / top, 0.0, 1.0) if top > 0 else np.zeros_like(values)
+    rgb = colormaps["inferno"](np.where(finite, scaled, 0.0))[..., :3]
+    rgb[~finite] = 1.0
+    return np.round(rgb * 255).astype(np.uint8)
+
+
 def agreement_figure(
     images: Any,
     maps: dict[str, tuple[np.ndarray, np.ndarray]],
@@ -716,7 +747,10 @@ def agreement_figure(
 ) -> None:
     """PNG grid of the first `examples` examples: the image, then per method reference and
     compressed maps side by side. `images` are uint8 [n, C, H, W] (a CPU tensor or an array)
-    with C = 1 or 3."""
+    with C = 1 or 3.
+
+    The panels are composed as pixels and drawn as one image, captions on top: a grid of
+    matplotlib axes cost about a second per audited model, more than the rest of its audit."""
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[1] not in (1, 3):
         raise ValueError(f"images must be [n, 1 or 3, H, W], got shape {tuple(images.shape)}")
@@ -730,32 +764,46 @@ def agreement_figure(
             raise ValueError(f"maps[{method!r}] has fewer than {rows} examples")
 
     columns = 1 + 2 * len(maps)
-    figure = Figure(figsize=(1.9 * columns, 2.0 * rows), layout="constrained")
-    axes = figure.subplots(rows, columns, squeeze=False)
-    pixels = images[:rows].transpose(0, 2, 3, 1)
+    (cell_height, cell_width), height, width = CELL, CELL[0] * rows, CELL[1] * columns
+    placed: list[tuple[int, int, np.ndarray]] = []  # (top, left, panel pixels)
+    figure = Figure(figsize=(width / DPI, height / DPI), dpi=DPI)
+    pixels = images[:rows].transpose(0, 2, 3, 1).astype(np.uint8)
+
+    def place(row: int, column: int, rgb: np.ndarray, caption: str) -> None:
+        # Each map panel is scaled to its own maximum: the models' gradient scales differ, and
+        # the comparison is about where the attribution sits.
+        panel = _fit(rgb, PANEL)
+        top = row * cell_height + CAPTION
+        left = column * cell_width + (cell_width - panel.shape[1]) // 2
+        placed.append((top, left, panel))
+        figure.text(
+            (column + 0.5) * cell_width / width,
+            1 - (row * cell_height + CAPTION - 8) / height,
+            caption,
+            ha="center",
+            va="bottom",
+            fontsize=7,
+        )
+
     for row in range(rows):
-        if pixels.shape[-1] == 1:
-            axes[row, 0].imshow(pixels[row, ..., 0], cmap="gray", vmin=0, vmax=255)
-        else:
-            axes[row, 0].imshow(pixels[row])
-        axes[row, 0].set_title(captions[row], fontsize=7)
+        image = pixels[row]
+        place(row, 0, np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image, captions[row])
         column = 1
         for method, pair in maps.items():
             for which, values in zip(("ref", "comp"), pair, strict=True):
-                # Each panel is scaled to its own maximum: the models' gradient scales differ,
-                # and the comparison is about where the attribution sits.
-                axes[row, column].imshow(np.asarray(values[row]), cmap="inferno", vmin=0)
-                axes[row, column].set_title(f"{method} {which}", fontsize=7)
+                place(row, column, _heat(values[row]), f"{method} {which}")
                 column += 1
-    for axis in axes.flat:
-        axis.set_xticks([])
-        axis.set_yticks([])
+    # the captions drawn by Agg on white, the panels pasted over it as pixels
+    drawn = FigureCanvasAgg(figure)
+    drawn.draw()
+    page = np.asarray(drawn.buffer_rgba())[..., :3].copy()
+    for top, left, panel in placed:
+        panel_height, panel_width = panel.shape[:2]
+        page[top - 1 : top + panel_height + 1, left - 1 : left + panel_width + 1] = BORDER
+        page[top : top + panel_height, left : left + panel_width] = panel
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():
-        # constrained layout warns, harmlessly, when titles are wider than tiny panels.
-        warnings.simplefilter("ignore", UserWarning)
-        figure.savefig(path, format="png", dpi=100)
+    Image.fromarray(page).save(path, format="PNG")
 
 
 # --------------------------------------------------------------------------------------------
