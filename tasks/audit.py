@@ -50,18 +50,6 @@ def _reference_audit(directory: Path) -> ReferenceAudit:
     )
 
 
-def _write_outputs(scratch: Path, outputs: dict[str, Any]) -> None:
-    """Store the files the metrics made: tables as Parquet, arrays as .npz, figures by their
-    own writer."""
-    for name, value in outputs.items():
-        if isinstance(value, pd.DataFrame):
-            value.to_parquet(scratch / name, index=False)
-        elif isinstance(value, dict):
-            np.savez_compressed(scratch / name, **value)
-        else:
-            value(scratch / name)
-
-
 def _build_audit(
     scratch: Path,
     data: Artifact,
@@ -103,7 +91,7 @@ def _build_audit(
     if "measured_sparsity" in checkpoint:
         metrics["weight_sparsity"] = checkpoint["measured_sparsity"]
     metrics.update(checkpoint.get("compression_record", {}))
-    _write_outputs(scratch, result.outputs)
+    result.write_outputs(scratch)
     result.table.to_parquet(scratch / PREDICTIONS_FILE, index=False)
     (scratch / METRICS_FILE).write_text(json.dumps(_json_safe(metrics), indent=2) + "\n")
     manifest_out = {

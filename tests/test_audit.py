@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from compalign.audit import (
+    AuditResult,
     bootstrap_indices,
     class_fairness,
     count_interval,
@@ -123,3 +124,16 @@ def test_auroc_is_nan_for_a_one_class_group():
     metrics = group_metrics(predictions, pd.DataFrame({"g": [0, 0, 1, 1]}))
     assert math.isnan(metrics["group.g.0.auroc"])
     assert metrics["group.g.1.auroc"] == 1.0
+
+
+def test_metric_outputs_are_written_by_kind(tmp_path):
+    written = []
+    outputs = {
+        "table.parquet": pd.DataFrame({"a": [1, 2]}),
+        "maps.npz": {"indices": np.arange(3)},
+        "figure.png": lambda path: written.append(path) or path.write_bytes(b"png"),
+    }
+    AuditResult({}, pd.DataFrame(), outputs).write_outputs(tmp_path)
+    assert pd.read_parquet(tmp_path / "table.parquet")["a"].tolist() == [1, 2]
+    assert np.load(tmp_path / "maps.npz")["indices"].tolist() == [0, 1, 2]
+    assert written == [tmp_path / "figure.png"] and (tmp_path / "figure.png").read_bytes()

@@ -8,8 +8,10 @@ Prefect nor MLflow. compalign.audit.stats holds the statistics the metrics are b
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from compalign.audit.base import AuditInputs, AuditSettings, ReferenceAudit
@@ -39,6 +41,18 @@ class AuditResult:
     metrics: dict[str, float]
     table: pd.DataFrame
     outputs: dict[str, Any]
+
+    def write_outputs(self, directory: str | Path) -> None:
+        """Write the files the metrics made into `directory`: tables as Parquet, arrays as
+        .npz, figures by their own writer."""
+        for name, value in self.outputs.items():
+            path = Path(directory) / name
+            if isinstance(value, pd.DataFrame):
+                value.to_parquet(path, index=False)
+            elif isinstance(value, dict):
+                np.savez_compressed(path, **value)
+            else:
+                value(path)
 
 
 def audit(inputs: AuditInputs) -> AuditResult:
