@@ -145,7 +145,8 @@ def _prepare_process(params: Params, refresh: bool = False, flows: bool = False)
 
 def _server_ready(experiment: str | None = None) -> None:
     """Wait for the Prefect API server `_prepare_process` started, first creating the MLflow
-    experiment (a new SQLite store runs MLflow's migrations, several seconds) while it starts."""
+    experiment (a new SQLite store runs MLflow's migrations, several seconds) and doing MLflow's
+    one-time model-logging work (`tracking.warm_up`) while it starts."""
     if experiment is not None:
         import logging
 
@@ -154,6 +155,7 @@ def _server_ready(experiment: str | None = None) -> None:
         # "Creating initial MLflow database tables..." on a new store: not news on a terminal
         logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
         tracking.setup(experiment)
+        tracking.warm_up()
     from flows.server import wait_for_api_server
 
     wait_for_api_server()

@@ -346,6 +346,13 @@ def test_logged_models_have_a_signature_and_example_load_back_and_are_registered
     assert (inputs.type, inputs.shape) == (np.dtype(np.float32), (-1, 1, 8, 8))
     assert (outputs.type, outputs.shape) == (np.dtype(np.float32), (-1, 10))
     assert info.saved_input_example_info is not None
+    # the run's metrics are the logged model's too (the UI's model page lists them), once each
+    (logged,) = store.search_logged_models(
+        [track["experiment_id"]], filter_string=f"source_run_id = '{run_id}'"
+    )
+    assert [(m.key, m.value) for m in logged.metrics] == [("accuracy", 0.5)]
+    assert store.get_run(run_id).data.metrics == {"accuracy": 0.5}
+    assert len(store.get_metric_history(run_id, "accuracy")) == 1
     loaded = mlflow.pytorch.load_model(uri)
     with torch.no_grad():
         expected = model(torch.from_numpy(example)).float()
@@ -370,3 +377,15 @@ def test_registered_model_name_is_dataset_and_architecture():
     assert tracking.registered_model_name("digits", "small_cnn") == "digits-small_cnn"
     assert tracking.registered_model_name("cifar10", "models/my net.pt") == "cifar10-my_net.pt"
     assert tracking.safe_alias("best-label preserving") == "best-label_preserving"
+
+
+def test_warm_up_does_mlflows_first_model_work_ahead(monkeypatch):
+    """`compalign run` calls warm_up while its Prefect server starts; the first model it logs
+    then finds MLflow's package map made (the private names warm_up relies on still exist)."""
+    from mlflow.utils import requirements_utils
+
+    monkeypatch.setattr(requirements_utils, "_MODULES_TO_PACKAGES", None)
+    monkeypatch.setattr(requirements_utils, "_PACKAGES_TO_MODULES", None)
+    tracking.warm_up()
+    assert "torch" in requirements_utils._MODULES_TO_PACKAGES["torch"]
+    assert "torch" in requirements_utils._PACKAGES_TO_MODULES
