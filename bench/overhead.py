@@ -4,10 +4,13 @@ Runs one profile (default: params.yaml) in fresh temporary projects:
   plain  -- the flow's work as core calls in memory, one after another (twice: the second pass,
             with the process warm, is compared): the same data, reference
             training, compression, fine-tuning, the full audit (bootstrap intervals, calibration,
-            class and group fairness, attributions), costs (latency included) and the summary and
-            HTML report, without Prefect, MLflow or the store
+            class and group fairness, attributions) with the files it makes (per-example tables,
+            attribution maps, the agreement figure), costs (latency included) and the summary
+            and HTML report, without Prefect, MLflow or the store
   flow   -- `run_pipeline` as `compalign run` runs it (its Prefect API server started once,
-            before, and timed on its own), with (1 worker x all cores' threads) and
+            before, and timed on its own; each project's MLflow store set up before, as
+            `compalign run` does while the server starts, timed on its own), with (1 worker x
+            all cores' threads) and
             (all cores as workers x 1 thread): the grid's wall time for each
   cached -- the same flow again in this process (every task Cached), then `compalign run` as a
             new process three times: the first answers from the store (flows/cached.py) and
@@ -118,6 +121,11 @@ def plain_pipeline(params, scratch: Path) -> tuple[dict[str, dict[str, float]], 
             and not COMPRESSORS[labels["compressor"]].family.quantized
         ):
             result.metrics["weight_sparsity"] = weight_sparsity(model)
+        # the audit's files, as the audit task writes them (its store entry's content)
+        files = scratch / "audits" / labels["name"]
+        files.mkdir(parents=True)
+        result.write_outputs(files)
+        result.table.to_parquet(files / "predictions.parquet", index=False)
         return result
 
     results = {"reference": clock("audit", audit_one, reference, reference_labels(params))}
@@ -276,6 +284,9 @@ def main() -> None:
             plain_seconds, (plain_metrics, clock) = pool.submit(
                 timed, plain_pipeline, params, home / f"plain-{attempt}"
             ).result()
+    from tasks import tracking
+
+    setup_seconds = {}
     rows = [("plain core calls", plain_seconds, plain_seconds)]
     print(f"plain core calls: {plain_seconds:.1f} s", flush=True)
     flow_stages = {}
@@ -288,6 +299,11 @@ def main() -> None:
         os.environ.pop("MLFLOW_TRACKING_URI", None)  # each project its own store
         run = params.run.model_copy(update={"workers": workers, "threads": threads})
         settings = params.model_copy(update={"run": run})
+        # as `compalign run` does while its Prefect server starts (flows/cli.py _server_ready):
+        # the project's MLflow store created, MLflow's one-time model-logging work done
+        setup_seconds[workers], _ = timed(
+            lambda: (tracking.setup(params.run.experiment), tracking.warm_up())
+        )
         seconds, result = timed(run_pipeline, settings)
         rows.append((f"flow, {workers} worker(s) x {threads} thread(s)", seconds, plain_seconds))
         print(f"{rows[-1][0]}: {seconds:.1f} s", flush=True)
@@ -324,6 +340,10 @@ def main() -> None:
             rows.append(("cached rerun, new `compalign run`, first", times[0], None))
             rows.append(("cached rerun, new `compalign run`, best of next 2", min(times[1:]), None))
     print(f"Prefect API server start: {server_seconds:.1f} s (once per `compalign run`)")
+    print(
+        "MLflow store set-up, during the server start in `compalign run`: "
+        + ", ".join(f"{s:.1f} s ({w} worker(s) project)" for w, s in setup_seconds.items())
+    )
     print(f"load average at end: {os.getloadavg()[0]:.2f}; torch {torch.__version__}")
     print("\nper stage (1 worker): plain seconds, flow task-run seconds, ratio")
     for stage in (*STAGES, "report"):
