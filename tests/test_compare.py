@@ -149,15 +149,24 @@ def test_modules_callables_and_a_data_loader(byom, tmp_path, monkeypatch):
     loader = torch.utils.data.DataLoader(
         torch.utils.data.TensorDataset(images, labels), batch_size=5
     )
+    import mlflow
+
+    # MLflow's current tracking URI, as a user sets it (an in-process test before this one may
+    # have set another: mlflow.set_tracking_uri outranks the environment variable)
+    previous = mlflow.get_tracking_uri()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    result = compalign.audit_models(
-        model,
-        {"function": lambda batch: model(batch), "negated": lambda batch: -model(batch)},
-        loader,
-        costs=False,
-        mlflow="api-test",
-        **FAST,
-    )
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    try:
+        result = compalign.audit_models(
+            model,
+            {"function": lambda batch: model(batch), "negated": lambda batch: -model(batch)},
+            loader,
+            costs=False,
+            mlflow="api-test",
+            **FAST,
+        )
+    finally:
+        mlflow.set_tracking_uri(previous)
     assert result.metrics["function"]["mismatches"] == 0
     assert result.class_names == ["0", "1", "2"]
     assert any("not raw pixels" in note for note in result.notes)
