@@ -3,7 +3,9 @@
 #
 #   PYTHON=python3.11        interpreter that creates the venv
 #   PIP_CONSTRAINTS=file     another lock (e.g. a CPU-only or CUDA torch); default constraints.txt
-#   ARGS="--set k=v"         extra arguments for `compalign run`
+#   ARGS="--set k=v"         extra arguments for `compalign run` (for `make test`: pytest's)
+#   TEST_WORKERS=2           pytest-xdist processes of `make test` (auto: one per core); each
+#                            takes whole test files, so a module's fixtures run once
 #   PORT=5000                port of `make ui`
 
 PYTHON ?= python3
@@ -11,6 +13,7 @@ VENV ?= .venv
 PIP_CONSTRAINTS ?= constraints.txt
 PORT ?= 5000
 ARGS ?=
+TEST_WORKERS ?= 2
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # apt-get needs root: sudo only for another user (env: sudo drops the caller's variables)
@@ -29,7 +32,7 @@ run: setup
 	$(BIN)/compalign run $(ARGS)
 
 test: setup browser
-	$(BIN)/python -m pytest $(ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(ARGS)
 
 ui: setup
 	@echo "MLflow UI at http://127.0.0.1:$(PORT) (Ctrl-C stops it)"
