@@ -26,6 +26,7 @@ usual path runs. Like the slower path, it records no Prefect flow run and no MLf
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -47,6 +48,7 @@ ENVIRONMENT = ("COMPALIGN_", "PREFECT_", "MLFLOW_", "CUDA_VISIBLE_DEVICES", "HIP
 GPU_FILES = ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/dev/dxg")
 TERMINAL_WIDTH = 100  # what summary tables fit when the output is not a terminal (logs, CI)
 WITNESS_LIMIT = 200_000  # files under the folders params name; above it nothing is remembered
+MEMOS_KEPT = 32  # remembered answers kept per project, the most recently written
 
 
 def tracking_identity(experiment: str) -> dict[str, str] | None:
@@ -240,7 +242,20 @@ def remember(
     scratch = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     scratch.write_text(json.dumps(memo) + "\n")
     os.replace(scratch, path)
+    prune()
     return path
+
+
+def prune(keep: int = MEMOS_KEPT) -> None:
+    """Delete all but the `keep` most recently written answers (each params file, override set
+    and code version leaves one; an answer deleted only makes its next rerun take the slower
+    path through flows/cached.py)."""
+    memos = []
+    for memo in QUICK_DIR.glob("*.json"):
+        with contextlib.suppress(OSError):  # another run may be pruning too
+            memos.append((memo.stat().st_mtime_ns, memo))
+    for _, memo in sorted(memos, reverse=True)[keep:]:
+        memo.unlink(missing_ok=True)
 
 
 def parse_run(argv: list[str]) -> tuple[Path, list[str]] | None:

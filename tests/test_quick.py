@@ -85,3 +85,20 @@ def test_the_console_width_of_logs_is_the_summary_tables():
     from compalign.report.tables import TERMINAL_WIDTH
 
     assert quick.TERMINAL_WIDTH == TERMINAL_WIDTH
+
+
+def test_only_the_most_recent_answers_are_kept(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    quick.QUICK_DIR.mkdir(parents=True)
+    for index in range(5):
+        memo = quick.QUICK_DIR / f"{index}.json"
+        memo.write_text("{}\n")
+        os.utime(memo, ns=(index * 10**9, index * 10**9))
+    (quick.QUICK_DIR / "other.txt").write_text("not an answer\n")
+    quick.prune(keep=3)
+    assert sorted(p.name for p in quick.QUICK_DIR.iterdir()) == [
+        "2.json",
+        "3.json",
+        "4.json",
+        "other.txt",
+    ]
