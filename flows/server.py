@@ -130,13 +130,14 @@ def _stop(state: _Starting) -> None:
 
 
 def wait_for_api_server() -> None:
-    """Block until the server `start_api_server` started answers (nothing to do for a user's
-    own server or one already seen healthy); a server that exits first is started again, up to
-    STARTS times in all; a one-line UserError if it keeps exiting or does not answer within
-    STARTUP_TIMEOUT_S."""
+    """Block until the server `start_api_server` started answers; a server that exits first is
+    started again, up to STARTS times in all; a one-line UserError if it keeps exiting or does
+    not answer within STARTUP_TIMEOUT_S. A user's own server (PREFECT_API_URL) is asked once
+    whether it answers (`_check_users_server`)."""
     url = os.environ.get("PREFECT_API_URL", "")
     state = _STARTING.get(url)
     if state is None:
+        _check_users_server(url)
         return
     while not _healthy(url):
         if state.process.poll() is not None:
@@ -157,6 +158,29 @@ def wait_for_api_server() -> None:
             )
         time.sleep(0.1)
     del _STARTING[url]
+    _ANSWERED.add(url)
+
+
+USERS_SERVER_WAIT_S = 10  # a user's own server that does not answer within this is refused
+_ANSWERED: set[str] = set()  # servers seen healthy in this process
+
+
+def _check_users_server(url: str) -> None:
+    """A one-line UserError when PREFECT_API_URL names a server that does not answer (within
+    USERS_SERVER_WAIT_S): Prefect's client would otherwise retry for minutes mid-run, then
+    stop with a traceback."""
+    if not url or url in _ANSWERED:
+        return
+    deadline = time.monotonic() + USERS_SERVER_WAIT_S
+    while not _healthy(url):
+        if time.monotonic() > deadline:
+            raise UserError(
+                f"PREFECT_API_URL={url} does not answer (no {url}/health within "
+                f"{USERS_SERVER_WAIT_S} s): start that server, or unset PREFECT_API_URL and "
+                "compalign starts its own"
+            )
+        time.sleep(0.25)
+    _ANSWERED.add(url)
 
 
 def stop_api_server(process: subprocess.Popen, grace_s: float = 10) -> None:

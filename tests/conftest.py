@@ -32,6 +32,15 @@ from flows.runtime import configure_environment  # noqa: E402
 configure_environment(_SESSION_HOME)
 
 
+def pytest_collection_modifyitems(config, items):
+    """Files with slow (end-to-end) tests first, each file's tests in their order: `make test`
+    hands whole files to its pytest-xdist workers in this order, so the long ones start early
+    and the many short files even out the end (alphabetical order left one worker running a
+    slow file alone for minutes)."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)  # stable: order kept within
+
+
 @pytest.fixture(scope="session")
 def prefect_server():
     """A temporary Prefect API server for in-process flow runs (started once: ~10 s)."""
@@ -66,7 +75,17 @@ def cli_env(extra: dict | None = None) -> dict[str, str]:
     none of the settings the CLI sets per project (mlflow.set_tracking_uri in an earlier
     in-process test exports MLFLOW_TRACKING_URI, which would send a run to that test's store)."""
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
-    for name in ("PREFECT_HOME", "PREFECT_LOCAL_STORAGE_PATH", "MLFLOW_TRACKING_URI"):
+    for name in (
+        "PREFECT_HOME",
+        "PREFECT_LOCAL_STORAGE_PATH",
+        "MLFLOW_TRACKING_URI",
+        # what an in-process start_api_server or CLI call exports (a server since stopped)
+        "PREFECT_API_URL",
+        "PREFECT_TASKS_REFRESH_CACHE",
+        "COMPALIGN_REFRESH",
+        "COMPALIGN_RESUME_EVERY",
+        "COMPALIGN_COMPILE",
+    ):
         env.pop(name, None)
     return {**env, **(extra or {})}
 

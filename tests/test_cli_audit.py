@@ -55,6 +55,9 @@ def test_audit_writes_the_comparison_and_a_failed_rule_exits_1(tmp_path, byom):
         cwd=project,
     )
     assert result.returncode == 1, result.stdout + result.stderr
+    assert (project / "reports/compare/predictions.parquet").is_file(), (
+        result.stdout + result.stderr
+    )
     predictions = pd.read_parquet(project / "reports/compare/predictions.parquet")
     flipped = int(predictions["reference_prediction"].isin([0, 1]).sum())
     failed = [line for line in result.stderr.splitlines() if line.startswith("FAILED")]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import http.server
 import os
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -29,7 +31,11 @@ def test_a_server_that_exits_before_answering_is_one_line(monkeypatch):
     """start_api_server returns at once (the server starts while the run imports and sets up
     MLflow); wait_for_api_server starts a server that exits again (STARTS in all), then names
     its exit code."""
-    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    # set, then removed: monkeypatch then removes what start_api_server exports (a delenv of a
+    # variable that is not there records nothing, and the dead server's URL outlived the test,
+    # sending later CLI tests in the process to it)
+    monkeypatch.setenv("PREFECT_API_URL", "unset")
+    monkeypatch.delenv("PREFECT_API_URL")
     monkeypatch.setattr(server, "LAUNCHER", "import sys; sys.exit(3)")
     process = start_api_server()
     assert os.environ["PREFECT_API_URL"].startswith("http://127.0.0.1:")
@@ -38,6 +44,32 @@ def test_a_server_that_exits_before_answering_is_one_line(monkeypatch):
     assert process.poll() == 3  # the first of the three
 
 
-def test_waiting_is_a_no_op_for_a_users_own_server(monkeypatch):
+def test_a_users_own_server_that_does_not_answer_is_one_line(monkeypatch):
+    """Refused within USERS_SERVER_WAIT_S: Prefect's client retried a dead server for 7 minutes
+    mid-run, then stopped with a traceback (exit 1)."""
     monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")  # nothing listens there
-    wait_for_api_server()
+    monkeypatch.setattr(server, "USERS_SERVER_WAIT_S", 0.5)
+    with pytest.raises(UserError, match=r"^PREFECT_API_URL=http://127.0.0.1:9/api does not answer"):
+        wait_for_api_server()
+
+
+def test_a_users_own_server_that_answers_is_used(monkeypatch):
+    """Its /health answers 200: nothing to wait for, and it is asked once per process."""
+    asked = []
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            asked.append(self.path)
+            self.send_response(200 if self.path == "/api/health" else 404)
+            self.end_headers()
+
+        def log_message(self, *_args):
+            pass
+
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Health) as health:
+        threading.Thread(target=health.serve_forever, daemon=True).start()
+        monkeypatch.setenv("PREFECT_API_URL", f"http://127.0.0.1:{health.server_port}/api")
+        wait_for_api_server()
+        wait_for_api_server()
+        health.shutdown()
+    assert asked == ["/api/health"]
