@@ -29,7 +29,14 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from compalign.audit import AuditInputs, ReferenceAudit, audit, predictions_frame, summary_row
+from compalign.audit import (
+    AuditInputs,
+    ReferenceAudit,
+    audit,
+    predictions_frame,
+    summary_row,
+    write_outputs,
+)
 from compalign.audit.metrics.attribution import MAPS_FILE
 from compalign.costs import COST_METRICS, measure_latency, parameter_counts, time_forward
 from compalign.errors import UserError
@@ -378,13 +385,7 @@ class Comparison:
             (folder / "metrics.json").write_text(json.dumps(safe, indent=2) + "\n")
             if name in self.tables:
                 self.tables[name].to_parquet(folder / "comparison.parquet", index=False)
-            for file_name, value in self.outputs.get(name, {}).items():
-                if isinstance(value, pd.DataFrame):
-                    value.to_parquet(folder / file_name, index=False)
-                elif isinstance(value, dict):
-                    np.savez_compressed(folder / file_name, **value)
-                else:
-                    value(folder / file_name)
+            write_outputs(self.outputs.get(name, {}), folder)
         written["report"] = self.to_html(directory / REPORT_FILE, title)
         return written
 

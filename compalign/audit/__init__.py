@@ -43,16 +43,21 @@ class AuditResult:
     outputs: dict[str, Any]
 
     def write_outputs(self, directory: str | Path) -> None:
-        """Write the files the metrics made into `directory`: tables as Parquet, arrays as
-        .npz, figures by their own writer."""
-        for name, value in self.outputs.items():
-            path = Path(directory) / name
-            if isinstance(value, pd.DataFrame):
-                value.to_parquet(path, index=False)
-            elif isinstance(value, dict):
-                np.savez_compressed(path, **value)
-            else:
-                value(path)
+        """Write the files the metrics made into `directory` (`write_outputs`)."""
+        write_outputs(self.outputs, directory)
+
+
+def write_outputs(outputs: dict[str, Any], directory: str | Path) -> None:
+    """Write the files an audit's metrics made into `directory`: tables as Parquet, arrays as
+    .npz, figures by their own writer."""
+    for name, value in outputs.items():
+        path = Path(directory) / name
+        if isinstance(value, pd.DataFrame):
+            value.to_parquet(path, index=False)
+        elif isinstance(value, dict):
+            np.savez_compressed(path, **value)
+        else:
+            value(path)
 
 
 def audit(inputs: AuditInputs) -> AuditResult:
@@ -92,4 +97,5 @@ __all__ = [
     "reduction_factor",
     "reduction_factor_interval",
     "summary_row",
+    "write_outputs",
 ]
