@@ -60,6 +60,7 @@ class FlowDisplay:
         self.running: dict[str, Any] = {}  # task run id -> rich progress task id
         self._lock = threading.Lock()
         self._plain_step = 0  # plain output: the last fifth reported
+        self._fixed = False  # the total was announced up front: flows' own counts are in it
         self._started = time.monotonic()
         self._progress: Any = None
         self._restore: list = []  # what undoes each set-up step (undone last to first)
@@ -132,7 +133,13 @@ class FlowDisplay:
     def _on_event(self, kind: str, fields: dict[str, Any]) -> None:
         with self._lock:
             if kind == "planned":
-                self.planned += fields["count"]
+                if fields.get("fixed"):  # a total announced up front (compalign reproduce)
+                    self.planned, self._fixed = fields["count"], True
+                elif not self._fixed:
+                    self.planned += fields["count"]
+            elif kind == "phase":
+                self._phase(fields["text"])
+                return
             elif kind == "started":
                 self._add_running(fields["task_run_id"], fields["name"])
             elif kind == "epoch":
@@ -148,6 +155,15 @@ class FlowDisplay:
                 self._update_overall()
             elif kind in ("planned", "finished"):
                 self._plain_line(kind)
+
+    def _phase(self, text: str) -> None:
+        """A stage of a long command ("seed 2 of 3"): the overall bar's name, or a plain line."""
+        if self._progress is not None:
+            self._progress.update(self._overall, description=text)
+            return
+        done, total, _, _ = self.counts()
+        elapsed = time.monotonic() - self._started
+        print(f"{text} ({done}/{total or '?'} tasks, {elapsed:.0f} s)", file=sys.stderr, flush=True)
 
     def _add_running(self, task_run_id: str, name: str) -> None:
         if self._progress is None or task_run_id in self.running or task_run_id in self.finished:

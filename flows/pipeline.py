@@ -155,6 +155,10 @@ def pipeline(params: dict[str, Any]) -> dict[str, Any]:
         "summary": summary.to_dict(orient="records"),
         "metrics": {result["labels"]["name"]: result["metrics"] for result in results},
         "class_names": read_manifest(data.result()["path"], verify=False)["class_names"],
+        # where each model's audit lies in the store (per-example predictions, probabilities,
+        # attribution agreement): what `compalign reproduce` judges its verdicts from
+        "audits": {result["labels"]["name"]: result["path"] for result in results},
+        "data_path": data.result()["path"],
     }
 
 

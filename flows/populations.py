@@ -24,6 +24,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from compalign.compressors import COMPRESSORS
 from compalign.config import NO_FINE_TUNING, Params
+from compalign.data import read_manifest
 from compalign.errors import UserError
 from compalign.losses import LOSSES
 from compalign.report.html import populations_report
@@ -230,6 +231,8 @@ def populations_flow(params: dict[str, Any]) -> dict[str, Any]:
         "experiment_id": track["experiment_id"],
         "tracking_uri": track["uri"],
         "protocol": protocol_used(settings),
+        "data_path": data.result()["path"],
+        "class_names": read_manifest(data.result()["path"], verify=False)["class_names"],
         "tasks": states,
         "summary": analysis["summary"].to_dict(orient="records"),
         "impact": analysis["impact"].to_dict(orient="records"),

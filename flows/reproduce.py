@@ -3,29 +3,39 @@
 Each paper has a `cpu` profile (the embedded digits, minutes on 2 cores) and a `paper` profile
 (the paper's dataset and architecture; needs the data on disk and, in practice, a GPU) in
 profiles/<paper>-<profile>.yaml. A paper's flow runs the pipeline or the populations flow with
-its profile (so every result is also in MLflow, in an experiment named after the paper), then
-writes reports/<paper>/: tables (CSV, Markdown), figures (PNG) and README.md with a verdict per
-headline finding; the same files go to a `reproduce-<paper>` run in that experiment.
+its profile (so every result is also in MLflow, in an experiment named after the paper), reads
+every model's per-example outcomes back from the audits, judges each headline finding by its
+rule (compalign.verdicts), then writes reports/<paper>/: what was run, the rule table, the
+verdicts, tables (CSV, Markdown) and figures (PNG); the same files go to a `reproduce-<paper>`
+run in that experiment.
 """
 
 from __future__ import annotations
 
+import platform
 import socket
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from prefect import flow
 
 from compalign.compressors import COMPRESSORS
-from compalign.config import Params
+from compalign.config import NO_FINE_TUNING, Params
+from compalign.data import load_split, read_manifest
 from compalign.report import papers
+from compalign.verdicts.evidence import Outcomes, PopulationEvidence, SeedRunsEvidence
 from flows import artifacts
+from flows.graph import pipeline_steps
 from flows.pipeline import pipeline, task_runner
 from flows.populations import run_populations
-from flows.profiles import PAPERS, paper_params
+from flows.profiles import PAPERS, PROFILE_DIR, paper_params
 from tasks import tracking
+from tasks.audit import read_outcomes
+from tasks.logs import publish_progress
 
 # Hooker et al. compare pruning with post-training quantization: every quantizing compressor
 QUANTIZERS = tuple(name for name, entry in COMPRESSORS.items() if entry.family.quantized)
@@ -70,22 +80,37 @@ class SeedRuns:
     reference.seed). `metrics`: each model's audit metrics by its summary `name`; names are the
     pipeline's own for the first seed and `<name>@seed<seed>` for the others, in `metrics` and in
     `summary` alike, so a builder that reads `metrics[row.name]` per summary row gets that row's
-    own seed. `sources`: the MLflow parent runs."""
+    own seed. `sources`: the MLflow parent runs. `results`: each run's own result (where its
+    audits lie)."""
 
     summary: pd.DataFrame
     metrics: dict[str, dict[str, float]]
     sources: list[str]
+    results: list[dict[str, Any]] = field(default_factory=list)
+
+
+def seed_settings(settings: Params) -> list[Params]:
+    """The params of every seed's run: seed i is `settings.training_seeds(i)`."""
+    return [settings.training_seeds(offset) for offset in range(settings.reproduce.seeds)]
+
+
+def planned_tasks(settings: Params) -> int:
+    """How many tasks every seed's pipeline run has together (its graph, flows/graph.py)."""
+    return sum(len(pipeline_steps(seeded, "cpu", {}, None)) for seeded in seed_settings(settings))
 
 
 def run_seeds(settings: Params) -> SeedRuns:
     """Run the pipeline once per training seed: seed i is `settings.training_seeds(i)` (every
     seed of reference training, compression and fine-tuning moved by i; the split and the test
-    examples stay). Each run is a normal pipeline run: cached per stage, logged to MLflow."""
-    frames, metrics, sources = [], {}, []
-    for offset in range(settings.reproduce.seeds):
-        seeded = settings.training_seeds(offset)
-        result = _pipeline(seeded)
+    examples stay). Each run is a normal pipeline run: cached per stage, logged to MLflow. The
+    terminal's progress knows every seed's tasks from the start."""
+    frames, metrics, sources, results = [], {}, [], []
+    runs = seed_settings(settings)
+    publish_progress("planned", count=planned_tasks(settings), fixed=True)
+    for offset, seeded in enumerate(runs):
         seed = seeded.reference.seed
+        publish_progress("phase", text=f"seed {offset + 1} of {len(runs)} (training seed {seed})")
+        result = _pipeline(seeded)
         suffix = "" if offset == 0 else f"@seed{seed}"
         frame = pd.DataFrame(result["summary"])
         frame.insert(0, "seed", seed)
@@ -93,55 +118,261 @@ def run_seeds(settings: Params) -> SeedRuns:
         frames.append(frame)
         metrics.update({f"{name}{suffix}": values for name, values in result["metrics"].items()})
         sources.append(result["parent_run_id"])
-    return SeedRuns(pd.concat(frames, ignore_index=True), metrics, sources)
+        results.append({**result, "seed": seed})
+    return SeedRuns(pd.concat(frames, ignore_index=True), metrics, sources, results)
+
+
+def seed_evidence(runs: SeedRuns, group: str | None = None) -> SeedRunsEvidence:
+    """Every model's per-example outcomes of every seed, read back from its audit (the verdict
+    rules' input). Every seed is audited on the same test examples; `group`: the group column
+    whose values the Meyer rules compare."""
+    first = runs.results[0]
+    test = load_split(first["data_path"], "test")
+    example_ids = test.example_ids
+    per_model: dict[Any, list[dict[str, Any]]] = {}
+    for result in runs.results:
+        labels_of = {row["name"]: row for row in result["summary"]}
+        for name, directory in result["audits"].items():
+            row = labels_of[name]
+            key = (
+                "reference"
+                if row["role"] == "reference"
+                else (row["compressor"], float(row["sparsity"]), row["loss"])
+            )
+            per_model.setdefault(key, []).append(read_outcomes(directory, example_ids))
+
+    def outcomes(parts: list[dict[str, Any]]) -> Outcomes:
+        def stacked(name: str) -> np.ndarray | None:
+            values = [part[name] for part in parts]
+            return None if any(v is None for v in values) else np.stack(values)
+
+        return Outcomes(stacked("predictions"), stacked("probabilities"), stacked("attribution"))
+
+    models = {
+        key: outcomes(parts)
+        for key, parts in per_model.items()
+        if key != "reference" and len(parts) == len(runs.results)
+    }
+    groups = None
+    if group is not None and group in test.groups.columns:
+        groups = test.groups[group].to_numpy()
+    return SeedRunsEvidence(
+        labels=test.labels.numpy(),
+        classes=len(first["class_names"]),
+        seeds=[result["seed"] for result in runs.results],
+        reference=outcomes(per_model["reference"]),
+        models=models,
+        groups=groups,
+        group_name=group or "",
+    )
+
+
+def run_record(
+    paper: str,
+    profile: str,
+    settings: Params,
+    data_path: str,
+    started: float,
+    overrides: list[str] | None,
+    threads: int,
+) -> papers.RunRecord:
+    """What was run, for the report's first section."""
+    import torch
+
+    from compalign import __version__
+
+    git = tracking.git_state()
+    commit = git["git_commit"][:12] + ("+" if git["git_dirty"] == "true" else "")
+    manifest = read_manifest(data_path, verify=False)
+    height, width, channels = manifest["image_shape"]
+    data = settings.data
+    dataset = data.source if data.source != "imagefolder" else f"imagefolder {Path(data.root).name}"
+    return papers.RunRecord(
+        paper=paper,
+        profile=profile,
+        profile_file=str((PROFILE_DIR / f"{paper}-{profile}.yaml").relative_to(PROFILE_DIR.parent)),
+        overrides=list(overrides or []),
+        dataset=dataset,
+        image=f"{height}x{width}, {channels} channel{'s' if channels > 1 else ''}",
+        splits=dict(manifest["splits"]),
+        classes=int(manifest["num_classes"]),
+        data_digest=manifest["sha256"][:12],
+        model=settings.reference.model,
+        reference_epochs=settings.reference.epochs,
+        align_epochs=settings.align.epochs,
+        seeds=settings.reproduce.seeds,
+        members=settings.populations.size,
+        code=f"compalign {__version__}, commit {commit}",
+        torch=torch.__version__,
+        threads=threads,
+        cpu_kernels=torch.backends.cpu.get_cpu_capability(),
+        host=f"{platform.machine()}, {_cores()} cores",
+        wall_seconds=time.monotonic() - started,
+        started=time.strftime(
+            "%Y-%m-%d %H:%M UTC", time.gmtime(time.time() - (time.monotonic() - started))
+        ),
+    )
+
+
+def _cores() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _threads(settings: Params) -> int:
+    """The torch threads each training task runs with (run.threads, else the runner's share)."""
+    return settings.run.task_threads()
 
 
 @flow(name="reproduce-joseph")
-def reproduce_joseph(params: dict[str, Any], profile: str) -> dict[str, Any]:
+def reproduce_joseph(
+    params: dict[str, Any], profile: str, overrides: list[str] | None = None
+) -> dict[str, Any]:
     """Joseph et al.: mismatches and reduction factors of ce, kd and label_preserving, over
-    `reproduce.seeds` training seeds."""
+    `reproduce.seeds` training seeds, judged by compalign.verdicts' rules."""
+    started = time.monotonic()
     settings = Params.model_validate(params)
     runs = run_seeds(settings)
-    report = papers.joseph(runs.summary, Path("reports/joseph"), profile, tuned=settings.align.tune)
+    publish_progress("phase", text="judging the findings")
+    evidence = seed_evidence(runs)
+    record = run_record(
+        "joseph",
+        profile,
+        settings,
+        runs.results[0]["data_path"],
+        started,
+        overrides,
+        _threads(settings),
+    )
+    report = papers.joseph(
+        runs.summary, evidence, Path("reports/joseph"), record, tuned=settings.align.tune
+    )
     return _publish(report, settings, profile, runs.sources)
 
 
 @flow(name="reproduce-meyer")
-def reproduce_meyer(params: dict[str, Any], profile: str) -> dict[str, Any]:
-    """Meyer & Wong: structured Taylor pruning, ce against pw, accuracy by group, over
-    `reproduce.seeds` training seeds (papers.meyer gets every seed's rows: see SeedRuns)."""
+def reproduce_meyer(
+    params: dict[str, Any], profile: str, overrides: list[str] | None = None
+) -> dict[str, Any]:
+    """Meyer & Wong: structured Taylor pruning, ce against pw, accuracy and AUROC by group and
+    class, over `reproduce.seeds` training seeds (papers.meyer gets every seed's rows)."""
+    started = time.monotonic()
     settings = Params.model_validate(params)
     runs = run_seeds(settings)
+    publish_progress("phase", text="judging the findings")
     group = (settings.audit.groups or ["rare"])[0]
-    report = papers.meyer(runs.summary, runs.metrics, group, Path("reports/meyer"), profile)
+    evidence = seed_evidence(runs, group)
+    record = run_record(
+        "meyer",
+        profile,
+        settings,
+        runs.results[0]["data_path"],
+        started,
+        overrides,
+        _threads(settings),
+    )
+    report = papers.meyer(
+        runs.summary, runs.metrics, evidence, group, Path("reports/meyer"), record
+    )
     return _publish(report, settings, profile, runs.sources)
 
 
+def floor_settings(settings: Params) -> Params:
+    """The second dense population (the noise floor): as many members, trained alike from the
+    next `populations.size` seeds (never a seed of the first population or of a pruned member)."""
+    population = settings.populations
+    return settings.model_copy(
+        update={
+            "populations": population.model_copy(
+                update={"first_seed": population.first_seed + population.size}
+            )
+        }
+    )
+
+
+def _with_compressor(settings: Params, method: str) -> Params:
+    return settings.model_copy(
+        update={"populations": settings.populations.model_copy(update={"compressor": method})}
+    )
+
+
 @flow(name="reproduce-hooker")
-def reproduce_hooker(params: dict[str, Any], profile: str) -> dict[str, Any]:
-    """Hooker et al.: populations pruned gradually at several sparsities, and post-training
-    quantized, against the same dense members. `reproduce.seeds` does not apply: the members
-    of a population already are independent training seeds (populations.size of them), and
-    the verdicts are statistics over the members (modal labels, Welch's test)."""
+def reproduce_hooker(
+    params: dict[str, Any], profile: str, overrides: list[str] | None = None
+) -> dict[str, Any]:
+    """Hooker et al.: populations pruned gradually at several sparsities against the dense
+    population, beside a second dense population trained from other seeds (the noise floor);
+    post-training quantization applied to the second dense population's members (the same kind
+    of comparison as the pruned levels) and to the first's (the authors' comparison).
+    `reproduce.seeds` does not apply: the members of a population already are independent
+    training seeds (populations.size of them), and the verdicts are statistics over them."""
+    started = time.monotonic()
     settings = Params.model_validate(params)
+    runs = 1 + 2 * len(QUANTIZERS)
+    publish_progress("phase", text=f"population 1 of {runs}: {settings.populations.compressor}")
     pruning = run_populations(settings)
-    quantization, sources = {}, [pruning["parent_run_id"]]
+    floor = floor_settings(settings)
+    quantization, quantized, paired, floor_predictions = {}, {}, {}, None
+    sources = [pruning["parent_run_id"]]
+    step = 1
     for method in QUANTIZERS:
-        quantized = settings.model_copy(
-            update={"populations": settings.populations.model_copy(update={"compressor": method})}
-        )
-        result = run_populations(quantized)
         options = settings.compress.options(method)  # e.g. "half (bfloat16)"
         label = f"{method} ({', '.join(map(str, options.values()))})" if options else method
-        quantization[label] = pd.DataFrame(result["summary"])
-        sources.append(result["parent_run_id"])
+        for which, base in (("first", settings), ("second", floor)):
+            step += 1
+            publish_progress(
+                "phase", text=f"population {step} of {runs}: {method} of the {which} dense one"
+            )
+            result = run_populations(_with_compressor(base, method))
+            sources.append(result["parent_run_id"])
+            [predictions] = result["compressed_predictions"].values()
+            if which == "first":
+                quantization[label] = pd.DataFrame(result["summary"])
+                paired[label] = np.asarray(predictions)
+            else:
+                quantized[label] = np.asarray(predictions)
+                floor_predictions = np.asarray(result["dense_predictions"])
+    publish_progress("phase", text="judging the findings")
+    test = load_split(pruning["data_path"], "test")
+    losses = [loss for loss in settings.populations.losses if loss != NO_FINE_TUNING] or [
+        NO_FINE_TUNING
+    ]
+    pruned = {
+        float(key.split("|")[0]): np.asarray(value)
+        for key, value in pruning["compressed_predictions"].items()
+        if key.split("|")[1] == losses[0]
+    }
+    evidence = PopulationEvidence(
+        labels=test.labels.numpy(),
+        class_names=pruning["class_names"],
+        dense=np.asarray(pruning["dense_predictions"]),
+        floor=floor_predictions
+        if floor_predictions is not None
+        else np.asarray(run_populations(floor)["dense_predictions"]),
+        pruned=pruned,
+        quantized=quantized,
+        quantized_paired=paired,
+        paired_levels=pruning["protocol"] == "from_dense",
+    )
+    record = run_record(
+        "hooker",
+        profile,
+        settings,
+        pruning["data_path"],
+        started,
+        overrides,
+        settings.populations.threads_per_task,
+    )
     report = papers.hooker(
         pd.DataFrame(pruning["summary"]),
         pd.DataFrame(pruning["impact"]),
         quantization,
+        evidence,
         Path("reports/hooker"),
-        profile,
+        record,
         protocol=pruning["protocol"],
+        loss=losses[0],
     )
     return _publish(report, settings, profile, sources)
 
@@ -153,6 +384,9 @@ def run_reproduce(
     paper: str, profile: str, overrides: list[str] | None = None
 ) -> list[dict[str, Any]]:
     """Reproduce one paper, or all three ("all"), with the given profile."""
-    papers = PAPERS if paper == "all" else (paper,)
-    settings = {name: paper_params(name, profile, overrides) for name in papers}  # validate first
-    return [FLOWS[name](settings[name].model_dump(), profile) for name in papers]
+    papers_to_run = PAPERS if paper == "all" else (paper,)
+    settings = {name: paper_params(name, profile, overrides) for name in papers_to_run}
+    return [
+        FLOWS[name](settings[name].model_dump(), profile, list(overrides or []))
+        for name in papers_to_run
+    ]

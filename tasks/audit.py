@@ -19,6 +19,7 @@ from prefect import task
 from compalign.audit import AuditInputs, ReferenceAudit, audit, predictions_frame
 from compalign.audit.metrics import METRICS
 from compalign.audit.metrics.attribution import AGREEMENT_FILE, FIGURE_FILE, MAPS_FILE
+from compalign.audit.metrics.auroc import PROBABILITIES_FILE
 from compalign.checkpoint import load_checkpoint, read_checkpoint_manifest
 from compalign.config import AuditParams
 from compalign.data import load_split, read_manifest
@@ -107,6 +108,39 @@ def read_metrics(directory: str | Path) -> dict[str, float]:
     """An audit entry's metrics as floats ("inf"/"nan" strings read back as such)."""
     raw = json.loads((Path(directory) / METRICS_FILE).read_text())
     return {k: float(v) for k, v in raw.items()}
+
+
+def read_outcomes(directory: str | Path, example_ids: list[str]) -> dict[str, np.ndarray | None]:
+    """A model's per-example outcomes as its audit stored them, in the order of `example_ids`
+    (the test split's): `predictions` (its labels), `probabilities` ([N, C], None when the audit
+    has none) and `attribution` (integrated-gradients agreement with the reference on the fixed
+    sample, NaN elsewhere; None without attributions)."""
+    directory = Path(directory)
+    table = pd.read_parquet(directory / PREDICTIONS_FILE)
+    if table["example_id"].tolist() != list(example_ids):
+        raise ValueError(f"{directory}: audited on other test examples than the run's")
+    column = "compressed_prediction" if "compressed_prediction" in table else "prediction"
+    outcomes: dict[str, np.ndarray | None] = {
+        "predictions": table[column].to_numpy(dtype=np.int64),
+        "probabilities": None,
+        "attribution": None,
+    }
+    if (directory / PROBABILITIES_FILE).is_file():
+        with np.load(directory / PROBABILITIES_FILE, allow_pickle=False) as saved:
+            outcomes["probabilities"] = saved["probabilities"]
+    if (directory / AGREEMENT_FILE).is_file():
+        agreement = pd.read_parquet(directory / AGREEMENT_FILE)
+        column = next(
+            (c for c in ("integrated_gradients_spearman", "saliency_spearman") if c in agreement),
+            None,
+        )
+        if column is not None:
+            values = np.full(len(example_ids), np.nan)
+            position = {example: index for index, example in enumerate(example_ids)}
+            for example, value in zip(agreement["example_id"], agreement[column], strict=True):
+                values[position[example]] = value
+            outcomes["attribution"] = values
+    return outcomes
 
 
 def audit_model(

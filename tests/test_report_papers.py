@@ -1,5 +1,6 @@
-"""The paper builders of `compalign reproduce` on made-up results: files, tables and verdicts
-that follow the numbers (a finding that fails in the data is reported as not held)."""
+"""The paper builders of `compalign reproduce` on simulated runs (compalign.verdicts.simulate):
+a report opens with what was run and the rule table, judges every finding by its rule, never
+gives a count an interval below 0, and shows the noise floors."""
 
 from __future__ import annotations
 
@@ -8,301 +9,185 @@ import pandas as pd
 import pytest
 
 from compalign.report import papers as paper_reports
+from compalign.verdicts import simulate
+from compalign.verdicts.evidence import Outcomes, SeedRunsEvidence
 
-LOSSES = ("ce", "kd", "label_preserving")
+
+def record(paper: str, seeds: int = 3) -> paper_reports.RunRecord:
+    return paper_reports.RunRecord(
+        paper=paper,
+        profile="cpu",
+        profile_file=f"profiles/{paper}-cpu.yaml",
+        dataset="digits",
+        image="8x8, 1 channel",
+        splits={"train": 1078, "val": 269, "test": 450},
+        classes=10,
+        model="small_cnn",
+        reference_epochs=30,
+        align_epochs=20,
+        seeds=seeds,
+        members=8,
+        code="compalign 0.1.0, commit abc",
+        torch="2.14.1",
+        threads=1,
+        cpu_kernels="AVX512",
+        host="x86_64, 2 cores",
+        wall_seconds=600.0,
+        started="2026-12-07 08:00 UTC",
+        overrides=["reproduce.seeds=3"],
+        data_digest="0123456789ab",
+    )
 
 
-def joseph_summary(lp_mismatches: int) -> pd.DataFrame:
-    """Two compressors at two sparsities; ce leaves 20 mismatches, kd 15, label_preserving
-    `lp_mismatches`, with intervals of +-2 and reduction factors against ce."""
+def joseph_summary(evidence: SeedRunsEvidence) -> pd.DataFrame:
     rows = []
-    for compressor in ("magnitude_global", "magnitude_layerwise"):
-        for sparsity in (0.9, 0.98):
-            for loss, count in zip(LOSSES, (20, 15, lp_mismatches), strict=True):
-                factor = 20 / count
-                rows.append(
-                    {
-                        "name": f"{compressor}-{sparsity}-{loss}",
-                        "role": "compressed",
-                        "compressor": compressor,
-                        "sparsity": sparsity,
-                        "loss": loss,
-                        "accuracy": 0.95,
-                        "mismatches": count,
-                        "mismatches_ci_low": count - 2,
-                        "mismatches_ci_high": count + 2,
-                        "mismatches_ref_correct": count - 1,
-                        "mismatches_ref_correct_ci_low": count - 3,
-                        "mismatches_ref_correct_ci_high": count + 1,
-                        "reduction_factor": factor,
-                        "reduction_factor_ci_low": 20 / (count + 2),
-                        "reduction_factor_ci_high": 20 / (count - 2),
-                        "reduction_factor_ref_correct": factor,
-                        "reduction_factor_ref_correct_ci_low": 20 / (count + 2),
-                        "reduction_factor_ref_correct_ci_high": 20 / (count - 2),
-                        "worst_class_recall_change": -count / 100,
-                        "attribution_agreement": 1 - count / 100,
-                    }
-                )
+    for seed in evidence.seeds:
+        for compressor, level, loss in evidence.models:
+            rows.append(
+                {
+                    "seed": seed,
+                    "name": f"{compressor}-{level}-{loss}",
+                    "role": "compressed",
+                    "compressor": compressor,
+                    "sparsity": level,
+                    "loss": loss,
+                    "accuracy": 0.95,
+                }
+            )
     return pd.DataFrame(rows)
 
 
-def test_joseph_writes_tables_figure_and_verdicts(tmp_path):
-    report = paper_reports.joseph(joseph_summary(5), tmp_path, "cpu")
-    files = report.write(tmp_path)
-    names = {path.name for path in files}
+@pytest.fixture(scope="module")
+def joseph_evidence():
+    design = simulate.JosephDesign(
+        ce_mismatches={("magnitude_global", 0.95): 4.0, ("magnitude_global", 0.98): 40.0}
+    )
+    return simulate.joseph_draw(design, np.random.default_rng(7), reduction=6.0)
+
+
+def test_joseph_opens_with_what_was_run_then_the_rules_then_the_verdicts(tmp_path, joseph_evidence):
+    report = paper_reports.joseph(
+        joseph_summary(joseph_evidence), joseph_evidence, tmp_path, record("joseph")
+    )
+    names = {path.name for path in report.write(tmp_path)}
     assert {
         "README.md",
         "mismatches.csv",
-        "mismatches.md",
+        "noise_floor.csv",
         "reduction_factors.csv",
-        "reduction_factors.md",
-        "fairness_and_attributions.csv",
+        "per_seed.csv",
         "mismatches_vs_sparsity.png",
     } <= names
-    assert all(path.is_file() and path.stat().st_size > 0 for path in files)
-    factors = pd.read_csv(tmp_path / "reduction_factors.csv")
-    lp = factors[factors.loss == "label_preserving"]
-    assert (lp.reduction.str.startswith("4.00 [2.86, 6.67]")).all()
-    assert (factors["paper (up to)"] == "4.1x / 5.7x").all()
     readme = (tmp_path / "README.md").read_text()
-    assert readme.count("**held**") == 3
-    assert "4.00 [2.86, 6.67]x" in readme
+    run, rules, findings = (readme.index(s) for s in ("## What was run", "## The rules", "## Findings"))
+    assert run < rules < findings
+    for fact in ("digits, 8x8", "450", "small_cnn", "reference 30 epochs", "3 training seeds",
+                 "profiles/joseph-cpu.yaml", "commit abc", "torch 2.14.1", "AVX512", "10.0 min",
+                 "CIFAR-10"):
+        assert fact in readme.split("## The rules")[0], fact
+    assert "Holm over every (compressor, level) cell" in readme
+    direction, size = report.judged[0], report.judged[1]
+    assert direction.held and "magnitude_global 0.98" in direction.detail
+    assert size.status in ("held", "did not hold", "not judged")
+    assert all(verdict in readme for verdict in report.verdicts)
 
 
-def test_joseph_reports_a_loss_that_does_not_help_as_not_held(tmp_path):
-    report = paper_reports.joseph(joseph_summary(30), tmp_path, "cpu")
-    assert all("**did not hold**" in verdict for verdict in report.verdicts)
+def test_joseph_counts_never_get_an_interval_below_zero(tmp_path, joseph_evidence):
+    report = paper_reports.joseph(
+        joseph_summary(joseph_evidence), joseph_evidence, tmp_path, record("joseph")
+    )
+    cells = report.tables["mismatches"].filter(like="mismatches").to_numpy().ravel()
+    lows = [float(cell.split("[")[1].split(",")[0]) for cell in cells]
+    assert min(lows) >= 0
+    assert "disagree on" in "\n".join(report.sections)  # the noise floor, beside the counts
 
 
-def meyer_inputs(pw_gap_change: float):
-    levels = (0.3, 0.5)
-    reference = {"accuracy": 0.95, "group.rare.0.accuracy": 0.98, "group.rare.1.accuracy": 0.8}
-    reference["group.rare.accuracy_gap"] = 0.18
-    rows, metrics = [], {"reference": reference}
-    for level in levels:
-        for loss, change in (("ce", 0.02), ("pw", pw_gap_change)):
-            name = f"structured-{level}-{loss}"
+def test_joseph_with_label_preserving_identical_to_ce_holds_nothing(tmp_path, joseph_evidence):
+    models = dict(joseph_evidence.models)
+    for (compressor, level, loss), outcomes in joseph_evidence.models.items():
+        if loss == "ce":
+            models[(compressor, level, "label_preserving")] = Outcomes(
+                outcomes.predictions.copy(), attribution=outcomes.attribution
+            )
+    same = SeedRunsEvidence(
+        joseph_evidence.labels, 10, joseph_evidence.seeds, joseph_evidence.reference, models
+    )
+    report = paper_reports.joseph(joseph_summary(same), same, tmp_path, record("joseph"))
+    assert all(
+        "**did not hold**" in verdict or "**not judged**" in verdict
+        for verdict in report.verdicts
+    )
+
+
+def test_joseph_with_one_seed_judges_nothing(tmp_path):
+    evidence = simulate.joseph_draw(simulate.JosephDesign(seeds=1), np.random.default_rng(1))
+    report = paper_reports.joseph(joseph_summary(evidence), evidence, tmp_path, record("joseph", 1))
+    assert all("**not judged** (needs >= 2 training seeds" in v for v in report.verdicts)
+    assert "noise_floor" not in report.tables  # one reference: no pair to compare
+
+
+def meyer_inputs(evidence: SeedRunsEvidence):
+    rows, metrics = [], {"reference": {"group.rare.0.accuracy": 0.99, "group.rare.1.accuracy": 0.97}}
+    for seed in evidence.seeds:
+        for compressor, level, loss in evidence.models:
+            name = f"{compressor}-{level}-{loss}@seed{seed}"
             rows.append(
-                {
-                    "name": name,
-                    "role": "compressed",
-                    "sparsity": level,
-                    "loss": loss,
-                    "accuracy": 0.94,
-                }
+                {"seed": seed, "name": name, "role": "compressed", "compressor": compressor,
+                 "sparsity": level, "loss": loss, "accuracy": 0.95}
             )
             metrics[name] = {
-                "group.rare.0.accuracy": 0.97,
-                "group.rare.1.accuracy": 0.97 - 0.18 - change,
-                "group.rare.accuracy_gap": 0.18 + change,
-                "group.rare.accuracy_gap_change": change,
+                "group.rare.0.accuracy": 0.98,
+                "group.rare.1.accuracy": 0.9,
+                "group.rare.accuracy_gap": 0.08,
+                "group.rare.accuracy_gap_change": 0.06,
+                "auroc": 0.99,
             }
     return pd.DataFrame(rows), metrics
 
 
-@pytest.mark.parametrize(
-    ("pw_change", "verdict"), [(-0.01, "**held**"), (0.05, "**did not hold**")]
-)
-def test_meyer_judges_the_gap_change_of_pw_against_ce(tmp_path, pw_change, verdict):
-    summary, metrics = meyer_inputs(pw_change)
-    report = paper_reports.meyer(summary, metrics, "rare", tmp_path, "cpu")
-    files = {path.name for path in report.write(tmp_path)}
-    assert {"README.md", "groups.csv", "groups.md", "group_gap_vs_flops.png"} <= files
-    groups = pd.read_csv(tmp_path / "groups.csv")
-    assert list(groups.loss) == ["reference", "ce", "pw", "ce", "pw"]
-    assert groups.loc[groups.loss == "pw", "gap change vs reference"].eq(pw_change).all()
-    assert (
-        report.verdicts[0].startswith("The performance-weighted loss")
-        and verdict in (report.verdicts[0])
-    )
-    assert "**held**" in report.verdicts[1]  # equal accuracy
+def test_meyer_judges_the_gap_auroc_and_accuracy_beside_the_floor(tmp_path):
+    evidence = simulate.meyer_draw(simulate.MeyerDesign(), np.random.default_rng(3), pw_share=0.2)
+    summary, metrics = meyer_inputs(evidence)
+    report = paper_reports.meyer(summary, metrics, evidence, "rare", tmp_path, record("meyer"))
+    names = {path.name for path in report.write(tmp_path)}
+    assert {"gap.csv", "premise.csv", "accuracy.csv", "auroc_gap.csv", "class_auroc.csv",
+            "mismatches.csv", "groups.csv", "README.md"} <= names
+    keys = [verdict.rule.key for verdict in report.judged]
+    assert keys == ["meyer.gap", "meyer.premise", "meyer.accuracy", "meyer.auroc_gap",
+                    "meyer.class_auroc"]
+    assert report.judged[0].held  # pw loses a fifth of ce's margin: a smaller gap
+    readme = (tmp_path / "README.md").read_text()
+    assert "AUROC" in readme.split("## Findings")[1] and "disagree on" in readme
 
 
-@pytest.mark.parametrize(
-    ("interval", "side", "verdict"),
-    [
-        ((-0.05, -0.01), "pw smaller", "**held**"),
-        ((-0.05, 0.02), "within noise", "**did not hold**"),
-    ],
-)
-def test_meyer_judges_pw_against_ce_by_the_paired_interval(tmp_path, interval, side, verdict):
-    """With bootstrap intervals, pw's smaller gap change counts only where the paired interval
-    of (pw change - ce change) lies below 0; an interval across 0 is noise."""
-    summary, metrics = meyer_inputs(-0.01)
-    for name, values in metrics.items():
-        if name.endswith("-pw"):
-            values["group.rare.accuracy_gap_change_vs_ce"] = -0.03
-            values["group.rare.accuracy_gap_change_vs_ce_ci_low"] = interval[0]
-            values["group.rare.accuracy_gap_change_vs_ce_ci_high"] = interval[1]
-        if name.endswith("-ce"):
-            values["group.rare.accuracy_gap_change_ci_low"] = 0.01
-            values["group.rare.accuracy_gap_change_ci_high"] = 0.04
-        if name != "reference":
-            values["auroc"] = 0.97
-    report = paper_reports.meyer(summary, metrics, "rare", tmp_path, "cpu")
-    report.write(tmp_path)
-    table = pd.read_csv(tmp_path / "gap_change_ce_vs_pw.csv")
-    assert table["pw against ce"].tolist() == [side, side]
-    assert table["ce gap change [95% CI]"].tolist()[0] == "0.020 [0.010, 0.040]"
-    assert verdict in report.verdicts[0] and "Rule:" in report.verdicts[0]
-    assert "**held**" in report.verdicts[1]  # ce's gap grew beyond noise at both levels
-    assert (table["pw AUROC"] == 0.97).all()
-
-
-def test_meyer_combines_seeds_into_one_interval_per_level(tmp_path):
-    """With several training seeds, each level's pw - ce comes from across_seeds over the seeds'
-    paired bootstrap intervals: seeds that disagree widen the interval to include 0, so a level
-    that one seed alone would call "pw smaller" is noise across seeds."""
-    frames, metrics = [], {}
-    for seed, difference in ((0, -0.03), (1, 0.04), (2, -0.01)):
-        summary, seed_metrics = meyer_inputs(-0.01)
-        suffix = "" if seed == 0 else f"@seed{seed}"
-        summary["name"] = summary["name"] + suffix
-        summary["seed"] = seed
-        frames.append(summary)
-        for name, values in seed_metrics.items():
-            if name.endswith("-pw"):
-                values["group.rare.accuracy_gap_change_vs_ce"] = difference
-                values["group.rare.accuracy_gap_change_vs_ce_ci_low"] = difference - 0.01
-                values["group.rare.accuracy_gap_change_vs_ce_ci_high"] = difference + 0.01
-            metrics[name if name == "reference" else name + suffix] = values
-    report = paper_reports.meyer(pd.concat(frames), metrics, "rare", tmp_path, "cpu")
-    report.write(tmp_path)
-    table = pd.read_csv(tmp_path / "gap_change_ce_vs_pw.csv")
-    assert table["seeds"].tolist() == [3, 3]
-    assert table["pw against ce"].tolist() == ["within noise", "within noise"]
-    point, low, high = paper_reports._seed_interval(
-        np.array([-0.03, 0.04, -0.01]),
-        np.array([[-0.04, -0.02], [0.03, 0.05], [-0.02, 0.0]]),
-        0.95,
-        "linear",
-    )
-    assert table["pw − ce [95% CI]"][0] == f"{point:.3f} [{low:.3f}, {high:.3f}]"
-    assert "3 training seeds" in report.verdicts[0] and "**did not hold**" in report.verdicts[0]
-    assert len(pd.read_csv(tmp_path / "gap_change_ce_vs_pw_per_seed.csv")) == 6
-
-
-def test_hooker_tables_and_verdicts_follow_the_counts(tmp_path):
+def test_hooker_shows_the_floor_and_judges_by_permutation(tmp_path):
+    evidence = simulate.hooker_draw(simulate.HookerDesign(), np.random.default_rng(5), True)
     pruning = pd.DataFrame(
         {
-            "level": [0.3, 0.9],
-            "loss": ["ce", "ce"],
-            "pie_count": [1, 12],
-            "pie_fraction": [1 / 450, 12 / 450],
-            "reference_top1_on_pies": [0.5, 0.7],
-            "reference_top1_on_rest": [0.99, 0.99],
-            "compressed_top1_on_pies": [0.2, 0.3],
-            "compressed_top1_on_rest": [0.99, 0.98],
-            "compressed_top1": [0.99, 0.97],
-            "impacted_classes": [0, 1],
-            "impacted_classes_raw": [0, 2],
-            "impacted": ["", "9 (-0.080, p=0.001, p_BH=0.003)"],
+            "level": evidence.levels,
+            "loss": "ce",
+            "reference_top1_on_pies": 0.5,
+            "reference_top1_on_rest": 0.99,
+            "compressed_top1_on_pies": 0.3,
+            "compressed_top1_on_rest": 0.98,
         }
     )
     impact = pd.DataFrame(
-        {
-            "level": [0.9, 0.9, 0.9],
-            "class": [9, 4, 1],
-            "change": [-0.08, 0.02, 0.0],
-            "t": [-7.0, 3.0, 0.1],
-            "p": [0.001, 0.01, 0.9],
-            "p_adjusted": [0.003, 0.06, 0.9],
-            "direction": ["worse", "", ""],
-            "impacted": [True, False, False],
-        }
+        {"level": [0.9], "class": ["0"], "change": [-0.1], "t": [5.0], "p": [0.001],
+         "p_adjusted": [0.04], "impacted": [True], "direction": ["worse"]}
     )
-    quantization = {
-        "quantize_dynamic": pruning.iloc[[0]].assign(pie_count=0),
-        "half (float16)": pruning.iloc[[0]].assign(pie_count=15),
-    }
     report = paper_reports.hooker(
-        pruning, impact, quantization, tmp_path, "cpu", protocol="from_scratch"
+        pruning, impact, {}, evidence, tmp_path, record("hooker"), protocol="from_scratch"
     )
-    files = {path.name for path in report.write(tmp_path)}
-    assert {
-        "pies_by_sparsity.csv",
-        "quantization_vs_pruning.md",
-        "impacted_classes.csv",
-        "pies_vs_sparsity.png",
-        "README.md",
-    } <= files
+    names = {path.name for path in report.write(tmp_path)}
+    assert {"pies_by_sparsity.csv", "quantization_vs_pruning.csv", "impacted_classes.csv",
+            "pies_vs_sparsity.png"} <= names
     table = pd.read_csv(tmp_path / "pies_by_sparsity.csv")
-    assert list(table["paper ImageNet top-1 (ResNet-50)"]) == [76.46, 72.57]
-    impacted_table = pd.read_csv(tmp_path / "impacted_classes.csv")
-    assert len(impacted_table) == 2  # raw p <= 0.05 only
-    # the decision is on the Benjamini-Hochberg adjusted p, shown beside the raw one
-    assert impacted_table.impacted.tolist() == [True, False]
-    assert impacted_table.p_adjusted.tolist() == [0.003, 0.06]
-    growth, harder, impacted, quantized = report.verdicts
-    assert "**held**" in growth and "1, 0.9: 12" in growth
-    assert "**held**" in harder and "2 of 2" in harder
-    assert "**held**" in impacted and "adjusted p <= 0.05: 0.3: 0, 0.9: 1" in impacted
-    assert "raw p <= 0.05, the authors' rule: 0.3: 0, 0.9: 2" in impacted
-    readme = (tmp_path / "README.md").read_text()
-    assert "Protocol: from_scratch: each pruned member trained from its own seed" in readme
-    # one quantizer harms more examples than the highest sparsity: only partly held
-    assert "**partly held**" in quantized and "half (float16): 15 PIEs" in quantized
-
-
-def seeded(frames: list[pd.DataFrame]) -> pd.DataFrame:
-    return pd.concat([frame.assign(seed=seed) for seed, frame in enumerate(frames)])
-
-
-def test_across_seeds_combines_seed_spread_with_test_resampling():
-    """mean ± t(ν) √(s²/S + SE²), SE from the mean bootstrap interval width, ν by
-    Welch-Satterthwaite: checked against the formula worked by hand."""
-    from scipy import stats
-
-    summary = pd.DataFrame(
-        {
-            "seed": [0, 1, 2],
-            "loss": "ce",
-            "mismatches": [10.0, 12.0, 14.0],
-            "mismatches_ci_low": [6.0, 8.0, 10.0],
-            "mismatches_ci_high": [14.0, 16.0, 18.0],
-        }
-    )
-    row = paper_reports.across_seeds(summary, ["loss"], "mismatches").iloc[0]
-    seed_var, test_var = 4.0 / 3, (8 / (2 * stats.norm.ppf(0.975))) ** 2
-    dof = (seed_var + test_var) ** 2 / (seed_var**2 / 2)
-    half = stats.t.ppf(0.975, dof) * (seed_var + test_var) ** 0.5
-    assert row.seeds == 3 and row.mismatches == 12.0 and row.mismatches_sd == 2.0
-    assert row.mismatches_low == pytest.approx(12 - half)
-    assert row.mismatches_high == pytest.approx(12 + half)
-    # wider than any one seed's bootstrap interval: the seeds' spread is in it
-    assert row.mismatches_high - row.mismatches_low > 8
-    # one seed: its own bootstrap interval; a ratio on the log scale: the geometric mean
-    one = paper_reports.across_seeds(summary[summary.seed == 1], ["loss"], "mismatches").iloc[0]
-    assert (one.mismatches, one.mismatches_low, one.mismatches_high) == (12.0, 8.0, 16.0)
-    ratios = summary.rename(columns=lambda c: c.replace("mismatches", "reduction_factor"))
-    ratio = paper_reports.across_seeds(ratios, ["loss"], "reduction_factor", scale="log")
-    assert ratio.reduction_factor.iloc[0] == pytest.approx((10 * 12 * 14) ** (1 / 3))
-    # no mismatches left (an infinite ratio): the union of the seeds' intervals
-    ratios.loc[0, ["reduction_factor", "reduction_factor_ci_high"]] = float("inf")
-    union = paper_reports.across_seeds(ratios, ["loss"], "reduction_factor", scale="log").iloc[0]
-    assert (union.reduction_factor_low, union.reduction_factor_high) == (6.0, float("inf"))
-
-
-def test_joseph_judges_the_headline_on_every_seed(tmp_path):
-    """Two seeds where label_preserving cuts mismatches 4x and one where it does worse than ce:
-    one seed alone would say held; across the three seeds the interval reaches below 1."""
-    good = joseph_summary(5)
-    report = paper_reports.joseph(seeded([good, good, good]), tmp_path, "cpu")
-    assert "**held**" in report.verdicts[0] and "3 training seeds (0, 1, 2)" in report.verdicts[0]
-    assert "4.00 [" in report.verdicts[0]
-    bad = seeded([good, good, joseph_summary(30)])
-    report = paper_reports.joseph(bad, tmp_path, "cpu")
-    assert "**did not hold**" in report.verdicts[0]
-    factors = report.tables["reduction_factors"]
-    low = float(factors.reduction.iloc[-1].split("[")[1].split(",")[0])
-    assert low < 1
-    assert len(report.tables["per_seed"]) == len(bad)
-    assert "Welch–Satterthwaite" in "\n".join(report.sections)
-
-
-def test_joseph_without_attribution_maps_does_not_judge_attributions(tmp_path):
-    summary = joseph_summary(5).assign(attribution_agreement=float("nan"))
-    report = paper_reports.joseph(summary, tmp_path, "cpu")
-    assert "**held**" in report.verdicts[0]
-    assert "**not judged**" in report.verdicts[2] and "attribution" in report.verdicts[2]
+    assert table.population.iloc[0] == "second dense (noise floor)"
+    assert list(table["paper ImageNet top-1 (ResNet-50)"])[1:] == [76.46, 75.87, 75.02, 72.57]
+    assert [v.rule.key for v in report.judged] == ["hooker.pies", "hooker.classes",
+                                                   "hooker.quantization"]
+    assert report.judged[0].held and "permutation p" in report.judged[0].detail
+    assert "**not judged** (true by construction" in report.verdicts[-1]
+    quantized = pd.read_csv(tmp_path / "quantization_vs_pruning.csv")
+    assert "PIEs, of the same members (authors') [95% CI]" in quantized.columns

@@ -810,22 +810,23 @@ def agreement_figure(
 # Paper reports
 
 
-def joseph_mismatch_figure(compressed: pd.DataFrame) -> Figure:
-    """Joseph et al.: mismatches against sparsity per loss, one panel per compressor, with
-    bootstrap intervals."""
+def joseph_mismatch_figure(compressed: pd.DataFrame, floor: float | None = None) -> Figure:
+    """Joseph et al.: mismatches against sparsity per loss, one panel per compressor, with their
+    intervals (clipped at 0: a count is never negative) and the noise floor of two references."""
     methods = sorted(compressed.compressor.unique())
     figure = Figure(figsize=(5.2 * len(methods), 3.8))
     for index, method in enumerate(methods):
         axis = figure.add_subplot(1, len(methods), index + 1)
         for loss, group in compressed[compressed.compressor == method].groupby("loss"):
             group = group.sort_values("sparsity")
-            errors = [
-                group.mismatches - group.mismatches_ci_low,
-                group.mismatches_ci_high - group.mismatches,
-            ]
+            low = np.maximum(group.mismatches_ci_low, 0)
+            errors = [group.mismatches - low, group.mismatches_ci_high - group.mismatches]
             axis.errorbar(
                 group.sparsity, group.mismatches, yerr=errors, marker="o", capsize=3, label=loss
             )
+        if floor is not None:
+            axis.axhline(floor, color="grey", linestyle=":", label="two references")
+        axis.set_ylim(bottom=0)
         axis.set_title(method)
         axis.set_xlabel("sparsity")
         axis.set_ylabel("mismatches with the reference (test)")
@@ -851,26 +852,56 @@ def meyer_group_figure(table: pd.DataFrame, group: str) -> Figure:
     return figure
 
 
-def hooker_pie_figure(pruning: pd.DataFrame, quantization: dict[str, pd.DataFrame]) -> Figure:
-    """Hooker et al.: PIE counts against sparsity (quantizers as dashed levels), and top-1 of
-    the dense and the pruned population on PIEs and on the rest."""
+def hooker_pie_figure(
+    pruning: pd.DataFrame,
+    quantization: dict[str, int],
+    floor: tuple[float, float, float] | None = None,
+    pruning_summary: pd.DataFrame | None = None,
+) -> Figure:
+    """Hooker et al.: PIE counts against sparsity with their intervals (`pie_low`, `pie_high`),
+    the noise floor of a second dense population at sparsity 0, quantizers as dashed levels;
+    and top-1 of the dense and the pruned population on PIEs and on the rest."""
     figure = Figure(figsize=(10, 3.8))
     left, right = figure.add_subplot(1, 2, 1), figure.add_subplot(1, 2, 2)
-    left.plot(pruning.level, pruning.pie_count, marker="o", label="pruning")
-    for method, frame in quantization.items():
-        left.axhline(frame.pie_count.iloc[0], linestyle="--", linewidth=1, label=method)
+    if "pie_low" in pruning:
+        errors = [pruning.pie_count - pruning.pie_low, pruning.pie_high - pruning.pie_count]
+        left.errorbar(
+            pruning.level, pruning.pie_count, yerr=errors, marker="o", capsize=3, label="pruning"
+        )
+    else:
+        left.plot(pruning.level, pruning.pie_count, marker="o", label="pruning")
+    if floor is not None:
+        count, low, high = floor
+        left.errorbar(
+            [0.0],
+            [count],
+            yerr=[[count - low], [high - count]],
+            marker="s",
+            color="grey",
+            capsize=3,
+            label="second dense population",
+        )
+    for method, count in quantization.items():
+        left.axhline(count, linestyle="--", linewidth=1, label=method)
+    left.set_ylim(bottom=0)
     left.set_xlabel("sparsity")
     left.set_ylabel("PIEs (test examples)")
     left.legend(fontsize=8)
-    right.plot(pruning.level, pruning.reference_top1_on_pies, marker="o", label="dense, on PIEs")
-    right.plot(
-        pruning.level, pruning.reference_top1_on_rest, marker="o", label="dense, on the rest"
-    )
-    right.plot(pruning.level, pruning.compressed_top1_on_pies, marker="s", label="pruned, on PIEs")
-    right.plot(
-        pruning.level, pruning.compressed_top1_on_rest, marker="s", label="pruned, on the rest"
-    )
+    summary = pruning_summary if pruning_summary is not None else pruning
+    if {"reference_top1_on_pies", "compressed_top1_on_pies"} <= set(summary.columns):
+        right.plot(
+            summary.level, summary.reference_top1_on_pies, marker="o", label="dense, on PIEs"
+        )
+        right.plot(
+            summary.level, summary.reference_top1_on_rest, marker="o", label="dense, on the rest"
+        )
+        right.plot(
+            summary.level, summary.compressed_top1_on_pies, marker="s", label="pruned, on PIEs"
+        )
+        right.plot(
+            summary.level, summary.compressed_top1_on_rest, marker="s", label="pruned, on the rest"
+        )
+        right.legend(fontsize=8)
     right.set_xlabel("sparsity")
     right.set_ylabel("mean top-1 of the population")
-    right.legend(fontsize=8)
     return figure

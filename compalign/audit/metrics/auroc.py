@@ -18,6 +18,9 @@ from compalign.audit.base import AuditInputs, Column, Metric, number
 from compalign.audit.metrics.groups import selected_groups
 
 NAN = float("nan")
+# every model's class probabilities on the test split, in the predictions frame's order: what
+# `compalign reproduce` judges AUROC from (paired across models on the same examples)
+PROBABILITIES_FILE = "probabilities.npz"
 
 
 def probabilities(logits: torch.Tensor) -> np.ndarray:
@@ -63,12 +66,14 @@ def _logits(inputs: AuditInputs) -> torch.Tensor | None:
 
 def auroc(inputs: AuditInputs) -> dict[str, float]:
     """`auroc`, `auroc.class.<class>` (more than two classes), `auroc.group.<column>.<value>`,
-    `auroc.group.<column>.gap`; compared: each one's `_change`, `worst_class_auroc_change`."""
+    `auroc.group.<column>.gap`; compared: each one's `_change`, `worst_class_auroc_change`.
+    Output: the class probabilities (PROBABILITIES_FILE)."""
     logits = _logits(inputs)
     if logits is None:
         return {}
     labels = inputs.frame["label"].to_numpy()
     scores = probabilities(logits)
+    inputs.outputs[PROBABILITIES_FILE] = {"probabilities": scores.astype(np.float32)}
     metrics = {"auroc": model_auroc(labels, scores)}
     if scores.shape[1] > 2:
         for name, value in zip(inputs.class_names, class_aurocs(labels, scores), strict=True):
