@@ -17,14 +17,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+import compalign.verdicts.populations as pop
+import compalign.verdicts.simulate as simulate
 from compalign.report.figures import (
     hooker_pie_figure,
     joseph_mismatch_figure,
     meyer_group_figure,
     save_png,
 )
-from compalign.verdicts import populations as pop
-from compalign.verdicts import simulate
 from compalign.verdicts.estimate import SeedEvidence
 from compalign.verdicts.evidence import PopulationEvidence, SeedRunsEvidence
 from compalign.verdicts.rules import (
@@ -566,7 +566,9 @@ def meyer(
 # --------------------------------------------------------------------------------------------
 
 
-def _pie_interval(evidence: PopulationEvidence, members: np.ndarray, seed: int) -> tuple[int, float, float]:
+def _pie_interval(
+    evidence: PopulationEvidence, members: np.ndarray, seed: int
+) -> tuple[int, float, float]:
     """(PIEs, 95% percentile interval) of a population against the dense one, resampling the
     members of both with replacement."""
     classes = len(evidence.class_names)

@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from compalign.verdicts import measures
-from compalign.verdicts import populations as pop
+import compalign.verdicts.measures as measures
+import compalign.verdicts.populations as pop
 from compalign.verdicts.estimate import (
     MIN_SEEDS,
     Estimate,

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from compalign.verdicts import rules as verdict_rules
+import compalign.verdicts.rules as verdict_rules
 from compalign.verdicts.evidence import Outcomes, PopulationEvidence, SeedRunsEvidence
 
 # --------------------------------------------------------------------------------------------
