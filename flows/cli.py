@@ -324,7 +324,10 @@ def populations(
 def reproduce(
     paper: Annotated[str, typer.Argument(help="joseph, meyer, hooker or all")],
     profile: Annotated[
-        str, typer.Option(help="cpu (embedded data) or paper (dataset on disk)")
+        str,
+        typer.Option(
+            help="cpu (embedded digits), fmnist (the Fashion-MNIST images of ../shared/data) or paper (the paper's dataset on disk)"
+        ),
     ] = "cpu",
     device: Annotated[
         str | None, typer.Option(help="auto, cpu or cuda (default: the profile's)")

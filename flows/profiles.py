@@ -11,7 +11,7 @@ from pathlib import Path
 from compalign.config import Params, load_params
 
 PAPERS = ("joseph", "meyer", "hooker")
-PROFILES = ("cpu", "paper")
+PROFILES = ("cpu", "paper", "fmnist")
 PROFILE_DIR = Path(__file__).resolve().parents[1] / "profiles"
 
 

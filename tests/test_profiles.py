@@ -217,3 +217,24 @@ def test_paper_profile_runs_end_to_end_on_tiny_data(path, project, prefect_serve
         recorded = [metrics for metrics in audits if "conv_flops_removed" in metrics]
         assert len(recorded) == len(profile.align.losses)
         assert all(metrics["masked_conv_flops_removed"] >= 0.25 for metrics in recorded)
+
+
+SHARED_DATA = PROFILE_DIR.parents[1] / "shared" / "data" / "fashion-mnist-test-4443"
+
+
+@pytest.mark.skipif(
+    not SHARED_DATA.is_dir(),
+    reason="../shared/data/fashion-mnist-test-4443 (the development images beside the project) "
+    "is absent: a user's clone",
+)
+@pytest.mark.parametrize("paper", PAPERS)
+def test_fmnist_profiles_read_the_real_images(paper, tmp_path, monkeypatch):
+    """The fmnist profiles' data section reads the 4,443 Fashion-MNIST images as they are:
+    28x28 greyscale, 10 classes, from the folder beside the project."""
+    from compalign.data import SOURCES
+
+    monkeypatch.chdir(PROFILE_DIR.parent)  # the profiles' data.root is relative to the project
+    data = paper_params(paper, "fmnist").data
+    raw = SOURCES["imagefolder"].load(data)
+    assert len(raw.labels) == 4443 and len(raw.class_names) == 10
+    assert tuple(raw.load_images(np.arange(3)).shape[1:]) == (28, 28, 1)
