@@ -22,12 +22,13 @@ from compalign.report.html import pipeline_report
 from compalign.train import resolve_device
 from flows import artifacts
 from flows.cached import MLFLOW_UI, record_run
-from flows.graph import REPORT_DIR, Input, pipeline_steps, resolve
+from flows.graph import REPORT_DIR, Input, Step, at_once, pipeline_steps, resolve
 from flows.plan import model_grid, reference_model_name
 from flows.runtime import (
     dask_runner,
     report_finished,
     report_when_done,
+    retire_workers,
     submit_when_ready,
     thread_pool_runner,
     wait_or_raise_first_failure,
@@ -49,6 +50,8 @@ TASKS = {
     "align": align_task,
     "audit": audit_task,
 }
+# the stages that train on the run's device: on CUDA, run.gpu_workers of them at a time
+DEVICE_STAGES = ("reference", "align")
 
 
 def log_data_lineage(track: tracking.Tracking, run_id: str, data: dict[str, Any]) -> None:
@@ -101,18 +104,23 @@ def pipeline(params: dict[str, Any]) -> dict[str, Any]:
         submitted = [step for step in steps if step.stage != "costs"]
         publish_progress("planned", count=len(steps))  # the terminal's display
         progress = artifacts.Progress(artifact_key(settings), len(steps), "pipeline")
+        counts = step_threads(settings, submitted)
         futures = submit_when_ready(
             submitted,
             TASKS,
             after={"prepare": lambda data: log_data_lineage(track, parent, data.result())},
             on_submit=report_when_done,
             on_done=lambda _: progress.advance(),
+            threads=lambda step: counts[step.id],
+            limit=device_limit(settings, device),
         )
         wait_or_raise_first_failure(list(futures.values()), announce=False)
         names = ["reference"] + [spec.name for spec in model_grid(settings)]
         results = [futures[f"audit:{name}"].result() for name in names]
-        # costs one model at a time, once nothing else runs: latency is measured undisturbed
-        torch.set_num_threads(threads)  # MKL's count is process-wide: the workers' set it
+        # costs one model at a time, once nothing else runs: latency is measured undisturbed,
+        # and with the pool's threads ended (libgomp: flows.runtime.thread_pool_runner)
+        retire_workers()
+        torch.set_num_threads(threads)  # this thread's count, as it was
         costs = {}
 
         def result_of(source: Input) -> Any:
@@ -168,18 +176,52 @@ def task_workers(params: Params) -> int:
     return params.run.worker_count()
 
 
+def concurrent_tasks(params: Params) -> int:
+    """Tasks at once on the runner `run.runner` asks for: `task_workers` on the local pool, the
+    worker processes on Dask (tracing is per process there)."""
+    return params.run.worker_count() if params.run.runner == "dask" else task_workers(params)
+
+
+def step_threads(params: Params, steps: list[Step]) -> dict[str, int | None]:
+    """The torch threads of each step's task: `run.threads`, or the cores shared among the most
+    tasks that can run beside it (flows.graph.at_once; at most the workers). A task that always
+    runs alone (prepare, then the reference) and every task of a one-worker grid gets every
+    core; a full grid, one worker per core, one each. What can run, not what happens to run:
+    the same run gets the same counts, so the same numbers, on every runner and every time.
+    None (the workers' own settings) on a Dask cluster the run did not start."""
+    run = params.run
+    if run.runner == "dask" and run.dask_address and run.threads is None:
+        return {step.id: None for step in steps}
+    workers = concurrent_tasks(params)
+    most = at_once(steps)
+    return {step.id: run.task_threads(min(workers, most[step.id])) for step in steps}
+
+
+def device_limit(params: Params, device: str) -> tuple[tuple[str, ...], int] | None:
+    """On CUDA, the training stages run `run.gpu_workers` at a time (submit_when_ready's
+    `limit`): trainings in threads of one process share the GPU's default stream, so more of
+    them queue their kernels behind each other and hold more memory; audits and compressions,
+    mostly CPU work, still run `run.workers` at once. None on the CPU."""
+    if not device.startswith("cuda"):
+        return None
+    return DEVICE_STAGES, params.run.gpu_workers
+
+
 def task_runner(params: Params):
     """The task runner `run.runner` asks for: a local thread pool of `task_workers(params)`
     threads, or Dask (the scheduler at `run.dask_address`, else a LocalCluster of that many
-    worker processes on loopback), each task with `run.task_threads()` torch threads."""
-    threads = params.run.task_threads()
+    worker processes on loopback). Each task the flow submits runs with its own torch thread
+    count (`step_threads`); the runner's count, the cores shared among the workers, is for
+    any other."""
+    workers = concurrent_tasks(params)
+    threads = params.run.task_threads(workers)
     if params.run.runner == "dask":
-        return dask_runner(params.run.dask_address, params.run.worker_count(), threads)
-    workers = task_workers(params)
+        return dask_runner(params.run.dask_address, workers, threads)
     if workers < params.run.worker_count():
         print(
-            f"note: running one task at a time (run.workers={params.run.workers}): "
-            "quantize_static traces models (torch.export / torch.fx), which is not thread-safe"
+            f"note: running one task at a time, each with {params.run.task_threads(1)} torch "
+            f"thread(s) (run.workers={params.run.workers}): quantize_static traces models "
+            "(torch.export / torch.fx), which is not thread-safe"
         )
     return thread_pool_runner(workers, threads)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import queue
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -100,17 +100,51 @@ def _report_finished(future) -> None:
     publish_progress("finished", task_run_id=str(future.task_run_id), state=name)
 
 
+def use_torch_threads(count: int) -> None:
+    """Run torch in the calling thread with `count` threads. OpenMP's count (and MKL's) is per
+    thread; but torch gives a thread, the first time it runs a parallel op, the count last set
+    by any thread: that first time is forced here, so the count set after it stays."""
+    import torch
+
+    torch.get_num_threads()
+    torch.set_num_threads(count)
+
+
+class TorchThreads:
+    """A Prefect `on_running` hook: the task runs with `count` torch threads, set in the thread
+    that runs it (a thread of the flow's pool, or a Dask worker's), once its inputs are there.
+    Its name is what the task run's log says: `Running hook 'torch_threads=2' ...`."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.__name__ = f"torch_threads={count}"
+
+    def __call__(self, task: Any, task_run: Any, state: Any) -> None:
+        use_torch_threads(self.count)
+
+
+def with_torch_threads(task: Any, count: int | None) -> Any:
+    """`task` running with `count` torch threads wherever the runner runs it (None: as it is)."""
+    if count is None:
+        return task
+    return task.with_options(on_running=[*task.on_running_hooks, TorchThreads(count)])
+
+
 def submit_when_ready(
     steps: list[Step],
     tasks: dict[str, Any],
     after: dict[str, Callable[[Any], None]] | None = None,
     on_submit: Callable[[Any], None] | None = None,
     on_done: Callable[[Any], None] | None = None,
+    threads: Callable[[Step], int | None] | None = None,
+    limit: tuple[Collection[str], int] | None = None,
 ) -> dict[str, Any]:
     """Submit each step (flows/graph.py) to the flow's task runner once every step it needs is
     done; return the futures by step id. `after[step id]` is called with a step's future once it
     has completed; `on_submit(future)` as each is submitted, `on_done(future)` as each ends
-    (in this thread), for progress reports.
+    (in this thread), for progress reports. `threads(step)`: the torch threads the step's task
+    runs with (None: the runner's). `limit` = (stages, n): at most n steps of those stages are
+    submitted and not yet done at a time (the trainings on one GPU); the others are not held.
 
     A task submitted with futures still running would take a worker and wait there for them;
     submitted only when its inputs are done, it never holds a worker idle, so `run.workers`
@@ -120,6 +154,7 @@ def submit_when_ready(
     from prefect.futures import PrefectFuture
 
     after = after or {}
+    limited, most = limit if limit is not None else ((), 0)
     done = queue.SimpleQueue()
     futures: dict[str, PrefectFuture] = {}
     ids: dict[int, str] = {}
@@ -127,20 +162,33 @@ def submit_when_ready(
     failed: set[str] = set()
     waiting = list(steps)
     running = 0
+    running_limited = 0
+    stage_of = {step.id: step.stage for step in steps}
+    variants: dict[tuple[str, int | None], Any] = {}  # each stage's task with a thread count
+
+    def task_of(step: Step) -> Any:
+        count = threads(step) if threads is not None else None
+        if (step.stage, count) not in variants:
+            variants[step.stage, count] = with_torch_threads(tasks[step.stage], count)
+        return variants[step.stage, count]
+
     while True:
         for step in list(waiting):
             if any(need in failed for need in step.needs):
                 waiting.remove(step)
                 failed.add(step.id)
             elif all(need in completed for need in step.needs):
+                if step.stage in limited and running_limited >= most:
+                    continue  # waits for a slot; later steps of other stages go first
                 waiting.remove(step)
                 arguments = resolve(step.arguments, lambda source: futures[source.step])
-                future = tasks[step.stage].submit(**arguments)
+                future = task_of(step).submit(**arguments)
                 futures[step.id], ids[id(future)] = future, step.id
                 future.add_done_callback(done.put)
                 if on_submit is not None:
                     on_submit(future)
                 running += 1
+                running_limited += step.stage in limited
         if not running:
             return futures
         try:
@@ -152,6 +200,7 @@ def submit_when_ready(
         if on_done is not None:
             on_done(future)
         step_id = ids[id(future)]
+        running_limited -= stage_of[step_id] in limited
         if future.state.is_completed():
             completed.add(step_id)
             if step_id in after:
@@ -161,25 +210,49 @@ def submit_when_ready(
 
 
 def thread_pool_runner(workers: int, threads: int):
-    """Prefect's thread pool of `workers` threads, each running torch with `threads` threads.
+    """Prefect's thread pool of `workers` threads, each running torch with `threads` threads
+    unless the task it runs sets its own (`with_torch_threads`).
 
     torch.set_num_threads is per thread for OpenMP (each thread has its own team), so each
-    worker sets its own count when it starts; the calling thread keeps its count (MKL's count
-    is process-wide: a flow that measures something afterwards sets its own again).
+    worker sets its own count when it starts; the calling thread keeps its count.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     from prefect.task_runners import ThreadPoolTaskRunner
 
     class TorchThreadPoolTaskRunner(ThreadPoolTaskRunner):
         def _register_worker_thread(self) -> None:
-            import torch
-
-            torch.set_num_threads(threads)
+            use_torch_threads(threads)
             super()._register_worker_thread()
 
         def duplicate(self):
             return type(self)(max_workers=self._max_workers)
 
+        def retire_workers(self) -> None:
+            """End the pool's threads once every task submitted so far is done (a later
+            submit starts new ones). While a thread that ran a multi-thread OpenMP team
+            lives, libgomp counts its idle team as busy; with more such threads than cores it
+            puts idle threads to sleep after a short spin, and every small parallel region
+            of any thread pays for waking them (batch-1 latency read 3-4x high)."""
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+                self._worker_thread_ids = set()
+                self._executor = ThreadPoolExecutor(
+                    max_workers=self._max_workers, initializer=self._register_worker_thread
+                )
+
     return TorchThreadPoolTaskRunner(max_workers=workers)
+
+
+def retire_workers() -> None:
+    """End the worker threads of the running flow's thread pool (`retire_workers` above); a
+    flow on Dask (worker processes) or without a pool has none in this process."""
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    runner = context.task_runner if context is not None else None
+    if hasattr(runner, "retire_workers"):
+        runner.retire_workers()
 
 
 def dask_runner(address: str | None, workers: int, threads: int):
