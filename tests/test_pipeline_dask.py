@@ -45,6 +45,24 @@ def test_dask_runner_gives_the_local_runners_results(tmp_path, prefect_server):
         (t["stage"], t["model"]) for t in local["tasks"]
     ]
     assert dask["metrics"] == local["metrics"]
+    # each task set its torch threads in the worker process that ran it, as the local pool does
+    # (the reference, alone, every core): each checkpoint's torch_threads, logged with its audit
+    from mlflow.tracking import MlflowClient
+
+    from compalign.config import cores
+
+    for result in (local, dask):
+        children = MlflowClient(result["tracking_uri"]).search_runs(
+            [result["experiment_id"]],
+            filter_string=f"tags.mlflow.parentRunId = '{result['parent_run_id']}'",
+        )
+        recorded = {
+            run.info.run_name: run.data.tags["checkpoint_torch_threads"] for run in children
+        }
+        assert recorded == {
+            "reference": str(cores()),
+            "magnitude_global-0.9-ce": str(max(1, cores() // 2)),
+        }
     measured = [c for c in pd.DataFrame(local["summary"]).columns if c.startswith("latency")]
     frames = [
         pd.DataFrame(r["summary"]).drop(columns=["run_id", *measured]) for r in results.values()
