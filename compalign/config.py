@@ -264,9 +264,13 @@ class RunParams(Section):
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
     experiment: Annotated[str, Field(min_length=1)] = "compalign"
-    # torch threads of each task (null: the cores shared among the tasks that can run beside it:
-    # every core for a task that runs alone, one per task in a full grid; task_threads)
+    # torch threads of each task (null: the cores not busy with other work, shared among the tasks
+    # that can run beside it: every core for a task that runs alone, one each in a full grid;
+    # flows/threads.py)
     threads: Annotated[int, Field(ge=1)] | None = None
+    # cores other work keeps busy, left to it ("auto": measured as each task starts; 0: none,
+    # so the thread counts follow the run graph alone, the same whatever the machine's load)
+    busy_cores: int | Literal["auto"] = "auto"
     # tasks at once ("auto": one per core: bench/threads.py)
     workers: int | Literal["auto"] = "auto"
     # on CUDA, training tasks (reference, align) at once on the GPU; the other tasks (audits,
@@ -288,6 +292,15 @@ class RunParams(Section):
         ):
             return value
         raise ValueError("must be auto or a whole number from 1 to 64")
+
+    @field_validator("busy_cores", mode="before")
+    @classmethod
+    def _busy_cores(cls, value: Any) -> Any:
+        if value == "auto" or (
+            isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 1024
+        ):
+            return value
+        raise ValueError("must be auto or a whole number from 0 to 1024")
 
     def worker_count(self) -> int:
         """Tasks at once: `workers`, or the machine's cores for "auto"."""

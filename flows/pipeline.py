@@ -33,6 +33,7 @@ from flows.runtime import (
     thread_pool_runner,
     wait_or_raise_first_failure,
 )
+from flows.threads import ThreadShare
 from tasks import tracking
 from tasks.align import align_task
 from tasks.audit import audit_task
@@ -170,38 +171,36 @@ def task_workers(params: Params) -> int:
     """`run.workers` ("auto": the cores), or 1 when a compressor traces models (quantize_static:
     torch.export's strict tracing with PT2E, torch.fx with the FX fallback): tracing patches
     process-wide state (FX: torch.nn.Module.__call__), so tasks in other threads must not run
-    models at the same time."""
+    models at the same time. A LocalCluster gets as many worker processes (tracing there would
+    be safe): a run then gets the same thread counts, so the same numbers, on either runner."""
     if any(COMPRESSORS[method].traces_globally for method in params.compress.methods):
         return 1
     return params.run.worker_count()
 
 
-def concurrent_tasks(params: Params) -> int:
-    """Tasks at once on the runner `run.runner` asks for: `task_workers` on the local pool, the
-    worker processes on Dask (tracing is per process there)."""
-    return params.run.worker_count() if params.run.runner == "dask" else task_workers(params)
-
-
-def step_threads(params: Params, steps: list[Step]) -> dict[str, int | None]:
-    """The torch threads of each step's task: `run.threads`, or the cores shared among the most
-    tasks that can run beside it (flows.graph.at_once; at most the workers). A task that always
-    runs alone (prepare, then the reference) and every task of a one-worker grid gets every
-    core; a full grid, one worker per core, one each. What can run, not what happens to run:
-    the same run gets the same counts, so the same numbers, on every runner and every time.
-    None (the workers' own settings) on a Dask cluster the run did not start."""
+def step_threads(params: Params, steps: list[Step]) -> dict[str, ThreadShare | None]:
+    """How each step's task picks its torch threads as it starts (flows.threads): `run.threads`,
+    or the cores not busy with other work (`run.busy_cores`) shared among the most tasks that
+    can run beside it (flows.graph.at_once; at most the workers). A task that always runs alone
+    (prepare, then the reference) and each task of a one-worker grid get every free core; a
+    full grid, one worker per core, one each. What can run, not what happens to run: on a
+    quiet machine the same run gets the same counts, so the same numbers, every time and on
+    every runner. None (the workers' own settings) on a Dask cluster the run did not start."""
     run = params.run
     if run.runner == "dask" and run.dask_address and run.threads is None:
         return {step.id: None for step in steps}
-    workers = concurrent_tasks(params)
+    workers = task_workers(params)
     most = at_once(steps)
-    return {step.id: run.task_threads(min(workers, most[step.id])) for step in steps}
+    busy = None if run.busy_cores == "auto" else run.busy_cores
+    return {step.id: ThreadShare(min(workers, most[step.id]), run.threads, busy) for step in steps}
 
 
 def device_limit(params: Params, device: str) -> tuple[tuple[str, ...], int] | None:
     """On CUDA, the training stages run `run.gpu_workers` at a time (submit_when_ready's
-    `limit`): trainings in threads of one process share the GPU's default stream, so more of
-    them queue their kernels behind each other and hold more memory; audits and compressions,
-    mostly CPU work, still run `run.workers` at once. None on the CPU."""
+    `limit`), whatever `run.workers`: one GPU, each training's own memory, and kernels that
+    go to the device's default stream unless a training picks another, so beyond a few
+    trainings they mostly queue behind each other (not measured: no GPU was lent). Audits and
+    compressions, mostly CPU work, still run `run.workers` at once. None on the CPU."""
     if not device.startswith("cuda"):
         return None
     return DEVICE_STAGES, params.run.gpu_workers
@@ -210,19 +209,21 @@ def device_limit(params: Params, device: str) -> tuple[tuple[str, ...], int] | N
 def task_runner(params: Params):
     """The task runner `run.runner` asks for: a local thread pool of `task_workers(params)`
     threads, or Dask (the scheduler at `run.dask_address`, else a LocalCluster of that many
-    worker processes on loopback). Each task the flow submits runs with its own torch thread
-    count (`step_threads`); the runner's count, the cores shared among the workers, is for
-    any other."""
-    workers = concurrent_tasks(params)
+    worker processes on loopback). Each task the flow submits picks its own torch threads
+    (`step_threads`); the runner's count, the cores shared among the workers, is for any
+    other."""
+    workers = task_workers(params)
     threads = params.run.task_threads(workers)
+    remote = params.run.runner == "dask" and params.run.dask_address
+    if workers < params.run.worker_count() and not remote:
+        each = f"{params.run.threads} torch thread(s)" if params.run.threads else "every free core"
+        print(
+            f"note: running one task at a time, each with {each} (run.workers="
+            f"{params.run.workers}): quantize_static traces models (torch.export / torch.fx), "
+            "which is not thread-safe"
+        )
     if params.run.runner == "dask":
         return dask_runner(params.run.dask_address, workers, threads)
-    if workers < params.run.worker_count():
-        print(
-            f"note: running one task at a time, each with {params.run.task_threads(1)} torch "
-            f"thread(s) (run.workers={params.run.workers}): quantize_static traces models "
-            "(torch.export / torch.fx), which is not thread-safe"
-        )
     return thread_pool_runner(workers, threads)
 
 

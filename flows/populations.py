@@ -28,7 +28,8 @@ from compalign.report.html import populations_report
 from compalign.train import resolve_device
 from flows import artifacts
 from flows.plan import ModelSpec, align_arguments, compress_arguments, compressed_id
-from flows.runtime import dask_runner, thread_pool_runner, with_torch_threads
+from flows.runtime import dask_runner, thread_pool_runner
+from flows.threads import ThreadShare, with_torch_threads
 from tasks import tracking
 from tasks.align import align_task
 from tasks.compress import compress_task
@@ -259,26 +260,27 @@ def task_workers(settings: Params) -> int:
     return population.workers or cores()
 
 
-def task_threads(settings: Params, alone: bool = False) -> int | None:
-    """Torch threads of a task: `threads_per_task`, or the cores shared among the workers (all
-    of them for a task that runs `alone`); None (the workers' own settings) on a Dask cluster
-    the run did not start."""
+def task_threads(settings: Params, alone: bool = False) -> ThreadShare | None:
+    """How a task picks its torch threads (flows.threads): `threads_per_task`, or the cores not
+    busy with other work (`run.busy_cores`) shared among the workers, all of them for a task
+    that runs `alone`; None (the workers' own settings) on a Dask cluster the run did not
+    start."""
     population = settings.populations
-    if population.threads_per_task:
-        return population.threads_per_task
-    if population.runner == "dask" and population.dask_address:
+    if population.runner == "dask" and population.dask_address and not population.threads_per_task:
         return None
-    return max(1, cores() // (1 if alone else task_workers(settings)))
+    busy = None if settings.run.busy_cores == "auto" else settings.run.busy_cores
+    return ThreadShare(1 if alone else task_workers(settings), population.threads_per_task, busy)
 
 
 def task_runner(settings: Params):
-    """The Prefect task runner `populations.runner` asks for; every task the flow submits sets
-    its own torch threads (`task_threads`)."""
+    """The Prefect task runner `populations.runner` asks for; every task the flow submits picks
+    its own torch threads (`task_threads`); the runner's count is for any other."""
     population = settings.populations
     workers = task_workers(settings)
+    threads = population.threads_per_task or max(1, cores() // workers)
     if population.runner == "dask":
-        return dask_runner(population.dask_address, workers, task_threads(settings) or 1)
-    return thread_pool_runner(workers, task_threads(settings) or 1)
+        return dask_runner(population.dask_address, workers, threads)
+    return thread_pool_runner(workers, threads)
 
 
 def run_populations(settings: Params) -> dict[str, Any]:

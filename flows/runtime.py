@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from flows.graph import Step, resolve
+from flows.threads import ThreadShare, use_torch_threads, with_torch_threads
 from tasks.store import PREFECT_RESULTS_DIR
 
 
@@ -100,50 +101,20 @@ def _report_finished(future) -> None:
     publish_progress("finished", task_run_id=str(future.task_run_id), state=name)
 
 
-def use_torch_threads(count: int) -> None:
-    """Run torch in the calling thread with `count` threads. OpenMP's count (and MKL's) is per
-    thread; but torch gives a thread, the first time it runs a parallel op, the count last set
-    by any thread: that first time is forced here, so the count set after it stays."""
-    import torch
-
-    torch.get_num_threads()
-    torch.set_num_threads(count)
-
-
-class TorchThreads:
-    """A Prefect `on_running` hook: the task runs with `count` torch threads, set in the thread
-    that runs it (a thread of the flow's pool, or a Dask worker's), once its inputs are there.
-    Its name is what the task run's log says: `Running hook 'torch_threads=2' ...`."""
-
-    def __init__(self, count: int) -> None:
-        self.count = count
-        self.__name__ = f"torch_threads={count}"
-
-    def __call__(self, task: Any, task_run: Any, state: Any) -> None:
-        use_torch_threads(self.count)
-
-
-def with_torch_threads(task: Any, count: int | None) -> Any:
-    """`task` running with `count` torch threads wherever the runner runs it (None: as it is)."""
-    if count is None:
-        return task
-    return task.with_options(on_running=[*task.on_running_hooks, TorchThreads(count)])
-
-
 def submit_when_ready(
     steps: list[Step],
     tasks: dict[str, Any],
     after: dict[str, Callable[[Any], None]] | None = None,
     on_submit: Callable[[Any], None] | None = None,
     on_done: Callable[[Any], None] | None = None,
-    threads: Callable[[Step], int | None] | None = None,
+    threads: Callable[[Step], ThreadShare | None] | None = None,
     limit: tuple[Collection[str], int] | None = None,
 ) -> dict[str, Any]:
     """Submit each step (flows/graph.py) to the flow's task runner once every step it needs is
     done; return the futures by step id. `after[step id]` is called with a step's future once it
     has completed; `on_submit(future)` as each is submitted, `on_done(future)` as each ends
-    (in this thread), for progress reports. `threads(step)`: the torch threads the step's task
-    runs with (None: the runner's). `limit` = (stages, n): at most n steps of those stages are
+    (in this thread), for progress reports. `threads(step)`: how the step's task picks its torch
+    threads (flows.threads; None: the runner's count). `limit` = (stages, n): at most n steps of those stages are
     submitted and not yet done at a time (the trainings on one GPU); the others are not held.
 
     A task submitted with futures still running would take a worker and wait there for them;
@@ -164,13 +135,13 @@ def submit_when_ready(
     running = 0
     running_limited = 0
     stage_of = {step.id: step.stage for step in steps}
-    variants: dict[tuple[str, int | None], Any] = {}  # each stage's task with a thread count
+    variants: dict[tuple[str, ThreadShare | None], Any] = {}  # each stage's task, by its share
 
     def task_of(step: Step) -> Any:
-        count = threads(step) if threads is not None else None
-        if (step.stage, count) not in variants:
-            variants[step.stage, count] = with_torch_threads(tasks[step.stage], count)
-        return variants[step.stage, count]
+        share = threads(step) if threads is not None else None
+        if (step.stage, share) not in variants:
+            variants[step.stage, share] = with_torch_threads(tasks[step.stage], share)
+        return variants[step.stage, share]
 
     while True:
         for step in list(waiting):
@@ -211,7 +182,7 @@ def submit_when_ready(
 
 def thread_pool_runner(workers: int, threads: int):
     """Prefect's thread pool of `workers` threads, each running torch with `threads` threads
-    unless the task it runs sets its own (`with_torch_threads`).
+    unless the task it runs sets its own (flows.threads.with_torch_threads).
 
     torch.set_num_threads is per thread for OpenMP (each thread has its own team), so each
     worker sets its own count when it starts; the calling thread keeps its count.

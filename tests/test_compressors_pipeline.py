@@ -124,15 +124,3 @@ def test_taylor_importance_ranks_channels_per_loss(run):
     names = {t["model"] for t in compress_tasks}
     assert {"structured-0.5-by-ce"} <= names  # none and ce share ce's ranking
     assert len(compress_tasks) == len(names)
-
-
-def test_a_one_worker_grid_gives_every_task_every_core(run):
-    """quantize_static forces one task at a time: each task trains, compresses or fine-tunes
-    with every core (each checkpoint's torch_threads, logged with its audit)."""
-    from compalign.config import cores
-
-    _, _, children = run
-    recorded = {
-        name: child.data.tags.get("checkpoint_torch_threads") for name, child in children.items()
-    }
-    assert set(recorded.values()) == {str(cores())}, recorded

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import os
 
 from flows.graph import Input, pipeline_steps
 
@@ -60,38 +61,52 @@ def test_a_step_can_overlap_only_the_steps_it_neither_needs_nor_feeds(tiny_param
     }
 
 
-def threads_by_stage(params, steps=None) -> dict[str, set[int | None]]:
+def threads_by_stage(params) -> dict[str, set[int | None]]:
+    """The torch threads each stage's tasks start with, by flows.pipeline.step_threads (None:
+    the Dask workers' own settings)."""
     from flows.pipeline import step_threads
 
-    steps = steps or [s for s in pipeline_steps(params, "cpu", {}, None) if s.stage != "costs"]
-    counts = step_threads(params, steps)
+    steps = [s for s in pipeline_steps(params, "cpu", {}, None) if s.stage != "costs"]
+    shares = step_threads(params, steps)
     found: dict[str, set[int | None]] = {}
     for step in steps:
-        found.setdefault(step.stage, set()).add(counts[step.id])
+        share = shares[step.id]
+        found.setdefault(step.stage, set()).add(None if share is None else share.count()[0])
     return found
 
 
-def test_a_task_alone_gets_every_core_and_a_full_grid_one_each(tiny_params, monkeypatch):
-    """run.threads null: the cores shared among the most tasks that can run beside a task (at
-    most the workers): every core for prepare and the reference (always alone), one each on
-    the grid with one worker per core; a one-worker grid (quantize_static forces it) gives
-    every task every core; run.threads pins them all."""
+def test_a_task_alone_gets_every_free_core_and_a_full_grid_one_each(tiny_params, monkeypatch):
+    """run.threads null: the cores not busy with other work, shared among the most tasks that
+    can run beside a task (at most the workers): every core for prepare and the reference
+    (always alone), one each on the grid with one worker per core; a one-worker grid
+    (quantize_static forces it) gives every task every core; cores busy with other work are
+    left to it; run.threads pins them all."""
     import compalign.config
+    import flows.threads
 
     monkeypatch.setattr(compalign.config, "cores", lambda: 8)
-    full = threads_by_stage(tiny_params("run.workers=auto"))
+    measured = []
+    monkeypatch.setattr(flows.threads.METER, "busy_cores", lambda root: measured.append(root) or 3)
+    full = threads_by_stage(tiny_params("run.workers=auto", "run.busy_cores=0"))
     assert full["prepare"] == full["reference"] == {8}
     assert full["compress"] == full["align"] == full["audit"] == {1}
-    two = threads_by_stage(tiny_params())  # the tiny profile's run.workers: 2
+    two = threads_by_stage(tiny_params("run.busy_cores=0"))  # the tiny profile's run.workers: 2
     assert two["reference"] == {8} and two["align"] == {4}
-    forced = threads_by_stage(tiny_params("run.workers=auto", "compress.methods=[quantize_static]"))
-    assert set().union(*forced.values()) == {8}
-    pinned = threads_by_stage(tiny_params("run.threads=3"))
-    assert set().union(*pinned.values()) == {3}
-    # Dask: its worker processes are the workers (tracing is per process there); a cluster the
-    # run did not start keeps its workers' own settings
-    dask = threads_by_stage(tiny_params("run.runner=dask", "compress.methods=[quantize_static]"))
-    assert dask["reference"] == {8} and dask["compress"] == {4}
+    forced = ("run.workers=auto", "compress.methods=[quantize_static]")
+    assert set().union(*threads_by_stage(tiny_params(*forced, "run.busy_cores=0")).values()) == {8}
+    assert not measured
+    # other work's cores (3, measured as each task starts) are left to it
+    assert set().union(*threads_by_stage(tiny_params(*forced)).values()) == {5}
+    loaded = threads_by_stage(tiny_params())
+    assert loaded["reference"] == {5} and loaded["align"] == {2}
+    assert set(measured) == {os.getpid()}  # the run's own processes are not other work
+    given = threads_by_stage(tiny_params(*forced, "run.busy_cores=6"))
+    assert set().union(*given.values()) == {2}
+    assert set().union(*threads_by_stage(tiny_params("run.threads=3")).values()) == {3}
+    # Dask: a LocalCluster runs as many tasks at once as the local pool would, so the counts
+    # (and the numbers) are the same; a cluster the run did not start keeps its own settings
+    dask = threads_by_stage(tiny_params("run.runner=dask", "run.busy_cores=0", *forced))
+    assert set().union(*dask.values()) == {8}
     remote = tiny_params("run.runner=dask", "run.dask_address=tcp://127.0.0.1:8786")
     assert set().union(*threads_by_stage(remote).values()) == {None}
 

@@ -228,21 +228,6 @@ def test_two_fine_tunings_run_at_once_with_two_workers(runs):
     assert max(overlaps).total_seconds() > 0, sorted(overlaps)[-3:]
 
 
-def test_a_task_alone_gets_every_core_and_one_beside_another_its_share(runs):
-    """From what the tasks record (each checkpoint's torch_threads, logged with its audit as
-    checkpoint_torch_threads): the reference, trained while nothing else can run, with every
-    core; each compression and fine-tuning, beside another task (run.workers 2), with half."""
-    from compalign.config import cores
-
-    _, first, _, _ = runs
-    children = children_of(MlflowClient(first["tracking_uri"]), first)
-    recorded = {
-        name: run.data.tags.get("checkpoint_torch_threads") for name, run in children.items()
-    }
-    assert recorded.pop("reference") == str(cores())
-    assert set(recorded.values()) == {str(max(1, cores() // 2))}, recorded
-
-
 def test_a_rerun_of_a_recorded_run_is_answered_from_the_store(runs, monkeypatch):
     """The cached-run check (no Prefect, no MLflow) finds the recorded result of the runs with
     the same params, and declines changed params, changed code, a deleted store entry and

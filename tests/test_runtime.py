@@ -143,7 +143,8 @@ def test_each_task_runs_with_the_threads_it_was_given(prefect_server):
     import torch
     from prefect import flow, task
 
-    from flows.runtime import thread_pool_runner, with_torch_threads
+    from flows.runtime import thread_pool_runner
+    from flows.threads import ThreadShare, with_torch_threads
 
     @task
     def threads_here() -> int:
@@ -152,7 +153,8 @@ def test_each_task_runs_with_the_threads_it_was_given(prefect_server):
     @flow(task_runner=thread_pool_runner(2, 1))
     def tasks_with_counts() -> list[int]:
         counts = [3, 2, 1, 2, 3]
-        futures = [with_torch_threads(threads_here, n).submit() for n in counts]
+        shares = [ThreadShare(1, pinned=n) for n in counts]
+        futures = [with_torch_threads(threads_here, share).submit() for share in shares]
         return [future.result() for future in futures]
 
     before = torch.get_num_threads()
