@@ -133,15 +133,15 @@ class ThreadShare:
     busy: int | None = None
     root: int = field(default_factory=os.getpid)
 
-    def count(self) -> tuple[int, int, int]:
-        """(threads, cores, cores busy with other work)."""
+    def count(self) -> tuple[int, int, int | None]:
+        """(threads, cores, cores busy with other work: None where it was not needed)."""
         from compalign.config import cores
 
         available = cores()
         if self.pinned is not None:
-            return self.pinned, available, 0
+            return self.pinned, available, None
         if self.share >= available:  # one thread whatever the load: nothing to measure
-            return 1, available, 0
+            return 1, available, None
         busy = METER.busy_cores(self.root) if self.busy is None else self.busy
         return max(1, (available - busy) // self.share), available, busy
 
@@ -162,9 +162,10 @@ class TorchThreads:
         threads, available, busy = self.share.count()
         use_torch_threads(threads)
         if self.share.pinned is not None:
-            why = "pinned"
+            why = "pinned: run.threads or populations.threads_per_task"
         else:
-            why = f"{available} cores, {busy} busy with other work, {self.share.share} task(s) at a time"
+            busy_note = "" if busy is None else f", {busy} busy with other work"
+            why = f"{available} cores{busy_note}, {self.share.share} task(s) at a time"
         task_run_logger(task_run, task=task).info("torch threads: %d (%s)", threads, why)
 
 

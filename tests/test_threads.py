@@ -96,9 +96,9 @@ def test_a_share_gives_the_free_cores_to_the_tasks_that_can_run_at_once(monkeypa
     assert ThreadShare(1).count() == (6, 8, 2)  # alone: every core other work leaves
     assert ThreadShare(2).count() == (3, 8, 2)
     assert ThreadShare(4, busy=0).count() == (2, 8, 0)
-    assert ThreadShare(8).count() == (1, 8, 0)  # as many tasks as cores: nothing to measure
+    assert ThreadShare(8).count() == (1, 8, None)  # as many tasks as cores: nothing to measure
     assert ThreadShare(1, busy=8).count() == (1, 8, 8)  # at least one
-    assert ThreadShare(3, pinned=5).count() == (5, 8, 0)
+    assert ThreadShare(3, pinned=5).count() == (5, 8, None)
 
 
 def test_prefects_lines_about_the_hook_are_dropped_its_errors_kept():
