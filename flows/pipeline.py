@@ -105,14 +105,14 @@ def pipeline(params: dict[str, Any]) -> dict[str, Any]:
         submitted = [step for step in steps if step.stage != "costs"]
         publish_progress("planned", count=len(steps))  # the terminal's display
         progress = artifacts.Progress(artifact_key(settings), len(steps), "pipeline")
-        counts = step_threads(settings, submitted)
+        shares = step_threads(settings, submitted)
         futures = submit_when_ready(
             submitted,
             TASKS,
             after={"prepare": lambda data: log_data_lineage(track, parent, data.result())},
             on_submit=report_when_done,
             on_done=lambda _: progress.advance(),
-            threads=lambda step: counts[step.id],
+            threads=lambda step: shares[step.id],
             limit=device_limit(settings, device),
         )
         wait_or_raise_first_failure(list(futures.values()), announce=False)

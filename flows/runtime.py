@@ -114,8 +114,9 @@ def submit_when_ready(
     done; return the futures by step id. `after[step id]` is called with a step's future once it
     has completed; `on_submit(future)` as each is submitted, `on_done(future)` as each ends
     (in this thread), for progress reports. `threads(step)`: how the step's task picks its torch
-    threads (flows.threads; None: the runner's count). `limit` = (stages, n): at most n steps of those stages are
-    submitted and not yet done at a time (the trainings on one GPU); the others are not held.
+    threads (flows.threads; None: the runner's count). `limit` = (stages, n): at most n steps
+    of those stages submitted and not yet done at a time (the trainings on one GPU); the
+    others are not held back.
 
     A task submitted with futures still running would take a worker and wait there for them;
     submitted only when its inputs are done, it never holds a worker idle, so `run.workers`
