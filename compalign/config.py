@@ -284,23 +284,15 @@ class RunParams(Section):
     # torch.compile the model while training on CUDA (no effect on the CPU)
     compile: bool = False
 
-    @field_validator("workers", mode="before")
+    @field_validator("workers", "busy_cores", mode="before")
     @classmethod
-    def _workers(cls, value: Any) -> Any:
+    def _auto_or_whole(cls, value: Any, info: Any) -> Any:
+        low, high = {"workers": (1, 64), "busy_cores": (0, 1024)}[info.field_name]
         if value == "auto" or (
-            isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 64
+            isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
         ):
             return value
-        raise ValueError("must be auto or a whole number from 1 to 64")
-
-    @field_validator("busy_cores", mode="before")
-    @classmethod
-    def _busy_cores(cls, value: Any) -> Any:
-        if value == "auto" or (
-            isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 1024
-        ):
-            return value
-        raise ValueError("must be auto or a whole number from 0 to 1024")
+        raise ValueError(f"must be auto or a whole number from {low} to {high}")
 
     def worker_count(self) -> int:
         """Tasks at once: `workers`, or the machine's cores for "auto"."""
