@@ -37,6 +37,8 @@ def test_tiny_profile_is_valid():
         ("reference.optimizer=adam", "reference.optimizer", "'sgd' or 'adamw'"),
         ("data.source=imagenet", "data.source", "cifar10"),
         ("run.workers=0", "run.workers", "auto or a whole number from 1 to 64"),
+        ("run.busy_cores=-1", "run.busy_cores", "auto or a whole number from 0 to 1024"),
+        ("run.gpu_workers=0", "run.gpu_workers", "greater than or equal to 1"),
         (
             "nosuch.key=1",
             "nosuch",
