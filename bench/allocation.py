@@ -22,6 +22,7 @@ Usage: python bench/allocation.py [--allocation both|old|new] [--set section.key
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import tempfile
 import time
@@ -92,6 +93,7 @@ def main() -> None:
     }
     home = Path(tempfile.mkdtemp(prefix="compalign-allocation-"))
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # this bench's lines only
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
     from flows.runtime import configure_environment
     from flows.server import start_api_server, wait_for_api_server
 
