@@ -93,7 +93,6 @@ def main() -> None:
     }
     home = Path(tempfile.mkdtemp(prefix="compalign-allocation-"))
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # this bench's lines only
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
     from flows.runtime import configure_environment
     from flows.server import start_api_server, wait_for_api_server
 
@@ -106,6 +105,9 @@ def main() -> None:
     )
     start_api_server()
     wait_for_api_server()
+    import mlflow  # noqa: F401  (it sets its logger's level when imported)
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
     labels = ["old", "new"] if arguments.allocation == "both" else [arguments.allocation]
     found = {}
     for label in labels:
