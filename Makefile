@@ -57,6 +57,7 @@ bench-overhead: setup
 bench: setup
 	$(BIN)/python bench/overhead.py
 	$(BIN)/python bench/threads.py
+	$(BIN)/python bench/allocation.py
 	$(BIN)/python bench/compression_costs.py
 	$(BIN)/python bench/populations.py
 	$(BIN)/python bench/training.py

@@ -8,7 +8,9 @@ prints images per second:
 - reference training of `--model` (default resnet20), eager and with `run.compile: true`
   (torch.compile);
 - a population of `--members` (default 8) small_cnn members: one `fit` after another, and all
-  together with `fit_population`.
+  together with `fit_population`;
+- trainings at once on the one GPU, as the pipeline's thread pool runs them (`run.gpu_workers`,
+  default 2): 1, 2 and 4 `fit`s of `--model` in threads at the same time, total images/s.
 
 Usage: python bench/gpu.py [--model resnet20] [--batches 50] [--members 8]
 """
@@ -56,6 +58,33 @@ def timed(train) -> float:
     start = time.perf_counter()
     train()
     torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def trainings_at_once(
+    model_name: str, count: int, train: Split, batch_size: int, device: torch.device
+) -> float:
+    """Total images/s of `count` trainings of `model_name` running at once, each in a thread of
+    its own (as the pipeline's task threads run them), each on `train`."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    channels, size = train.images.shape[1], train.images.shape[2]
+    models = [build_model(model_name, 10, channels, size, seed=seed) for seed in range(count)]
+
+    def train_one(seed: int) -> None:
+        fit(models[seed], train, config(batch_size, seed), LOSSES["ce"](), device=device)
+
+    def all_at_once() -> None:
+        with ThreadPoolExecutor(count) as pool:
+            list(pool.map(train_one, range(count)))
+
+    seconds = timed(all_at_once) if device.type == "cuda" else _wall(all_at_once)
+    return count * len(train) / seconds
+
+
+def _wall(work) -> float:
+    start = time.perf_counter()
+    work()
     return time.perf_counter() - start
 
 
@@ -107,6 +136,14 @@ def main() -> None:
         f"{images / one_at_a_time:9.0f} images/s, vectorised {images / together:9.0f} images/s "
         f"({one_at_a_time / together:.2f}x)"
     )
+
+    trainings_at_once(args.model, 2, warm, args.batch_size, device)  # warm-up
+    for count in (1, 2, 4):
+        rate = trainings_at_once(args.model, count, train, args.batch_size, device)
+        print(
+            f"{count} {args.model} training(s) at once, in threads (batch {args.batch_size}): "
+            f"{rate:9.0f} images/s in all"
+        )
 
 
 if __name__ == "__main__":

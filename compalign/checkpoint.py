@@ -50,7 +50,9 @@ def save_checkpoint(
 
     `architecture` holds build_model's arguments: name, num_classes, in_channels, image_size;
     `kind` is "float" (masks kept separately) or the name of the quantizing compressor that
-    produced it, whose `options` are saved with it (they rebuild the model).
+    produced it, whose `options` are saved with it (they rebuild the model). The manifest also
+    records `torch_threads`, the calling thread's torch thread count (the thread that trained
+    the model, in the pipeline): the count changes how sums round, so the weights depend on it.
     """
     if kind != "float":
         from compalign.compressors import COMPRESSORS
@@ -74,6 +76,7 @@ def save_checkpoint(
         "sha256": sha256_file(path),
         "kind": kind,
         "architecture": dict(architecture),
+        "torch_threads": torch.get_num_threads(),
         **metadata,
     }
     (out_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")

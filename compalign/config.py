@@ -223,11 +223,39 @@ AuditParams = merged_options(
 )
 
 
+# where a container's CPU limit is (cgroup v2, then v1): `docker --cpus 2` leaves every core in
+# the affinity mask but lets the process use two cores' worth of time
+CPU_QUOTA_FILES = (
+    (Path("/sys/fs/cgroup/cpu.max"), None),
+    (Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"), Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us")),
+)
+
+
+def cpu_quota() -> int | None:
+    """Whole cores of this process's cgroup CPU limit (rounded up), or None without a limit."""
+    for quota_file, period_file in CPU_QUOTA_FILES:
+        try:
+            fields = quota_file.read_text().split()
+            if period_file is not None:
+                fields.append(period_file.read_text().strip())
+            quota, period = fields[0], float(fields[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if quota in ("max", "-1") or period <= 0:
+            return None
+        return max(1, -(-int(quota) // int(period)))
+    return None
+
+
 def cores() -> int:
-    """The CPU cores this process may use (its affinity, not the machine's count)."""
+    """The CPU cores this process may use: its affinity (not the machine's count), capped by a
+    container's CPU limit."""
     if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+        count = len(os.sched_getaffinity(0))
+    else:
+        count = os.cpu_count() or 1
+    quota = cpu_quota()
+    return count if quota is None else min(count, quota)
 
 
 class RunParams(Section):
@@ -236,10 +264,18 @@ class RunParams(Section):
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
     experiment: Annotated[str, Field(min_length=1)] = "compalign"
-    # torch threads of each task (null: the cores shared among the workers)
+    # torch threads of each task (null: the cores not busy with other work, shared among the tasks
+    # that can run beside it: every core for a task that runs alone, one each in a full grid;
+    # flows/threads.py)
     threads: Annotated[int, Field(ge=1)] | None = None
-    # tasks at once ("auto": one per core, each with one torch thread: bench/threads.py)
+    # cores other work keeps busy, left to it ("auto": measured as each task starts; 0: none,
+    # so the thread counts follow the run graph alone, the same whatever the machine's load)
+    busy_cores: int | Literal["auto"] = "auto"
+    # tasks at once ("auto": one per core: bench/threads.py)
     workers: int | Literal["auto"] = "auto"
+    # on CUDA, training tasks (reference, align) at once on the GPU; the other tasks (audits,
+    # compressions) still run `workers` at once
+    gpu_workers: Annotated[int, Field(ge=1, le=64)] = 2
     runner: Literal["local", "dask"] = "local"
     dask_address: str | None = None  # an existing scheduler; none: a LocalCluster on loopback
     # training and fine-tuning save a resume point every this many epochs (0: never), so a
@@ -248,22 +284,24 @@ class RunParams(Section):
     # torch.compile the model while training on CUDA (no effect on the CPU)
     compile: bool = False
 
-    @field_validator("workers", mode="before")
+    @field_validator("workers", "busy_cores", mode="before")
     @classmethod
-    def _workers(cls, value: Any) -> Any:
+    def _auto_or_whole(cls, value: Any, info: Any) -> Any:
+        low, high = {"workers": (1, 64), "busy_cores": (0, 1024)}[info.field_name]
         if value == "auto" or (
-            isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 64
+            isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
         ):
             return value
-        raise ValueError("must be auto or a whole number from 1 to 64")
+        raise ValueError(f"must be auto or a whole number from {low} to {high}")
 
     def worker_count(self) -> int:
         """Tasks at once: `workers`, or the machine's cores for "auto"."""
         return cores() if self.workers == "auto" else self.workers
 
-    def task_threads(self) -> int:
-        """Torch threads of each task: `threads`, or the cores shared among the workers."""
-        return self.threads or max(1, cores() // self.worker_count())
+    def task_threads(self, at_once: int | None = None) -> int:
+        """Torch threads of a task that runs with at most `at_once` tasks (itself included;
+        default: the workers) at a time: `threads`, or the cores shared among them."""
+        return self.threads or max(1, cores() // (at_once or self.worker_count()))
 
 
 class PopulationsParams(Section):
@@ -286,7 +324,9 @@ class PopulationsParams(Section):
     workers: Annotated[int, Field(ge=1, le=256)] | None = None
     dask_address: str | None = None
     dask_workers: Annotated[int, Field(ge=1, le=256)] = 2
-    threads_per_task: Annotated[int, Field(ge=1, le=256)] = 1
+    # torch threads of each task (null: the cores shared among the workers; every core for a
+    # task that runs alone: prepare, the vectorised dense members)
+    threads_per_task: Annotated[int, Field(ge=1, le=256)] | None = None
     vectorise: bool = False
     protocol: Literal["from_scratch", "from_dense"] = "from_scratch"
 

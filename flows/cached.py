@@ -42,7 +42,7 @@ REPORTS = "reports"
 # Code that shapes a run's summary and reports but enters no task's key.
 PRESENTATION = ("flows", "tasks/report.py", "tasks/tracking.py", "compalign/report")
 # Settings of how a run executes, not of what it computes.
-EXECUTION = ("workers", "threads", "runner", "dask_address")
+EXECUTION = ("workers", "threads", "busy_cores", "gpu_workers", "runner", "dask_address")
 
 
 def _record(key: str) -> Any:

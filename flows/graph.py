@@ -58,6 +58,31 @@ def resolve(arguments: dict[str, Any], lookup: Callable[[Input], Any]) -> dict[s
     }
 
 
+def at_once(steps: list[Step]) -> dict[str, int]:
+    """For each step, the most steps that can be running while it runs, itself included: 1 +
+    the steps that neither need it nor are needed by it, directly or through others (a step
+    runs only once every step it needs is done). 1 for a step that always runs alone."""
+    ids = {step.id for step in steps}
+    needs = {step.id: [need for need in step.needs if need in ids] for step in steps}
+    before: dict[str, set[str]] = {}  # every step that must finish before each one starts
+
+    def ancestors(step_id: str) -> set[str]:
+        if step_id not in before:
+            found: set[str] = set()
+            for need in needs[step_id]:
+                found |= {need} | ancestors(need)
+            before[step_id] = found
+        return before[step_id]
+
+    for step in steps:  # in submission order: a step's inputs come before it
+        ancestors(step.id)
+    after: dict[str, set[str]] = {step.id: set() for step in steps}
+    for step_id, found in before.items():
+        for ancestor in found:
+            after[ancestor].add(step_id)
+    return {step.id: len(ids) - len(before[step.id]) - len(after[step.id]) for step in steps}
+
+
 def pipeline_steps(
     settings: Params, device: str, track: dict[str, Any], parent: str | None
 ) -> list[Step]:

@@ -22,16 +22,18 @@ from compalign.report.html import pipeline_report
 from compalign.train import resolve_device
 from flows import artifacts
 from flows.cached import MLFLOW_UI, record_run
-from flows.graph import REPORT_DIR, Input, pipeline_steps, resolve
+from flows.graph import REPORT_DIR, Input, Step, at_once, pipeline_steps, resolve
 from flows.plan import model_grid, reference_model_name
 from flows.runtime import (
     dask_runner,
     report_finished,
     report_when_done,
+    retire_workers,
     submit_when_ready,
     thread_pool_runner,
     wait_or_raise_first_failure,
 )
+from flows.threads import ThreadShare
 from tasks import tracking
 from tasks.align import align_task
 from tasks.audit import audit_task
@@ -49,6 +51,8 @@ TASKS = {
     "align": align_task,
     "audit": audit_task,
 }
+# the stages that train on the run's device: on CUDA, run.gpu_workers of them at a time
+DEVICE_STAGES = ("reference", "align")
 
 
 def log_data_lineage(track: tracking.Tracking, run_id: str, data: dict[str, Any]) -> None:
@@ -101,18 +105,23 @@ def pipeline(params: dict[str, Any]) -> dict[str, Any]:
         submitted = [step for step in steps if step.stage != "costs"]
         publish_progress("planned", count=len(steps))  # the terminal's display
         progress = artifacts.Progress(artifact_key(settings), len(steps), "pipeline")
+        shares = step_threads(settings, submitted)
         futures = submit_when_ready(
             submitted,
             TASKS,
             after={"prepare": lambda data: log_data_lineage(track, parent, data.result())},
             on_submit=report_when_done,
             on_done=lambda _: progress.advance(),
+            threads=lambda step: shares[step.id],
+            limit=device_limit(settings, device),
         )
         wait_or_raise_first_failure(list(futures.values()), announce=False)
         names = ["reference"] + [spec.name for spec in model_grid(settings)]
         results = [futures[f"audit:{name}"].result() for name in names]
-        # costs one model at a time, once nothing else runs: latency is measured undisturbed
-        torch.set_num_threads(threads)  # MKL's count is process-wide: the workers' set it
+        # costs one model at a time, once nothing else runs: latency is measured undisturbed,
+        # and with the pool's threads ended (libgomp: flows.runtime.thread_pool_runner)
+        retire_workers()
+        torch.set_num_threads(threads)  # this thread's count, as it was
         costs = {}
 
         def result_of(source: Input) -> Any:
@@ -166,25 +175,59 @@ def task_workers(params: Params) -> int:
     """`run.workers` ("auto": the cores), or 1 when a compressor traces models (quantize_static:
     torch.export's strict tracing with PT2E, torch.fx with the FX fallback): tracing patches
     process-wide state (FX: torch.nn.Module.__call__), so tasks in other threads must not run
-    models at the same time."""
+    models at the same time. A LocalCluster gets as many worker processes (tracing there would
+    be safe): a run then gets the same thread counts, so the same numbers, on either runner."""
     if any(COMPRESSORS[method].traces_globally for method in params.compress.methods):
         return 1
     return params.run.worker_count()
 
 
+def step_threads(params: Params, steps: list[Step]) -> dict[str, ThreadShare | None]:
+    """How each step's task picks its torch threads as it starts (flows.threads): `run.threads`,
+    or the cores not busy with other work (`run.busy_cores`) shared among the most tasks that
+    can run beside it (flows.graph.at_once; at most the workers). A task that always runs alone
+    (prepare, then the reference) and each task of a one-worker grid get every free core; a
+    full grid, one worker per core, one each. What can run, not what happens to run: on a
+    quiet machine the same run gets the same counts, so the same numbers, every time and on
+    every runner. None (the workers' own settings) on a Dask cluster the run did not start."""
+    run = params.run
+    if run.runner == "dask" and run.dask_address and run.threads is None:
+        return {step.id: None for step in steps}
+    workers = task_workers(params)
+    most = at_once(steps)
+    busy = None if run.busy_cores == "auto" else run.busy_cores
+    return {step.id: ThreadShare(min(workers, most[step.id]), run.threads, busy) for step in steps}
+
+
+def device_limit(params: Params, device: str) -> tuple[tuple[str, ...], int] | None:
+    """On CUDA, the training stages run `run.gpu_workers` at a time (submit_when_ready's
+    `limit`), whatever `run.workers`: one GPU, each training's own memory, and kernels that
+    go to the device's default stream unless a training picks another, so beyond a few
+    trainings they mostly queue behind each other (not measured: no GPU was lent). Audits and
+    compressions, mostly CPU work, still run `run.workers` at once. None on the CPU."""
+    if not device.startswith("cuda"):
+        return None
+    return DEVICE_STAGES, params.run.gpu_workers
+
+
 def task_runner(params: Params):
     """The task runner `run.runner` asks for: a local thread pool of `task_workers(params)`
     threads, or Dask (the scheduler at `run.dask_address`, else a LocalCluster of that many
-    worker processes on loopback), each task with `run.task_threads()` torch threads."""
-    threads = params.run.task_threads()
-    if params.run.runner == "dask":
-        return dask_runner(params.run.dask_address, params.run.worker_count(), threads)
+    worker processes on loopback). Each task the flow submits picks its own torch threads
+    (`step_threads`); the runner's count, the cores shared among the workers, is for any
+    other."""
     workers = task_workers(params)
-    if workers < params.run.worker_count():
+    threads = params.run.task_threads(workers)
+    remote = params.run.runner == "dask" and params.run.dask_address
+    if workers < params.run.worker_count() and not remote:
+        each = f"{params.run.threads} torch thread(s)" if params.run.threads else "every free core"
         print(
-            f"note: running one task at a time (run.workers={params.run.workers}): "
-            "quantize_static traces models (torch.export / torch.fx), which is not thread-safe"
+            f"note: running one task at a time, each with {each} (run.workers="
+            f"{params.run.workers}): quantize_static traces models (torch.export / torch.fx), "
+            "which is not thread-safe"
         )
+    if params.run.runner == "dask":
+        return dask_runner(params.run.dask_address, workers, threads)
     return thread_pool_runner(workers, threads)
 
 

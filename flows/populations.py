@@ -12,7 +12,6 @@ by the pipeline (same stage keys), are never trained again.
 
 from __future__ import annotations
 
-import os
 import socket
 from pathlib import Path
 from typing import Any
@@ -20,10 +19,9 @@ from typing import Any
 import numpy as np
 from prefect import flow
 from prefect.runtime import flow_run
-from prefect.task_runners import ThreadPoolTaskRunner
 
 from compalign.compressors import COMPRESSORS
-from compalign.config import NO_FINE_TUNING, Params
+from compalign.config import NO_FINE_TUNING, Params, cores
 from compalign.data import read_manifest
 from compalign.errors import UserError
 from compalign.losses import LOSSES
@@ -31,7 +29,8 @@ from compalign.report.html import populations_report
 from compalign.train import resolve_device
 from flows import artifacts
 from flows.plan import ModelSpec, align_arguments, compress_arguments, compressed_id
-from flows.runtime import dask_runner
+from flows.runtime import dask_runner, thread_pool_runner
+from flows.threads import ThreadShare, with_torch_threads
 from tasks import tracking
 from tasks.align import align_task
 from tasks.compress import compress_task
@@ -117,9 +116,19 @@ def populations_flow(params: dict[str, Any]) -> dict[str, Any]:
         f"{population.compressor}"
     )
     futures: list[tuple[str, str, Any]] = []
+    # every task with its torch threads: the cores for those that run alone (prepare, the
+    # vectorised dense members), the cores shared among the workers for the others
+    alone, shared = task_threads(settings, alone=True), task_threads(settings)
+    prepare_alone = with_torch_threads(prepare_task, alone)
+    train_population = with_torch_threads(train_population_task, alone)
+    train_reference = with_torch_threads(train_reference_task, shared)
+    train_pruned = with_torch_threads(train_pruned_task, shared)
+    compress = with_torch_threads(compress_task, shared)
+    align = with_torch_threads(align_task, shared)
+    predict = with_torch_threads(predict_task, shared)
     with tracking.parent_run(track, name, settings.flat(), tags) as parent:
         logger.info("MLflow parent run %s: %d members per population", parent, population.size)
-        data = prepare_task.submit(settings.data.prepare_params())
+        data = prepare_alone.submit(settings.data.prepare_params())
         futures.append(("prepare", "", data))
         # Every training task is submitted before any prediction: a pool thread that runs a
         # task first waits for its inputs, so a prediction submitted next to its model would hold
@@ -127,7 +136,7 @@ def populations_flow(params: dict[str, Any]) -> dict[str, Any]:
         references: dict[int, Any] = {}
         to_predict: list[tuple[str, tuple[float | None, str] | None, int, Any]] = []
         if population.vectorise:  # one task trains every dense member as one batched model
-            group = train_population_task.submit(
+            group = train_population.submit(
                 data, settings.reference.stage_params(settings.data), population.seeds, device
             )
             futures.append(("reference", "population", group))
@@ -136,7 +145,7 @@ def populations_flow(params: dict[str, Any]) -> dict[str, Any]:
             if population.vectorise:
                 references[seed] = members[seed]
             else:
-                references[seed] = train_reference_task.submit(
+                references[seed] = train_reference.submit(
                     data, member_reference(settings, seed), device
                 )
                 futures.append(("reference", f"seed {seed}", references[seed]))
@@ -147,7 +156,7 @@ def populations_flow(params: dict[str, Any]) -> dict[str, Any]:
                 compressed: dict[str, Any] = {}
                 for loss in population_losses(settings):
                     if from_scratch:
-                        model = train_pruned_task.submit(
+                        model = train_pruned.submit(
                             data,
                             member_reference(settings, pruned_seed(seed, level)),
                             population.compressor,
@@ -167,13 +176,13 @@ def populations_flow(params: dict[str, Any]) -> dict[str, Any]:
                     name = compressed_id(settings, spec)
                     if name not in compressed:
                         needs_data, arguments = compress_arguments(settings, spec)
-                        compressed[name] = compress_task.submit(
+                        compressed[name] = compress.submit(
                             data if needs_data else None, references[seed], **arguments
                         )
                         futures.append(("compress", f"{name} seed {seed}", compressed[name]))
                     model = compressed[name]
                     if loss != NO_FINE_TUNING:
-                        model = align_task.submit(
+                        model = align.submit(
                             data, references[seed], model, **align_arguments(settings, spec, device)
                         )
                         futures.append(("align", f"{spec.name} seed {seed}", model))
@@ -181,7 +190,7 @@ def populations_flow(params: dict[str, Any]) -> dict[str, Any]:
         reference_predictions: dict[int, Any] = {}
         member_predictions: dict[tuple[float | None, str], dict[int, Any]] = {}
         for label, group, seed, model in to_predict:
-            prediction = predict_task.submit(data, model, batch, device)
+            prediction = predict.submit(data, model, batch, device)
             futures.append(("predict", label, prediction))
             if group is None:
                 reference_predictions[seed] = prediction
@@ -243,29 +252,40 @@ def populations_flow(params: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def task_runner(settings: Params):
-    """The Prefect task runner `populations.runner` asks for."""
+def task_workers(settings: Params) -> int:
+    """Tasks at once: `dask_workers` processes on Dask; else `workers` (default: the cores), or 1
+    when the compressor traces models (process-wide: see flows.pipeline.task_workers)."""
     population = settings.populations
     if population.runner == "dask":
-        return dask_runner(
-            population.dask_address, population.dask_workers, population.threads_per_task
-        )
-    workers = population.workers or os.cpu_count() or 1
+        return population.dask_workers
     if COMPRESSORS[population.compressor].traces_globally:
-        workers = 1  # model tracing is process-wide (see flows.pipeline.task_workers)
-    return ThreadPoolTaskRunner(max_workers=workers)
+        return 1
+    return population.workers or cores()
+
+
+def task_threads(settings: Params, alone: bool = False) -> ThreadShare | None:
+    """How a task picks its torch threads (flows.threads): `threads_per_task`, or the cores not
+    busy with other work (`run.busy_cores`) shared among the workers, all of them for a task
+    that runs `alone`; None (the workers' own settings) on a Dask cluster the run did not
+    start."""
+    population = settings.populations
+    if population.runner == "dask" and population.dask_address and not population.threads_per_task:
+        return None
+    busy = None if settings.run.busy_cores == "auto" else settings.run.busy_cores
+    return ThreadShare(1 if alone else task_workers(settings), population.threads_per_task, busy)
+
+
+def task_runner(settings: Params):
+    """The Prefect task runner `populations.runner` asks for; every task the flow submits picks
+    its own torch threads (`task_threads`); the runner's count is for any other."""
+    population = settings.populations
+    workers = task_workers(settings)
+    threads = population.threads_per_task or max(1, cores() // workers)
+    if population.runner == "dask":
+        return dask_runner(population.dask_address, workers, threads)
+    return thread_pool_runner(workers, threads)
 
 
 def run_populations(settings: Params) -> dict[str, Any]:
-    """Run the populations flow on the runner the params choose, with `threads_per_task` torch
-    threads per member (Dask worker processes get the same through OMP_NUM_THREADS)."""
-    import torch
-
-    threads = settings.populations.threads_per_task
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    runner = task_runner(settings)
-    try:
-        return populations_flow.with_options(task_runner=runner)(settings.model_dump())
-    finally:
-        torch.set_num_threads(previous)
+    """Run the populations flow on the runner the params choose."""
+    return populations_flow.with_options(task_runner=task_runner(settings))(settings.model_dump())

@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import queue
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
 from flows.graph import Step, resolve
+from flows.threads import ThreadShare, use_torch_threads, with_torch_threads
 from tasks.store import PREFECT_RESULTS_DIR
 
 
@@ -106,11 +107,16 @@ def submit_when_ready(
     after: dict[str, Callable[[Any], None]] | None = None,
     on_submit: Callable[[Any], None] | None = None,
     on_done: Callable[[Any], None] | None = None,
+    threads: Callable[[Step], ThreadShare | None] | None = None,
+    limit: tuple[Collection[str], int] | None = None,
 ) -> dict[str, Any]:
     """Submit each step (flows/graph.py) to the flow's task runner once every step it needs is
     done; return the futures by step id. `after[step id]` is called with a step's future once it
     has completed; `on_submit(future)` as each is submitted, `on_done(future)` as each ends
-    (in this thread), for progress reports.
+    (in this thread), for progress reports. `threads(step)`: how the step's task picks its torch
+    threads (flows.threads; None: the runner's count). `limit` = (stages, n): at most n steps
+    of those stages submitted and not yet done at a time (the trainings on one GPU); the
+    others are not held back.
 
     A task submitted with futures still running would take a worker and wait there for them;
     submitted only when its inputs are done, it never holds a worker idle, so `run.workers`
@@ -120,6 +126,7 @@ def submit_when_ready(
     from prefect.futures import PrefectFuture
 
     after = after or {}
+    limited, most = limit if limit is not None else ((), 0)
     done = queue.SimpleQueue()
     futures: dict[str, PrefectFuture] = {}
     ids: dict[int, str] = {}
@@ -127,20 +134,33 @@ def submit_when_ready(
     failed: set[str] = set()
     waiting = list(steps)
     running = 0
+    running_limited = 0
+    stage_of = {step.id: step.stage for step in steps}
+    variants: dict[tuple[str, ThreadShare | None], Any] = {}  # each stage's task, by its share
+
+    def task_of(step: Step) -> Any:
+        share = threads(step) if threads is not None else None
+        if (step.stage, share) not in variants:
+            variants[step.stage, share] = with_torch_threads(tasks[step.stage], share)
+        return variants[step.stage, share]
+
     while True:
         for step in list(waiting):
             if any(need in failed for need in step.needs):
                 waiting.remove(step)
                 failed.add(step.id)
             elif all(need in completed for need in step.needs):
+                if step.stage in limited and running_limited >= most:
+                    continue  # waits for a slot; later steps of other stages go first
                 waiting.remove(step)
                 arguments = resolve(step.arguments, lambda source: futures[source.step])
-                future = tasks[step.stage].submit(**arguments)
+                future = task_of(step).submit(**arguments)
                 futures[step.id], ids[id(future)] = future, step.id
                 future.add_done_callback(done.put)
                 if on_submit is not None:
                     on_submit(future)
                 running += 1
+                running_limited += step.stage in limited
         if not running:
             return futures
         try:
@@ -152,6 +172,7 @@ def submit_when_ready(
         if on_done is not None:
             on_done(future)
         step_id = ids[id(future)]
+        running_limited -= stage_of[step_id] in limited
         if future.state.is_completed():
             completed.add(step_id)
             if step_id in after:
@@ -161,25 +182,49 @@ def submit_when_ready(
 
 
 def thread_pool_runner(workers: int, threads: int):
-    """Prefect's thread pool of `workers` threads, each running torch with `threads` threads.
+    """Prefect's thread pool of `workers` threads, each running torch with `threads` threads
+    unless the task it runs sets its own (flows.threads.with_torch_threads).
 
     torch.set_num_threads is per thread for OpenMP (each thread has its own team), so each
-    worker sets its own count when it starts; the calling thread keeps its count (MKL's count
-    is process-wide: a flow that measures something afterwards sets its own again).
+    worker sets its own count when it starts; the calling thread keeps its count.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     from prefect.task_runners import ThreadPoolTaskRunner
 
     class TorchThreadPoolTaskRunner(ThreadPoolTaskRunner):
         def _register_worker_thread(self) -> None:
-            import torch
-
-            torch.set_num_threads(threads)
+            use_torch_threads(threads)
             super()._register_worker_thread()
 
         def duplicate(self):
             return type(self)(max_workers=self._max_workers)
 
+        def retire_workers(self) -> None:
+            """End the pool's threads once every task submitted so far is done (a later
+            submit starts new ones). While a thread that ran a multi-thread OpenMP team
+            lives, libgomp counts its idle team as busy; with more such threads than cores it
+            puts idle threads to sleep after a short spin, and every small parallel region
+            of any thread pays for waking them (batch-1 latency read 3-4x high)."""
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+                self._worker_thread_ids = set()
+                self._executor = ThreadPoolExecutor(
+                    max_workers=self._max_workers, initializer=self._register_worker_thread
+                )
+
     return TorchThreadPoolTaskRunner(max_workers=workers)
+
+
+def retire_workers() -> None:
+    """End the worker threads of the running flow's thread pool (`retire_workers` above); a
+    flow on Dask (worker processes) or without a pool has none in this process."""
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    runner = context.task_runner if context is not None else None
+    if hasattr(runner, "retire_workers"):
+        runner.retire_workers()
 
 
 def dask_runner(address: str | None, workers: int, threads: int):

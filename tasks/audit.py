@@ -188,6 +188,8 @@ def audit_model(
         "code_digest.audit": code_digest("audit", parameters),
         "tuned": str(checkpoint.get("tuned", False)).lower(),
     }
+    if "torch_threads" in checkpoint:  # the threads that made it (compalign.checkpoint)
+        tags["checkpoint_torch_threads"] = str(checkpoint["torch_threads"])
     if reference_audit is not None:
         tags["reference_run_id"] = reference_audit["run_id"]
     if baseline_audit is not None:

@@ -37,6 +37,8 @@ def test_tiny_profile_is_valid():
         ("reference.optimizer=adam", "reference.optimizer", "'sgd' or 'adamw'"),
         ("data.source=imagenet", "data.source", "cifar10"),
         ("run.workers=0", "run.workers", "auto or a whole number from 1 to 64"),
+        ("run.busy_cores=-1", "run.busy_cores", "auto or a whole number from 0 to 1024"),
+        ("run.gpu_workers=0", "run.gpu_workers", "greater than or equal to 1"),
         (
             "nosuch.key=1",
             "nosuch",
@@ -95,13 +97,46 @@ def test_sparsities_sorted_and_deduplicated():
 
 
 def test_auto_workers_share_the_cores(monkeypatch):
-    """run.workers auto: one task per core, one torch thread each; N workers share the cores."""
+    """run.workers auto: one task per core, one torch thread each; N workers share the cores;
+    a task with fewer tasks beside it gets more; run.threads pins the count."""
     import compalign.config
 
     monkeypatch.setattr(compalign.config, "cores", lambda: 8)
     run = load_params(ROOT / "params.yaml").run
     assert (run.workers, run.worker_count(), run.task_threads()) == ("auto", 8, 1)
+    assert [run.task_threads(n) for n in (1, 2, 3, 8, 20)] == [8, 4, 2, 1, 1]
     run = load_params(ROOT / "params.yaml", ["run.workers=2"]).run
     assert (run.worker_count(), run.task_threads()) == (2, 4)
     run = load_params(ROOT / "params.yaml", ["run.workers=3", "run.threads=2"]).run
-    assert (run.worker_count(), run.task_threads()) == (3, 2)
+    assert (run.worker_count(), run.task_threads(), run.task_threads(1)) == (3, 2, 2)
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        ({"cpu.max": "max 100000"}, None),
+        ({"cpu.max": "150000 100000"}, 2),  # 1.5 cores' time: two threads can use it
+        ({"cpu.max": "50000 100000"}, 1),
+        ({"cpu.cfs_quota_us": "-1", "cpu.cfs_period_us": "100000"}, None),
+        ({"cpu.cfs_quota_us": "400000", "cpu.cfs_period_us": "100000"}, 4),
+        ({}, None),
+    ],
+)
+def test_a_containers_cpu_limit_caps_the_cores(tmp_path, monkeypatch, files, expected):
+    """cgroup v2 `cpu.max`, else v1 `cpu.cfs_quota_us` / `cpu.cfs_period_us`: the whole cores
+    of the limit (rounded up) cap the affinity's count."""
+    import compalign.config
+
+    for name, text in files.items():
+        (tmp_path / name).write_text(text + "\n")
+    monkeypatch.setattr(
+        compalign.config,
+        "CPU_QUOTA_FILES",
+        (
+            (tmp_path / "cpu.max", None),
+            (tmp_path / "cpu.cfs_quota_us", tmp_path / "cpu.cfs_period_us"),
+        ),
+    )
+    assert compalign.config.cpu_quota() == expected
+    monkeypatch.setattr(compalign.config.os, "sched_getaffinity", lambda _: set(range(3)))
+    assert compalign.config.cores() == (3 if expected is None else min(3, expected))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import os
 
 from flows.graph import Input, pipeline_steps
 
@@ -40,3 +41,80 @@ def test_every_step_gives_its_task_every_argument_and_needs_only_earlier_steps(t
     # 2 levels x 5 losses (4 fine-tuned), one compress per level, an audit and costs per model
     assert [stages.count(s) for s in ("prepare", "reference", "compress", "align")] == [1, 1, 2, 8]
     assert stages.count("audit") == stages.count("costs") == 11
+
+
+def test_a_step_can_overlap_only_the_steps_it_neither_needs_nor_feeds(tiny_params):
+    """at_once: 1 for the steps every other step waits for or follows (prepare, reference),
+    more for those the grid runs side by side; a model's last audit can overlap only what
+    does not lead to it."""
+    from flows.graph import at_once
+
+    params = tiny_params("compress.sparsities=[0.9]", "align.losses=[ce]")
+    steps = [s for s in pipeline_steps(params, "cpu", {}, None) if s.stage != "costs"]
+    assert at_once(steps) == {
+        "prepare": 1,
+        "reference": 1,
+        "audit:reference": 3,  # beside the compression and the fine-tuning
+        "compress:magnitude_global-0.9": 2,
+        "align:magnitude_global-0.9-ce": 2,
+        "audit:magnitude_global-0.9-ce": 1,  # needs the reference's audit and the fine-tuning
+    }
+
+
+def threads_by_stage(params) -> dict[str, set[int | None]]:
+    """The torch threads each stage's tasks start with, by flows.pipeline.step_threads (None:
+    the Dask workers' own settings)."""
+    from flows.pipeline import step_threads
+
+    steps = [s for s in pipeline_steps(params, "cpu", {}, None) if s.stage != "costs"]
+    shares = step_threads(params, steps)
+    found: dict[str, set[int | None]] = {}
+    for step in steps:
+        share = shares[step.id]
+        found.setdefault(step.stage, set()).add(None if share is None else share.count()[0])
+    return found
+
+
+def test_a_task_alone_gets_every_free_core_and_a_full_grid_one_each(tiny_params, monkeypatch):
+    """run.threads null: the cores not busy with other work, shared among the most tasks that
+    can run beside a task (at most the workers): every core for prepare and the reference
+    (always alone), one each on the grid with one worker per core; a one-worker grid
+    (quantize_static forces it) gives every task every core; cores busy with other work are
+    left to it; run.threads pins them all."""
+    import compalign.config
+    import flows.threads
+
+    monkeypatch.setattr(compalign.config, "cores", lambda: 8)
+    measured = []
+    monkeypatch.setattr(flows.threads.METER, "busy_cores", lambda root: measured.append(root) or 3)
+    full = threads_by_stage(tiny_params("run.workers=auto", "run.busy_cores=0"))
+    assert full["prepare"] == full["reference"] == {8}
+    assert full["compress"] == full["align"] == full["audit"] == {1}
+    two = threads_by_stage(tiny_params("run.busy_cores=0"))  # the tiny profile's run.workers: 2
+    assert two["reference"] == {8} and two["align"] == {4}
+    forced = ("run.workers=auto", "compress.methods=[quantize_static]")
+    assert set().union(*threads_by_stage(tiny_params(*forced, "run.busy_cores=0")).values()) == {8}
+    assert not measured
+    # other work's cores (3, measured as each task starts) are left to it
+    assert set().union(*threads_by_stage(tiny_params(*forced)).values()) == {5}
+    loaded = threads_by_stage(tiny_params())
+    assert loaded["reference"] == {5} and loaded["align"] == {2}
+    assert set(measured) == {os.getpid()}  # the run's own processes are not other work
+    given = threads_by_stage(tiny_params(*forced, "run.busy_cores=6"))
+    assert set().union(*given.values()) == {2}
+    assert set().union(*threads_by_stage(tiny_params("run.threads=3")).values()) == {3}
+    # Dask: a LocalCluster runs as many tasks at once as the local pool would, so the counts
+    # (and the numbers) are the same; a cluster the run did not start keeps its own settings
+    dask = threads_by_stage(tiny_params("run.runner=dask", "run.busy_cores=0", *forced))
+    assert set().union(*dask.values()) == {8}
+    remote = tiny_params("run.runner=dask", "run.dask_address=tcp://127.0.0.1:8786")
+    assert set().union(*threads_by_stage(remote).values()) == {None}
+
+
+def test_trainings_on_a_gpu_are_limited_not_the_other_tasks(tiny_params):
+    from flows.pipeline import DEVICE_STAGES, device_limit
+
+    params = tiny_params("run.gpu_workers=3")
+    assert device_limit(params, "cpu") is None
+    assert device_limit(params, "cuda") == device_limit(params, "cuda:1") == (DEVICE_STAGES, 3)
+    assert set(DEVICE_STAGES) == {"reference", "align"}  # the stages that train on the device

@@ -20,6 +20,9 @@ OVERRIDES = [
     "audit.attribution_samples=4",
     "audit.integrated_gradients_steps=2",
     "run.workers=2",
+    # thread counts from the run graph alone (not from the load when each task starts): the
+    # same on both runners, so the same numbers
+    "run.busy_cores=0",
 ]
 
 
@@ -45,6 +48,25 @@ def test_dask_runner_gives_the_local_runners_results(tmp_path, prefect_server):
         (t["stage"], t["model"]) for t in local["tasks"]
     ]
     assert dask["metrics"] == local["metrics"]
+    # each task set its torch threads where it ran, in a thread of the local pool or in a Dask
+    # worker process: the reference, alone, every core; the fine-tuning, which can run beside
+    # the reference's audit, half (each checkpoint's torch_threads, logged with its audit)
+    from mlflow.tracking import MlflowClient
+
+    from compalign.config import cores
+
+    for result in (local, dask):
+        children = MlflowClient(result["tracking_uri"]).search_runs(
+            [result["experiment_id"]],
+            filter_string=f"tags.mlflow.parentRunId = '{result['parent_run_id']}'",
+        )
+        recorded = {
+            run.info.run_name: run.data.tags["checkpoint_torch_threads"] for run in children
+        }
+        assert recorded == {
+            "reference": str(cores()),
+            "magnitude_global-0.9-ce": str(max(1, cores() // 2)),
+        }
     measured = [c for c in pd.DataFrame(local["summary"]).columns if c.startswith("latency")]
     frames = [
         pd.DataFrame(r["summary"]).drop(columns=["run_id", *measured]) for r in results.values()

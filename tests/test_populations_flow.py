@@ -17,6 +17,7 @@ OVERRIDES = [
     "populations.losses=[ce,label_preserving]",
     "populations.gallery_examples=8",
     "populations.dask_workers=2",
+    "populations.workers=2",  # as many at once as on Dask: the same thread counts, same numbers
     "populations.protocol=from_dense",
 ]
 

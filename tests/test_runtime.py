@@ -134,3 +134,129 @@ def test_each_worker_thread_runs_torch_with_the_tasks_thread_count(prefect_serve
     before = torch.get_num_threads()
     workers, main = two_tasks()
     assert workers == [1, 1] and main == before == torch.get_num_threads()
+
+
+def test_each_task_runs_with_the_threads_it_was_given(prefect_server):
+    """with_torch_threads: the task sets its count in the thread that runs it, whatever that
+    thread ran before (a pool thread's first count is torch's last one set anywhere, unless
+    forced first: flows.runtime.use_torch_threads); the flow's thread keeps its count."""
+    import torch
+    from prefect import flow, task
+
+    from flows.runtime import thread_pool_runner
+    from flows.threads import ThreadShare, with_torch_threads
+
+    @task
+    def threads_here() -> int:
+        return torch.get_num_threads()
+
+    @flow(task_runner=thread_pool_runner(2, 1))
+    def tasks_with_counts() -> list[int]:
+        counts = [3, 2, 1, 2, 3]
+        shares = [ThreadShare(1, pinned=n) for n in counts]
+        futures = [with_torch_threads(threads_here, share).submit() for share in shares]
+        return [future.result() for future in futures]
+
+    before = torch.get_num_threads()
+    assert tasks_with_counts() == [3, 2, 1, 2, 3]
+    assert torch.get_num_threads() == before
+
+
+def test_retired_workers_end_their_threads(prefect_server):
+    """retire_workers ends the pool's threads (libgomp then frees their OpenMP teams, which
+    slowed small parallel regions in every other thread); a later task gets a new thread."""
+    import threading
+
+    from prefect import flow, task
+
+    from flows.runtime import retire_workers, thread_pool_runner
+
+    @task
+    def thread_here() -> str:
+        return threading.current_thread().name
+
+    @flow(task_runner=thread_pool_runner(2, 1))
+    def retire_between() -> tuple[set[str], set[str], str]:
+        before = {future.result() for future in [thread_here.submit() for _ in range(4)]}
+        retire_workers()
+        alive = {thread.name for thread in threading.enumerate()}
+        return before, before & alive, thread_here.submit().result()
+
+    before, still_alive, later = retire_between()
+    assert before and not still_alive and later not in before
+
+
+class FakeFuture:
+    """What submit_when_ready uses of a Prefect future; done when the test says so."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self._done = threading.Event()
+        self._callbacks: list = []
+        self.state = self
+
+    def is_completed(self) -> bool:
+        return self._done.is_set()
+
+    def add_done_callback(self, callback) -> None:
+        self._callbacks.append(callback)
+
+    def wait(self) -> None:
+        self._done.wait()
+
+    def complete(self) -> None:
+        self._done.set()
+        for callback in self._callbacks:
+            callback(self)
+
+
+def test_trainings_wait_for_a_gpu_slot_while_other_tasks_go_on(tiny_params):
+    """limit=(stages, n): at most n steps of those stages submitted and not done at a time, the
+    other steps submitted as soon as they are ready (the tiny grid, completed one task at a
+    time, oldest first, by this thread)."""
+    import queue
+    import threading
+
+    from flows.graph import pipeline_steps
+    from flows.runtime import submit_when_ready
+
+    steps = [s for s in pipeline_steps(tiny_params(), "cuda", {}, None) if s.stage != "costs"]
+    submitted: queue.SimpleQueue = queue.SimpleQueue()
+    stage_of: dict[int, str] = {}
+    in_flight = {"limited": 0, "all": 0}
+    most = {"limited": 0, "all": 0}
+
+    class FakeTask:
+        def __init__(self, stage: str) -> None:
+            self.stage = stage
+
+        def submit(self, **_arguments) -> FakeFuture:
+            future = FakeFuture()
+            stage_of[id(future)] = self.stage
+            for kind in ("limited", "all"):
+                in_flight[kind] += kind == "all" or self.stage in ("reference", "align")
+                most[kind] = max(most[kind], in_flight[kind])
+            submitted.put(future)
+            return future
+
+    def on_done(future) -> None:  # in the flow's thread, before it submits again
+        in_flight["all"] -= 1
+        in_flight["limited"] -= stage_of[id(future)] in ("reference", "align")
+
+    tasks = {
+        stage: FakeTask(stage) for stage in ("prepare", "reference", "compress", "align", "audit")
+    }
+    result: dict = {}
+    flow = threading.Thread(
+        target=lambda: result.update(
+            submit_when_ready(steps, tasks, on_done=on_done, limit=(("reference", "align"), 2))
+        )
+    )
+    flow.start()
+    for _ in steps:
+        submitted.get(timeout=30).complete()
+    flow.join(timeout=30)
+    assert set(result) == {step.id for step in steps}
+    assert most["limited"] == 2  # 8 fine-tunings ready at once, 2 at a time
+    assert most["all"] > 2  # audits and compressions were not held back
