@@ -87,6 +87,17 @@ class SeedRuns:
     metrics: dict[str, dict[str, float]]
     sources: list[str]
     results: list[dict[str, Any]] = field(default_factory=list)
+    threads: str = ""  # the torch threads that trained the models, as their checkpoints say
+
+
+def threads_text(reference: list[Any], compressed: list[Any]) -> str:
+    """The torch threads the checkpoints recorded: "reference 2, compressed models 1"."""
+
+    def counts(values: list[Any]) -> str:
+        known = sorted({int(v) for v in values if v is not None})
+        return "/".join(map(str, known)) if known else "not recorded"
+
+    return f"reference {counts(reference)}, compressed models {counts(compressed)}"
 
 
 def seed_settings(settings: Params) -> list[Params]:
@@ -153,6 +164,15 @@ def seed_evidence(runs: SeedRuns, group: str | None = None) -> SeedRunsEvidence:
         for key, parts in per_model.items()
         if key != "reference" and len(parts) == len(runs.results)
     }
+    runs.threads = threads_text(
+        [part["torch_threads"] for part in per_model["reference"]],
+        [
+            part["torch_threads"]
+            for key, parts in per_model.items()
+            if key != "reference"
+            for part in parts
+        ],
+    )
     groups = None
     if group is not None and group in test.groups.columns:
         groups = test.groups[group].to_numpy()
@@ -174,7 +194,7 @@ def run_record(
     data_path: str,
     started: float,
     overrides: list[str] | None,
-    threads: int,
+    threads: str,
 ) -> papers.RunRecord:
     """What was run, for the report's first section."""
     import torch
@@ -220,11 +240,6 @@ def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _threads(settings: Params) -> int:
-    """The torch threads each training task runs with (run.threads, else the runner's share)."""
-    return settings.run.task_threads()
-
-
 @flow(name="reproduce-joseph")
 def reproduce_joseph(
     params: dict[str, Any], profile: str, overrides: list[str] | None = None
@@ -243,7 +258,7 @@ def reproduce_joseph(
         runs.results[0]["data_path"],
         started,
         overrides,
-        _threads(settings),
+        runs.threads,
     )
     report = papers.joseph(
         runs.summary, evidence, Path("reports/joseph"), record, tuned=settings.align.tune
@@ -270,7 +285,7 @@ def reproduce_meyer(
         runs.results[0]["data_path"],
         started,
         overrides,
-        _threads(settings),
+        runs.threads,
     )
     report = papers.meyer(
         runs.summary, runs.metrics, evidence, group, Path("reports/meyer"), record
@@ -362,7 +377,9 @@ def reproduce_hooker(
         pruning["data_path"],
         started,
         overrides,
-        settings.populations.threads_per_task,
+        "per task as flows/threads.py shares the cores"
+        if settings.populations.threads_per_task is None
+        else f"{settings.populations.threads_per_task} per member",
     )
     report = papers.hooker(
         pd.DataFrame(pruning["summary"]),

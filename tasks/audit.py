@@ -100,6 +100,8 @@ def _build_audit(
         "sha256": sha256_file(scratch / PREDICTIONS_FILE),
         "labels": labels,
         "checkpoint_sha256": checkpoint["sha256"],
+        # the torch threads that trained the model: they round its sums (README, same numbers)
+        "checkpoint_torch_threads": checkpoint.get("torch_threads"),
     }
     (scratch / MANIFEST).write_text(json.dumps(manifest_out, indent=2) + "\n")
 
@@ -110,20 +112,22 @@ def read_metrics(directory: str | Path) -> dict[str, float]:
     return {k: float(v) for k, v in raw.items()}
 
 
-def read_outcomes(directory: str | Path, example_ids: list[str]) -> dict[str, np.ndarray | None]:
+def read_outcomes(directory: str | Path, example_ids: list[str]) -> dict[str, Any]:
     """A model's per-example outcomes as its audit stored them, in the order of `example_ids`
     (the test split's): `predictions` (its labels), `probabilities` ([N, C], None when the audit
-    has none) and `attribution` (integrated-gradients agreement with the reference on the fixed
-    sample, NaN elsewhere; None without attributions)."""
+    has none), `attribution` (integrated-gradients agreement with the reference on the fixed
+    sample, NaN elsewhere; None without attributions) and `torch_threads` (that trained it)."""
     directory = Path(directory)
     table = pd.read_parquet(directory / PREDICTIONS_FILE)
     if table["example_id"].tolist() != list(example_ids):
         raise ValueError(f"{directory}: audited on other test examples than the run's")
     column = "compressed_prediction" if "compressed_prediction" in table else "prediction"
-    outcomes: dict[str, np.ndarray | None] = {
+    manifest = json.loads((directory / MANIFEST).read_text())
+    outcomes: dict[str, Any] = {
         "predictions": table[column].to_numpy(dtype=np.int64),
         "probabilities": None,
         "attribution": None,
+        "torch_threads": manifest.get("checkpoint_torch_threads"),
     }
     if (directory / PROBABILITIES_FILE).is_file():
         with np.load(directory / PROBABILITIES_FILE, allow_pickle=False) as saved:

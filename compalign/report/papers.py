@@ -93,7 +93,7 @@ class RunRecord:
     members: int
     code: str
     torch: str
-    threads: int
+    threads: str  # torch threads per task, as the checkpoints recorded them
     cpu_kernels: str
     host: str
     wall_seconds: float
@@ -130,9 +130,8 @@ class RunRecord:
             ("code", self.code),
             (
                 "environment",
-                f"torch {self.torch}, {self.threads} torch thread"
-                f"{'s' if self.threads != 1 else ''} per task, CPU kernels {self.cpu_kernels}, "
-                f"{self.host}",
+                f"torch {self.torch}; torch threads: {self.threads}; CPU kernels "
+                f"{self.cpu_kernels}; {self.host}",
             ),
             ("wall time", f"{self.wall_seconds / 60:.1f} min (started {self.started})"),
             ("the paper", PAPER_SETUP[self.paper]),
