@@ -225,9 +225,7 @@ def _export(model: nn.Module, example: torch.Tensor) -> fx.GraphModule:
     return torch.export.export(model, (batch,), dynamic_shapes=dynamic, strict=True).module()
 
 
-def x86_quantizer(
-    model: nn.Module, qat: bool = False, float_layers: Sequence[str] = ()
-) -> Any:
+def x86_quantizer(model: nn.Module, qat: bool = False, float_layers: Sequence[str] = ()) -> Any:
     """torchao's X86InductorQuantizer with its default int8 configuration (per-channel symmetric
     weights, per-tensor affine uint8 activations with histogram observers), leaving in float the
     submodules whose class sets `keeps_float` (an input adapter's antialiased resize) and the

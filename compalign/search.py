@@ -16,8 +16,8 @@ Two searches:
   probed passing level below the lowest probed failing one.
 - `search_float_layers`: static int8 quantization, which has no level. Everything is quantized;
   while the rules fail, every layer still int8 is tried in float (one probe each), and the one
-  whose float copy recovers the most mismatches is kept in float; until the rules hold or every
-  layer is float. Unlike NNCF's accuracy-control fallback, which ranks layers once by the drop of
+  whose float copy recovers the most mismatches is kept in float (one whose trial already meets
+  the rules first: the search then ends there); until the rules hold or every layer is float. Unlike NNCF's accuracy-control fallback, which ranks layers once by the drop of
   the validation metric on a subset and reverts them in that order (re-ranking only when a
   revert made the drop worse), every step here is measured against the current model, and the
   measure is prediction flips against the reference, not an aggregate metric.
@@ -147,10 +147,12 @@ def _violations(outcomes: Mapping[float, bool]) -> list[tuple[float, float]]:
 
 @dataclass(frozen=True)
 class ProbeOutcome:
-    """What the layer search needs of one probe: whether the rules hold, and its mismatches."""
+    """What the layer search needs of one probe: whether the rules hold, its mismatches, and
+    its cost (e.g. its size: breaks ties)."""
 
     passes: bool
     mismatches: float
+    cost: float = 0.0
 
 
 @dataclass
@@ -175,7 +177,9 @@ def search_float_layers(
 ) -> FloatSearch:
     """Keep layers in float, one at a time, until the rules hold (module docstring).
     `evaluate(float_layers)` probes the model with those layers (in `layers`' order) in float.
-    A tie in recovered mismatches goes to the layer that comes first in `layers`."""
+    Each round keeps the layer whose trial meets the rules, if any does (so no layer more than
+    needed stays float), else the one that recovers the most mismatches; ties go to the
+    cheaper trial, then to the layer that comes first in `layers`."""
     order = list(dict.fromkeys(layers))
     kept: tuple[str, ...] = ()
     current = evaluate(kept)
@@ -192,7 +196,15 @@ def search_float_layers(
         recovered = {
             layer: current.mismatches - trial.mismatches for layer, trial in trials.items()
         }
-        best = max(remaining, key=lambda layer: (recovered[layer], -remaining.index(layer)))
+        best = max(
+            remaining,
+            key=lambda layer: (
+                trials[layer].passes,
+                recovered[layer],
+                -trials[layer].cost,
+                -remaining.index(layer),
+            ),
+        )
         kept = tuple(name for name in order if name in {*kept, best})
         rounds.append({"kept": kept, "layer": best, "trials": trials, "recovered": recovered})
         current = trials[best]

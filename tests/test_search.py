@@ -102,6 +102,25 @@ def test_float_layers_are_kept_by_recovered_mismatches_until_the_rules_hold():
     assert result.probes == 1 + 3 + 2
 
 
+def test_a_trial_that_meets_the_rules_is_kept_before_one_that_recovers_more():
+    # conv2 recovers more, but fc alone already meets the size rule: one layer in float is enough
+    def evaluate(float_layers):
+        mismatches = 10 - 6 * ("conv2" in float_layers) - 1 * ("fc" in float_layers)
+        return ProbeOutcome("fc" in float_layers, mismatches, cost=len(float_layers))
+
+    result = search_float_layers(["conv1", "conv2", "fc"], evaluate)
+    assert result.chosen == ("fc",) and result.probes == 4
+
+
+def test_ties_in_recovered_mismatches_go_to_the_cheaper_trial():
+    sizes = {"big": 100.0, "small": 1.0}
+    result = search_float_layers(
+        ["big", "small"],
+        lambda layers: ProbeOutcome(len(layers) == 2, 3, sum(sizes[n] for n in layers)),
+    )
+    assert result.rounds[0]["layer"] == "small"
+
+
 def test_float_layers_that_never_meet_the_rules_give_no_answer():
     result = search_float_layers(["a", "b"], lambda layers: ProbeOutcome(False, 5 - len(layers)))
     assert result.chosen is None
