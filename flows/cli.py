@@ -444,6 +444,10 @@ def audit_command(
     with _resumable("stages"), _display(verbose):
         result = audit_flow(params.model_dump(), reference, candidates, reference2, localize)
     _echo_comparison(result)
+    if localize:
+        from compalign.report.search import print_layers
+
+        print_layers(result["layers"], result["layer_notes"])
     typer.echo(
         f"Report: {REPORT_DIR / 'report.html'}; tables in {REPORT_DIR}/. MLflow parent run "
         f"{result['parent_run_id']} in experiment {params.run.experiment!r} (`make ui`)."
@@ -542,6 +546,7 @@ def search_command(
     _prepare_process(params, refresh, flows=True)
     from flows.search import REPORT_DIR, check_rules_on_data, run_search
 
+    # a rule on a class or group column this dataset lacks: exit 2 before any probe runs
     check_rules_on_data(params, rules)
     _server_ready(params.run.experiment)
     with _resumable("probes"), _display(verbose):

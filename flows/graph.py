@@ -219,5 +219,6 @@ def _audit_step(
         "reference_audit": reference_audit,
         "labels": labels,
         "baseline_audit": baseline,
+        "split": "test",  # in a key only when it is not "test" (tasks.store.ONLY_WHEN)
     }
     return Step(f"audit:{name}", "audit", name, arguments)

@@ -176,6 +176,8 @@ def audit_model(
     if (model_dir / TUNING_FILE).is_file():
         artifacts.append(("", model_dir / TUNING_FILE))
 
+    probe = split != "test"
+
     def test_examples() -> tuple[pd.DataFrame, dict[str, Any], str]:
         test = load_split(data_dir, split)
         frame = pd.DataFrame(
@@ -196,14 +198,15 @@ def audit_model(
         metrics,
         artifacts,
         params=params,
-        model=lambda: load_checkpoint(model_dir),
+        # a search's probes on the validation split are no release candidates: their checkpoint
+        # is an artifact, but no MLflow model is logged or registered for them
+        model=None if probe else lambda: load_checkpoint(model_dir),
         dataset=test_examples,
-        input_example=input_example,
-        # a search's probes on the validation split are no release candidates: not registered
+        input_example=None if probe else input_example,
         registered_model=None
-        if split == "val"
+        if probe
         else registered_model_name(labels["dataset"], labels["model"]),
-        dataset_context="validation" if split == "val" else "test",
+        dataset_context="validation" if probe else "test",
         version_tags=labels
         | {"checkpoint_sha256": checkpoint["sha256"]}
         | {

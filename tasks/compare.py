@@ -116,6 +116,10 @@ def audit_brought_models(
         "noise_floor": REFERENCE2 in comparison.metrics,
         "transform": comparison.transform,
         "written": {key: str(path) for key, path in written.items()},
+        "layers": {
+            name: frame.to_dict(orient="records") for name, frame in comparison.layers.items()
+        },
+        "layer_notes": comparison.layer_notes,
     }
 
 

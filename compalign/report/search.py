@@ -325,3 +325,36 @@ def print_probes(probes: pd.DataFrame, rules: Sequence[str], console: Any = None
     for _, row in shown[keep].iterrows():
         table.add_row(*(cell_text(value) for value in row))
     (console or Console(width=160)).print(table)
+
+
+def print_layers(
+    layers: dict[str, list[dict[str, Any]]],
+    notes: dict[str, list[str]] | None = None,
+    shown: int = 5,
+    console: Any = None,
+) -> None:
+    """Each localized candidate's first layers (the most recovered mismatches first), as
+    terminal tables (rich); the whole table is layers.parquet."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console(width=120)
+    for name, rows in layers.items():
+        frame = pd.DataFrame(rows)
+        total = int(frame["mismatches"].iloc[0]) if len(frame) else 0
+        table = Table(title=f"{name}: layers that flip labels ({total} mismatches on test)")
+        for column in ("layer", "kind", "recovered", "mismatches_after", "sqnr_db"):
+            table.add_column(column, justify="left" if column in ("layer", "kind") else "right")
+        for _, row in frame.head(shown).iterrows():
+            table.add_row(
+                str(row["layer"]),
+                str(row["kind"]),
+                cell_text(row["recovered"]),
+                cell_text(row["mismatches_after"]),
+                cell_text(float(row["sqnr_db"])),
+            )
+        console.print(table)
+        for note in (notes or {}).get(name, []):
+            console.print(f"note: {note}")
+        if len(frame) > shown:
+            console.print(f"({len(frame) - shown} more layers in layers.parquet)")
