@@ -216,6 +216,16 @@ def search_float_layers(
 
 
 FLOAT_SEARCH = "quantize_static"  # the compressor without levels searched by its float layers
+# the costs a probe also has as `<cost>_ratio` to the reference's: `compalign audit`'s, and the
+# gzip size, the one size unstructured sparsity changes
+RATIO_COSTS = (
+    "params_nonzero",
+    "macs",
+    "size_bytes",
+    "size_gzip_bytes",
+    "latency_ms_b1",
+    "latency_ms_b64",
+)
 
 
 def check_request(params: Any, method: str, loss: str, rules: Sequence[str]) -> list[Rule]:
@@ -334,12 +344,11 @@ def rule_metric_names(
 ) -> set[str]:
     """Every metric name a probe of `compalign search` has: its audit's (audit_metric_names),
     its costs and their ratio to the reference's, and its measured weight sparsity."""
-    from compalign.compare import RELATIVE_COSTS
     from compalign.compressors import LEVEL_KINDS
     from compalign.costs import COST_METRICS
 
     names = audit_metric_names(class_names, group_columns, options)
-    names |= set(COST_METRICS) | {f"{name}_ratio" for name in RELATIVE_COSTS}
+    names |= set(COST_METRICS) | {f"{name}_ratio" for name in RATIO_COSTS}
     return names | {"weight_sparsity", *LEVEL_KINDS}
 
 

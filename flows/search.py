@@ -25,13 +25,14 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from compalign.checkpoint import load_checkpoint
-from compalign.compare import RELATIVE_COSTS
 from compalign.config import NO_FINE_TUNING, Params
 from compalign.costs import COST_METRICS
+from compalign.data import read_manifest
 from compalign.gate import Rule, parse_rule
 from compalign.quantize import quantizable_layers
 from compalign.search import (
     FLOAT_SEARCH,
+    RATIO_COSTS,
     ProbeOutcome,
     all_hold,
     check_rules,
@@ -171,7 +172,7 @@ class Search:
         audit = self.runner.results[f"audit@{name}"]
         costs = self.runner.results[f"costs@{name}"]["costs"]
         metrics = {**audit["metrics"], **costs}
-        for column in RELATIVE_COSTS:
+        for column in RATIO_COSTS:
             base = self.reference_costs.get(column, math.nan)
             value = costs.get(column, math.nan)
             metrics[f"{column}_ratio"] = value / base if base and math.isfinite(base) else math.nan
@@ -198,7 +199,7 @@ class Search:
             **{str(check.rule): check.value for check in checks},
             **{column: metrics.get(column, math.nan) for column in SHOWN_METRICS},
             **{column: metrics.get(column, math.nan) for column in COST_METRICS},
-            **{f"{c}_ratio": metrics.get(f"{c}_ratio", math.nan) for c in RELATIVE_COSTS},
+            **{f"{c}_ratio": metrics.get(f"{c}_ratio", math.nan) for c in RATIO_COSTS},
             **extra,
         }
         self.records.append(record)
@@ -377,6 +378,8 @@ def search_flow(params: dict[str, Any], method: str, loss: str, rules: list[str]
 def _chosen_record(search: Search, found: dict[str, Any], test: dict | None) -> dict[str, Any]:
     """What chosen.json holds: the answer, the probe above it, the test audit, the evidence."""
     chosen = found["chosen"]
+    data = search.runner.results["prepare"]["path"]
+    splits = read_manifest(data, verify=False).get("splits", {})
     record: dict[str, Any] = {
         "method": search.method,
         "loss": search.loss,
@@ -388,6 +391,9 @@ def _chosen_record(search: Search, found: dict[str, Any], test: dict | None) -> 
         "monotonicity_violations": found["violations"],
         "chosen": None,
         "test_audit": test,
+        # counts (mismatches, their intervals) scale with these: a bound on a count means more
+        # on the larger split
+        "examples": {split: splits.get(split) for split in (PROBE_SPLIT, "test")},
         "reference_costs": {k: _json_number(v) for k, v in search.reference_costs.items()},
     }
     if "levels" in found:

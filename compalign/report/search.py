@@ -270,6 +270,12 @@ def answer_lines(chosen: dict[str, Any]) -> tuple[list[str], bool]:
         f"Answer: {chosen['answer']} ({what}), the most compressed probe that meets every rule "
         f"on the validation split ({_rule_values(answer['rules'])})."
     ]
+    layers = chosen.get("layers") or []
+    if layers and len(answer["float_layers"]) == len(layers):
+        lines.append(
+            "Every layer is in float: no int8 layer fits this budget (the answer is the float "
+            "model, as exported)."
+        )
     following = chosen.get("next")
     if following is not None:
         lines.append(
@@ -293,10 +299,16 @@ def answer_lines(chosen: dict[str, Any]) -> tuple[list[str], bool]:
             f"{number('mismatches')} [{number('mismatches_ci_low')}, "
             f"{number('mismatches_ci_high')}], where the reference is right "
             f"{number('mismatches_ref_correct')} [{number('mismatches_ref_correct_ci_low')}, "
-            f"{number('mismatches_ref_correct_ci_high')}]; size {number('size_bytes')} bytes "
-            f"({number('size_bytes_ratio')} of the reference's), latency batch 1 "
+            f"{number('mismatches_ref_correct_ci_high')}]; size {number('size_bytes')} bytes, "
+            f"gzip {number('size_gzip_bytes_ratio')} of the reference's, latency batch 1 "
             f"{number('latency_ms_b1')} ms; on test: {held}. MLflow run {test['run_id']}."
         )
+        examples = chosen.get("examples") or {}
+        if examples.get("val") and examples.get("test") and examples["val"] != examples["test"]:
+            lines.append(
+                f"(Counts scale with the split: validation has {examples['val']} examples, test "
+                f"{examples['test']}; a bound on a count is tighter on the larger one.)"
+            )
     lines.append(
         f"{chosen['probes']} probes, {chosen['probes_run']} computed by this run "
         "(the rest from the store)."
