@@ -90,10 +90,6 @@ def test_a_search_chooses_a_level_and_a_tighter_rerun_reuses_its_probes(tmp_path
     [
         (["--method", "half", "--fail-on", "mismatches<=1"], "has no levels to search"),
         (["--method", "magnitude_global", "--fail-on", "mismatch<=1"], "unknown metric 'mismatch'"),
-        (
-            ["--method", "structured", "--loss", "nope", "--fail-on", "mismatches<=1"],
-            "unknown loss",
-        ),
     ],
 )
 def test_search_mistakes_are_one_line_exit_2_and_write_nothing(tmp_path, arguments, needle):
