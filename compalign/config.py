@@ -324,7 +324,20 @@ class SearchParams(Section):
     (compalign.search: bisection on it, the least compressed level probed first)."""
 
     levels: list[Fraction] = Field(
-        default_factory=lambda: [0.5, 0.7, 0.8, 0.85, 0.9, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99],
+        default_factory=lambda: [
+            0.5,
+            0.7,
+            0.8,
+            0.85,
+            0.9,
+            0.92,
+            0.94,
+            0.95,
+            0.96,
+            0.97,
+            0.98,
+            0.99,
+        ],
         min_length=1,
     )
 
