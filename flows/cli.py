@@ -534,8 +534,8 @@ def search_command(
     verbose: VerboseOption = False,
 ) -> None:
     """How far can I compress? The most compressed model that meets every rule on the validation
-    split: bisection over `search.levels`, or for quantize_static the fewest layers kept in
-    float; the chosen model is then audited once on the test split. Writes
+    split: bisection over `search.levels`, or for quantize_static layers kept in float one at
+    a time; the chosen model is then audited once on the test split. Writes
     reports/search/{probes.parquet,chosen.json,report.html}; exit 1 when no probe meets the
     rules."""
     from compalign.search import check_request
