@@ -5,7 +5,9 @@ every method can be called and tested as a plain function. `tasks/` and `flows/`
 the orchestrated, tracked pipeline.
 
 `compalign.audit_models(reference, candidates, data)` audits models you bring
-(compalign.compare); it is imported on first use, so `import compalign` stays cheap.
+(compalign.compare), `compalign.localize_flips(reference, candidate, data)` finds the layers
+whose restoration recovers a candidate's mismatches (compalign.localize); both are imported on
+first use, so `import compalign` stays cheap.
 """
 
 from typing import Any
@@ -18,7 +20,11 @@ def __getattr__(name: str) -> Any:
         from compalign import compare
 
         return getattr(compare, name)
+    if name == "localize_flips":
+        from compalign import localize
+
+        return localize.localize_flips
     raise AttributeError(f"module 'compalign' has no attribute {name!r}")
 
 
-__all__ = ["Comparison", "__version__", "audit_models"]
+__all__ = ["Comparison", "__version__", "audit_models", "localize_flips"]

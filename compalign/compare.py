@@ -327,6 +327,9 @@ class Comparison:
     transform: str
     outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # with localize: each candidate's layer table (compalign.localize) and its notes
+    layers: dict[str, pd.DataFrame] = field(default_factory=dict)
+    layer_notes: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def candidates(self) -> list[str]:
@@ -365,7 +368,32 @@ class Comparison:
             title or "What the candidates changed against the reference",
             notes=notes,
             attribution_pngs=pngs,
+            layers=self.layers,
+            layer_notes=self.layer_notes,
         )
+
+    def localize(
+        self, prepared: Prepared, calibration: Sequence[torch.Tensor] | None = None
+    ) -> dict[str, pd.DataFrame]:
+        """Localize every candidate's mismatches to its layers (compalign.localize) and keep
+        the tables in `layers`; `calibration` (float batches) for quantize_static candidates."""
+        from compalign.localize import check_localizable, localize_audited
+
+        reference = prepared.models[REFERENCE]
+        check_localizable(
+            reference.loaded, {name: prepared.models[name].loaded for name in self.candidates}
+        )
+        for name in self.candidates:
+            frame, notes = localize_audited(
+                reference,
+                prepared.models[name],
+                prepared.data.images,
+                prepared.normalise,
+                prepared.settings.batch_size,
+                calibration,
+            )
+            self.layers[name], self.layer_notes[name] = frame, notes
+        return self.layers
 
     def write(self, directory: str | Path, title: str | None = None) -> dict[str, Path]:
         """summary.parquet, predictions.parquet, report.html and, per model, `models/<name>/`
@@ -386,6 +414,16 @@ class Comparison:
             if name in self.tables:
                 self.tables[name].to_parquet(folder / "comparison.parquet", index=False)
             write_outputs(self.outputs.get(name, {}), folder)
+        if self.layers:
+            from compalign.localize import LAYERS_FILE
+
+            for name, frame in self.layers.items():
+                frame.to_parquet(directory / "models" / name / LAYERS_FILE, index=False)
+            written["layers"] = directory / LAYERS_FILE
+            pd.concat(
+                [frame.assign(candidate=name) for name, frame in self.layers.items()],
+                ignore_index=True,
+            ).to_parquet(written["layers"], index=False)
         written["report"] = self.to_html(directory / REPORT_FILE, title)
         return written
 
@@ -511,6 +549,8 @@ def audit_models(
     costs: bool = True,
     device: str | torch.device = "cpu",
     mlflow: str | bool = False,
+    localize: bool = False,
+    calibration: Sequence[torch.Tensor] | None = None,
     **audit_settings: Any,
 ) -> Comparison:
     """Audit each of `candidates` (name -> model) against `reference` on `data`.
@@ -523,7 +563,10 @@ def audit_models(
     (one row per example); audit settings come from `options` and keyword arguments (the
     `audit` params section: bootstrap_samples=..., attribution_samples=0, ...). `costs` measures
     parameters, MACs, size and latency; `mlflow` (an experiment name, or True for "compalign")
-    logs a parent run with a child per model to MLflow's tracking URI.
+    logs a parent run with a child per model to MLflow's tracking URI. `localize` finds, per
+    candidate with the reference's module names, the layers whose restoration recovers its
+    mismatches (`Comparison.layers`, compalign.localize; `calibration`: the float batches a
+    quantize_static candidate is quantized again with).
     """
     prepared = check_models(
         reference,
@@ -539,7 +582,16 @@ def audit_models(
         device=device,
         **audit_settings,
     )
+    if localize:
+        from compalign.localize import check_localizable
+
+        check_localizable(
+            prepared.models[REFERENCE].loaded,
+            {name: prepared.models[name].loaded for name in candidates},
+        )
     comparison = run_comparison(prepared, costs)
+    if localize:
+        comparison.localize(prepared, calibration)
     if mlflow:
         log_to_mlflow(comparison, "compalign" if mlflow is True else str(mlflow))
     return comparison

@@ -359,6 +359,34 @@ class ReproduceParams(Section):
     seeds: Annotated[int, Field(ge=1, le=100)] = 1
 
 
+class SearchParams(Section):
+    """`compalign search` only: the grid of levels a compressor with levels is searched over
+    (compalign.search: bisection on it, the least compressed level probed first)."""
+
+    levels: list[Fraction] = Field(
+        default_factory=lambda: [
+            0.5,
+            0.7,
+            0.8,
+            0.85,
+            0.9,
+            0.92,
+            0.94,
+            0.95,
+            0.96,
+            0.97,
+            0.98,
+            0.99,
+        ],
+        min_length=1,
+    )
+
+    @field_validator("levels")
+    @classmethod
+    def _sorted_levels(cls, values: list[float]) -> list[float]:
+        return sorted(set(values))
+
+
 # the sections whose `seed` keys (at any depth) `training_seeds` moves: what a training run draws
 TRAINING_SEED_SECTIONS = ("reference", "compress", "align")
 
@@ -374,6 +402,7 @@ class Params(Section):
     populations: PopulationsParams = Field(default_factory=PopulationsParams)
     run: RunParams = Field(default_factory=RunParams)
     reproduce: ReproduceParams = Field(default_factory=ReproduceParams)
+    search: SearchParams = Field(default_factory=SearchParams)
 
     def training_seeds(self, offset: int) -> Params:
         """These params with `offset` added to every seed of reference training, compression

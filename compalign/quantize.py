@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -225,18 +225,50 @@ def _export(model: nn.Module, example: torch.Tensor) -> fx.GraphModule:
     return torch.export.export(model, (batch,), dynamic_shapes=dynamic, strict=True).module()
 
 
-def x86_quantizer(model: nn.Module, qat: bool = False) -> Any:
+def x86_quantizer(model: nn.Module, qat: bool = False, float_layers: Sequence[str] = ()) -> Any:
     """torchao's X86InductorQuantizer with its default int8 configuration (per-channel symmetric
     weights, per-tensor affine uint8 activations with histogram observers), leaving in float the
-    submodules whose class sets `keeps_float` (an input adapter's antialiased resize)."""
+    submodules whose class sets `keeps_float` (an input adapter's antialiased resize) and the
+    layers named in `float_layers` (module names, as `named_modules` gives them).
+
+    A layer is kept in float with `set_module_name_qconfig(name, None)`: torchao marks its
+    operator annotated without a quantization spec, so neither its weight nor its input gets
+    quantize/dequantize ops (its conv or linear runs in float on whatever reaches it)."""
     from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as x86
 
+    check_float_layers(model, float_layers)
     quantizer = x86.X86InductorQuantizer()
     quantizer.set_global(x86.get_default_x86_inductor_quantization_config(is_qat=qat))
     for name, module in model.named_modules():
-        if name and getattr(module, "keeps_float", False):
+        if name and (getattr(module, "keeps_float", False) or name in float_layers):
             quantizer.set_module_name_qconfig(name, None)
     return quantizer
+
+
+QUANTIZABLE = (nn.Conv2d, nn.Linear)  # the layers int8 static quantization converts
+
+
+def quantizable_layers(model: nn.Module) -> list[str]:
+    """The names of the layers static int8 quantization converts (conv and linear), in module
+    order: what `float_layers` may name."""
+    return [
+        name
+        for name, module in model.named_modules()
+        if name and isinstance(module, QUANTIZABLE) and not getattr(module, "keeps_float", False)
+    ]
+
+
+def check_float_layers(model: nn.Module, float_layers: Sequence[str]) -> None:
+    """Refuse a `float_layers` entry that names no quantizable layer of `model` (a typo would
+    otherwise quantize everything silently)."""
+    unknown = sorted(set(float_layers) - set(quantizable_layers(model)))
+    if unknown:
+        from compalign.errors import UserError
+
+        raise UserError(
+            f"compress.quantize_static.float_layers: {unknown} are not conv or linear layers of "
+            f"the model (it has {', '.join(quantizable_layers(model))})"
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -310,21 +342,29 @@ def _is_plain_linear(module: nn.Module, name: str = "") -> bool:
     return type(module) is nn.Linear
 
 
-def float_parts_kept(model: nn.Module, mapping: tq.QConfigMapping) -> tq.QConfigMapping:
+def float_parts_kept(
+    model: nn.Module, mapping: tq.QConfigMapping, float_layers: Sequence[str] = ()
+) -> tq.QConfigMapping:
     """`mapping` with the submodules that must compute in float left unquantized: those whose
-    class sets `keeps_float` (an input adapter's antialiased resize has no int8 kernel)."""
+    class sets `keeps_float` (an input adapter's antialiased resize has no int8 kernel) and the
+    layers named in `float_layers`."""
+    check_float_layers(model, float_layers)
     for name, module in model.named_modules():
-        if name and getattr(module, "keeps_float", False):
+        if name and (getattr(module, "keeps_float", False) or name in float_layers):
             mapping.set_module_name(name, None)
     return mapping
 
 
 def quantize_static(
-    model: nn.Module, calibration: Iterable[torch.Tensor], backend: str = "pt2e"
+    model: nn.Module,
+    calibration: Iterable[torch.Tensor],
+    backend: str = "pt2e",
+    float_layers: Sequence[str] = (),
 ) -> nn.Module:
     """Post-training static int8 quantization with activation ranges calibrated on the given
     float batches, x86 backend: PT2E (torch.export + torchao's prepare_pt2e/convert_pt2e, an
-    `Int8Program`), or with `backend="fx"` the deprecated FX graph mode."""
+    `Int8Program`), or with `backend="fx"` the deprecated FX graph mode. The conv and linear
+    layers named in `float_layers` stay in float."""
     _check_backend(backend, STATIC_BACKENDS, "quantize_static")
     batches = iter(calibration)
     first = next(batches, None)
@@ -332,10 +372,14 @@ def quantize_static(
         raise ValueError("quantize_static needs at least one calibration batch")
     clone = folded_copy(model).eval()
     if backend == "fx":
-        return _quantize_static_fx(clone, first, batches)
+        return _quantize_static_fx(clone, first, batches, float_layers)
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    prepared = prepare_pt2e(_export(clone, first), x86_quantizer(clone))
+    with warnings.catch_warnings():
+        # a layer kept in float leaves the next pooling op's input float: torchao says so
+        warnings.filterwarnings("ignore", r"The input of \w+ is not quantized")
+        quantizer = x86_quantizer(clone, float_layers=float_layers)
+        prepared = prepare_pt2e(_export(clone, first), quantizer)
     # no_grad, not inference_mode: observers write their running ranges into buffers
     with torch.no_grad():
         prepared(first)
@@ -345,13 +389,16 @@ def quantize_static(
 
 
 def _quantize_static_fx(
-    clone: nn.Module, first: torch.Tensor, batches: Iterator[torch.Tensor]
+    clone: nn.Module,
+    first: torch.Tensor,
+    batches: Iterator[torch.Tensor],
+    float_layers: Sequence[str] = (),
 ) -> nn.Module:
     """FX graph mode static int8 (deprecated by PyTorch; the optional fallback)."""
     from torch.ao.quantization import quantize_fx
 
     with _quiet():
-        mapping = float_parts_kept(clone, tq.get_default_qconfig_mapping("x86"))
+        mapping = float_parts_kept(clone, tq.get_default_qconfig_mapping("x86"), float_layers)
         prepared = quantize_fx.prepare_fx(clone, mapping, (first,))
         # no_grad, not inference_mode: observers write their running ranges into buffers, which
         # must stay ordinary tensors for convert_fx
@@ -465,10 +512,12 @@ def prepare_qat(
     example_inputs: torch.Tensor,
     dtype: torch.dtype = torch.float16,
     backend: str | None = None,
+    float_layers: Sequence[str] = (),
 ) -> nn.Module:
     """A trainable copy of a float model with fake quantization for quantization-aware
     fine-tuning ("half" rounds the weights to `dtype`); train it with compalign.train.fit.
-    Static int8: PT2E's prepare_qat_pt2e (a QatProgram), or FX's prepare_qat_fx (`backend="fx"`)."""
+    Static int8: PT2E's prepare_qat_pt2e (a QatProgram), or FX's prepare_qat_fx (`backend="fx"`),
+    the layers named in `float_layers` left in float."""
     _check_method(method)
     backend = default_backend(method, backend)
     clone = folded_copy(model)
@@ -478,11 +527,16 @@ def prepare_qat(
             from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
             program = _export(clone.train(), example_inputs)
-            return QatProgram(prepare_qat_pt2e(program, x86_quantizer(clone, qat=True))).train()
+            quantizer = x86_quantizer(clone, qat=True, float_layers=float_layers)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", r"The input of \w+ is not quantized")
+                return QatProgram(prepare_qat_pt2e(program, quantizer)).train()
         from torch.ao.quantization import quantize_fx
 
         with _quiet():
-            mapping = float_parts_kept(clone, tq.get_default_qat_qconfig_mapping("x86"))
+            mapping = float_parts_kept(
+                clone, tq.get_default_qat_qconfig_mapping("x86"), float_layers
+            )
             prepared = quantize_fx.prepare_qat_fx(clone.train(), mapping, (example_inputs,))
         prepared.register_forward_pre_hook(_observers_follow_mode)
         return prepared
@@ -570,6 +624,7 @@ def rebuild(
     example_inputs: torch.Tensor,
     dtype: torch.dtype = torch.float16,
     backend: str | None = None,
+    float_layers: Sequence[str] = (),
 ) -> nn.Module:
     """An empty quantized/half model of the right structure to `load_state_dict` a saved
     quantized/half state dict into (no calibration data needed), for checkpoint loading."""
@@ -580,7 +635,7 @@ def rebuild(
     if method == "quantize_static":
         # One pass over the example initialises every observer, so conversion needs no
         # placeholder ranges; every scale and zero point is then replaced by load_state_dict.
-        return quantize_static(float_model, [example_inputs], backend)
+        return quantize_static(float_model, [example_inputs], backend, float_layers)
     return to_half(float_model, dtype)
 
 
@@ -601,11 +656,19 @@ def int8_backend(options: object) -> str | None:
     return getattr(options, "backend", None)
 
 
+def float_layers_of(options: object) -> tuple[str, ...]:
+    """The layers a quantizer's options keep in float (`compress.quantize_static.float_layers`);
+    none for the others."""
+    return tuple(getattr(options, "float_layers", ()) or ())
+
+
 def fine_tune_quantization_aware(job: FineTuneJob) -> nn.Module:
     """Quantization-aware fine-tuning: from the reference with fake quantization, then converted."""
     example = job.train.normalise(job.train.images[:1])
     dtype, backend = half_dtype(job.options), int8_backend(job.options)
-    prepared = prepare_qat(job.fresh_reference(), job.method, example, dtype, backend)
+    prepared = prepare_qat(
+        job.fresh_reference(), job.method, example, dtype, backend, float_layers_of(job.options)
+    )
     job.fit(prepared)
     return convert_qat(prepared.cpu(), job.method, dtype, backend)
 

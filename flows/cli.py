@@ -395,6 +395,14 @@ def audit_command(
     ] = None,
     refresh: Annotated[bool, typer.Option(help="prepare the data again, ignoring caches")] = False,
     verbose: VerboseOption = False,
+    localize: Annotated[
+        bool,
+        typer.Option(
+            "--localize",
+            help="also find the layers that flip each candidate's labels (same module names as "
+            "the reference): reports/compare/layers.parquet",
+        ),
+    ] = False,
 ) -> None:
     """Audit models you bring against a reference on the test split of the `data` section.
 
@@ -420,6 +428,10 @@ def audit_command(
     _check_data(params)
     # a missing file or a pickled module: refused before anything is written
     loaded = {spec: load_model(spec) for spec in specs}
+    if localize:  # a format without module names: one line, before anything is written
+        from compalign.localize import check_localizable
+
+        check_localizable(loaded[reference], {n: loaded[s] for n, s in candidates.items()})
     _prepare_process(params, refresh, flows=True)
     from flows.compare import REPORT_DIR, audit_flow
     from tasks.data import prepare
@@ -433,8 +445,12 @@ def audit_command(
     )
     _server_ready(params.run.experiment)
     with _resumable("stages"), _display(verbose):
-        result = audit_flow(params.model_dump(), reference, candidates, reference2)
+        result = audit_flow(params.model_dump(), reference, candidates, reference2, localize)
     _echo_comparison(result)
+    if localize:
+        from compalign.report.search import print_layers
+
+        print_layers(result["layers"], result["layer_notes"])
     typer.echo(
         f"Report: {REPORT_DIR / 'report.html'}; tables in {REPORT_DIR}/. MLflow parent run "
         f"{result['parent_run_id']} in experiment {params.run.experiment!r} (`make ui`)."
@@ -492,6 +508,67 @@ def _echo_comparison(result: dict) -> None:
             f"{row['ece']:.3f}",
         )
     Console(width=120).print(table)
+
+
+@app.command("search")
+def search_command(
+    method: Annotated[
+        str,
+        typer.Option(
+            "--method",
+            "-m",
+            help="a compressor with levels (magnitude_global, structured, ...) or quantize_static",
+        ),
+    ],
+    fail_on: Annotated[
+        list[str],
+        typer.Option(
+            "--fail-on",
+            help="release rule METRIC<=VALUE (or >=, <, >), as for `compalign audit`, checked on "
+            "the validation split, e.g. mismatches_ref_correct_ci_high<=10 (repeatable)",
+        ),
+    ],
+    loss: Annotated[
+        str, typer.Option(help="the loss each probe is fine-tuned with (none: not fine-tuned)")
+    ] = "none",
+    params_file: ParamsOption = Path("params.yaml"),
+    overrides: SetOption = None,
+    refresh: Annotated[bool, typer.Option(help="recompute every probe, ignoring caches")] = False,
+    verbose: VerboseOption = False,
+) -> None:
+    """How far can I compress? The most compressed model that meets every rule on the validation
+    split: bisection over `search.levels`, or for quantize_static layers kept in float one at
+    a time; the chosen model is then audited once on the test split. Writes
+    reports/search/{probes.parquet,chosen.json,report.html}; exit 1 when no probe meets the
+    rules."""
+    from compalign.search import check_request
+
+    params = load_params(params_file, overrides or [])
+    rules = check_request(params, method, loss, fail_on)
+    _check_data(params)
+    _prepare_process(params, refresh, flows=True)
+    from flows.search import REPORT_DIR, check_rules_on_data, run_search
+
+    # a rule on a class or group column this dataset lacks: exit 2 before any probe runs
+    check_rules_on_data(params, rules)
+    _server_ready(params.run.experiment)
+    with _resumable("probes"), _display(verbose):
+        result = run_search(params, method, loss, fail_on)
+    import pandas as pd
+
+    from compalign.report.search import answer_lines, print_probes
+
+    print_probes(pd.DataFrame(result["probes"]), fail_on)
+    lines, failed = answer_lines(result["chosen"])
+    for line in lines:
+        typer.echo(line, err=failed)
+    typer.echo(
+        f"Report: {REPORT_DIR / 'report.html'}; probes.parquet and chosen.json in {REPORT_DIR}/. "
+        f"MLflow parent run {result['parent_run_id']} in experiment {params.run.experiment!r} "
+        "(`make ui`)."
+    )
+    if failed:
+        raise typer.Exit(1)
 
 
 @app.command()

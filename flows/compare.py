@@ -31,10 +31,11 @@ def audit_models(
     reference2: str | None = None,
     *,
     stages: tuple[Any, Any] = (prepare, audit_brought_models),
+    localize: bool = False,
 ) -> dict[str, Any]:
     """Prepare the data, then audit each candidate against the reference under one MLflow
     parent run; `stages` are the prepare and audit callables (plain functions, or the flow's
-    tasks)."""
+    tasks); `localize`: also the layers that flip each candidate's labels (layers.parquet)."""
     prepare_stage, audit_stage = stages
     device = str(resolve_device(params.run.device))
     data = prepare_stage(params.data.prepare_params())
@@ -57,6 +58,7 @@ def audit_models(
             track,
             parent,
             str(REPORT_DIR),
+            _calibration(params) if localize else None,
         )
     return {
         **result,
@@ -67,12 +69,22 @@ def audit_models(
     }
 
 
+def _calibration(params: Params) -> dict[str, int]:
+    """The calibration sample a quantize_static candidate is quantized again with when its
+    layers are localized: the `compress` section's, as the pipeline calibrated it."""
+    return {
+        "batches": params.compress.calibration_batches,
+        "batch_size": params.compress.calibration_batch_size,
+    }
+
+
 @flow(name="compalign-audit", flow_run_name="audit-{params[data][source]}")
 def audit_flow(
     params: dict[str, Any],
     reference: str,
     candidates: dict[str, str],
     reference2: str | None = None,
+    localize: bool = False,
 ) -> dict[str, Any]:
     """The audit of models you bring, with Prefect's engine: prepare and audit are tasks."""
     settings = Params.model_validate(params)
@@ -82,6 +94,7 @@ def audit_flow(
         candidates,
         reference2,
         stages=(prepare_task, audit_brought_models_task),
+        localize=localize,
     )
     track = tracking.setup(settings.run.experiment)
     artifacts.publish_audit(

@@ -16,6 +16,7 @@ from compalign.config import Params
 from compalign.costs import LatencyOptions
 from flows.plan import (
     BASELINE_LOSS,
+    ModelSpec,
     align_arguments,
     compress_arguments,
     compressed_id,
@@ -90,19 +91,9 @@ def pipeline_steps(
     compression the compress, align and audit tasks (the `ce` audit first: the others' reduction
     factors need it), then the costs of every model (run last, one at a time)."""
     audit = settings.audit.model_dump()
-    data = Input("prepare")
     steps = [
-        Step("prepare", "prepare", "", {"data": settings.data.prepare_params()}),
-        Step(
-            "reference",
-            "reference",
-            "",
-            {
-                "data": data,
-                "reference": settings.reference.stage_params(settings.data),
-                "device": device,
-            },
-        ),
+        _prepare_step(settings),
+        _reference_step(settings, device),
         _audit_step("reference", Input("reference"), None, reference_labels(settings)),
     ]
     compressed: set[str] = set()
@@ -112,23 +103,11 @@ def pipeline_steps(
         for spec in specs:  # `ce` first
             name = compressed_id(settings, spec)
             if name not in compressed:  # one compress task per compress output
-                needs_data, arguments = compress_arguments(settings, spec)
-                arguments = {
-                    "data": data if needs_data else None,
-                    "reference": Input("reference"),
-                    **arguments,
-                }
-                steps.append(Step(f"compress:{name}", "compress", name, arguments))
+                steps.append(_compress_step(settings, spec, f"compress:{name}", name))
                 compressed.add(name)
             model = Input(f"compress:{name}")
             if spec.fine_tuned:
-                arguments = {
-                    "data": data,
-                    "reference": Input("reference"),
-                    "compressed": model,
-                    **align_arguments(settings, spec, device),
-                }
-                steps.append(Step(f"align:{spec.name}", "align", spec.name, arguments))
+                steps.append(_align_step(settings, spec, model, device, f"align:{spec.name}"))
                 model = Input(f"align:{spec.name}")
             labels = compressed_labels(settings, spec)
             step = _audit_step(spec.name, model, Input("audit:reference"), labels, baseline)
@@ -137,15 +116,113 @@ def pipeline_steps(
                 baseline = Input(step.id)
             models[spec.name] = model
     for name in ["reference"] + [spec.name for spec in model_grid(settings)]:
-        arguments = {
-            "data": data,
-            "model": models[name],
-            "latency": {key: audit[key] for key in LatencyOptions.model_fields},
-            "name": name,
-            "run_id": Input(f"audit:{name}", "run_id"),
-        }
-        steps.append(Step(f"costs:{name}", "costs", name, arguments))
-    for step in steps:  # where results are logged (only the tracking store enters the keys)
+        steps.append(_costs_step(name, models[name], audit, f"audit:{name}"))
+    return _common_arguments(steps, audit, device, track, parent)
+
+
+def probe_steps(
+    settings: Params,
+    spec: ModelSpec,
+    device: str,
+    track: dict[str, Any],
+    parent: str | None,
+    name: str,
+    split: str,
+) -> list[Step]:
+    """The tasks of one model of `compalign search` (a probe): compress, align (unless the
+    loss is `none`), its audit on `split` against the reference's audit on the same split
+    (step `audit:reference@<split>`, or `audit:reference` for the test split) and its costs.
+    Their ids end in `@name`; they take the steps of `search_steps` as inputs. The same task
+    calls as the pipeline's, so a model the pipeline made is a cache hit here."""
+    audit = settings.audit.model_dump()
+    compressed = compressed_id(settings, spec)
+    steps = [_compress_step(settings, spec, f"compress@{name}", compressed)]
+    model = Input(steps[-1].id)
+    if spec.fine_tuned:
+        steps.append(_align_step(settings, spec, model, device, f"align@{name}"))
+        model = Input(steps[-1].id)
+    labels = {**compressed_labels(settings, spec), "name": name}
+    reference = "audit:reference" if split == "test" else f"audit:reference@{split}"
+    if split != "test":
+        labels["split"] = split
+    audit_step = _audit_step(name, model, Input(reference), labels)
+    audit_step.id = f"audit@{name}"
+    audit_step.arguments["split"] = split
+    steps.append(audit_step)
+    steps.append(_costs_step(name, model, audit, audit_step.id))
+    steps[-1].id = f"costs@{name}"
+    return _common_arguments(steps, audit, device, track, parent)
+
+
+def search_steps(
+    settings: Params, device: str, track: dict[str, Any], parent: str | None, split: str
+) -> list[Step]:
+    """What every probe of `compalign search` takes: the prepared data, the reference, its
+    audit on the test split (as the pipeline's) and on `split`, and its costs."""
+    audit = settings.audit.model_dump()
+    steps = [
+        _prepare_step(settings),
+        _reference_step(settings, device),
+        _audit_step("reference", Input("reference"), None, reference_labels(settings)),
+        _costs_step("reference", Input("reference"), audit, "audit:reference"),
+    ]
+    if split != "test":
+        labels = {**reference_labels(settings), "name": f"reference@{split}", "split": split}
+        step = _audit_step(labels["name"], Input("reference"), None, labels)
+        step.arguments["split"] = split
+        steps.insert(3, step)
+    return _common_arguments(steps, audit, device, track, parent)
+
+
+def _prepare_step(settings: Params) -> Step:
+    return Step("prepare", "prepare", "", {"data": settings.data.prepare_params()})
+
+
+def _reference_step(settings: Params, device: str) -> Step:
+    arguments = {
+        "data": Input("prepare"),
+        "reference": settings.reference.stage_params(settings.data),
+        "device": device,
+    }
+    return Step("reference", "reference", "", arguments)
+
+
+def _compress_step(settings: Params, spec: ModelSpec, step_id: str, name: str) -> Step:
+    needs_data, arguments = compress_arguments(settings, spec)
+    arguments = {
+        "data": Input("prepare") if needs_data else None,
+        "reference": Input("reference"),
+        **arguments,
+    }
+    return Step(step_id, "compress", name, arguments)
+
+
+def _align_step(settings: Params, spec: ModelSpec, model: Input, device: str, step_id: str) -> Step:
+    arguments = {
+        "data": Input("prepare"),
+        "reference": Input("reference"),
+        "compressed": model,
+        **align_arguments(settings, spec, device),
+    }
+    return Step(step_id, "align", spec.name, arguments)
+
+
+def _costs_step(name: str, model: Input, audit: dict[str, Any], audit_step: str) -> Step:
+    arguments = {
+        "data": Input("prepare"),
+        "model": model,
+        "latency": {key: audit[key] for key in LatencyOptions.model_fields},
+        "name": name,
+        "run_id": Input(audit_step, "run_id"),
+    }
+    return Step(f"costs:{name}", "costs", name, arguments)
+
+
+def _common_arguments(
+    steps: list[Step], audit: dict[str, Any], device: str, track: dict[str, Any], parent: str | None
+) -> list[Step]:
+    """Where results are logged (only the tracking store enters the keys)."""
+    for step in steps:
         step.arguments["out_dir"] = None  # every argument given: Prefect's parameters are these
         if step.stage == "audit":
             step.arguments.update(audit=audit, device=device, parent_run_id=parent)
@@ -167,5 +244,6 @@ def _audit_step(
         "reference_audit": reference_audit,
         "labels": labels,
         "baseline_audit": baseline,
+        "split": "test",  # in a key only when it is not "test" (tasks.store.ONLY_WHEN)
     }
     return Step(f"audit:{name}", "audit", name, arguments)

@@ -31,6 +31,7 @@ from tasks.options import task_options
 from tasks.store import MANIFEST, Artifact, materialize, require, stage_key
 from tasks.tracking import EXAMPLE_SIZE, Tracking, log_child_once, registered_model_name
 
+SPLITS = ("test", "val")  # what an audit may be on: the test split, or validation for a search
 PREDICTIONS_FILE = "predictions.parquet"
 METRICS_FILE = "metrics.json"
 TUNING_FILE = "tuning.csv"
@@ -60,12 +61,13 @@ def _build_audit(
     audit_params: dict[str, Any],
     labels: dict[str, str],
     device: str,
+    split: str = "test",
 ) -> None:
     options = AuditParams.model_validate(audit_params)
     data_dir = require(data, "prepared dataset")
     model_dir = require(model, "checkpoint")
     manifest = read_manifest(data_dir)
-    test = load_split(data_dir, "test", manifest)
+    test = load_split(data_dir, split, manifest)
     network = load_checkpoint(model_dir)
     logits = predict_logits(network, test, options.batch_size, device)
     reference = baseline = None
@@ -158,14 +160,19 @@ def audit_model(
     parent_run_id: str,
     baseline_audit: dict[str, Any] | None = None,
     out_dir: str | None = None,
+    split: str = "test",
 ) -> dict[str, Any]:
     """Audit one model and log it as a child of `parent_run_id` (once per cache key).
 
     `labels` names the model: name, role (reference/compressed), compressor, sparsity, loss,
     dataset, model. `reference_audit` is the reference's own audit result (None for the
-    reference); `baseline_audit` the `ce` model's audit at the same compression, for reduction
-    factors. Returns the audit artifact with the child's `run_id`, `metrics` and `labels`.
+    reference), on the same `split`; `baseline_audit` the `ce` model's audit at the same
+    compression, for reduction factors. `split` is the test split unless a search probes on
+    "val" (compalign search). Returns the audit artifact with the child's `run_id`, `metrics`
+    and `labels`.
     """
+    if split not in SPLITS:
+        raise ValueError(f"split {split!r}: choose one of {', '.join(SPLITS)}")
     parameters = {
         "data": data,
         "model": model,
@@ -175,10 +182,13 @@ def audit_model(
         "tracking": tracking,
         "device": device,
         "baseline_audit": baseline_audit,
+        "split": split,  # in the key only when not "test" (tasks.store.ONLY_WHEN)
     }
 
     def build(scratch: Path) -> None:
-        _build_audit(scratch, data, model, reference_audit, baseline_audit, audit, labels, device)
+        _build_audit(
+            scratch, data, model, reference_audit, baseline_audit, audit, labels, device, split
+        )
 
     artifact = materialize("audit", parameters, build, out_dir)
     directory = Path(artifact["path"])
@@ -206,15 +216,17 @@ def audit_model(
     if (model_dir / TUNING_FILE).is_file():
         artifacts.append(("", model_dir / TUNING_FILE))
 
+    probe = split != "test"
+
     def test_examples() -> tuple[pd.DataFrame, dict[str, Any], str]:
-        test = load_split(data_dir, "test")
+        test = load_split(data_dir, split)
         frame = pd.DataFrame(
-            {"example_id": test.example_ids, "split": "test", "label": test.labels.numpy()}
+            {"example_id": test.example_ids, "split": split, "label": test.labels.numpy()}
         )
         return frame, read_manifest(data_dir, verify=False), str(data_dir)
 
     def input_example() -> np.ndarray:
-        test = load_split(data_dir, "test")
+        test = load_split(data_dir, split)
         return test.normalise(test.images[:EXAMPLE_SIZE]).numpy()
 
     run_id, newly = log_child_once(
@@ -226,10 +238,15 @@ def audit_model(
         metrics,
         artifacts,
         params=params,
-        model=lambda: load_checkpoint(model_dir),
+        # a search's probes on the validation split are no release candidates: their checkpoint
+        # is an artifact, but no MLflow model is logged or registered for them
+        model=None if probe else lambda: load_checkpoint(model_dir),
         dataset=test_examples,
-        input_example=input_example,
-        registered_model=registered_model_name(labels["dataset"], labels["model"]),
+        input_example=None if probe else input_example,
+        registered_model=None
+        if probe
+        else registered_model_name(labels["dataset"], labels["model"]),
+        dataset_context="validation" if probe else "test",
         version_tags=labels
         | {"checkpoint_sha256": checkpoint["sha256"]}
         | {

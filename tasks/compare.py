@@ -16,9 +16,10 @@ from prefect.cache_policies import NO_CACHE
 from compalign.compare import REFERENCE, REFERENCE2, check_models, run_comparison
 from compalign.config import AuditParams, DataParams
 from compalign.data import load_split, read_manifest
+from compalign.localize import checkpoint_kind
 from tasks.logs import stage_logger
 from tasks.store import Artifact, require
-from tasks.tracking import Tracking, log_artifacts, log_child_once
+from tasks.tracking import Tracking, log_artifacts, log_child_once, log_table
 
 
 def audit_brought_models(
@@ -32,10 +33,13 @@ def audit_brought_models(
     tracking: Tracking,
     parent_run_id: str,
     report_dir: str,
+    localize: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Audit each candidate spec against the reference spec on the test split; write
     summary.parquet, predictions.parquet, report.html (and models/<name>/) to `report_dir`,
-    log a child run per model under `parent_run_id`. Returns the summary rows, every model's
+    log a child run per model under `parent_run_id`. With `localize` (the calibration settings
+    of the `compress` section: batches, batch_size), also find each candidate's layers that
+    flip labels (layers.parquet; compalign.localize). Returns the summary rows, every model's
     gate metrics (compalign.gate) and the paths written."""
     data_dir = require(data, "prepared dataset")
     manifest = read_manifest(data_dir)
@@ -55,6 +59,26 @@ def audit_brought_models(
     logger = stage_logger()
     logger.info("preprocessing: %s", prepared.transform)
     comparison = run_comparison(prepared)
+    if localize is not None:
+        calibration = None
+        if any(
+            checkpoint_kind(model.loaded) == "quantize_static" for model in prepared.models.values()
+        ):
+            from tasks.compress import calibration_data
+
+            # the pipeline's seeded sample of training batches: what its int8 models saw
+            calibration = calibration_data(data, data_dir, localize, None, None).batches
+        for name, frame in comparison.localize(prepared, calibration).items():
+            top = frame.iloc[0] if len(frame) else None
+            logger.info(
+                "%s: localized to %d layers%s",
+                name,
+                len(frame),
+                ""
+                if top is None
+                else f"; restoring {top['layer']} alone recovers {top['recovered']} of "
+                f"{top['mismatches']} mismatches",
+            )
     title = f"{manifest['source']}: what the candidates changed against {reference}"
     written = comparison.write(report_dir, title)
     metrics = {name: comparison.gate_metrics(name) for name in comparison.metrics}
@@ -78,6 +102,8 @@ def audit_brought_models(
             metrics[name],
             [("", path) for path in sorted(folder.iterdir()) if path.is_file()],
         )
+        if name in comparison.layers:  # the child has layers.parquet; this shows it as a table
+            log_table(tracking, run_id, comparison.layers[name], "layers.json")
         shown = "" if name == REFERENCE else f", mismatches {metrics[name]['mismatches']:g}"
         logger.info(
             "%s: accuracy %.4f%s -> MLflow run %s", name, metrics[name]["accuracy"], shown, run_id
@@ -90,6 +116,10 @@ def audit_brought_models(
         "noise_floor": REFERENCE2 in comparison.metrics,
         "transform": comparison.transform,
         "written": {key: str(path) for key, path in written.items()},
+        "layers": {
+            name: frame.to_dict(orient="records") for name, frame in comparison.layers.items()
+        },
+        "layer_notes": comparison.layer_notes,
     }
 
 

@@ -41,6 +41,8 @@ NOT_IN_KEY = frozenset({"out_dir", "parent_run_id"})
 # included) and those a task hands to materialize
 ONLY_WHEN: dict[str, Callable[[Mapping[str, Any]], bool]] = {
     "tune_budget": lambda parameters: bool(parameters.get("tune") and parameters["tune_budget"]),
+    # an audit on the validation split (compalign search's probes); the test split is the default
+    "split": lambda parameters: parameters.get("split", "test") != "test",
 }
 
 

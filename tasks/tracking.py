@@ -462,6 +462,7 @@ def log_child_once(
     input_example: Callable[[], np.ndarray] | None = None,
     registered_model: str | None = None,
     version_tags: Mapping[str, Any] | None = None,
+    dataset_context: str = "test",
 ) -> tuple[str, bool]:
     """Log a nested child run for one model unless `key` already has one; (run_id, newly_logged).
 
@@ -493,7 +494,7 @@ def log_child_once(
                 )
             log_artifacts(tracking, run_id, artifacts)
             if dataset is not None:
-                log_dataset(tracking, run_id, *dataset(), context="test")
+                log_dataset(tracking, run_id, *dataset(), context=dataset_context)
             logged = None
             if model is not None:
                 # the model before the metrics: logged after them, MLflow links them to it by

@@ -90,6 +90,10 @@ def test_audit_writes_the_comparison_and_a_failed_rule_exits_1(tmp_path, byom):
             ["--compressed", "five=torchvision:resnet18@{five.pt}"],
             "outputs 5 classes but the data has 3",
         ),
+        (
+            ["--compressed", "onnx={model.onnx}", "--localize"],
+            "cannot be localized: an ONNX graph is not a PyTorch module",
+        ),
     ],
 )
 def test_audit_mistakes_are_one_line_and_exit_2(tmp_path, byom, arguments, needle):
@@ -108,3 +112,35 @@ def test_audit_mistakes_are_one_line_and_exit_2(tmp_path, byom, arguments, needl
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], lines
     if "five" not in arguments[1]:  # refused before any set-up: nothing written
         assert sorted(path.name for path in project.iterdir()) == before
+
+
+@pytest.mark.slow
+def test_audit_localize_ranks_the_one_changed_layer_first(tmp_path, byom):
+    """A candidate whose classifier has two classes' rows swapped, every other layer the
+    reference's: --localize puts `fc` first, and restoring it recovers every mismatch."""
+    import torch
+
+    project = _project(tmp_path, byom)
+    state = torch.load(byom["state.pt"], weights_only=True)
+    for key in ("fc.weight", "fc.bias"):
+        state[key] = state[key][[1, 0, 2]]
+    torch.save(state, project / "swapped_fc.pt")
+    result = run_cli(
+        "audit",
+        "--reference",
+        f"torchvision:resnet18@{byom['state.pt']}",
+        "--compressed",
+        f"swapped=torchvision:resnet18@{project / 'swapped_fc.pt'}",
+        "--localize",
+        cwd=project,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    layers = pd.read_parquet(project / "reports/compare/layers.parquet")
+    first = layers.iloc[0]
+    assert (first["candidate"], first["layer"]) == ("swapped", "fc")
+    assert first["recovered"] == first["mismatches"] > 0 and first["mismatches_after"] == 0
+    assert (layers["recovered"].iloc[1:] == 0).all()
+    summary = pd.read_parquet(project / "reports/compare/summary.parquet").set_index("name")
+    assert first["mismatches"] == summary.loc["swapped", "mismatches"]
+    assert "swapped: layers that flip labels" in result.stdout
+    assert "Layers that flip labels" in (project / "reports/compare/report.html").read_text()

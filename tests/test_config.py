@@ -42,7 +42,7 @@ def test_tiny_profile_is_valid():
         (
             "nosuch.key=1",
             "nosuch",
-            "allowed keys: align, audit, compress, data, populations, reference, reproduce, run",
+            "allowed keys: align, audit, compress, data, populations, reference, reproduce, run, search",
         ),
     ],
 )

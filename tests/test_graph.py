@@ -118,3 +118,48 @@ def test_trainings_on_a_gpu_are_limited_not_the_other_tasks(tiny_params):
     assert device_limit(params, "cpu") is None
     assert device_limit(params, "cuda") == device_limit(params, "cuda:1") == (DEVICE_STAGES, 3)
     assert set(DEVICE_STAGES) == {"reference", "align"}  # the stages that train on the device
+
+
+def test_a_search_probe_is_the_pipelines_own_task_calls(tiny_params):
+    """A probe's compress, align and costs calls are the pipeline's; its audit is on the
+    validation split against the reference's audit on that split; judged on the test split, the
+    probe's audit is the pipeline's call for an un-fine-tuned model (a cache hit)."""
+    from flows.graph import probe_steps, search_steps
+    from flows.plan import ModelSpec
+    from tasks.store import stage_key
+
+    params = tiny_params("compress.methods=[quantize_static]")
+    track = {"uri": "sqlite:///mlflow.db", "experiment_id": "1", "store_id": "x"}
+    spec = ModelSpec("quantize_static", None, "none")
+    base = search_steps(params, "cpu", track, "parent", "val")
+    probe = probe_steps(params, spec, "cpu", track, "parent", "q@val", "val")
+    seen = {step.id for step in base}
+    for step in probe:
+        assert set(step.needs) <= seen, step.id
+        seen.add(step.id)
+    audit = next(step for step in probe if step.stage == "audit")
+    assert audit.arguments["split"] == "val" and audit.arguments["labels"]["split"] == "val"
+    assert audit.arguments["reference_audit"] == Input("audit:reference@val")
+    reference_val = next(step for step in base if step.id == "audit:reference@val")
+    assert reference_val.arguments["split"] == "val"
+
+    artifact = {"path": "x", "digest": "d", "run_id": "r"}
+
+    def keys(steps):
+        return {
+            step.stage: stage_key(
+                step.stage,
+                {k: artifact if isinstance(v, Input) else v for k, v in step.arguments.items()},
+            )
+            for step in steps
+        }
+
+    pipeline = keys(step for step in pipeline_steps(params, "cpu", track, "p") if "none" in step.id)
+    tested = keys(probe_steps(params, spec, "cpu", track, "p", "quantize_static-none", "test"))
+    assert (
+        tested["compress"]
+        == keys(
+            step for step in pipeline_steps(params, "cpu", track, "p") if step.stage == "compress"
+        )["compress"]
+    )
+    assert tested["audit"] == pipeline["audit"] and tested["costs"] == pipeline["costs"]

@@ -451,3 +451,37 @@ def test_int8_models_get_no_attribution_agreement(method, backend):
         assert -1 <= metrics["attribution.integrated_gradients.spearman_mean"] <= 1
     else:
         assert metrics == {}
+
+
+@pytest.mark.parametrize("backend", ["pt2e", "fx"])
+def test_float_layers_stay_float_and_their_checkpoint_rebuilds(tmp_path, backend):
+    """compress.quantize_static.float_layers: the named conv keeps a float weight, the others
+    are int8; a checkpoint saved with those options rebuilds to the same outputs; a name that is
+    no conv or linear layer is one line."""
+    from compalign.checkpoint import load_checkpoint, save_checkpoint
+    from compalign.errors import UserError
+
+    model = float_model("small_cnn")
+    calibration = [inputs("small_cnn", 32, seed=1)]
+    everything = quantize_static(model, calibration, backend)
+    kept = quantize_static(model, calibration, backend, float_layers=["3"])
+    x = inputs("small_cnn", 16, seed=4)
+    with torch.no_grad():
+        assert not torch.equal(kept(x), everything(x))
+    if backend == "pt2e":
+        weights = [v for v in kept.state_dict().values() if v.dim() == 4]  # conv weights
+        assert [w.dtype for w in weights].count(torch.float32) == 1  # layer "3" only
+        assert [w.dtype for w in weights].count(torch.int8) == 2
+    options = {"backend": backend, "float_layers": ["3"]}
+    channels, size = SHAPES["small_cnn"]
+    architecture = {
+        "name": "small_cnn",
+        "num_classes": 10,
+        "in_channels": channels,
+        "image_size": size,
+    }
+    save_checkpoint(kept, architecture, tmp_path, kind="quantize_static", options=options)
+    with torch.no_grad():
+        assert torch.equal(load_checkpoint(tmp_path)(x), kept(x))
+    with pytest.raises(UserError, match=r"\['4'\] are not conv or linear layers"):
+        quantize_static(model, calibration, backend, float_layers=["4"])

@@ -462,10 +462,13 @@ def compare_report(
     title: str,
     notes: list[str] | None = None,
     attribution_pngs: dict[str, bytes] | None = None,
+    layers: dict[str, pd.DataFrame] | None = None,
+    layer_notes: dict[str, list[str]] | None = None,
 ) -> Path:
     """Write the HTML page of `compalign audit` / compalign.audit_models (one card per
     candidate, mismatches against the noise floor, per-class recall and group gap changes,
-    costs, attribution maps, the summary table) to `path`; returns `path`."""
+    costs, attribution maps, the layers that flip labels when localized, the summary table) to
+    `path`; returns `path`."""
     page = _Page(title, notes, template="compare.html.j2")
     candidates = summary[summary["role"] == "candidate"]
     with_floor = bool((summary["role"] == "reference2").any())
@@ -519,6 +522,11 @@ def compare_report(
         for name, png in attribution_pngs.items():
             page.subheading(name)
             page.image(png, f"attribution maps of the reference and {name}")
+
+    if layers:
+        from compalign.report.search import layers_section
+
+        layers_section(page, layers, layer_notes or {})
 
     page.section("Comparison table")
     page.caption("One row per model (intervals: bootstrap; costs: NaN where not measurable).")
