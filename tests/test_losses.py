@@ -206,7 +206,7 @@ def label_preserving_before(w_ce, w_kd, w_logit, w_mm, temperature):
     return loss
 
 
-def random_split(count: int = 64, seed: int = 0) -> Split:
+def random_split(count: int = 48, seed: int = 0) -> Split:
     generator = torch.Generator().manual_seed(seed)
     return Split(
         images=torch.randint(0, 256, (count, 1, 8, 8), dtype=torch.uint8, generator=generator),
