@@ -55,9 +55,8 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
-from compalign.config import Params, load_params  # noqa: E402
+from compalign.config import Params, load_params, validate  # noqa: E402
 from compalign.errors import UserError  # noqa: E402
-from compalign.losses import LOSSES  # noqa: E402
 from compalign.tuning import candidates  # noqa: E402
 from compalign.verdicts.estimate import Ratio, SeedEvidence  # noqa: E402
 from compalign.verdicts.measures import count  # noqa: E402
@@ -92,7 +91,6 @@ class Arm:
     label: str
     loss: str
     hyperparameters: dict[str, Any] = field(default_factory=dict)
-    configured: bool = True  # the params' own hyperparameters (choose's accuracy floor)
 
 
 def arm_label(loss: str, hyperparameters: dict[str, Any], configured: dict[str, Any]) -> str:
@@ -124,11 +122,14 @@ def stage_arms(stage: str, params: Params, softadapt: dict[str, Any]) -> list[Ar
 
     if stage == "scout":
         return [Arm(BASELINE, BASELINE)]
-    if stage == "compare":
+    if stage == "compare":  # label_preserving twice: fixed, and with SoftAdapt
         arms = [Arm(loss, loss, configured(loss)) for loss in COMPARED]
-        adaptive = {**configured("label_preserving"), "weighting": "softadapt", **softadapt}
-        label = arm_label("label_preserving", adaptive, configured("label_preserving"))
-        arms.insert(3, Arm(label, "label_preserving", adaptive, configured=False))
+        base = configured("label_preserving")
+        fixed = {**base, "weighting": "fixed"}
+        adaptive = {**base, "weighting": "softadapt", **softadapt}
+        arms[2] = Arm(arm_label("label_preserving", fixed, base), "label_preserving", fixed)
+        label = arm_label("label_preserving", adaptive, base)
+        arms.insert(3, Arm(label, "label_preserving", adaptive))
         return arms
     arms = [Arm(BASELINE, BASELINE)]
     for loss in CHOSEN_LOSSES:
@@ -136,8 +137,7 @@ def stage_arms(stage: str, params: Params, softadapt: dict[str, Any]) -> list[Ar
         found = candidates(loss, base)
         if loss == "label_preserving":
             found += [{**base, "weighting": "softadapt", **extra} for extra in SOFTADAPT_GRID]
-        for index, values in enumerate(found):
-            arms.append(Arm(arm_label(loss, values, base), loss, values, configured=index == 0))
+        arms += [Arm(arm_label(loss, values, base), loss, values) for values in found]
     return arms
 
 
@@ -165,7 +165,7 @@ def run_params(params: Params, run: list[Arm], levels: list[float]) -> Params:
             tree["align"][arm.loss] = dict(arm.hyperparameters)
     if levels:
         tree["compress"]["sparsities"] = list(levels)
-    return Params.model_validate(tree)
+    return validate(tree, "bench/losses.py")
 
 
 def checkpoint_index() -> dict[str, Path]:
@@ -302,7 +302,7 @@ def markdown(frame: pd.DataFrame) -> str:
     """The table as Markdown: intervals beside their points."""
     lines = [
         "| level | loss | accuracy | mismatches | vs ce | where reference right | vs ce |"
-        + (" final SoftAdapt weights |" if frame.final_weights.any() else ""),
+        + (" final SoftAdapt weights (seed 0) |" if frame.final_weights.any() else ""),
         "|---|---|---|---|---|---|---|" + ("---|" if frame.final_weights.any() else ""),
     ]
     for row in frame.to_dict("records"):
@@ -393,9 +393,6 @@ def main() -> int:
         runs = pipeline_runs(arms)
         for run in runs:  # every run's params valid before anything starts
             run_params(params, run, levels)
-        LOSSES["label_preserving"](
-            **{**params.align.loss_hyperparameters("label_preserving"), **softadapt}
-        )
         from flows.cli import _check_data, _prepare_process, _server_ready
 
         _check_data(params)
