@@ -45,7 +45,7 @@ class LabelPreservingOptions(Options):
     temperature: Annotated[float, Field(gt=0.0)] = 4.0
     weighting: Literal["fixed", "softadapt"] = "fixed"
     softadapt_variant: Variant = "loss_weighted"
-    softadapt_beta: float = 0.1
+    softadapt_beta: Annotated[float, Field(allow_inf_nan=False)] = 0.1
     softadapt_every: Annotated[int, Field(ge=1)] = 1
 
 
