@@ -113,6 +113,8 @@ def fit(
     passed to the loss; the reference stays frozen in eval mode. `on_step(step, model)` runs
     before each optimisation step (gradual pruning updates its masks there). Inside
     `compalign.resume.resume_area` it saves resume points and continues from the last one.
+    An `AdaptiveLoss` (compalign.losses.base) is told where each epoch ends; what it returns
+    joins the epoch's record for `on_epoch`, and its state travels in the resume points.
     On CUDA it trains in mixed precision, channels-last (`accelerated`); on the CPU in float32.
     """
     device = torch.device(device)
@@ -128,6 +130,7 @@ def fit(
         optimizer, T_max=config.epochs if per_epoch else total_steps(len(train), config)
     )
     forward = speed.compiled(model)
+    epoch_end = getattr(loss_fn, "on_epoch_end", None)  # an AdaptiveLoss
     resume = next_resume_point("fit", config, model=shapes(model.state_dict()))
     first_epoch = 0
     if resume is not None and (saved := resume.load()) is not None:
@@ -138,6 +141,8 @@ def fit(
         generator.set_state(saved["generators"][0])
         speed.load_state_dict(saved["scaler"])
         first_epoch = saved["epoch"]
+        if epoch_end is not None and "loss" in saved:
+            loss_fn.load_state_dict(saved["loss"])
     step = first_epoch * math.ceil(len(train) / config.batch_size)
     for epoch in range(first_epoch, config.epochs):
         order = torch.randperm(len(train), generator=generator)
@@ -167,9 +172,15 @@ def fit(
             correct += float((logits.argmax(1) == labels).sum())
         if per_epoch:
             scheduler.step()
+        record = epoch_end(epoch) if epoch_end is not None else {}
         if on_epoch is not None:
             on_epoch(
-                epoch, {"loss": total_loss / len(train), "train_accuracy": correct / len(train)}
+                epoch,
+                {
+                    "loss": total_loss / len(train),
+                    "train_accuracy": correct / len(train),
+                    **record,
+                },
             )
         if resume is not None and resume.due(epoch + 1, config.epochs):
             resume.save(
@@ -180,6 +191,7 @@ def fit(
                     "lr_scheduler": scheduler.state_dict(),
                     "generators": [generator.get_state()],
                     "scaler": speed.state_dict(),
+                    **({"loss": loss_fn.state_dict()} if epoch_end is not None else {}),
                 },
             )
     return model.eval()

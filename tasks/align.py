@@ -12,7 +12,7 @@ from compalign.compressors import COMPRESSORS
 from compalign.config import TrainingParams
 from compalign.data import load_split, read_manifest
 from compalign.finetune import fine_tune
-from compalign.losses import LOSSES
+from compalign.losses import LOSSES, AdaptiveLoss
 from compalign.pruning import weight_sparsity
 from compalign.tuning import tunable, tune_loss
 from tasks.logs import epoch_logger, stage_logger
@@ -51,9 +51,11 @@ def align(
         manifest = read_manifest(data_dir)
         train = load_split(data_dir, "train", manifest)
 
+        trajectories = {}  # id(model) -> its AdaptiveLoss's per-epoch record (SoftAdapt)
+
         def train_candidate(loss_fn, on_epoch, seed_offset=0):
             seeded = settings.model_copy(update={"seed": settings.seed + seed_offset})
-            return fine_tune(
+            model = fine_tune(
                 method,
                 level,
                 options,
@@ -66,6 +68,9 @@ def align(
                 device,
                 on_epoch,
             )
+            if isinstance(loss_fn, AdaptiveLoss):
+                trajectories[id(model)] = loss_fn.trajectory()
+            return model
 
         chosen = dict(hyperparameters)
         tuned = bool(tune and tunable(loss, tune_budget))
@@ -108,6 +113,8 @@ def align(
             sparsity=level,
             measured_sparsity=measured,
             compression_record=source.get("compression_record", {}),
+            # per epoch, e.g. softadapt.w_ce: the audit logs it as an MLflow metric history
+            **({"loss_trajectory": trajectories[id(model)]} if id(model) in trajectories else {}),
         )
 
     parameters = {

@@ -255,6 +255,7 @@ def audit_model(
             for name in entry.headline
             if name in metrics
         },
+        metric_history=checkpoint.get("loss_trajectory"),  # e.g. SoftAdapt's weights per epoch
     )
     stage_logger().info(
         "%s: accuracy %.4f%s -> MLflow run %s%s",

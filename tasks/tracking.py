@@ -282,6 +282,23 @@ def log_metrics(
         )
 
 
+def log_metric_history(
+    tracking: Tracking, run_id: str, history: Mapping[str, Iterable[float]]
+) -> None:
+    """Log each metric's values as its history, step 1, 2, ... (one per epoch: the MLflow UI
+    draws it as a chart), names made MLflow-safe; non-finite values are left out."""
+    with _LOCK:
+        client(tracking["uri"]).log_batch(
+            run_id,
+            metrics=[
+                mlflow.entities.Metric(safe_name(name), float(value), 0, step)
+                for name, values in history.items()
+                for step, value in enumerate(values, start=1)
+                if value is not None and math.isfinite(value)
+            ],
+        )
+
+
 def set_description(tracking: Tracking, run_id: str, markdown: str) -> None:
     """The run's description in the MLflow UI (the `mlflow.note.content` tag), in Markdown."""
     set_tags(tracking, run_id, {NOTE_TAG: markdown})
@@ -463,6 +480,7 @@ def log_child_once(
     registered_model: str | None = None,
     version_tags: Mapping[str, Any] | None = None,
     dataset_context: str = "test",
+    metric_history: Mapping[str, Iterable[float]] | None = None,
 ) -> tuple[str, bool]:
     """Log a nested child run for one model unless `key` already has one; (run_id, newly_logged).
 
@@ -470,7 +488,8 @@ def log_child_once(
     model goes in as an MLflow model (pickle format, explicit pip requirements; with the input
     example, its signature), the state-dict checkpoint and tables as artifacts; with
     `registered_model`, the logged model becomes a version of it, tagged `version_tags` (what
-    the model is and its headline metrics).
+    the model is and its headline metrics); `metric_history` goes in as per-step histories
+    (`log_metric_history`).
     """
     with store_lock(tracking["uri"]):
         found = None if refresh_requested() else existing_child(tracking, key)
@@ -504,6 +523,8 @@ def log_child_once(
                     model(), None if input_example is None else input_example()
                 )
             log_metrics(tracking, run_id, metrics, None if logged is None else logged.model_id)
+            if metric_history:
+                log_metric_history(tracking, run_id, metric_history)
             if logged is not None and registered_model is not None:
                 _register(
                     client(tracking["uri"]),

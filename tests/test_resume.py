@@ -101,6 +101,28 @@ def test_fit_stopped_and_resumed_equals_uninterrupted(tmp_path, optimizer, augme
     assert saved["epoch"] == 4
 
 
+def test_softadapt_weights_resume_with_the_model(tmp_path):
+    """label_preserving with SoftAdapt: its weights and their history are in the resume point,
+    so the resumed run trains with the weights it had and ends with the uninterrupted run's
+    weights and trajectory."""
+    config = TrainConfig(epochs=3, batch_size=32, seed=2)
+    reference = small_cnn(seed=7).eval()
+    options = {"weighting": "softadapt", "softadapt_beta": 20.0}
+    whole_loss = LOSSES["label_preserving"](**options)
+    whole = fit(small_cnn(), TRAIN, config, whole_loss, reference=reference)
+    losses = []
+
+    def train_once(on_epoch):
+        losses.append(LOSSES["label_preserving"](**options))
+        return fit(small_cnn(), TRAIN, config, losses[-1], reference=reference, on_epoch=on_epoch)
+
+    resumed = interrupted(train_once, tmp_path / "resume", every=1, after=2)
+    assert_same_weights(whole, resumed)
+    assert losses[-1].trajectory() == whole_loss.trajectory()
+    assert len(whole_loss.trajectory()["softadapt.w_ce"]) == 3
+    assert losses[-1].weights() == whole_loss.weights() != whole_loss.configured
+
+
 def test_a_finished_loop_is_not_trained_again_and_bad_points_are_ignored(tmp_path):
     config = TrainConfig(epochs=2, batch_size=32, seed=1)
     with resume_area(tmp_path, 1):

@@ -12,6 +12,7 @@ import tasks.align
 from compalign.checkpoint import load_checkpoint, read_checkpoint_manifest
 from compalign.config import AlignParams
 from compalign.losses import LOSSES
+from compalign.losses.label_preserving import TERMS
 from compalign.pruning import weight_sparsity
 from compalign.tuning import candidates
 from tasks.align import TUNING_FILE, align
@@ -63,6 +64,41 @@ def test_aligned_checkpoint_records_the_loss_and_keeps_the_sparsity(store):
         manifest["measured_sparsity"]
     )
     assert not (Path(aligned["path"]) / TUNING_FILE).exists()
+
+
+def test_softadapt_weights_are_logged_per_epoch_and_kept_in_the_manifest(store, caplog):
+    """label_preserving with SoftAdapt through the stage: each epoch's log line carries the
+    weights it trained with, and the checkpoint manifest keeps their trajectory (the audit logs
+    it as MLflow metric histories); a fixed loss records none."""
+    options = {
+        **AlignParams().loss_hyperparameters("label_preserving"),
+        "weighting": "softadapt",
+        "softadapt_beta": 10.0,
+    }
+    data, reference, compressed = store
+    with caplog.at_level("INFO", logger="compalign"):
+        aligned = align(
+            data,
+            reference,
+            compressed,
+            "magnitude_global",
+            0.9,
+            {},
+            "label_preserving",
+            options,
+            {**training_settings(), "epochs": 2},
+            "cpu",
+        )
+    trajectory = read_checkpoint_manifest(aligned["path"])["loss_trajectory"]
+    assert set(trajectory) == {f"softadapt.{p}{t}" for p in ("", "w_") for t in TERMS}
+    assert all(len(values) == 2 for values in trajectory.values())
+    assert trajectory["softadapt.w_logit"][0] == options["w_logit"]
+    lines = [r.getMessage() for r in caplog.records if "align label_preserving epoch" in r.message]
+    assert len(lines) == 2 and all("softadapt.w_mm=" in line for line in lines)
+    fixed = fine_tune(
+        store, "label_preserving", AlignParams().loss_hyperparameters("label_preserving")
+    )
+    assert "loss_trajectory" not in read_checkpoint_manifest(fixed["path"])
 
 
 def test_same_inputs_reuse_the_aligned_checkpoint(store, monkeypatch):

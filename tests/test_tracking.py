@@ -240,6 +240,24 @@ def test_log_metrics_skips_nan_inf_and_none_and_makes_names_safe(track):
     assert metrics == {"accuracy": 0.5, "recall_3": 0.25, "ece_val_": 0.125}
 
 
+def test_a_child_can_carry_per_epoch_metric_histories(track):
+    """SoftAdapt's weights per epoch (from the checkpoint manifest) go in as metric histories,
+    step = epoch from 1, the last value shown as the metric's own."""
+    parent = tracking.start_parent(track, "parent", {}, {})
+    history = {"softadapt.w_ce": [1.0, 0.75, 0.5], "softadapt.w_mm": [1.0, math.nan, 1.5]}
+    run_id, _ = tracking.log_child_once(
+        track, parent, "audit-h", "child", {}, {"accuracy": 0.5}, [], metric_history=history
+    )
+    store = tracking.client(track["uri"])
+    steps = [(m.step, m.value) for m in store.get_metric_history(run_id, "softadapt.w_ce")]
+    assert steps == [(1, 1.0), (2, 0.75), (3, 0.5)]
+    assert [(m.step, m.value) for m in store.get_metric_history(run_id, "softadapt.w_mm")] == [
+        (1, 1.0),
+        (3, 1.5),
+    ]
+    assert store.get_run(run_id).data.metrics["softadapt.w_ce"] == 0.5
+
+
 @pytest.mark.parametrize(
     ("name", "safe"),
     [

@@ -1,6 +1,8 @@
 """What every alignment loss shares: its registry entry type and the binary-logit helpers.
 
-A loss is `(compressed_logits, reference_logits, labels) -> scalar`. Reference logits come from
+A loss is `(compressed_logits, reference_logits, labels) -> scalar`. A loss whose behaviour
+changes during training (SoftAdapt's weights) is an `AdaptiveLoss`: the training loop tells it
+where each epoch ends and keeps its state in resume points. Reference logits come from
 the frozen reference model (computed under `torch.no_grad`), so gradients reach only the
 compressed model. A task with a single logit per example (binary, sigmoid) is handled through
 its equivalent two-logit form [0, z]: softmax([0, z]) = [1 - sigmoid(z), sigmoid(z)].
@@ -8,6 +10,7 @@ its equivalent two-logit form [0, z]: softmax([0, z]) = [1 - sigmoid(z), sigmoid
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +21,33 @@ import torch.nn.functional as F
 from compalign.options import NoOptions, Options
 
 LossFn = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor], torch.Tensor]
+
+
+class AdaptiveLoss(ABC):
+    """A loss with state across epochs. `compalign.train.fit` calls `on_epoch_end(epoch)` after
+    each epoch and adds the numbers it returns to the epoch's record (log lines, progress),
+    saves `state_dict()` in its resume points and restores it with `load_state_dict`;
+    `trajectory()` is the per-epoch record as {name: [value of epoch 1, 2, ...]}."""
+
+    @abstractmethod
+    def __call__(
+        self,
+        compressed_logits: torch.Tensor,
+        reference_logits: torch.Tensor | None,
+        labels: torch.Tensor,
+    ) -> torch.Tensor: ...
+
+    @abstractmethod
+    def on_epoch_end(self, epoch: int) -> dict[str, float]: ...
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    @abstractmethod
+    def trajectory(self) -> dict[str, list[float]]: ...
 
 
 @dataclass(frozen=True)
