@@ -7,6 +7,7 @@ offending key and what is allowed.
 from __future__ import annotations
 
 import difflib
+import inspect
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -72,6 +73,13 @@ class DataParams(Section):
         from compalign.data import SOURCES
 
         return _one_of(value, SOURCES)
+
+    def dataset_name(self) -> str:
+        """What titles and run names call the data: an image folder's own name (its last path
+        part), else the source's."""
+        if self.source == "imagefolder":
+            return Path(self.root).expanduser().resolve().name or self.source
+        return self.source
 
     def prepare_params(self) -> dict[str, Any]:
         """What the prepare stage reads (its cache key): everything but how models see the
@@ -466,3 +474,74 @@ def load_params(
     if overrides:
         tree = apply_overrides(tree or {}, overrides)
     return validate(tree, label)
+
+
+# --------------------------------------------------------------------------------------------
+# params.yaml as text: `compalign init` and `compalign params`
+
+PARAMS_HEADER = """\
+# compalign pipeline parameters: one section per stage (the same names as the Prefect tasks and
+# the DVC stages). Validated as a whole before any work starts. Override one value on the
+# command line: --set section.key=value. Written by `compalign init` from the settings' own
+# descriptions (compalign/config.py and each method's options); `compalign params` prints the
+# values in use.
+"""
+COMMENT_COLUMN = 26  # where a key's comment starts when it fits on the key's line
+LINE_WIDTH = 100
+
+
+def _yaml_value(value: Any) -> str:
+    """One value as YAML on one line (lists and mappings in flow style)."""
+    text = yaml.safe_dump([value], default_flow_style=True, width=10_000, sort_keys=False)
+    return text.strip()[1:-1]
+
+
+def _comment_lines(text: str, indent: str) -> list[str]:
+    """`text` as comment lines of at most LINE_WIDTH characters (a paragraph per line break
+    pair)."""
+    import textwrap
+
+    lines = []
+    for paragraph in text.strip().split("\n\n"):
+        words = " ".join(paragraph.split())
+        lines += textwrap.wrap(
+            words, LINE_WIDTH, initial_indent=f"{indent}# ", subsequent_indent=f"{indent}# "
+        )
+    return lines
+
+
+def _description(model: type[BaseModel], key: str) -> str:
+    return " ".join((model.model_fields[key].description or "").split())
+
+
+def _section_lines(section: BaseModel, indent: str) -> list[str]:
+    lines: list[str] = []
+    model = type(section)
+    for key in model.model_fields:
+        value = getattr(section, key)
+        about = _description(model, key)
+        if isinstance(value, BaseModel):
+            lines += _comment_lines(about, indent) if about else []
+            lines.append(f"{indent}{key}:")
+            lines += _section_lines(value, indent + "  ")
+            continue
+        line = f"{indent}{key}: {_yaml_value(value)}"
+        trailing = f"{line:<{COMMENT_COLUMN - 2}}  # {about}" if about else line
+        if len(trailing) <= LINE_WIDTH:
+            lines.append(trailing)
+        else:
+            lines += [*_comment_lines(about, indent), line]
+    return lines
+
+
+def params_yaml(params: Params | None = None, header: bool = True) -> str:
+    """`params` (default: the defaults) as a commented params.yaml: every section and key in
+    order, each with its description (the field's docstring) as a comment. What
+    `compalign init` writes and `compalign params` prints; it reads back as the same Params."""
+    params = params if params is not None else Params()
+    lines = [PARAMS_HEADER.rstrip()] if header else []
+    for key in Params.model_fields:
+        about = _description(Params, key) or inspect.getdoc(type(getattr(params, key))) or ""
+        lines += ["", *_comment_lines(about, ""), f"{key}:"]
+        lines += _section_lines(getattr(params, key), "  ")
+    return "\n".join(lines).lstrip("\n") + "\n"

@@ -99,19 +99,35 @@ def attribution(inputs: AuditInputs) -> dict[str, float]:
     inputs.outputs[AGREEMENT_FILE] = pd.DataFrame(rows)
     if options.figure_examples:
         sample = table.iloc[indices]
+        first = next(iter(maps))  # the rank correlation of the first method orders the figure
+        agreement = np.asarray(rows[f"{first}_spearman"], dtype=float)
+        order = disagreement_order(
+            (sample["compressed_prediction"] != sample["reference_prediction"]).to_numpy(),
+            agreement,
+        )
         captions = [
             f"y {row.label} / ref {row.reference_prediction} / comp {row.compressed_prediction}"
-            for row in sample.itertuples()
+            f" / ρ {number(agreement[position], 2)}"
+            for position, row in zip(order, sample.iloc[order].itertuples(), strict=True)
         ]
-        images = inputs.images[indices]
+        images = inputs.images[indices[order]]
+        shown = {method: (ref[order], comp[order]) for method, (ref, comp) in pairs.items()}
 
         def figure(path) -> None:
             from compalign.report.figures import agreement_figure  # presentation, drawn last
 
-            agreement_figure(images, pairs, captions, path, options.figure_examples)
+            agreement_figure(images, shown, captions, path, options.figure_examples)
 
         inputs.outputs[FIGURE_FILE] = figure
     return metrics
+
+
+def disagreement_order(differ: np.ndarray, agreement: np.ndarray) -> np.ndarray:
+    """The sample's positions, those where the two models disagree most first: where their
+    predictions differ, then by the rank correlation of their maps, lowest first (a NaN
+    correlation last, then the sample's order)."""
+    key = np.where(np.isfinite(agreement), agreement, np.inf)
+    return np.lexsort((np.arange(len(key)), key, ~np.asarray(differ, dtype=bool)))
 
 
 def summary(metrics, labels) -> dict[str, float]:
