@@ -307,7 +307,7 @@ def _remember(digest: str | None, params: Params, result: dict, summary: str) ->
         )
 
 
-@app.command()
+@app.command(short_help="Run the whole pipeline: prepare, reference, compress, align, audit.")
 def run(
     params_file: ParamsOption = Path("params.yaml"),
     overrides: SetOption = None,
@@ -349,7 +349,7 @@ def run(
     _remember(digest, params, result, summary)
 
 
-@app.command()
+@app.command(short_help="Populations of dense and compressed models: PIEs (Hooker et al.).")
 def populations(
     params_file: ParamsOption = Path("params.yaml"),
     overrides: SetOption = None,
@@ -376,25 +376,31 @@ def populations(
         typer.echo(line)
 
 
-@app.command()
+@app.command(short_help="Regenerate a seed paper's results (tables, figures, verdicts).")
 def reproduce(
-    paper: Annotated[str, typer.Argument(help="joseph, meyer, hooker or all")],
+    # described in the docstring: in the Arguments list it would show a type ("<str>")
+    paper: Annotated[str, typer.Argument(metavar="PAPER", hidden=True)],
     profile: Annotated[
-        str, typer.Option(help="cpu (embedded data) or paper (dataset on disk)")
+        str,
+        typer.Option(metavar="PROFILE", help="cpu (embedded data) or paper (dataset on disk)"),
     ] = "cpu",
     device: Annotated[
-        str | None, typer.Option(help="auto, cpu or cuda (default: the profile's)")
+        str | None,
+        typer.Option(metavar="DEVICE", help="auto, cpu or cuda (default: the profile's)"),
     ] = None,
     seeds: Annotated[
         int | None,
         typer.Option(
-            help="training seeds per configuration (default: the profile's reproduce.seeds)"
+            metavar="N",
+            help="training seeds per configuration (default: the profile's reproduce.seeds)",
         ),
     ] = None,
     overrides: SetOption = None,
     verbose: VerboseOption = False,
 ) -> None:
-    """Regenerate a seed paper's results: tables, figures and verdicts in reports/<paper>/."""
+    """Regenerate a seed paper's results: tables, figures and verdicts in reports/<paper>/.
+
+    PAPER is joseph, meyer, hooker or all."""
     from flows.profiles import PAPERS, PROFILES, paper_params
 
     if paper not in (*PAPERS, "all"):
@@ -624,12 +630,14 @@ def _echo_comparison(result: dict) -> None:
     Console(width=120).print(table)
 
 
-@app.command()
+@app.command(short_help="Run one stage into DVC's fixed paths (dvc.yaml's commands).")
 def stage(
-    name: Annotated[str, typer.Argument(help="prepare, reference, compress, align or audit")],
+    name: Annotated[str, typer.Argument(metavar="STAGE", hidden=True)],  # see the docstring
     params_file: ParamsOption = Path("params.yaml"),
 ) -> None:
-    """Run one stage into DVC's fixed paths (what dvc.yaml's commands call)."""
+    """Run one stage into DVC's fixed paths (what dvc.yaml's commands call).
+
+    STAGE is prepare, reference, compress, align or audit."""
     from tasks.store import PIPELINE_STAGES
 
     if name not in PIPELINE_STAGES:
@@ -748,13 +756,18 @@ def _init_example(params_file: Path) -> None:
     typer.echo(f"Wrote the example in {folder.resolve()}. Audit it with:\n\n{README_COMMAND}")
 
 
-@app.command()
+@app.command(short_help="Run the pipeline on a schedule (a Prefect deployment).")
 def serve(
-    cron: Annotated[str, typer.Option(help='schedule, a cron expression such as "0 3 * * *"')],
+    cron: Annotated[
+        str, typer.Option(metavar="CRON", help='schedule, a cron expression such as "0 3 * * *"')
+    ],
     params_file: ParamsOption = Path("params.yaml"),
     overrides: SetOption = None,
     name: Annotated[
-        str | None, typer.Option(help="deployment name (default: compalign-pipeline-<dataset>)")
+        str | None,
+        typer.Option(
+            metavar="NAME", help="deployment name (default: compalign-pipeline-<dataset>)"
+        ),
     ] = None,
 ) -> None:
     """Run the pipeline on a schedule: register it with the Prefect server at PREFECT_API_URL

@@ -105,12 +105,16 @@ class FlowDisplay:
     def _heartbeat(self) -> None:
         """Plain output: a line for a step still running after HEARTBEAT_S seconds of silence."""
         while not self._stopped.wait(1.0):
-            with self._lock:
-                now = time.monotonic()
-                if self._step is None or now - self._last_line < HEARTBEAT_S:
-                    continue
-                what, step, started = self._step
-                self._print(f"{what}: still {step} ({now - started:.0f} s on it)")
+            self.beat(time.monotonic())
+
+    def beat(self, now: float) -> None:
+        """The heartbeat's check at time `now` (time.monotonic): a line when a step has run
+        HEARTBEAT_S seconds since the last line."""
+        with self._lock:
+            if self._step is None or now - self._last_line < HEARTBEAT_S:
+                return
+            what, step, started = self._step
+            self._print(f"{what}: still {step} ({now - started:.0f} s on it)")
 
     def _start_live(self, handlers: list[logging.Handler]) -> None:
         from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn

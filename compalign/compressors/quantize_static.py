@@ -20,6 +20,7 @@ class QuantizeStaticOptions(Options):
     # PyTorch has deprecated and plans to remove (pytorch/ao#2259); kept as an optional fallback
     # that reproduces results made before the switch.
     backend: Literal["pt2e", "fx"] = "pt2e"
+    """pt2e (torch.export + torchao) | fx (deprecated FX graph mode: the fallback)"""
 
 
 def quantize_static(

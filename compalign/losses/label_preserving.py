@@ -26,10 +26,16 @@ class LabelPreservingOptions(Options):
     """
 
     w_ce: Weight = 1.0
+    """cross-entropy with the labels"""
     w_kd: Weight = 1.0
+    """distillation: T^2 KL divergence from the reference's softened outputs"""
     w_logit: Weight = 0.1
+    """mean squared error between the logits"""
     w_mm: Weight = 1.0
+    """the mismatch term: cross-entropy with the reference's label where the two models' labels
+    differ"""
     temperature: Annotated[float, Field(gt=0.0)] = 4.0
+    """of the distillation term"""
 
 
 def label_preserving(

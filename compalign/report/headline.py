@@ -8,6 +8,7 @@ pure pandas (no Prefect, MLflow or DVC here).
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import pandas as pd
@@ -181,7 +182,8 @@ def audit_headline(summary: pd.DataFrame, title: str, verdicts: list[Any] | None
     and those where the reference is right, with their intervals) and its gate result, then
     the release gate's every rule. Names and specs are code spans (no mail links)."""
     verdicts = list(verdicts or [])
-    lines = [f"## {title}", ""]
+    # a model spec in the title (torchvision:resnet18@weights.pt) as code: no mail link
+    lines = ["## " + re.sub(r"(\S*@\S*)", lambda found: code(found.group(1)), title), ""]
     roles = summary["role"] if "role" in summary else pd.Series("candidate", index=summary.index)
     reference = summary[roles == REFERENCE_ROLE]
     if len(reference):

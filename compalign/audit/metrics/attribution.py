@@ -24,13 +24,18 @@ FIGURE_FILE = "attribution_agreement.png"
 class AttributionOptions(Options):
     """The fixed sample, the methods and how maps are compared."""
 
-    attribution_samples: Annotated[int, Field(ge=0)] = 64  # 0: off
+    attribution_samples: Annotated[int, Field(ge=0)] = 64
+    """test images whose attribution maps are compared (0: off)"""
     attribution_methods: list[Literal["saliency", "integrated_gradients"]] = Field(
         default_factory=lambda: ["saliency", "integrated_gradients"]
     )
+    """saliency | integrated_gradients"""
     integrated_gradients_steps: Annotated[int, Field(ge=2, le=512)] = 32
-    top_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1  # top-k% pixels for the IoU
-    figure_examples: Annotated[int, Field(ge=0, le=32)] = 6  # rows of the figure
+    """points of the integral"""
+    top_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1
+    """top-k% pixels for the IoU of two maps"""
+    figure_examples: Annotated[int, Field(ge=0, le=32)] = 6
+    """rows of the attribution figure (where the two models disagree most)"""
 
 
 def attributable(model) -> bool:
