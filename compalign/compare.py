@@ -576,6 +576,7 @@ def audit_models(
     device: str | torch.device = "cpu",
     mlflow: str | bool = False,
     fail_on: Sequence[str] = (),
+    progress: Progress | None = None,
     **audit_settings: Any,
 ) -> Comparison:
     """Audit each of `candidates` (name -> model) against `reference` on `data`.
@@ -590,7 +591,9 @@ def audit_models(
     parameters, MACs, size and latency; `mlflow` (an experiment name, or True for "compalign")
     logs a parent run with a child per model to MLflow's tracking URI; `fail_on` release rules
     (`"mismatches_ref_correct_ci_high<=20"`, as `compalign audit --fail-on`) are checked on
-    every candidate (`Comparison.verdicts`; the rules are checked first, before any model runs).
+    every candidate (`Comparison.verdicts`; the rules are checked first, before any model runs);
+    `progress(done, total, step)` hears of each step (a model's predictions, each metric, its
+    costs) as it starts.
     """
     if fail_on:  # a malformed rule: refused before the audit runs
         from compalign.gate import parse_rule
@@ -611,7 +614,7 @@ def audit_models(
         device=device,
         **audit_settings,
     )
-    comparison = run_comparison(prepared, costs)
+    comparison = run_comparison(prepared, costs, progress)
     if fail_on:
         comparison.apply_gate(fail_on)
     if mlflow:
@@ -750,6 +753,11 @@ def _summary(
     batch_sizes: Sequence[int] = (1, 64),
 ) -> pd.DataFrame:
     details = [
+        *(
+            f"latency_ms_b{size}"
+            for size in batch_sizes
+            if f"latency_ms_b{size}" not in COST_METRICS
+        ),
         *latency_spread_columns(batch_sizes),
         *LATENCY_DETAILS,
         *(f"latency_compiled_ms_b{size}" for size in batch_sizes),
@@ -778,7 +786,8 @@ def _summary(
         rows.append(row)
     frame = pd.DataFrame(rows)
     reference = frame.iloc[0]
-    for column in RELATIVE_COSTS:
+    extra = [f"latency_ms_b{size}" for size in batch_sizes if f"latency_ms_b{size}" in frame]
+    for column in dict.fromkeys([*RELATIVE_COSTS, *extra]):
         base = reference[column]
         frame[f"{column}_ratio"] = (
             frame[column] / base if base and math.isfinite(base) else math.nan
