@@ -67,6 +67,8 @@ REPORT_FILE = "report.html"
 GATE_FILE = "gate.json"  # the release gate's verdicts, when rules were given
 RELATIVE_COSTS = ("params_nonzero", "macs", "size_bytes", "latency_ms_b1", "latency_ms_b64")
 NOISE_FLOOR = ("mismatches", "mismatches_ref_correct")
+# formats that are timed as they are deployed: nothing for torch.compile to take
+RUN_AS_DEPLOYED = ("torchscript", "export", "onnx", "callable")
 
 ModelLike = LoadedModel | nn.Module | Callable[[torch.Tensor], torch.Tensor] | str | Path
 
@@ -331,7 +333,9 @@ def compiled_costs(audited: AuditedModel, example: torch.Tensor, options: Any) -
     from compalign.train import holds_int8
 
     loaded = audited.loaded
-    if not loaded.eager or loaded.weights is None or not holds_int8(loaded.weights):
+    if loaded.source in RUN_AS_DEPLOYED or loaded.weights is None:
+        return {}
+    if not holds_int8(loaded.weights):
         return {}
     if not options.latency_compile_timeout:
         return {"latency_compiled_note": "not compiled (audit.latency_compile_timeout is 0)"}

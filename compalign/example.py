@@ -231,7 +231,9 @@ def write_example(
     for name, seed in (("reference", 0), ("reference2", 1)):
         models[name] = _train(train, transform, seed, epochs)
         torch.save(models[name].state_dict(), paths[name])
-        step(f"{paths[name].name}: ResNet-18 trained {epochs} epochs, seed {seed}")
+        step(
+            f"{paths[name].name}: ResNet-18 trained {epochs} epoch{'s' * (epochs != 1)}, seed {seed}"
+        )
     _int8_onnx(models["reference"], paths["int8"])
     step(f"{paths['int8'].name}: ONNX export (batch 1), int8 by onnxruntime")
     _exported(_pruned(models["reference"], PRUNED_FRACTION), paths["pruned"])

@@ -155,3 +155,19 @@ def test_latency_under_load_is_unreliable():
     assert unreliable({"latency_load": 3.2, "latency_cores": 2})
     assert not unreliable({"latency_load": 1.9, "latency_cores": 2})
     assert not unreliable({"latency_load": float("nan"), "latency_cores": 2})
+
+
+def test_compiled_latency_is_time_boxed_and_says_why_it_is_missing(tmp_path):
+    """The compile child is killed at its time limit, and a model it cannot load or compile
+    gives the reason (the audit shows it beside the eager latency)."""
+    from compalign.checkpoint import save_checkpoint
+    from compalign.costs import compiled_latency
+
+    architecture = {"name": "small_cnn", "num_classes": 10, "in_channels": 1, "image_size": 8}
+    model = quantize_dynamic(build_model(**architecture).eval())
+    save_checkpoint(model, architecture, tmp_path / "int8", kind="quantize_dynamic", options={})
+    example = torch.randn(1, 1, 8, 8)
+    found, why = compiled_latency(str(tmp_path / "int8"), example, [1], 0, 1, timeout_s=0.5)
+    assert found == {} and why == "not compiled within 0.5 s"
+    found, why = compiled_latency(str(tmp_path / "nothing"), example, [1], 0, 1, timeout_s=120)
+    assert found == {} and why.startswith("torch.compile failed: ") and "nothing" in why
