@@ -434,7 +434,7 @@ def test_the_audit_page_shows_the_gate_metrics_first_and_labelled_costs(tmp_path
     assert "Accuracy gap between groups" not in page
     assert "<details><summary>pruned: mean ρ 0.965</summary>" in page
     # costs: a fixed-batch model's batch 64 labelled, the spread shown, the load flagged
-    assert "1,088.00 ms (1,024.00–1,216.00), batch 1 x 64" in page
+    assert "1,088.00 (1,024.00–1,216.00), batch 1 x 64" in page
     assert "3.4 on 2 cores: unreliable" in page and "Unreliable latency" in page
     # the comparison table: metrics first, the files' digests last
     metrics_table = page.index("<h3>Metrics</h3>")

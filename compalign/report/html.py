@@ -445,7 +445,7 @@ def _latency_text(row: pd.Series, size: int) -> str:
     value = to_float(row.get(column))
     if not math.isfinite(value):
         return "–"
-    text = f"{metric_text(column, value)} ms"
+    text = metric_text(column, value)
     low, high = to_float(row.get(f"{column}_p10")), to_float(row.get(f"{column}_p90"))
     if math.isfinite(low) and math.isfinite(high):
         text += f" ({metric_text(column, low)}–{metric_text(column, high)})"
@@ -560,6 +560,8 @@ def _costs_table(summary: pd.DataFrame) -> pd.DataFrame:
     for _, row in summary.iterrows():
         shown = {
             "model": str(row["name"]),
+            "load (1 min)": "–",
+            "threads": metric_text("latency_threads", row.get("latency_threads")),
             "parameters": metric_text("params_total", row.get("params_total")),
             "nonzero": metric_text("params_nonzero", row.get("params_nonzero")),
             "MACs": metric_text("macs", row.get("macs")),
@@ -567,7 +569,7 @@ def _costs_table(summary: pd.DataFrame) -> pd.DataFrame:
             "size ×": metric_text("size_bytes_ratio", row.get("size_bytes_ratio")),
         }
         for size in sizes:
-            shown[f"latency b{size}: median (p10–p90)"] = _latency_text(row, size)
+            shown[f"latency b{size} ms: median (p10–p90)"] = _latency_text(row, size)
             shown[f"b{size} ×"] = metric_text(
                 f"latency_ms_b{size}_ratio", row.get(f"latency_ms_b{size}_ratio")
             )
@@ -581,11 +583,10 @@ def _costs_table(summary: pd.DataFrame) -> pd.DataFrame:
         cores = to_float(row.get("latency_cores"))
         if math.isfinite(load):
             costs = {"latency_load": load, "latency_cores": cores}
-            shown["load"] = (
+            shown["load (1 min)"] = (
                 f"{metric_text('latency_load', load)} on {metric_text('latency_cores', cores)} cores"
                 + (": unreliable" if unreliable(costs) else "")
             )
-        shown["threads"] = metric_text("latency_threads", row.get("latency_threads"))
         rows.append(shown)
     return pd.DataFrame(rows).fillna("–")
 
@@ -712,7 +713,8 @@ def compare_report(
         page.figure(costs_figure_, "MACs, size and batch-64 latency relative to the reference")
         table = _costs_table(summary)
         page.table(
-            table, numbers=[c for c in table.columns if c not in ("model", "compiled", "load")]
+            table,
+            numbers=[c for c in table.columns if c not in ("model", "compiled", "load (1 min)")],
         )
 
     if attribution_pngs:
