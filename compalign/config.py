@@ -25,7 +25,7 @@ from pydantic import (
 from compalign.audit.base import AuditSettings
 from compalign.audit.metrics import METRICS
 from compalign.compressors import COMPRESSORS
-from compalign.costs import LatencyOptions
+from compalign.costs import CompileOptions, LatencyOptions
 from compalign.errors import UserError
 from compalign.losses import LOSSES
 from compalign.options import Fraction, Options, Seed, has_options
@@ -274,6 +274,7 @@ AuditParams = merged_options(
     AuditSettings,
     *(entry.options for entry in METRICS.values()),
     LatencyOptions,
+    CompileOptions,
 )
 
 

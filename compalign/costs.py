@@ -72,6 +72,12 @@ class LatencyOptions(Options):
     latency_batch_sizes: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [1, 64])
     """batch sizes timed; a model that only accepts one batch size is timed at that size, and
     a batch of N images is reported as the calls it takes (labelled "batch 1 x 64")"""
+
+
+class CompileOptions(Options):
+    """How `compalign audit` times an int8 PyTorch model compiled (keys of the `audit` section;
+    not of the pipeline's costs, which time models as they run eagerly)."""
+
     latency_compile_timeout: Annotated[int, Field(ge=0)] = 120
     """`compalign audit`: seconds an int8 PyTorch model may take to be compiled (torch.compile)
     and timed, in a process of its own, for its compiled latency beside its eager one (0: not

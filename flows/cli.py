@@ -553,12 +553,15 @@ def _echo_gate(verdicts: list[dict]) -> list[str]:
     for column in ("candidate", "rule", "value", "bound", "verdict"):
         table.add_column(column, justify="right" if column in ("value", "bound") else "left")
     failures = []
+    from compalign.report.values import metric_text
+
     for verdict in verdicts:
         value = verdict["value"]
         shown = "not measured" if value != value else f"{value:g}"
         bound = f"{verdict['operator']} {verdict['bound']:g}"
         word = "passed" if verdict["passed"] else "FAILED"
-        table.add_row(verdict["candidate"], verdict["metric"], shown, bound, word)
+        cell = shown if value != value else metric_text(verdict["metric"], value)
+        table.add_row(verdict["candidate"], verdict["metric"], cell, bound, word)
         if not verdict["passed"]:
             failures.append(
                 f"FAILED {verdict['candidate']}: {verdict['metric']} = {shown}, bound {bound}"
