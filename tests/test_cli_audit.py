@@ -178,7 +178,9 @@ def check_progress_and_pointers(result, project, parent):
     assert home == str(project.resolve() / ".compalign" / "prefect")
     with sqlite3.connect(f"{home}/prefect.db") as db:
         names = db.execute("SELECT name FROM flow_run WHERE id = ?", (flow_run,)).fetchall()
+        logged = db.execute("SELECT message FROM log WHERE message LIKE 'audit %/%: %'").fetchall()
     assert names == [("audit-images-same-swapped-onnx",)]
+    assert len(logged) == total  # each step is a line of the audit task's Prefect log
     assert "make ui" not in result.stdout
 
 
