@@ -425,7 +425,9 @@ def test_the_audit_page_shows_the_gate_metrics_first_and_labelled_costs(tmp_path
     # the gate on the cards: green for int8, red for pruned, every rule with value and bound
     assert '<div class="card pass">' in page and '<div class="card fail">' in page
     assert page.count("gate passed") == 1 and page.count("gate failed") == 1
-    assert "<td>39 &lt;= 20</td>" in page and "<td>-0.5 &gt;= -0.05</td>" in page
+    assert "<td>39 &lt;= 20</td>" in page and "<td>-0.500 &gt;= -0.05</td>" in page
+    # the card's latency says how it was timed and that the load made it unreliable
+    assert "<dd>×4.95 (batch 1 x 64, unreliable: load)</dd>" in page
     assert "<h2>Release gate</h2>" in page and page.count("FAILED") == 4  # cards and table
     assert "attribution agreement ρ</dt><dd>0.965</dd>" in page
     # one format per kind of number: accuracy 4 decimals, changes signed, ECE Δ 3 decimals

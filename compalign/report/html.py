@@ -453,7 +453,18 @@ def _latency_text(row: pd.Series, size: int) -> str:
     return f"{text}, {label}" if label else text
 
 
-def _card(row: pd.Series, with_floor: bool, verdicts: Sequence[Any]) -> dict[str, Any]:
+def _verdict_value(verdict: Any) -> str:
+    """The value a rule read, in its metric's number format ("not measured" for NaN)."""
+    return (
+        verdict.shown
+        if math.isnan(verdict.value)
+        else metric_text(verdict.rule.metric, verdict.value)
+    )
+
+
+def _card(
+    row: pd.Series, with_floor: bool, verdicts: Sequence[Any], reference: pd.Series | None = None
+) -> dict[str, Any]:
     """A candidate's card: the gate's verdict on it (each rule, its value and bound), accuracy
     change, mismatches with their interval, the noise floor, the other headline numbers.
     Red when a rule failed, green when every rule held; without rules, red when even the low
@@ -483,9 +494,29 @@ def _card(row: pd.Series, with_floor: bool, verdicts: Sequence[Any]) -> dict[str
             ]
         )
     rows.append(["ECE Δ", metric_text("ece_change", row.get("ece_change"))])
-    for column, label in (("size_bytes_ratio", "size"), ("latency_ms_b64_ratio", "latency b64")):
-        if math.isfinite(to_float(row.get(column))):
-            rows.append([f"{label} × reference", metric_text(column, row.get(column))])
+    if math.isfinite(to_float(row.get("size_bytes_ratio"))):
+        rows.append(
+            ["size × reference", metric_text("size_bytes_ratio", row.get("size_bytes_ratio"))]
+        )
+    if math.isfinite(to_float(row.get("latency_ms_b64_ratio"))):
+        from compalign.costs import batching_label, unreliable
+
+        value = metric_text("latency_ms_b64_ratio", row.get("latency_ms_b64_ratio"))
+        fixed = {"latency_fixed_batch": to_float(row.get("latency_fixed_batch"))}
+        notes = [batching_label(fixed, 64)]
+        loads = [row] + ([reference] if reference is not None else [])
+        if any(
+            unreliable(
+                {
+                    "latency_load": to_float(timed.get("latency_load")),
+                    "latency_cores": to_float(timed.get("latency_cores")),
+                }
+            )
+            for timed in loads
+        ):
+            notes.append("unreliable: load")
+        shown = ", ".join(note for note in notes if note)
+        rows.append(["latency b64 × reference", f"{value} ({shown})" if shown else value])
     low = to_float(row.get("mismatches_ci_low"))
     bound = floor if with_floor and math.isfinite(floor) else 0.0
     mine = [verdict for verdict in verdicts if verdict.candidate == name]
@@ -496,7 +527,7 @@ def _card(row: pd.Series, with_floor: bool, verdicts: Sequence[Any]) -> dict[str
     gate = [
         [
             verdict.rule.metric,
-            f"{verdict.shown} {verdict.rule.operator} {verdict.rule.bound:g}",
+            f"{_verdict_value(verdict)} {verdict.rule.operator} {verdict.rule.bound:g}",
             "passed" if verdict.passed else "FAILED",
         ]
         for verdict in mine
@@ -612,8 +643,10 @@ def compare_report(
     page = _Page(title, notes, template="compare.html.j2")
     candidates = summary[summary["role"] == "candidate"]
     with_floor = bool((summary["role"] == "reference2").any())
-    page.extra["cards"] = [_card(row, with_floor, verdicts) for _, row in candidates.iterrows()]
     reference = reference_row(summary)
+    page.extra["cards"] = [
+        _card(row, with_floor, verdicts, reference) for _, row in candidates.iterrows()
+    ]
     if reference is not None:
         page.lead(
             f"Reference {reference.get('spec')} ({reference.get('source')}): accuracy "
@@ -645,9 +678,7 @@ def compare_report(
                 {
                     "candidate": v.candidate,
                     "rule": str(v.rule),
-                    "value": v.shown
-                    if math.isnan(v.value)
-                    else metric_text(v.rule.metric, v.value),
+                    "value": _verdict_value(v),
                     "bound": f"{v.rule.operator} {v.rule.bound:g}",
                     "verdict": "passed" if v.passed else "FAILED",
                 }
