@@ -38,7 +38,15 @@ from compalign.audit import (
     write_outputs,
 )
 from compalign.audit.metrics.attribution import MAPS_FILE
-from compalign.costs import COST_METRICS, measure_latency, parameter_counts, time_forward
+from compalign.costs import (
+    COST_METRICS,
+    LATENCY_DETAILS,
+    compiled_latency,
+    latency_spread_columns,
+    measure_latency,
+    parameter_counts,
+    time_forward,
+)
 from compalign.errors import UserError
 from compalign.model_sources import LoadedModel, load_model
 from compalign.model_sources.base import Unregistered
@@ -56,8 +64,11 @@ RESERVED_NAMES = (REFERENCE, REFERENCE2)
 SUMMARY_FILE = "summary.parquet"
 PREDICTIONS_FILE = "predictions.parquet"
 REPORT_FILE = "report.html"
+GATE_FILE = "gate.json"  # the release gate's verdicts, when rules were given
 RELATIVE_COSTS = ("params_nonzero", "macs", "size_bytes", "latency_ms_b1", "latency_ms_b64")
 NOISE_FLOOR = ("mismatches", "mismatches_ref_correct")
+# formats that are timed as they are deployed: nothing for torch.compile to take
+RUN_AS_DEPLOYED = ("torchscript", "export", "onnx", "callable")
 
 ModelLike = LoadedModel | nn.Module | Callable[[torch.Tensor], torch.Tensor] | str | Path
 
@@ -275,7 +286,11 @@ def predict(
 
 def model_costs(audited: AuditedModel, example: torch.Tensor, options: Any) -> dict[str, float]:
     """Parameters (total, nonzero), MACs (PyTorch modules), size of its files on disk and
-    gzipped, CPU latency (`audit.latency_*`); NaN where the format does not let it be measured."""
+    gzipped, CPU latency (`audit.latency_*`: median and spread, at the model's fixed batch size
+    where it has one, with the load it was taken at); NaN where the format does not let it be
+    measured. An int8 PyTorch module read from a file is also compiled and timed
+    (`compiled_costs`)."""
+    from compalign.model_sources.base import FixedBatch
     from compalign.pruning import count_macs
 
     loaded = audited.loaded
@@ -302,10 +317,41 @@ def model_costs(audited: AuditedModel, example: torch.Tensor, options: Any) -> d
     if loaded.eager:
         costs.update(measure_latency(model, example, *settings))
     else:
-        costs.update(time_forward(model, example, *settings))
+        fixed = loaded.model.batch_size if isinstance(loaded.model, FixedBatch) else None
+        costs.update(time_forward(model, example, *settings, fixed_batch=fixed))
     if costs["params_total"] and not math.isnan(costs["params_total"]):
         costs["weight_sparsity"] = 1.0 - costs["params_nonzero"] / costs["params_total"]
     return costs
+
+
+def compiled_costs(audited: AuditedModel, example: torch.Tensor, options: Any) -> dict[str, Any]:
+    """An int8 PyTorch module's latency after torch.compile, beside its eager latency
+    (`latency_compiled_ms_b<N>`), measured in a process of its own that is killed after
+    `audit.latency_compile_timeout` seconds; `latency_compiled_note` says why there is none.
+    {} for the other models (float ones, TorchScript, torch.export and ONNX files, which run
+    as they are deployed)."""
+    from compalign.train import holds_int8
+
+    loaded = audited.loaded
+    if loaded.source in RUN_AS_DEPLOYED or loaded.weights is None:
+        return {}
+    if not holds_int8(loaded.weights):
+        return {}
+    if not options.latency_compile_timeout:
+        return {"latency_compiled_note": "not compiled (audit.latency_compile_timeout is 0)"}
+    if not loaded.files:
+        return {
+            "latency_compiled_note": "not compiled: a model given in Python has no file to load"
+        }
+    compiled, why = compiled_latency(
+        loaded.spec,
+        example,
+        options.latency_batch_sizes,
+        options.latency_warmup,
+        options.latency_repeats,
+        options.latency_compile_timeout,
+    )
+    return {**compiled, **({"latency_compiled_note": why} if why else {})}
 
 
 # --------------------------------------------------------------------------------------------
@@ -330,10 +376,24 @@ class Comparison:
     # with localize: each candidate's layer table (compalign.localize) and its notes
     layers: dict[str, pd.DataFrame] = field(default_factory=dict)
     layer_notes: dict[str, list[str]] = field(default_factory=dict)
+    # the release gate's verdicts (compalign.gate.Verdict), every rule on every candidate, set
+    # by apply_gate; shown on the page, written to gate.json, logged to MLflow
+    verdicts: list[Any] = field(default_factory=list)
 
     @property
     def candidates(self) -> list[str]:
         return [name for name in self.metrics if name not in RESERVED_NAMES]
+
+    def apply_gate(self, rules: Sequence[Any]) -> list[Any]:
+        """Check release rules (`"mismatches_ref_correct_ci_high<=20"` or compalign.gate.Rule)
+        on every candidate; the verdicts, passing ones too, are kept (`verdicts`) and
+        returned. A malformed rule or an unknown metric is a UserError."""
+        from compalign.gate import parse_rule, verdicts
+
+        parsed = [parse_rule(rule) if isinstance(rule, str) else rule for rule in rules]
+        metrics = {name: self.gate_metrics(name) for name in self.candidates}
+        self.verdicts = verdicts(parsed, metrics)
+        return self.verdicts
 
     def gate_metrics(self, name: str) -> dict[str, float]:
         """Every number a release rule can test for model `name`: its audit metrics, its costs
@@ -370,6 +430,7 @@ class Comparison:
             attribution_pngs=pngs,
             layers=self.layers,
             layer_notes=self.layer_notes,
+            verdicts=self.verdicts,
         )
 
     def localize(
@@ -424,6 +485,13 @@ class Comparison:
                 [frame.assign(candidate=name) for name, frame in self.layers.items()],
                 ignore_index=True,
             ).to_parquet(written["layers"], index=False)
+        (directory / GATE_FILE).unlink(missing_ok=True)  # a previous audit's
+        if self.verdicts:
+            written["gate"] = directory / GATE_FILE
+            records = [verdict.record() for verdict in self.verdicts]
+            for record in records:  # JSON has no NaN: a value not measured is null
+                record["value"] = record["value"] if math.isfinite(record["value"]) else None
+            written["gate"].write_text(json.dumps(records, indent=2) + "\n")
         written["report"] = self.to_html(directory / REPORT_FILE, title)
         return written
 
@@ -551,6 +619,8 @@ def audit_models(
     mlflow: str | bool = False,
     localize: bool = False,
     calibration: Sequence[torch.Tensor] | None = None,
+    fail_on: Sequence[str] = (),
+    progress: Progress | None = None,
     **audit_settings: Any,
 ) -> Comparison:
     """Audit each of `candidates` (name -> model) against `reference` on `data`.
@@ -563,11 +633,19 @@ def audit_models(
     (one row per example); audit settings come from `options` and keyword arguments (the
     `audit` params section: bootstrap_samples=..., attribution_samples=0, ...). `costs` measures
     parameters, MACs, size and latency; `mlflow` (an experiment name, or True for "compalign")
-    logs a parent run with a child per model to MLflow's tracking URI. `localize` finds, per
-    candidate with the reference's module names, the layers whose restoration recovers its
-    mismatches (`Comparison.layers`, compalign.localize; `calibration`: the float batches a
-    quantize_static candidate is quantized again with).
+    logs a parent run with a child per model to MLflow's tracking URI; `fail_on` release rules
+    (`"mismatches_ref_correct_ci_high<=20"`, as `compalign audit --fail-on`) are checked on
+    every candidate (`Comparison.verdicts`; the rules are checked first, before any model runs);
+    `progress(done, total, step)` hears of each step (a model's predictions, each metric, its
+    costs) as it starts. `localize` finds, per candidate with the reference's module names, the
+    layers whose restoration recovers its mismatches (`Comparison.layers`, compalign.localize;
+    `calibration`: the float batches a quantize_static candidate is quantized again with).
     """
+    if fail_on:  # a malformed rule: refused before the audit runs
+        from compalign.gate import parse_rule
+
+        for rule in fail_on:
+            parse_rule(rule)
     prepared = check_models(
         reference,
         candidates,
@@ -589,16 +667,33 @@ def audit_models(
             prepared.models[REFERENCE].loaded,
             {name: prepared.models[name].loaded for name in candidates},
         )
-    comparison = run_comparison(prepared, costs)
+    comparison = run_comparison(prepared, costs, progress)
     if localize:
         comparison.localize(prepared, calibration)
+    if fail_on:
+        comparison.apply_gate(fail_on)
     if mlflow:
         log_to_mlflow(comparison, "compalign" if mlflow is True else str(mlflow))
     return comparison
 
 
-def run_comparison(prepared: Prepared, measure_costs: bool = True) -> Comparison:
-    """Predict, audit and (optionally) measure the costs of checked models."""
+Progress = Callable[[int, int, str], None]  # (steps done, steps in all, the step starting)
+
+
+def comparison_steps(models: int, measure_costs: bool = True) -> int:
+    """How many progress steps `run_comparison` reports for `models` models: per model its
+    predictions and each audit metric, then (with costs) its costs."""
+    from compalign.audit.metrics import METRICS
+
+    return models * (1 + len(METRICS) + (1 if measure_costs else 0))
+
+
+def run_comparison(
+    prepared: Prepared, measure_costs: bool = True, progress: Progress | None = None
+) -> Comparison:
+    """Predict, audit and (optionally) measure the costs of checked models; `progress(done,
+    total, step)` is called as each step starts (`comparison_steps` of them) and once at the
+    end (done == total)."""
     example = prepared.normalise(prepared.data.images[:1])
     comparison = _run(
         prepared.models,
@@ -607,6 +702,7 @@ def run_comparison(prepared: Prepared, measure_costs: bool = True) -> Comparison
         prepared.settings,
         measure_costs,
         example,
+        progress,
     )
     comparison.transform = prepared.transform
     comparison.notes = prepared.notes + comparison.notes
@@ -620,10 +716,21 @@ def _run(
     settings: Any,
     measure_costs: bool,
     example: torch.Tensor,
+    progress: Progress | None = None,
 ) -> Comparison:
+    total = comparison_steps(len(audited), measure_costs)
+    done = 0
+
+    def step(text: str) -> None:
+        nonlocal done
+        if progress is not None:
+            progress(done, total, text)
+        done += 1
+
     frames, results = {}, {}
     reference_audit = None
     for name, model in audited.items():  # the reference first
+        step(f"{name}: predictions on {len(examples.labels)} test examples")
         logits = predict(model, examples.images, normalise, settings.batch_size)
         frames[name] = predictions_frame(examples.example_ids, examples.labels, logits)
         inputs = AuditInputs(
@@ -637,7 +744,7 @@ def _run(
             normalise=normalise,
             device=model.device,
         )
-        results[name] = audit(inputs)
+        results[name] = audit(inputs, on_metric=lambda metric, name=name: step(f"{name}: {metric}"))
         if name == REFERENCE:
             reference_audit = ReferenceAudit(
                 frame=frames[name],
@@ -654,11 +761,19 @@ def _run(
             for end in ("ci_low", "ci_high"):
                 metrics[name][f"noise_floor_{count}_{end}"] = floor[f"{count}_{end}"]
             metrics[name][f"{count}_above_noise_floor"] = metrics[name][count] - floor[count]
-    model_costs_ = {
-        name: model_costs(model, example, settings) if measure_costs else {}
-        for name, model in audited.items()
-    }
-    summary = _summary(audited, metrics, model_costs_)
+    model_costs_: dict[str, dict[str, Any]] = {}
+    for name, model in audited.items():
+        if measure_costs:
+            step(f"{name}: costs (size, latency)")
+            model_costs_[name] = model_costs(model, example, settings)
+        else:
+            model_costs_[name] = {}
+    if measure_costs:  # compiling last: nothing else is timed while a compile child runs
+        for name, model in audited.items():
+            model_costs_[name].update(compiled_costs(model, example, settings))
+    if progress is not None:
+        progress(total, total, "done")
+    summary = _summary(audited, metrics, model_costs_, settings.latency_batch_sizes)
     predictions = pd.DataFrame(
         {
             "example_id": examples.example_ids,
@@ -689,8 +804,19 @@ def _run(
 def _summary(
     audited: dict[str, AuditedModel],
     metrics: dict[str, dict[str, float]],
-    costs: dict[str, dict[str, float]],
+    costs: dict[str, dict[str, Any]],
+    batch_sizes: Sequence[int] = (1, 64),
 ) -> pd.DataFrame:
+    details = [
+        *(
+            f"latency_ms_b{size}"
+            for size in batch_sizes
+            if f"latency_ms_b{size}" not in COST_METRICS
+        ),
+        *latency_spread_columns(batch_sizes),
+        *LATENCY_DETAILS,
+        *(f"latency_compiled_ms_b{size}" for size in batch_sizes),
+    ]
     rows = []
     for name, model in audited.items():
         role = name if name in RESERVED_NAMES else "candidate"
@@ -709,10 +835,14 @@ def _summary(
                 row[key] = metrics[name].get(key, math.nan)
         row["ece_change"] = metrics[name].get("ece_change", math.nan)
         row.update({column: costs[name].get(column, math.nan) for column in COST_METRICS})
+        if costs[name]:
+            row.update({column: costs[name].get(column, math.nan) for column in details})
+            row["latency_compiled_note"] = costs[name].get("latency_compiled_note", "")
         rows.append(row)
     frame = pd.DataFrame(rows)
     reference = frame.iloc[0]
-    for column in RELATIVE_COSTS:
+    extra = [f"latency_ms_b{size}" for size in batch_sizes if f"latency_ms_b{size}" in frame]
+    for column in dict.fromkeys([*RELATIVE_COSTS, *extra]):
         base = reference[column]
         frame[f"{column}_ratio"] = (
             frame[column] / base if base and math.isfinite(base) else math.nan
@@ -722,15 +852,17 @@ def _summary(
 
 def log_to_mlflow(comparison: Comparison, experiment: str) -> str:
     """Log the comparison to MLflow (its current tracking URI): a parent run with the summary,
-    the predictions and the page, a nested child per model with its metrics. Returns the
-    parent's run id."""
+    the predictions and the page, each model's headline numbers and the gate's verdicts
+    (`parent_record`), a nested child per model with its metrics. Returns the parent's run id."""
     import tempfile
 
     import mlflow
 
     mlflow.set_experiment(experiment)
-    with mlflow.start_run(run_name="audit-models") as parent:
-        mlflow.set_tags({"role": "audit", "transform": comparison.transform})
+    metrics, tags, description = parent_record(comparison, "audit-models")
+    with mlflow.start_run(run_name="audit-models", description=description) as parent:
+        mlflow.set_tags({"role": "audit", "transform": comparison.transform, **tags})
+        mlflow.log_metrics(metrics)
         with tempfile.TemporaryDirectory() as scratch:
             comparison.write(scratch)
             mlflow.log_artifacts(scratch)
@@ -738,7 +870,7 @@ def log_to_mlflow(comparison: Comparison, experiment: str) -> str:
             row = comparison.summary.set_index("name").loc[name]
             with mlflow.start_run(run_name=name, nested=True):
                 mlflow.set_tags({"role": str(row["role"]), "source": str(row["source"])})
-                mlflow.log_param("spec", str(row["spec"]))
+                mlflow.log_params(child_params(row))
                 finite = {
                     _mlflow_name(key): float(value)
                     for key, value in comparison.gate_metrics(name).items()
@@ -746,6 +878,70 @@ def log_to_mlflow(comparison: Comparison, experiment: str) -> str:
                 }
                 mlflow.log_metrics(finite)
         return parent.info.run_id
+
+
+# the numbers of each model an audit's parent run repeats as `<model>/<column>`
+PARENT_COLUMNS = (
+    "accuracy",
+    "accuracy_change",
+    "mismatches",
+    "mismatches_ci_high",
+    "mismatches_ref_correct",
+    "mismatches_ref_correct_ci_high",
+    "worst_class_recall_change",
+    "attribution_agreement",
+    "ece",
+    "ece_change",
+    "size_bytes_ratio",
+    "latency_ms_b64_ratio",
+)
+
+
+def child_params(row: pd.Series) -> dict[str, str]:
+    """What a model's child run records as parameters (MLflow's Compare lists them): its
+    spec, format and file digest."""
+    return {key: str(row[key]) for key in ("spec", "source", "sha256") if key in row}
+
+
+def parent_record(
+    comparison: Comparison, title: str
+) -> tuple[dict[str, float], dict[str, str], str]:
+    """What an audit's MLflow parent run shows: metrics (each model's headline numbers as
+    `<model>/<column>`; per candidate and rule `gate/<candidate>/<metric>`, the value the rule
+    read, and `gate/<candidate>/passed`, 1 or 0; `gate/passed`), tags (`gate`: passed, failed or
+    no rules; `gate.rules`; `gate.<candidate>`: passed, or the rules it failed) and the
+    description (the headline and the gate, Markdown)."""
+    from compalign.gate import gate_status
+    from compalign.report.headline import audit_headline
+
+    metrics: dict[str, float] = {}
+    for row in comparison.summary.to_dict(orient="records"):
+        for column in PARENT_COLUMNS:
+            value = row.get(column)
+            if isinstance(value, int | float) and math.isfinite(value):
+                metrics[_mlflow_name(f"{row['name']}/{column}")] = float(value)
+    verdicts = comparison.verdicts
+    tags = {"gate": gate_status(verdicts)}
+    if verdicts:
+        tags["gate.rules"] = "; ".join(dict.fromkeys(str(v.rule) for v in verdicts))
+        metrics["gate/passed"] = float(tags["gate"] == "passed")
+        for name in comparison.candidates:
+            mine = [v for v in verdicts if v.candidate == name]
+            failed = [v for v in mine if not v.passed]
+            metrics[_mlflow_name(f"gate/{name}/passed")] = float(not failed)
+            for verdict in mine:
+                if math.isfinite(verdict.value):
+                    metrics[_mlflow_name(f"gate/{name}/{verdict.rule.metric}")] = verdict.value
+            tags[_mlflow_name(f"gate.{name}")] = (
+                "failed: "
+                + "; ".join(
+                    f"{v.rule.metric} = {v.shown}, bound {v.rule.operator} {v.rule.bound:g}"
+                    for v in failed
+                )
+                if failed
+                else "passed"
+            )
+    return metrics, tags, audit_headline(comparison.summary, title, verdicts)
 
 
 def _mlflow_name(name: str) -> str:

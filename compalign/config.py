@@ -7,6 +7,7 @@ offending key and what is allowed.
 from __future__ import annotations
 
 import difflib
+import inspect
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -24,7 +25,7 @@ from pydantic import (
 from compalign.audit.base import AuditSettings
 from compalign.audit.metrics import METRICS
 from compalign.compressors import COMPRESSORS
-from compalign.costs import LatencyOptions
+from compalign.costs import CompileOptions, LatencyOptions
 from compalign.errors import UserError
 from compalign.losses import LOSSES
 from compalign.options import Fraction, Options, Seed, has_options
@@ -47,24 +48,42 @@ class DataParams(Section):
     """Which dataset, how it is split, and where it is looked for on disk."""
 
     source: str = "digits"
+    """digits (embedded, offline) | cifar10 | cifar100 | mnist | fashionmnist | svhn | celeba |
+    imagefolder"""
     root: str = "data/raw"
+    """where torchvision datasets and the image folder are looked for"""
     download: bool = False
+    """let torchvision download a missing dataset (needs internet)"""
     seed: Seed = 0
+    """train/val/test split (stratified by label)"""
     val_fraction: Fraction = 0.15
+    """of the whole dataset, taken from the training part"""
     test_fraction: Fraction = 0.25
+    """only for sources without an official test split (digits, imagefolder)"""
     limit: Annotated[int, Field(ge=10)] | None = None
+    """at most this many examples per split (a seeded subset)"""
     image_size: Annotated[int, Field(ge=4, le=1024)] | None = None
+    """resize to a square of this side (null: keep; celeba defaults to 64)"""
     image_mode: Literal["RGB", "L"] = "RGB"
+    """imagefolder only: RGB or L (greyscale)"""
     target: str | None = None
+    """celeba only: the attribute used as the label (null: Blond_Hair)"""
     label_groups: dict[str, list[Annotated[int, Field(ge=0)]]] = Field(default_factory=dict)
-    # an imbalanced training split: keep only rare_fraction of these classes' training examples
+    """derived group columns: name -> labels in the group, e.g. {odd: [1, 3, 5, 7, 9]}"""
     rare_classes: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list)
+    """make these labels rare in training (an imbalanced split; val/test untouched)"""
     rare_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
-    # imagefolder: leave out images PIL cannot read (counted in the manifest) instead of stopping
+    """keep this fraction of the rare classes' training examples (seeded)"""
     skip_unreadable: bool = False
-    # models you bring (compalign audit, reference.source=file): their input and class order
+    """imagefolder: leave out images PIL cannot read (counted in the manifest; else: stop, naming
+    them)"""
     transform: TransformParams = Field(default_factory=TransformParams)
+    """Models you bring (`compalign audit`, reference.source=file): the input they expect. null:
+    the model source's own (a torchvision architecture's default weights' transforms(), timm's
+    data config; an exported program's or ONNX file's fixed input size), else the dataset's (its
+    per-channel mean and std, no resizing: what compalign's own models see)."""
     class_names: ClassNames | None = None
+    """the model's output order: a list of its class names, or {folder: output index}"""
 
     @field_validator("source")
     @classmethod
@@ -72,6 +91,13 @@ class DataParams(Section):
         from compalign.data import SOURCES
 
         return _one_of(value, SOURCES)
+
+    def dataset_name(self) -> str:
+        """What titles and run names call the data: an image folder's own name (its last path
+        part), else the source's."""
+        if self.source == "imagefolder":
+            return Path(self.root).expanduser().resolve().name or self.source
+        return self.source
 
     def prepare_params(self) -> dict[str, Any]:
         """What the prepare stage reads (its cache key): everything but how models see the
@@ -86,15 +112,24 @@ class TrainingParams(Section):
     """Settings shared by reference training and alignment fine-tuning."""
 
     epochs: Annotated[int, Field(ge=1)] = 30
+    """passes over the training split"""
     batch_size: Annotated[int, Field(ge=1)] = 64
+    """examples per optimisation step"""
     optimizer: Literal["sgd", "adamw"] = "sgd"
+    """sgd (Nesterov momentum) | adamw; cosine schedule either way"""
     lr: Annotated[float, Field(gt=0.0)] = 0.05
+    """the learning rate at the start of the cosine schedule"""
     momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9
+    """sgd only"""
     weight_decay: Annotated[float, Field(ge=0.0)] = 5e-4
+    """on every trainable tensor"""
     augment: bool = False
+    """random crop + flip (use for CIFAR/SVHN, not for digits)"""
     seed: Seed = 0
-    # cosine annealing stepped after every batch, or once per epoch (Meyer & Wong's retrainer)
+    """shuffling and augmentation (and the reference's initial weights)"""
     lr_schedule: Literal["cosine_per_step", "cosine_per_epoch"] = "cosine_per_step"
+    """cosine_per_step | cosine_per_epoch (T_max = epochs, stepped once per epoch: Meyer & Wong's
+    retrainer)"""
 
 
 class ReferenceParams(TrainingParams):
@@ -104,8 +139,11 @@ class ReferenceParams(TrainingParams):
     checkpoint folder."""
 
     model: str = "small_cnn"
+    """small_cnn | resnet20 | resnet56 | resnet18 | vgg11_bn | vgg16_bn"""
     source: Literal["train", "file"] = "train"
+    """train | file: start from a trained model (reference.path) instead of training"""
     path: str | None = None
+    """source=file: torchvision:NAME@FILE | timm:NAME@FILE | a compalign checkpoint folder"""
 
     def stage_params(self, data: DataParams) -> dict[str, Any]:
         """What the reference stage reads (its cache key): a trained reference's settings as
@@ -135,11 +173,20 @@ class CompressSettings(Section):
     compalign.compressors)."""
 
     methods: list[str] = Field(default_factory=lambda: ["magnitude_global"], min_length=1)
+    """magnitude_global | magnitude_layerwise | random (unstructured, one shot) | gradual_magnitude
+    (Zhu & Gupta schedule while fine-tuning) | structured (channels removed, torch-pruning, one
+    shot) | magnitude_channel | taylor_iterative (Meyer & Wong: iterative Taylor with the
+    alignment loss) | quantize_dynamic | quantize_static (int8) | half (float16/bfloat16)"""
     sparsities: list[Fraction] = Field(
         default_factory=lambda: [0.9, 0.95, 0.97, 0.98], min_length=1
     )
+    """Levels of the pruning methods: fraction of weights zeroed (unstructured), fraction of MACs
+    removed (structured); quantizers have none. On the default data, the small CNN keeps its
+    reference's labels after fine-tuning up to ~90% sparsity; mismatches appear from ~95%."""
     calibration_batches: Annotated[int, Field(ge=1, le=1000)] = 8
+    """training batches for static quantization and Taylor importance"""
     calibration_batch_size: Annotated[int, Field(ge=1)] = 64
+    """examples per calibration batch"""
 
     def options(self, method: str) -> dict[str, Any]:
         """The settings of compressor `method`: its sub-section, {} for one without options."""
@@ -173,10 +220,17 @@ class AlignSettings(TrainingParams):
     losses: list[str] = Field(
         default_factory=lambda: [NO_FINE_TUNING, "ce", "kd", "label_preserving", "pw"], min_length=1
     )
+    """none = audited straight after compression; ce = plain cross-entropy (the baseline of the
+    reduction factors); kd = Hinton distillation; label_preserving = Joseph et al.'s multi-part
+    loss; pw = Meyer & Wong's performance-weighted loss; logit_mse"""
     epochs: Annotated[int, Field(ge=1)] = 20
+    """fine-tuning epochs of each compressed model"""
     lr: Annotated[float, Field(gt=0.0)] = 0.01
+    """the learning rate at the start of the cosine schedule"""
     tune: bool = False
+    """choose each loss's weights on the validation split (see compalign/tuning.py)"""
     quantization_aware: bool = False
+    """quantizers: also fine-tune with each loss under fake quantization"""
 
     @field_validator("losses")
     @classmethod
@@ -220,6 +274,7 @@ AuditParams = merged_options(
     AuditSettings,
     *(entry.options for entry in METRICS.values()),
     LatencyOptions,
+    CompileOptions,
 )
 
 
@@ -263,26 +318,30 @@ class RunParams(Section):
     `device`, which training stages record)."""
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto | cpu | cuda"""
     experiment: Annotated[str, Field(min_length=1)] = "compalign"
-    # torch threads of each task (null: the cores not busy with other work, shared among the tasks
-    # that can run beside it: every core for a task that runs alone, one each in a full grid;
-    # flows/threads.py)
+    """MLflow experiment"""
     threads: Annotated[int, Field(ge=1)] | None = None
-    # cores other work keeps busy, left to it ("auto": measured as each task starts; 0: none,
-    # so the thread counts follow the run graph alone, the same whatever the machine's load)
+    """torch threads of each task (null: the cores not busy with other work, shared among the
+    tasks that can run beside it: every core for a task that runs alone, one each in a full grid;
+    flows/threads.py)"""
     busy_cores: int | Literal["auto"] = "auto"
-    # tasks at once ("auto": one per core: bench/threads.py)
+    """cores other work keeps busy, left to it (auto: measured as each task starts; 0: none, so
+    the thread counts follow the run graph alone, the same whatever the machine's load)"""
     workers: int | Literal["auto"] = "auto"
-    # on CUDA, training tasks (reference, align) at once on the GPU; the other tasks (audits,
-    # compressions) still run `workers` at once
+    """tasks run at once (auto: one per core; see bench/threads.py)"""
     gpu_workers: Annotated[int, Field(ge=1, le=64)] = 2
+    """on CUDA, training tasks (reference, align) at once on the GPU; the other tasks (audits,
+    compressions) still run `workers` at once"""
     runner: Literal["local", "dask"] = "local"
-    dask_address: str | None = None  # an existing scheduler; none: a LocalCluster on loopback
-    # training and fine-tuning save a resume point every this many epochs (0: never), so a
-    # killed stage continues where it was (compalign.resume); results are the same either way
+    """local (a thread pool) | dask (worker processes)"""
+    dask_address: str | None = None
+    """runner dask: a scheduler's address (null: a LocalCluster on loopback)"""
     resume_every: Annotated[int, Field(ge=0)] = 1
-    # torch.compile the model while training on CUDA (no effect on the CPU)
+    """epochs between resume points of training (0: none); a killed run continues where it was,
+    with the same results (compalign.resume)"""
     compile: bool = False
+    """torch.compile models while training on CUDA (no effect on the CPU)"""
 
     @field_validator("workers", "busy_cores", mode="before")
     @classmethod
@@ -314,21 +373,38 @@ class PopulationsParams(Section):
     compress dense member k."""
 
     size: Annotated[int, Field(ge=2, le=256)] = 8
+    """K dense members (seeds first_seed..first_seed+K-1), K compressed per level and loss"""
     first_seed: Seed = 0
+    """the first dense member's seed"""
     compressor: str = "gradual_magnitude"
+    """how the compressed members are made (a compress.methods name)"""
     sparsities: list[Fraction] = Field(default_factory=lambda: [0.5, 0.8, 0.9, 0.95], min_length=1)
+    """the compression levels of the compressed populations"""
     losses: list[str] = Field(default_factory=lambda: ["ce", "label_preserving"], min_length=1)
+    """fine-tuning of the compressed members (compared against PIEs)"""
     significance: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.05
+    """Welch t-test level for disparately impacted classes"""
     gallery_examples: Annotated[int, Field(ge=0, le=200)] = 24
+    """PIEs shown in each gallery"""
     runner: Literal["local", "dask"] = "local"
+    """local (a thread pool) | dask (prefect-dask: a scheduler, or a LocalCluster)"""
     workers: Annotated[int, Field(ge=1, le=256)] | None = None
+    """local: tasks at once (null: the cores)"""
     dask_address: str | None = None
+    """dask: an existing scheduler, e.g. tcp://10.0.0.5:8786 (null: start a LocalCluster)"""
     dask_workers: Annotated[int, Field(ge=1, le=256)] = 2
-    # torch threads of each task (null: the cores shared among the workers; every core for a
-    # task that runs alone: prepare, the vectorised dense members)
+    """dask LocalCluster: worker processes"""
     threads_per_task: Annotated[int, Field(ge=1, le=256)] | None = None
+    """torch threads of each member task (null: the cores shared among the workers; every core
+    for a task that runs alone: prepare, the vectorised dense members)"""
     vectorise: bool = False
+    """train the dense members as one batched model (torch.func)"""
     protocol: Literal["from_scratch", "from_dense"] = "from_scratch"
+    """Where a compressed member comes from. from_scratch (Hooker et al.'s): trained from its own
+    seed (dense seed + 1,000,000 x round(1000 x level): no two members share one) for the
+    reference section's budget, gradual_magnitude pruning inside the run; from_dense: dense
+    member k compressed, then fine-tuned with the align section. Post-training compressors
+    (quantizers, one-shot pruners) always compress dense member k."""
 
     @field_validator("compressor")
     @classmethod
@@ -357,6 +433,8 @@ class ReproduceParams(Section):
     (audit.seed) stay, so every seed is judged on the same test examples."""
 
     seeds: Annotated[int, Field(ge=1, le=100)] = 1
+    """training seeds per configuration: seed i adds i to reference.seed, align.seed and every
+    compress.<method>.seed (data.seed and audit.seed stay fixed)"""
 
 
 class SearchParams(Section):
@@ -380,6 +458,7 @@ class SearchParams(Section):
         ],
         min_length=1,
     )
+    """the levels a search may choose among, least to most compressed"""
 
     @field_validator("levels")
     @classmethod
@@ -522,7 +601,8 @@ def load_params(
             raise UserError(f"{path}: is a directory, not a params file; pass --params FILE")
         if not path.is_file():
             raise UserError(
-                f"{path}: params file not found; pass --params FILE or create params.yaml"
+                f"{path}: params file not found; pass --params FILE, or write the defaults "
+                "here with `compalign init`"
             )
         try:
             tree = yaml.safe_load(path.read_bytes().decode("utf-8"))
@@ -535,3 +615,80 @@ def load_params(
     if overrides:
         tree = apply_overrides(tree or {}, overrides)
     return validate(tree, label)
+
+
+# --------------------------------------------------------------------------------------------
+# params.yaml as text: `compalign init` and `compalign params`
+
+PARAMS_HEADER = """\
+# compalign pipeline parameters: one section per stage (the same names as the Prefect tasks and
+# the DVC stages). Validated as a whole before any work starts. Override one value on the
+# command line: --set section.key=value. Written by `compalign init` from the settings' own
+# descriptions (compalign/config.py and each method's options); `compalign params` prints the
+# values in use.
+"""
+COMMENT_COLUMN = 26  # where a key's comment starts when it fits on the key's line
+LINE_WIDTH = 100
+
+
+def _yaml_value(value: Any) -> str:
+    """One value as YAML on one line (lists and mappings in flow style)."""
+    text = yaml.safe_dump([value], default_flow_style=True, width=10_000, sort_keys=False)
+    return text.strip()[1:-1]
+
+
+def _comment_lines(text: str, indent: str) -> list[str]:
+    """`text` as comment lines of at most LINE_WIDTH characters (a paragraph per line break
+    pair)."""
+    import textwrap
+
+    lines = []
+    for paragraph in text.strip().split("\n\n"):
+        words = " ".join(paragraph.split())
+        lines += textwrap.wrap(
+            words,
+            LINE_WIDTH,
+            initial_indent=f"{indent}# ",
+            subsequent_indent=f"{indent}# ",
+            break_on_hyphens=False,
+        )
+    return lines
+
+
+def _description(model: type[BaseModel], key: str) -> str:
+    return " ".join((model.model_fields[key].description or "").split())
+
+
+def _section_lines(section: BaseModel, indent: str) -> list[str]:
+    lines: list[str] = []
+    model = type(section)
+    for key in model.model_fields:
+        value = getattr(section, key)
+        about = _description(model, key)
+        if isinstance(value, BaseModel):
+            own = type(value).__dict__.get("__doc__") or ""  # its own docstring, not a base's
+            about = about or inspect.cleandoc(own).split("\n\n")[0]
+            lines += _comment_lines(about, indent) if about else []
+            lines.append(f"{indent}{key}:")
+            lines += _section_lines(value, indent + "  ")
+            continue
+        line = f"{indent}{key}: {_yaml_value(value)}"
+        trailing = f"{line:<{COMMENT_COLUMN - 2}}  # {about}" if about else line
+        if len(trailing) <= LINE_WIDTH:
+            lines.append(trailing)
+        else:
+            lines += [*_comment_lines(about, indent), line]
+    return lines
+
+
+def params_yaml(params: Params | None = None, header: bool = True) -> str:
+    """`params` (default: the defaults) as a commented params.yaml: every section and key in
+    order, each with its description (the field's docstring) as a comment. What
+    `compalign init` writes and `compalign params` prints; it reads back as the same Params."""
+    params = params if params is not None else Params()
+    lines = [PARAMS_HEADER.rstrip()] if header else []
+    for key in Params.model_fields:
+        about = _description(Params, key) or inspect.getdoc(type(getattr(params, key))) or ""
+        lines += ["", *_comment_lines(about, ""), f"{key}:"]
+        lines += _section_lines(getattr(params, key), "  ")
+    return "\n".join(lines).lstrip("\n") + "\n"

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
+import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -34,14 +36,52 @@ COST_METRICS = (
     "latency_ms_b64",
     "latency_threads",
 )
+# what else a latency measurement records: the spread of each batch size's passes (10th and 90th
+# percentile, ms), the batch a fixed-batch model was run at, the load average when it was taken
+# and the cores this process may use (a load above them: other work competed with the timing)
+LATENCY_DETAILS = ("latency_fixed_batch", "latency_load", "latency_cores")
+SPREAD = ("p10", "p90")
+
+
+def latency_spread_columns(batch_sizes: Sequence[int]) -> list[str]:
+    """The spread columns of these batch sizes: latency_ms_b64_p10, latency_ms_b64_p90, ..."""
+    return [f"latency_ms_b{size}_{end}" for size in batch_sizes for end in SPREAD]
+
+
+def available_cores() -> int:
+    """The CPU cores this process may use (its affinity, not the machine's count)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def unreliable(costs: dict[str, float]) -> bool:
+    """Whether a latency was taken under more load than the process's cores (other work then
+    shared the CPUs with the timed passes)."""
+    load, cores = costs.get("latency_load", math.nan), costs.get("latency_cores", math.nan)
+    return bool(math.isfinite(load) and math.isfinite(cores) and load > cores)
 
 
 class LatencyOptions(Options):
     """How CPU latency is measured (keys of the `audit` section)."""
 
-    latency_warmup: Annotated[int, Field(ge=0)] = 10  # forward passes before timing
-    latency_repeats: Annotated[int, Field(ge=1)] = 50  # timed passes; the median is reported
+    latency_warmup: Annotated[int, Field(ge=0)] = 10
+    """CPU latency: forward passes before timing"""
+    latency_repeats: Annotated[int, Field(ge=1)] = 50
+    """timed passes; the median is reported, with the 10th and 90th percentiles as its spread"""
     latency_batch_sizes: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [1, 64])
+    """batch sizes timed; a model that only accepts one batch size is timed at that size, and
+    a batch of N images is reported as the calls it takes (labelled "batch 1 x 64")"""
+
+
+class CompileOptions(Options):
+    """How `compalign audit` times an int8 PyTorch model compiled (keys of the `audit` section;
+    not of the pipeline's costs, which time models as they run eagerly)."""
+
+    latency_compile_timeout: Annotated[int, Field(ge=0)] = 120
+    """`compalign audit`: seconds an int8 PyTorch model may take to be compiled (torch.compile)
+    and timed, in a process of its own, for its compiled latency beside its eager one (0: not
+    compiled)"""
 
 
 # Quantized modules keep their weights packed (not as parameters); these expose them via
@@ -142,25 +182,141 @@ def time_forward(
     batch_sizes: Sequence[int] = (1, 64),
     warmup: int = 5,
     repeats: int = 30,
+    fixed_batch: int | None = None,
 ) -> dict[str, float]:
-    """Median CPU milliseconds per call of `forward` as it is (an exported or ONNX model is
-    already in its deployed form) at each batch size, and the thread count."""
+    """CPU milliseconds per call of `forward` as it is (an exported or ONNX model is already in
+    its deployed form) at each batch size: the median (`latency_ms_b<N>`) and the 10th and 90th
+    percentiles of the timed passes (`..._p10`, `..._p90`); the thread count, the 1-minute load
+    average after timing and the cores available (`latency_load`, `latency_cores`).
+
+    `fixed_batch`: the one batch size the model accepts. It is timed at that size only, and N
+    images cost the ceil(N / fixed_batch) calls they take (a batch-1 model's batch 64 is 64
+    times its batch-1 time, `latency_fixed_batch` says so), never a batch it cannot take run
+    one chunk at a time and called batch N."""
     if example.dim() != 4 or example.shape[0] != 1:
         raise ValueError(
             f"example must be one input of shape [1, C, H, W], got {list(example.shape)}"
         )
     example = example.detach().cpu().float()
-    result: dict[str, float] = {}
-    with torch.inference_mode():
-        for batch_size in batch_sizes:
-            batch = example.expand(batch_size, *example.shape[1:]).contiguous()
+    timed: dict[int, list[float]] = {}
+
+    def passes(size: int) -> list[float]:
+        if size not in timed:
+            batch = example.expand(size, *example.shape[1:]).contiguous()
             for _ in range(warmup):
                 forward(batch)
             times = []
             for _ in range(repeats):
                 start = time.perf_counter()
                 forward(batch)
-                times.append(time.perf_counter() - start)
-            result[f"latency_ms_b{batch_size}"] = statistics.median(times) * 1000.0
+                times.append((time.perf_counter() - start) * 1000.0)
+            timed[size] = times
+        return timed[size]
+
+    result: dict[str, float] = {}
+    with torch.inference_mode():
+        for batch_size in batch_sizes:
+            size = fixed_batch or batch_size
+            calls = math.ceil(batch_size / size) if fixed_batch else 1
+            times = passes(size)
+            result[f"latency_ms_b{batch_size}"] = statistics.median(times) * calls
+            low, high = _percentiles(times, (10, 90))
+            result[f"latency_ms_b{batch_size}_p10"] = low * calls
+            result[f"latency_ms_b{batch_size}_p90"] = high * calls
     result["latency_threads"] = torch.get_num_threads()
+    if fixed_batch:
+        result["latency_fixed_batch"] = fixed_batch
+    result["latency_load"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan
+    result["latency_cores"] = available_cores()
     return result
+
+
+def _percentiles(values: Sequence[float], quantiles: Sequence[float]) -> list[float]:
+    """Linear-interpolation percentiles (numpy's default) of a few values."""
+    ordered = sorted(values)
+    found = []
+    for quantile in quantiles:
+        position = (len(ordered) - 1) * quantile / 100.0
+        below = math.floor(position)
+        above = min(below + 1, len(ordered) - 1)
+        found.append(ordered[below] + (ordered[above] - ordered[below]) * (position - below))
+    return found
+
+
+def batching_label(costs: dict[str, float], batch_size: int) -> str:
+    """How `latency_ms_b<batch_size>` was measured when not as one call on that batch:
+    "batch 1 x 64" (a fixed-batch model, the calls N images take); "" otherwise."""
+    fixed = costs.get("latency_fixed_batch", math.nan)
+    if not isinstance(fixed, int | float) or not math.isfinite(fixed) or fixed == batch_size:
+        return ""
+    return f"batch {int(fixed)} x {math.ceil(batch_size / fixed)}"
+
+
+# --------------------------------------------------------------------------------------------
+# Compiled latency of an int8 PyTorch model, in a process of its own
+
+COMPILED_PREFIX = "latency_compiled_ms_b"
+COMPILE_CHILD = """
+import json, sys, time, torch
+from compalign.costs import compiled_child
+print("COMPILED " + json.dumps(compiled_child(*sys.argv[1:])))
+"""
+
+
+def compiled_child(spec: str, example_file: str, settings: str) -> dict[str, float]:
+    """In the child process: load `spec` (compalign.model_sources), torch.compile it, time it
+    with time_forward; returns the medians as latency_compiled_ms_b<N> and the compile seconds."""
+    import json
+
+    from compalign.model_sources import load_model
+
+    batch_sizes, warmup, repeats, threads = json.loads(settings)
+    torch.set_num_threads(threads)
+    example = torch.load(example_file, weights_only=True)
+    model = load_model(spec).model.eval()
+    compiled = torch.compile(model, dynamic=False)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for size in batch_sizes:  # compiles once per batch size
+            compiled(example.expand(size, *example.shape[1:]).contiguous())
+    seconds = time.perf_counter() - start
+    timed = time_forward(compiled, example, batch_sizes, warmup, repeats)
+    found = {f"{COMPILED_PREFIX}{size}": timed[f"latency_ms_b{size}"] for size in batch_sizes}
+    return {**found, "latency_compile_s": seconds}
+
+
+def compiled_latency(
+    spec: str,
+    example: torch.Tensor,
+    batch_sizes: Sequence[int],
+    warmup: int,
+    repeats: int,
+    timeout_s: float,
+) -> tuple[dict[str, float], str]:
+    """The model of `spec` compiled with torch.compile (inductor) and timed like its eager
+    self, in a child process killed after `timeout_s` seconds: (latency_compiled_ms_b<N> and
+    latency_compile_s, "") or ({}, why it was not measured)."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
+    settings = json.dumps([list(batch_sizes), warmup, repeats, torch.get_num_threads()])
+    with tempfile.TemporaryDirectory() as scratch:
+        example_file = f"{scratch}/example.pt"
+        torch.save(example.detach().cpu().float()[:1].clone(), example_file)
+        try:
+            done = subprocess.run(
+                [sys.executable, "-c", COMPILE_CHILD, spec, example_file, settings],
+                capture_output=True,
+                text=True,
+                timeout=timeout_s,
+            )
+        except subprocess.TimeoutExpired:
+            return {}, f"not compiled within {timeout_s:g} s"
+    lines = [line for line in done.stdout.splitlines() if line.startswith("COMPILED ")]
+    if done.returncode != 0 or not lines:
+        errors = [line for line in done.stderr.strip().splitlines() if line.strip()]
+        reason = errors[-1][:160] if errors else f"exit code {done.returncode}"
+        return {}, f"torch.compile failed: {reason}"
+    return json.loads(lines[-1].removeprefix("COMPILED ")), ""

@@ -70,3 +70,61 @@ def check_rules(rules: list[Rule], metrics: Mapping[str, Mapping[str, float]]) -
                     f"FAILED {name}: {rule.metric} = {shown}, bound {rule.operator} {rule.bound:g}"
                 )
     return failures
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One rule checked on one candidate: the value the rule read and whether it holds."""
+
+    candidate: str
+    rule: Rule
+    value: float
+
+    @property
+    def passed(self) -> bool:
+        return self.rule.holds(self.value)
+
+    @property
+    def shown(self) -> str:
+        """The value as the gate's lines print it ("not measured" for NaN)."""
+        return "not measured" if math.isnan(self.value) else f"{self.value:g}"
+
+    def line(self) -> str:
+        """ "PASSED int8: mismatches = 3, bound <= 20" (FAILED as check_rules prints it)."""
+        word = "PASSED" if self.passed else "FAILED"
+        return (
+            f"{word} {self.candidate}: {self.rule.metric} = {self.shown}, "
+            f"bound {self.rule.operator} {self.rule.bound:g}"
+        )
+
+    def record(self) -> dict[str, object]:
+        """A plain row: candidate, rule, metric, value, operator, bound, passed."""
+        return {
+            "candidate": self.candidate,
+            "rule": str(self.rule),
+            "metric": self.rule.metric,
+            "value": self.value,
+            "operator": self.rule.operator,
+            "bound": self.rule.bound,
+            "passed": self.passed,
+        }
+
+
+def verdicts(rules: list[Rule], metrics: Mapping[str, Mapping[str, float]]) -> list[Verdict]:
+    """Every rule on every candidate, passing ones too, candidate by candidate in the order of
+    `metrics`, rules in their order; the same checks as check_rules (an unknown metric is its
+    UserError)."""
+    check_rules(rules, metrics)  # an unknown metric: the same one-line error
+    return [
+        Verdict(name, rule, float(values.get(rule.metric, math.nan)))
+        for name, values in metrics.items()
+        for rule in rules
+    ]
+
+
+def gate_status(found: list[Verdict], candidate: str | None = None) -> str:
+    """ "passed", "failed" (a rule failed) or "no rules", of one candidate or of them all."""
+    chosen = [v for v in found if candidate is None or v.candidate == candidate]
+    if not chosen:
+        return "no rules"
+    return "passed" if all(v.passed for v in chosen) else "failed"

@@ -16,9 +16,13 @@ Seed = Annotated[int, Field(ge=0)]
 
 
 class Options(BaseModel):
-    """Options or a params section: unknown keys are errors, values are checked on assignment."""
+    """Options or a params section: unknown keys are errors, values are checked on assignment.
+    The docstring under a field is its description: the comment `compalign init` writes beside
+    the key in params.yaml (compalign.config.params_yaml)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, use_attribute_docstrings=True
+    )
 
 
 class NoOptions(Options):

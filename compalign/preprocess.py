@@ -33,12 +33,18 @@ class TransformParams(Options):
     """`data.transform`: the input the audited models expect; null: the source's, else the
     dataset's."""
 
-    resize: Annotated[int, Field(ge=1, le=4096)] | None = None  # shorter side, before the crop
-    centre_crop: Annotated[int, Field(ge=1, le=4096)] | None = None  # square side
-    mean: list[float] | None = None  # per channel, of pixels scaled to [0, 1]
+    resize: Annotated[int, Field(ge=1, le=4096)] | None = None
+    """shorter side resized to this (before the crop)"""
+    centre_crop: Annotated[int, Field(ge=1, le=4096)] | None = None
+    """square side of the centre crop"""
+    mean: list[float] | None = None
+    """per channel, of pixels in [0, 1], e.g. [0.485, 0.456, 0.406]"""
     std: list[Annotated[float, Field(gt=0.0)]] | None = None
-    channels: Literal[1, 3] | None = None  # grey images repeated to 3, RGB averaged to 1
+    """per channel, like mean"""
+    channels: Literal[1, 3] | None = None
+    """1 or 3: grey images repeated to 3, RGB averaged to 1"""
     interpolation: Interpolation | None = None
+    """bilinear | bicubic | nearest"""
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,10 @@
 """What a flow run shows in the Prefect UI besides task states and logs: its results.
 
 Every pipeline, populations, reproduce and audit flow run ends with three artifacts: a table of
-its summary, a Markdown headline (what compression changed, per loss) and a link to its MLflow
-parent run. Long flows (pipeline, populations) also keep a progress artifact up to date while
-their tasks finish. Artifact keys carry the dataset and model, so the Artifacts page of the UI
+its summary, a Markdown headline (what compression changed, per loss; for an audit, what each
+candidate changed and the release gate) and a link to its MLflow parent run; an audit with
+release rules also gets a table of the gate's verdicts. Long flows (pipeline, populations,
+audit) also keep a progress artifact up to date while their tasks (the audit: its steps) finish. Artifact keys carry the dataset and model, so the Artifacts page of the UI
 keeps one history per key across runs.
 
 Called from inside a flow run only (the artifacts attach to it).
@@ -40,6 +41,14 @@ def artifact_key(*parts: Any) -> str:
     return re.sub(r"-+", "-", re.sub(r"[^a-z0-9]+", "-", text.lower())).strip("-")
 
 
+def mlflow_ui_command(uri: str, port: int | None = None) -> str:
+    """The command that serves the MLflow UI of a local store `uri`, runnable in any folder
+    (flows.pointers)."""
+    from flows.pointers import mlflow_ui_command as command
+
+    return command(uri, port)
+
+
 def mlflow_ui_base(tracking: Tracking) -> str:
     """The MLflow UI that shows this store: the tracking server itself, or `make ui`'s."""
     if tracking["uri"].startswith(("http://", "https://")):
@@ -73,16 +82,17 @@ def publish_results(
     tracking: Tracking,
     run_id: str,
     what: str,
+    changed: str = "what compression changed",
 ) -> dict[str, str]:
     """The three closing artifacts of a flow run: `<key>-summary` (the table),
-    `<key>-headline` (Markdown) and `<key>-mlflow` (a link to MLflow run `run_id`)."""
+    `<key>-headline` (Markdown: `changed`) and `<key>-mlflow` (a link to MLflow run `run_id`)."""
     link = ui_links(mlflow_ui_base(tracking), tracking["experiment_id"], run_id)["run"]
     ids = {
         "summary": create_table_artifact(
             table_records(table), key=f"{key}-summary", description=f"{what}: summary table"
         ),
         "headline": create_markdown_artifact(
-            headline, key=f"{key}-headline", description=f"{what}: what compression changed"
+            headline, key=f"{key}-headline", description=f"{what}: {changed}"
         ),
         "mlflow": create_link_artifact(
             link,
@@ -90,7 +100,8 @@ def publish_results(
             key=f"{key}-mlflow",
             description=(
                 f"{what}: the MLflow run with every model, metric and file "
-                f"(store {tracking['uri']}; a local store is served by `make ui`)"
+                f"(store {tracking['uri']}; a local store is served by "
+                f"`{mlflow_ui_command(tracking['uri'])}`)"
             ),
         ),
     }
@@ -98,18 +109,20 @@ def publish_results(
 
 
 class Progress:
-    """A progress artifact: `done` of `total` tasks finished, as a percentage."""
+    """A progress artifact: `done` of `total` tasks (or other `unit`s) finished, as a
+    percentage."""
 
-    def __init__(self, key: str, total: int, what: str) -> None:
+    def __init__(self, key: str, total: int, what: str, unit: str = "tasks") -> None:
         self.total = max(int(total), 1)
         self.done = 0
         self.what = what
+        self.unit = unit
         self.id = create_progress_artifact(
             0.0, key=f"{key}-progress", description=self._description()
         )
 
     def _description(self) -> str:
-        return f"{self.what}: {self.done} of {self.total} tasks finished"
+        return f"{self.what}: {self.done} of {self.total} {self.unit} finished"
 
     def advance(self, count: int = 1) -> None:
         self.done = min(self.done + count, self.total)
@@ -161,30 +174,72 @@ def publish_populations(
     )
 
 
-def publish_audit(
-    key: str, summary: pd.DataFrame, title: str, tracking: Tracking, run_id: str
-) -> dict[str, str]:
-    """An audit's (models you bring) closing artifacts: its summary, headline, parent run."""
-    from compalign.report.headline import headline_markdown
+AUDIT_COLUMNS = (
+    "name",
+    "role",
+    "accuracy",
+    "accuracy_change",
+    "mismatches",
+    "mismatches_ci_low",
+    "mismatches_ci_high",
+    "mismatches_ref_correct",
+    "mismatches_ref_correct_ci_high",
+    "worst_class_recall_change",
+    "attribution_agreement",
+    "ece_change",
+    "gate",
+)
 
-    columns = [
-        column
-        for column in (
-            "name",
-            "role",
-            "accuracy",
-            "accuracy_change",
-            "mismatches",
-            "mismatches_ci_low",
-            "mismatches_ci_high",
-            "mismatches_ref_correct",
-            "run_id",
-        )
-        if column in summary
-    ]
-    return publish_results(
-        key, summary[columns], headline_markdown(summary, title), tracking, run_id, "audit"
+
+def publish_audit(
+    key: str,
+    summary: pd.DataFrame,
+    headline: str,
+    verdicts: list[dict[str, Any]],
+    tracking: Tracking,
+    run_id: str,
+) -> dict[str, str]:
+    """An audit's (models you bring) closing artifacts: its summary (with each candidate's gate
+    result), its headline (compalign.report.headline.audit_headline: what the candidates
+    changed and the release gate), `<key>-gate` (every rule on every candidate: value, bound,
+    passed or failed; only when rules were given) and the parent run."""
+    summary = summary.copy()
+    if verdicts:
+        failed = {v["candidate"] for v in verdicts if not v["passed"]}
+        checked = {v["candidate"] for v in verdicts}
+        summary["gate"] = [
+            ("failed" if name in failed else "passed") if name in checked else "–"
+            for name in summary["name"]
+        ]
+    columns = [column for column in AUDIT_COLUMNS if column in summary]
+    ids = publish_results(
+        key,
+        summary[columns],
+        headline,
+        tracking,
+        run_id,
+        "audit",
+        changed="what the candidates changed, and the release gate",
     )
+    if verdicts:
+        rows = [
+            {
+                "candidate": v["candidate"],
+                "metric": v["metric"],
+                "value": v["value"],
+                "bound": f"{v['operator']} {v['bound']:g}",
+                "result": "passed" if v["passed"] else "FAILED",
+            }
+            for v in verdicts
+        ]
+        ids["gate"] = str(
+            create_table_artifact(
+                table_records(pd.DataFrame(rows)),
+                key=f"{key}-gate",
+                description="audit: the release gate, every rule on every candidate",
+            )
+        )
+    return ids
 
 
 def publish_reproduce(key: str, report: Any, tracking: Tracking, run_id: str) -> dict[str, str]:

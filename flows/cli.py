@@ -11,21 +11,38 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from compalign.config import Params, load_params
 from compalign.errors import UserError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
+if TYPE_CHECKING:
+    from compalign.config import Params
+
+# Plain help (click's layout): long examples wrap instead of being cut, and no type placeholders
+# (`<bool>`, `<list[str]>`); each option names what it takes with its metavar.
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
 
 ParamsOption = Annotated[
-    Path, typer.Option("--params", "-p", help="params file (YAML, one section per stage)")
+    Path,
+    typer.Option(
+        "--params", "-p", metavar="FILE", help="params file (YAML, one section per stage)"
+    ),
 ]
 SetOption = Annotated[
     list[str] | None,
-    typer.Option("--set", "-s", help="override one value: section.key=value (repeatable)"),
+    typer.Option(
+        "--set",
+        "-s",
+        metavar="SECTION.KEY=VALUE",
+        help="override one value, e.g. --set align.epochs=5 (repeatable)",
+    ),
 ]
 VerboseOption = Annotated[
     bool,
@@ -33,6 +50,14 @@ VerboseOption = Annotated[
         "--verbose", "-v", help="print every task's log lines (one per epoch) on the terminal"
     ),
 ]
+
+
+def load_params(path: Path | str | None, overrides: list[str] | None = None) -> Params:
+    """compalign.config.load_params, imported when a command runs: the params models import
+    the method registries and with them torch, which `--help` never needs."""
+    from compalign.config import load_params as load
+
+    return load(path, overrides)
 
 
 def version_text() -> str:
@@ -202,8 +227,11 @@ def _echo_task_counts(tasks: list[dict]) -> None:
     typer.echo(f"{len(tasks)} tasks: {cached} Cached, {len(tasks) - cached} run")
 
 
-def _tail_lines(params: Params, result: dict, cached_run: bool) -> list[str]:
-    """What follows the summary table: the task counts, and where the MLflow run is."""
+def _tail_lines(
+    params: Params, result: dict, cached_run: bool, users_server: str | None = None
+) -> list[str]:
+    """What follows the summary table: the task counts, where the MLflow run is and (for a
+    flow run that ran) the Prefect flow run, with the commands that open them."""
     tasks = result["tasks"]
     cached = len(tasks) if cached_run else sum(task["state"] == "Cached" for task in tasks)
     lines = [f"{len(tasks)} tasks: {cached} Cached, {len(tasks) - cached} run"]
@@ -218,12 +246,40 @@ def _tail_lines(params: Params, result: dict, cached_run: bool) -> list[str]:
         from tasks.tracking import ui_links
 
         links = ui_links(MLFLOW_UI, result["experiment_id"], result["parent_run_id"])
-    lines += [
-        f"MLflow parent run {result['parent_run_id']} in experiment "
-        f"{params.run.experiment!r} ({result['tracking_uri']}).",
-        f"See it with `make ui`, then open {links['run']}",
-        f"(all runs, to compare: {links['runs']})",
-    ]
+    from flows.pointers import mlflow_lines
+
+    lines += mlflow_lines(
+        result["tracking_uri"],
+        params.run.experiment,
+        links["run"],
+        links["runs"],
+        result["parent_run_id"],
+    )
+    if not cached_run and result.get("flow_run_id"):
+        from flows.pointers import prefect_lines
+
+        lines += prefect_lines(result["flow_run_id"], "", users_server)
+    return lines
+
+
+def _pointer_lines(params: Params, result: dict, users_server: str | None) -> list[str]:
+    """Where a flow's results are and the commands that open them, runnable in any folder:
+    the MLflow parent run (`mlflow ui --backend-store-uri ...`) and the Prefect flow run."""
+    from flows.artifacts import mlflow_ui_base
+    from flows.pointers import mlflow_lines, prefect_lines
+    from tasks.tracking import ui_links
+
+    track = {"uri": result["tracking_uri"], "experiment_id": result["experiment_id"]}
+    links = ui_links(mlflow_ui_base(track), result["experiment_id"], result["parent_run_id"])
+    lines = mlflow_lines(
+        result["tracking_uri"],
+        params.run.experiment,
+        links["run"],
+        links["runs"],
+        result["parent_run_id"],
+    )
+    if result.get("flow_run_id"):
+        lines += prefect_lines(result["flow_run_id"], result["flow_run_name"], users_server)
     return lines
 
 
@@ -251,7 +307,7 @@ def _remember(digest: str | None, params: Params, result: dict, summary: str) ->
         )
 
 
-@app.command()
+@app.command(short_help="Run the whole pipeline: prepare, reference, compress, align, audit.")
 def run(
     params_file: ParamsOption = Path("params.yaml"),
     overrides: SetOption = None,
@@ -272,6 +328,7 @@ def run(
     from flows.quick import console_kind
 
     result = None if refresh else _cached_run(params)
+    users_server = os.environ.get("PREFECT_API_URL")
     if result is None:
         _prepare_process(params, refresh, flows=True)
         from flows.pipeline import run_pipeline
@@ -287,12 +344,12 @@ def run(
         more=f"{REPORT_DIR}/summary.md and {REPORT_DIR}/report.html",
     )
     summary = console.export_text(styles=kind["terminal"])
-    for line in _tail_lines(params, result, cached_run=bool(result.get("cached_run"))):
+    for line in _tail_lines(params, result, bool(result.get("cached_run")), users_server):
         typer.echo(line)
     _remember(digest, params, result, summary)
 
 
-@app.command()
+@app.command(short_help="Populations of dense and compressed models: PIEs (Hooker et al.).")
 def populations(
     params_file: ParamsOption = Path("params.yaml"),
     overrides: SetOption = None,
@@ -314,34 +371,40 @@ def populations(
         result = run_populations(params)
     print_populations(pd.DataFrame(result["summary"]))
     _echo_task_counts(result["tasks"])
-    typer.echo(
-        f"Tables and galleries in {REPORT_DIR}/; MLflow parent run {result['parent_run_id']} "
-        f"in experiment {params.run.experiment!r} (`make ui`)."
-    )
+    typer.echo(f"Tables and galleries in {REPORT_DIR}/.")
+    for line in _pointer_lines(params, result, None):
+        typer.echo(line)
 
 
-@app.command()
+@app.command(short_help="Regenerate a seed paper's results (tables, figures, verdicts).")
 def reproduce(
-    paper: Annotated[str, typer.Argument(help="joseph, meyer, hooker or all")],
+    # described in the docstring: in the Arguments list it would show a type ("<str>")
+    paper: Annotated[str, typer.Argument(metavar="PAPER", hidden=True)],
     profile: Annotated[
         str,
         typer.Option(
-            help="cpu (embedded digits), fmnist (the Fashion-MNIST images of ../shared/data) or paper (the paper's dataset on disk)"
+            metavar="PROFILE",
+            help="cpu (the embedded digits), fmnist (the Fashion-MNIST images of ../shared/data) "
+            "or paper (the paper's dataset on disk)",
         ),
     ] = "cpu",
     device: Annotated[
-        str | None, typer.Option(help="auto, cpu or cuda (default: the profile's)")
+        str | None,
+        typer.Option(metavar="DEVICE", help="auto, cpu or cuda (default: the profile's)"),
     ] = None,
     seeds: Annotated[
         int | None,
         typer.Option(
-            help="training seeds per configuration (default: the profile's reproduce.seeds)"
+            metavar="N",
+            help="training seeds per configuration (default: the profile's reproduce.seeds)",
         ),
     ] = None,
     overrides: SetOption = None,
     verbose: VerboseOption = False,
 ) -> None:
-    """Regenerate a seed paper's results: tables, figures and verdicts in reports/<paper>/."""
+    """Regenerate a seed paper's results: tables, figures and verdicts in reports/<paper>/.
+
+    PAPER is joseph, meyer, hooker or all."""
     from flows.profiles import PAPERS, PROFILES, paper_params
 
     if paper not in (*PAPERS, "all"):
@@ -367,31 +430,61 @@ def reproduce(
             typer.echo(f"  - {verdict}")
 
 
-@app.command("audit")
+@app.command(
+    "audit",
+    short_help="Audit models you bring against a reference (a release gate).",
+    epilog=(
+        "Example (the files `compalign init --example` writes): compalign audit "
+        "--reference torchvision:resnet18@resnet18_digits.pt --compressed "
+        "int8=resnet18_digits_int8.onnx --reference2 torchvision:resnet18@resnet18_digits_seed1.pt "
+        '--fail-on "mismatches_ref_correct_ci_high<=20"'
+    ),
+)
 def audit_command(
     reference: Annotated[
-        str, typer.Option("--reference", "-r", help="the reference model: a model spec (see below)")
+        str,
+        typer.Option(
+            "--reference", "-r", metavar="SPEC", help="the reference model, as a model spec"
+        ),
     ],
     compressed: Annotated[
         list[str],
-        typer.Option("--compressed", "-c", help="a candidate as NAME=SPEC (repeatable)"),
+        typer.Option(
+            "--compressed",
+            "-c",
+            metavar="NAME=SPEC",
+            help="a candidate, e.g. int8=model_int8.onnx (repeatable)",
+        ),
     ],
     params_file: Annotated[
         Path | None,
-        typer.Option("--params", "-p", help="params file (default: params.yaml if there is one)"),
+        typer.Option(
+            "--params",
+            "-p",
+            metavar="FILE",
+            help="params file (default: params.yaml if there is one, else the defaults)",
+        ),
     ] = None,
     overrides: SetOption = None,
     fail_on: Annotated[
         list[str] | None,
         typer.Option(
             "--fail-on",
-            help="release rule METRIC<=VALUE (or >=, <, >), e.g. mismatches_ref_correct_ci_high<=20;"
-            " a failed rule exits 1 (repeatable)",
+            metavar="RULE",
+            help=(
+                "a release rule METRIC<=VALUE (or >=, <, >) checked on every candidate, e.g. "
+                "mismatches_ref_correct_ci_high<=20 or worst_class_recall_change>=-0.05; a "
+                "failed rule exits 1 (repeatable)"
+            ),
         ),
     ] = None,
     reference2: Annotated[
         str | None,
-        typer.Option("--reference2", help="a second reference (another seed): the noise floor"),
+        typer.Option(
+            "--reference2",
+            metavar="SPEC",
+            help="a second reference (another seed), the noise floor",
+        ),
     ] = None,
     refresh: Annotated[bool, typer.Option(help="prepare the data again, ignoring caches")] = False,
     verbose: VerboseOption = False,
@@ -404,15 +497,19 @@ def audit_command(
         ),
     ] = False,
 ) -> None:
-    """Audit models you bring against a reference on the test split of the `data` section.
+    """Audit models you bring against a reference on the test split of the `data` section,
+    and check release rules on every candidate.
 
-    A model spec is a compalign checkpoint folder, torchvision:NAME@STATE_DICT,
+    A model SPEC is a compalign checkpoint folder, torchvision:NAME@STATE_DICT,
     timm:NAME@STATE_DICT, a TorchScript file (.pt, .ts), a torch.export program (.pt2) or an
-    ONNX file (.onnx). Writes reports/compare/{summary.parquet,predictions.parquet,report.html}
-    and one MLflow parent run with a child per model.
+    ONNX file (.onnx).
+
+    Writes reports/compare/ (summary.parquet, predictions.parquet, gate.json, report.html),
+    one MLflow parent run with a child per model, and prints each rule's verdict on each
+    candidate; exit code 1 when a rule fails, 2 for a mistake in the command.
     """
     from compalign.compare import parse_candidate
-    from compalign.gate import check_rules, parse_rule
+    from compalign.gate import parse_rule
     from compalign.model_sources import load_model, parse_spec
 
     if params_file is None and Path("params.yaml").is_file():
@@ -432,6 +529,7 @@ def audit_command(
         from compalign.localize import check_localizable
 
         check_localizable(loaded[reference], {n: loaded[s] for n, s in candidates.items()})
+    users_server = os.environ.get("PREFECT_API_URL")
     _prepare_process(params, refresh, flows=True)
     from flows.compare import REPORT_DIR, audit_flow
     from tasks.data import prepare
@@ -445,21 +543,71 @@ def audit_command(
     )
     _server_ready(params.run.experiment)
     with _resumable("stages"), _display(verbose):
-        result = audit_flow(params.model_dump(), reference, candidates, reference2, localize)
+        result = audit_flow(
+            params.model_dump(),
+            reference,
+            candidates,
+            reference2,
+            localize=localize,
+            rules=[str(r) for r in rules],
+        )
     _echo_comparison(result)
     if localize:
         from compalign.report.search import print_layers
 
         print_layers(result["layers"], result["layer_notes"])
-    typer.echo(
-        f"Report: {REPORT_DIR / 'report.html'}; tables in {REPORT_DIR}/. MLflow parent run "
-        f"{result['parent_run_id']} in experiment {params.run.experiment!r} (`make ui`)."
-    )
-    failures = check_rules(rules, {name: result["metrics"][name] for name in result["candidates"]})
+    failures = _echo_gate(result["verdicts"])
+    typer.echo(f"Report: {(REPORT_DIR / 'report.html').resolve()}; tables in {REPORT_DIR}/.")
+    for line in _pointer_lines(params, result, users_server):
+        typer.echo(line)
     for line in failures:
         typer.echo(line, err=True)
     if failures:
         raise typer.Exit(1)
+
+
+def _echo_gate(verdicts: list[dict]) -> list[str]:
+    """Every rule on every candidate with its value, bound and verdict; returns the FAILED
+    lines (as compalign.gate.check_rules words them, for stderr and the exit code)."""
+    if not verdicts:
+        return []
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="Release gate (every rule on every candidate)")
+    for column in ("candidate", "rule", "value", "bound", "verdict"):
+        table.add_column(column, justify="right" if column in ("value", "bound") else "left")
+    failures = []
+    from compalign.report.values import metric_text
+
+    for verdict in verdicts:
+        value = verdict["value"]
+        shown = "not measured" if value != value else f"{value:g}"
+        bound = f"{verdict['operator']} {verdict['bound']:g}"
+        word = "passed" if verdict["passed"] else "FAILED"
+        cell = shown if value != value else metric_text(verdict["metric"], value)
+        table.add_row(verdict["candidate"], verdict["metric"], cell, bound, word)
+        if not verdict["passed"]:
+            failures.append(
+                f"FAILED {verdict['candidate']}: {verdict['metric']} = {shown}, bound {bound}"
+            )
+    Console(width=120).print(table)
+    candidates = list(dict.fromkeys(v["candidate"] for v in verdicts))
+    failed = list(dict.fromkeys(v["candidate"] for v in verdicts if not v["passed"]))
+    passed = [name for name in candidates if name not in failed]
+    typer.echo(
+        "Gate: "
+        + "; ".join(
+            part
+            for part in (
+                f"passed: {', '.join(passed)}" if passed else "",
+                f"failed: {', '.join(failed)}" if failed else "",
+            )
+            if part
+        )
+        + "."
+    )
+    return failures
 
 
 def _check_models(params: Params, data: dict, reference, candidates, reference2) -> None:
@@ -510,13 +658,16 @@ def _echo_comparison(result: dict) -> None:
     Console(width=120).print(table)
 
 
-@app.command("search")
+@app.command(
+    "search", short_help="How far can I compress? The most compressed model within release rules."
+)
 def search_command(
     method: Annotated[
         str,
         typer.Option(
             "--method",
             "-m",
+            metavar="NAME",
             help="a compressor with levels (magnitude_global, structured, ...) or quantize_static",
         ),
     ],
@@ -524,12 +675,16 @@ def search_command(
         list[str],
         typer.Option(
             "--fail-on",
+            metavar="RULE",
             help="release rule METRIC<=VALUE (or >=, <, >), as for `compalign audit`, checked on "
             "the validation split, e.g. mismatches_ref_correct_ci_high<=10 (repeatable)",
         ),
     ],
     loss: Annotated[
-        str, typer.Option(help="the loss each probe is fine-tuned with (none: not fine-tuned)")
+        str,
+        typer.Option(
+            metavar="LOSS", help="the loss each probe is fine-tuned with (none: not fine-tuned)"
+        ),
     ] = "none",
     params_file: ParamsOption = Path("params.yaml"),
     overrides: SetOption = None,
@@ -551,6 +706,7 @@ def search_command(
 
     # a rule on a class or group column this dataset lacks: exit 2 before any probe runs
     check_rules_on_data(params, rules)
+    users_server = os.environ.get("PREFECT_API_URL")
     _server_ready(params.run.experiment)
     with _resumable("probes"), _display(verbose):
         result = run_search(params, method, loss, fail_on)
@@ -563,20 +719,23 @@ def search_command(
     for line in lines:
         typer.echo(line, err=failed)
     typer.echo(
-        f"Report: {REPORT_DIR / 'report.html'}; probes.parquet and chosen.json in {REPORT_DIR}/. "
-        f"MLflow parent run {result['parent_run_id']} in experiment {params.run.experiment!r} "
-        "(`make ui`)."
+        f"Report: {(REPORT_DIR / 'report.html').resolve()}; probes.parquet and chosen.json in "
+        f"{REPORT_DIR}/."
     )
+    for line in _pointer_lines(params, result, users_server):
+        typer.echo(line)
     if failed:
         raise typer.Exit(1)
 
 
-@app.command()
+@app.command(short_help="Run one stage into DVC's fixed paths (dvc.yaml's commands).")
 def stage(
-    name: Annotated[str, typer.Argument(help="prepare, reference, compress, align or audit")],
+    name: Annotated[str, typer.Argument(metavar="STAGE", hidden=True)],  # see the docstring
     params_file: ParamsOption = Path("params.yaml"),
 ) -> None:
-    """Run one stage into DVC's fixed paths (what dvc.yaml's commands call)."""
+    """Run one stage into DVC's fixed paths (what dvc.yaml's commands call).
+
+    STAGE is prepare, reference, compress, align or audit."""
     from tasks.store import PIPELINE_STAGES
 
     if name not in PIPELINE_STAGES:
@@ -590,24 +749,123 @@ def stage(
     STAGES[name](params)
 
 
-@app.command("params")
+@app.command("params", short_help="Print the params in use, every key with its description.")
 def show_params(
-    params_file: ParamsOption = Path("params.yaml"), overrides: SetOption = None
+    params_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--params",
+            "-p",
+            metavar="FILE",
+            help="params file (default: params.yaml if there is one, else the defaults)",
+        ),
+    ] = None,
+    overrides: SetOption = None,
 ) -> None:
-    """Validate the params and print them in full, defaults included."""
-    import yaml
+    """Validate the params and print them in full as a params file: defaults included, each
+    key with its description. Without a params file: the defaults (what `compalign init`
+    writes)."""
+    from compalign.config import params_yaml
 
+    if params_file is None and Path("params.yaml").is_file():
+        params_file = Path("params.yaml")
     params = load_params(params_file, overrides or [])
-    typer.echo(yaml.safe_dump(params.model_dump(), sort_keys=False).rstrip())
+    typer.echo(params_yaml(params).rstrip())
 
 
-@app.command()
+@app.command(short_help="Write a commented params.yaml here (--example: a runnable example).")
+def init(
+    example: Annotated[
+        bool,
+        typer.Option(
+            "--example",
+            help=(
+                "also write a small example to audit: the digits as an image folder, a "
+                "torchvision ResNet-18 trained on them, another seed, an int8 ONNX copy and a "
+                "pruned torch.export copy (a few minutes on 2 cores)"
+            ),
+        ),
+    ] = False,
+    params_file: Annotated[
+        Path, typer.Option("--params", "-p", metavar="FILE", help="where to write the params")
+    ] = Path("params.yaml"),
+) -> None:
+    """Write the default params (every key with its description) to params.yaml in this
+    folder; with --example, a folder `compalign audit` runs on as the README shows. Nothing
+    that exists is overwritten."""
+    if example:
+        _init_example(params_file)
+        return
+    from compalign.config import params_yaml
+
+    if params_file.exists():
+        raise UserError(
+            f"{params_file}: exists; nothing written (remove it, or pass --params OTHER.yaml)"
+        )
+    _write_new(params_file, params_yaml())
+    typer.echo(
+        f"Wrote {params_file}: the defaults, every key with its description. Edit it, or "
+        "override one value per command with --set section.key=value."
+    )
+
+
+def _write_new(path: Path, text: str) -> None:
+    """Write `path`, which must not exist yet, whole or not at all."""
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(
+        "w", dir=path.parent, prefix=f".{path.name}.", delete=False
+    ) as scratch:
+        scratch.write(text)
+    try:
+        os.link(scratch.name, path)  # fails if `path` appeared meanwhile: nothing replaced
+    finally:
+        os.unlink(scratch.name)
+
+
+def _init_example(params_file: Path) -> None:
+    """`compalign init --example`: written in a scratch folder, moved into place at the end
+    (an interrupted or failed init leaves nothing behind)."""
+    import shutil
+    import tempfile
+
+    from compalign.example import EXAMPLE_FILES, IMAGES, README_COMMAND, existing, write_example
+
+    folder = params_file.parent
+    found = existing(folder) + ([str(params_file)] if params_file.exists() else [])
+    if found:
+        raise UserError(
+            f"{', '.join(dict.fromkeys(found))}: already here; nothing written (run "
+            "`compalign init --example` in an empty folder)"
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".compalign-example-", dir=folder))
+    try:
+        write_example(scratch, say=lambda line: typer.echo(line, err=True))
+        for name in [IMAGES, *EXAMPLE_FILES.values()]:
+            (scratch / name).rename(folder / name)
+        (scratch / "params.yaml").rename(params_file)
+    except KeyboardInterrupt:
+        typer.echo("interrupted: nothing written", err=True)
+        raise typer.Exit(130) from None
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    typer.echo(f"Wrote the example in {folder.resolve()}. Audit it with:\n\n{README_COMMAND}")
+
+
+@app.command(short_help="Run the pipeline on a schedule (a Prefect deployment).")
 def serve(
-    cron: Annotated[str, typer.Option(help='schedule, a cron expression such as "0 3 * * *"')],
+    cron: Annotated[
+        str, typer.Option(metavar="CRON", help='schedule, a cron expression such as "0 3 * * *"')
+    ],
     params_file: ParamsOption = Path("params.yaml"),
     overrides: SetOption = None,
     name: Annotated[
-        str | None, typer.Option(help="deployment name (default: compalign-pipeline-<dataset>)")
+        str | None,
+        typer.Option(
+            metavar="NAME", help="deployment name (default: compalign-pipeline-<dataset>)"
+        ),
     ] = None,
 ) -> None:
     """Run the pipeline on a schedule: register it with the Prefect server at PREFECT_API_URL

@@ -7,6 +7,7 @@ body with the plain functions: it runs without Prefect.
 
 from __future__ import annotations
 
+import re
 import socket
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import pandas as pd
 from prefect import flow
 
+from compalign.compare import comparison_steps
 from compalign.config import Params
 from compalign.train import resolve_device
 from flows import artifacts
@@ -22,6 +24,15 @@ from tasks.compare import audit_brought_models, audit_brought_models_task
 from tasks.data import prepare, prepare_task
 
 REPORT_DIR = Path("reports/compare")
+NAME_LENGTH = 60  # MLflow's and Prefect's run names of an audit, at most
+
+
+def run_name(params: Params, candidates: dict[str, str]) -> str:
+    """`audit-<data>-<candidate>-...`: the data's own name and what was audited, so that two
+    audits are told apart in the MLflow and Prefect run lists."""
+    name = "-".join(["audit", params.data.dataset_name(), *candidates])
+    name = re.sub(r"[^\w.\-]+", "_", name)
+    return name if len(name) <= NAME_LENGTH else name[: NAME_LENGTH - 1] + "…"
 
 
 def audit_models(
@@ -30,12 +41,15 @@ def audit_models(
     candidates: dict[str, str],
     reference2: str | None = None,
     *,
+    rules: list[str] | None = None,
     stages: tuple[Any, Any] = (prepare, audit_brought_models),
     localize: bool = False,
+    progress_artifact: str | None = None,
 ) -> dict[str, Any]:
     """Prepare the data, then audit each candidate against the reference under one MLflow
-    parent run; `stages` are the prepare and audit callables (plain functions, or the flow's
-    tasks); `localize`: also the layers that flip each candidate's labels (layers.parquet)."""
+    parent run, checking the release `rules`; `stages` are the prepare and audit callables
+    (plain functions, or the flow's tasks); `localize`: also the layers that flip each
+    candidate's labels (layers.parquet)."""
     prepare_stage, audit_stage = stages
     device = str(resolve_device(params.run.device))
     data = prepare_stage(params.data.prepare_params())
@@ -43,9 +57,12 @@ def audit_models(
     specs = {"models.reference": reference, **{f"models.{k}": v for k, v in candidates.items()}}
     if reference2 is not None:
         specs["models.reference2"] = reference2
-    tags = {"device": device, "host": socket.gethostname(), "dataset": params.data.source}
+    if rules:
+        specs["gate.fail_on"] = list(rules)
+    dataset = params.data.dataset_name()
+    tags = {"device": device, "host": socket.gethostname(), "dataset": dataset}
     with tracking.parent_run(
-        track, f"audit-{params.data.source}", {**params.flat(), **specs}, {**tags, "role": "audit"}
+        track, run_name(params, candidates), {**params.flat(), **specs}, {**tags, "role": "audit"}
     ) as parent:
         result = audit_stage(
             data,
@@ -59,6 +76,9 @@ def audit_models(
             parent,
             str(REPORT_DIR),
             _calibration(params) if localize else None,
+            rules=list(rules or []),
+            dataset=dataset,
+            progress_artifact=progress_artifact,
         )
     return {
         **result,
@@ -78,30 +98,48 @@ def _calibration(params: Params) -> dict[str, int]:
     }
 
 
-@flow(name="compalign-audit", flow_run_name="audit-{params[data][source]}")
+def _flow_run_name() -> str:
+    from prefect.runtime import flow_run
+
+    parameters = flow_run.parameters
+    return run_name(Params.model_validate(parameters["params"]), parameters["candidates"])
+
+
+@flow(name="compalign-audit", flow_run_name=_flow_run_name)
 def audit_flow(
     params: dict[str, Any],
     reference: str,
     candidates: dict[str, str],
     reference2: str | None = None,
     localize: bool = False,
+    rules: list[str] | None = None,
 ) -> dict[str, Any]:
-    """The audit of models you bring, with Prefect's engine: prepare and audit are tasks."""
+    """The audit of models you bring, with Prefect's engine: prepare and audit are tasks; a
+    progress artifact follows the audit's steps, and the run ends with the audit's artifacts
+    (its summary, headline, release gate and MLflow run)."""
+    from prefect.runtime import flow_run
+
     settings = Params.model_validate(params)
+    key = artifacts.artifact_key("audit", settings.data.dataset_name())
+    models = 1 + len(candidates) + (reference2 is not None)
+    progress = artifacts.Progress(key, comparison_steps(models), "audit", unit="steps")
     result = audit_models(
         settings,
         reference,
         candidates,
         reference2,
+        rules=rules,
         stages=(prepare_task, audit_brought_models_task),
         localize=localize,
+        progress_artifact=str(progress.id),
     )
     track = tracking.setup(settings.run.experiment)
     artifacts.publish_audit(
-        artifacts.artifact_key("audit", settings.data.source),
+        key,
         pd.DataFrame(result["summary"]),
-        f"{settings.data.source}: what the candidates changed against {reference}",
+        result["headline"],
+        result["verdicts"],
         track,
         result["parent_run_id"],
     )
-    return result
+    return {**result, "flow_run_id": str(flow_run.id), "flow_run_name": flow_run.name}

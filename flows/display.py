@@ -2,7 +2,9 @@
 
 Interactive (stdout is a terminal): a live rich display, an overall bar (tasks done of the
 tasks planned; cached tasks count at once) and one line per task that computes, with its epochs.
-Anything else (CI, a pipe): a plain line at every fifth of the tasks done. Tasks' own log lines
+Anything else (CI, a pipe): a plain line at every fifth of the tasks done, and, for a task that
+reports steps (the audit of models you bring: per model its predictions, each metric, its
+costs), a line per step and another while one step runs long (HEARTBEAT_S). Tasks' own log lines
 (one per epoch, one per finished task) stay in the Prefect task logs and reach the terminal only
 with `verbose`. The display listens to the progress events of tasks.logs; with a Dask runner
 only the flow's own events arrive (tasks done), so it shows the overall bar alone.
@@ -21,6 +23,9 @@ from typing import Any
 # logs) and, with --verbose, to the terminal; so do Dask's (a cluster starting and stopping).
 RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs", "distributed")
 PLAIN_STEPS = 5  # plain output: a line each time another fifth of the tasks is done
+# plain output of a task that reports steps (the audit): a line per step, and one after this
+# many seconds of a step that is still running (so a pipe sees a line at least every 30 s)
+HEARTBEAT_S = 20.0
 
 
 class _QuietRunLogs(logging.Filter):
@@ -65,6 +70,9 @@ class FlowDisplay:
         self._progress: Any = None
         self._restore: list = []  # what undoes each set-up step (undone last to first)
         self._stop_listening = lambda: None
+        self._step: tuple[str, str, float] | None = None  # plain: (what, step, started)
+        self._last_line = time.monotonic()
+        self._stopped = threading.Event()
 
     # -- set-up ---------------------------------------------------------------------------
     def __enter__(self) -> FlowDisplay:
@@ -89,8 +97,25 @@ class FlowDisplay:
                 file=sys.stderr,
                 flush=True,
             )
+            heartbeat = threading.Thread(target=self._heartbeat, daemon=True)
+            heartbeat.start()
+            self._restore.append(self._stopped.set)
         self._stop_listening = add_progress_listener(self._on_event)
         return self
+
+    def _heartbeat(self) -> None:
+        """Plain output: a line for a step still running after HEARTBEAT_S seconds of silence."""
+        while not self._stopped.wait(1.0):
+            self.beat(time.monotonic())
+
+    def beat(self, now: float) -> None:
+        """The heartbeat's check at time `now` (time.monotonic): a line when a step has run
+        HEARTBEAT_S seconds since the last line."""
+        with self._lock:
+            if self._step is None or now - self._last_line < HEARTBEAT_S:
+                return
+            what, step, started = self._step
+            self._print(f"{what}: still {step} ({now - started:.0f} s on it)")
 
     def _start_live(self, handlers: list[logging.Handler]) -> None:
         from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -149,6 +174,8 @@ class FlowDisplay:
             elif kind == "finished":
                 self._remove_running(fields["task_run_id"])
                 self.finished.setdefault(fields["task_run_id"], fields["state"])
+            elif kind == "step":
+                self._on_step(fields)
             else:
                 return
             if self._progress is not None:
@@ -183,6 +210,32 @@ class FlowDisplay:
             completed=fields["epoch"],
             status=f"{fields['what']}: epoch {fields['epoch']}/{fields['epochs']}",
         )
+
+    def _on_step(self, fields: dict[str, Any]) -> None:
+        """A task's step (done of total): its bar in a terminal, a line when plain."""
+        done, total, step = fields["done"], fields["total"], fields["step"]
+        if self._progress is not None:
+            task_run_id = fields.get("task_run_id")
+            if task_run_id is None or task_run_id in self.finished:
+                return
+            if task_run_id not in self.running:
+                self._add_running(task_run_id, fields["name"])
+            status = f"{fields['what']}: {step}" if done < total else f"{fields['what']}: done"
+            self._progress.update(
+                self.running[task_run_id], total=total, completed=done, status=status
+            )
+            return
+        if done >= total:
+            self._step = None
+            return
+        self._step = (fields["what"], step, time.monotonic())
+        self._print(f"{fields['what']} {done + 1}/{total}: {step}")
+
+    def _print(self, line: str) -> None:
+        """A plain line on stderr, with the seconds since the display started."""
+        elapsed = time.monotonic() - self._started
+        print(f"{line} ({elapsed:.0f} s)", file=sys.stderr, flush=True)
+        self._last_line = time.monotonic()
 
     def _remove_running(self, task_run_id: str) -> None:
         progress_id = self.running.pop(task_run_id, None)
@@ -219,5 +272,4 @@ class FlowDisplay:
         step = math.floor(done * PLAIN_STEPS / total) if total else 0
         if step > self._plain_step:
             self._plain_step = step
-            elapsed = time.monotonic() - self._started
-            print(f"{self._status()} ({elapsed:.0f} s)", file=sys.stderr, flush=True)
+            self._print(self._status())

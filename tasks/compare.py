@@ -10,16 +10,33 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from compalign.compare import REFERENCE, REFERENCE2, check_models, run_comparison
+from compalign.compare import (
+    REFERENCE,
+    REFERENCE2,
+    check_models,
+    child_params,
+    parent_record,
+    run_comparison,
+)
 from compalign.config import AuditParams, DataParams
 from compalign.data import load_split, read_manifest
+from compalign.errors import UserError
 from compalign.localize import checkpoint_kind
-from tasks.logs import stage_logger
+from tasks.logs import stage_logger, step_reporter
 from tasks.store import Artifact, require
-from tasks.tracking import Tracking, log_artifacts, log_child_once, log_table
+from tasks.tracking import (
+    Tracking,
+    log_artifacts,
+    log_child_once,
+    log_metrics,
+    log_table,
+    set_description,
+    set_tags,
+)
 
 
 def audit_brought_models(
@@ -34,13 +51,21 @@ def audit_brought_models(
     parent_run_id: str,
     report_dir: str,
     localize: dict[str, Any] | None = None,
+    rules: list[str] | None = None,
+    dataset: str | None = None,
+    progress_artifact: str | None = None,
 ) -> dict[str, Any]:
-    """Audit each candidate spec against the reference spec on the test split; write
-    summary.parquet, predictions.parquet, report.html (and models/<name>/) to `report_dir`,
-    log a child run per model under `parent_run_id`. With `localize` (the calibration settings
-    of the `compress` section: batches, batch_size), also find each candidate's layers that
-    flip labels (layers.parquet; compalign.localize). Returns the summary rows, every model's
-    gate metrics (compalign.gate) and the paths written."""
+    """Audit each candidate spec against the reference spec on the test split; check the
+    release `rules` (compalign.gate) on every candidate; write summary.parquet,
+    predictions.parquet, gate.json, report.html (and models/<name>/) to `report_dir`, log a
+    child run per model under `parent_run_id` and, on the parent, each model's headline
+    numbers, the gate's verdicts and the headline as its description. Each step (a model's
+    predictions, each metric, its costs) is a line of the task's log, a progress event and,
+    with `progress_artifact`, that Prefect artifact's percentage. With `localize` (the
+    calibration settings of the `compress` section: batches, batch_size), also find each
+    candidate's layers that flip labels (layers.parquet; compalign.localize). Returns the
+    summary rows, every model's gate metrics, the verdicts and the paths written. `dataset`
+    names the data in titles (default: the prepared data's source)."""
     data_dir = require(data, "prepared dataset")
     manifest = read_manifest(data_dir)
     test = load_split(data_dir, "test", manifest)
@@ -58,7 +83,7 @@ def audit_brought_models(
     )
     logger = stage_logger()
     logger.info("preprocessing: %s", prepared.transform)
-    comparison = run_comparison(prepared)
+    comparison = run_comparison(prepared, progress=step_reporter(progress_artifact))
     if localize is not None:
         calibration = None
         if any(
@@ -79,7 +104,13 @@ def audit_brought_models(
                 else f"; restoring {top['layer']} alone recovers {top['recovered']} of "
                 f"{top['mismatches']} mismatches",
             )
-    title = f"{manifest['source']}: what the candidates changed against {reference}"
+    refused = None
+    if rules:
+        try:
+            comparison.apply_gate(rules)
+        except UserError as error:  # a rule on an unknown metric: said after the files are written
+            refused = error
+    title = audit_title(dataset or manifest["source"], reference)
     written = comparison.write(report_dir, title)
     metrics = {name: comparison.gate_metrics(name) for name in comparison.metrics}
     for row in comparison.summary.to_dict(orient="records"):
@@ -101,6 +132,7 @@ def audit_brought_models(
             tags,
             metrics[name],
             [("", path) for path in sorted(folder.iterdir()) if path.is_file()],
+            params=child_params(pd.Series(row)),
         )
         if name in comparison.layers:  # the child has layers.parquet; this shows it as a table
             log_table(tracking, run_id, comparison.layers[name], "layers.json")
@@ -109,6 +141,14 @@ def audit_brought_models(
             "%s: accuracy %.4f%s -> MLflow run %s", name, metrics[name]["accuracy"], shown, run_id
         )
     log_artifacts(tracking, parent_run_id, [("", path) for path in written.values()])
+    parent_metrics, parent_tags, description = parent_record(comparison, title)
+    log_metrics(tracking, parent_run_id, parent_metrics)
+    set_tags(tracking, parent_run_id, parent_tags)
+    set_description(tracking, parent_run_id, description)
+    for verdict in comparison.verdicts:
+        logger.info("gate: %s", verdict.line())
+    if refused is not None:
+        raise refused
     return {
         "summary": comparison.summary.to_dict(orient="records"),
         "metrics": metrics,
@@ -120,7 +160,15 @@ def audit_brought_models(
             name: frame.to_dict(orient="records") for name, frame in comparison.layers.items()
         },
         "layer_notes": comparison.layer_notes,
+        "verdicts": [verdict.record() for verdict in comparison.verdicts],
+        "title": title,
+        "headline": description,
     }
+
+
+def audit_title(dataset: str, reference: str) -> str:
+    """The title of an audit's page, headline and artifacts."""
+    return f"{dataset}: what the candidates changed against {reference}"
 
 
 audit_brought_models_task = task(

@@ -101,3 +101,37 @@ def epoch_logger(what: str, epochs: int):
             )
 
     return on_epoch
+
+
+def step_reporter(
+    progress_artifact: str | None = None, what: str = "audit"
+) -> Callable[[int, int, str], None]:
+    """A `progress(done, total, step)` callback for a task that works through steps (the audit
+    of models you bring: per model its predictions, each metric, its costs): each step is a line
+    of the task's log, a `step` progress event (task_run_id, name, what, done, total, step) for
+    the terminal's display, and, with `progress_artifact` (a Prefect progress artifact's id),
+    that artifact's percentage and description."""
+    logger = stage_logger()
+    task_run_id, name = _task_run()
+
+    def report(done: int, total: int, step: str) -> None:
+        if done < total:
+            logger.info("%s %d/%d: %s", what, done + 1, total, step)
+        publish_progress(
+            "step",
+            task_run_id=task_run_id,
+            name=name or what,
+            what=what,
+            done=done,
+            total=total,
+            step=step,
+        )
+        if progress_artifact is not None:
+            from prefect.artifacts import update_progress_artifact
+
+            shown = f"{what}: {done} of {total} steps done" + (
+                f"; now {step}" if done < total else ""
+            )
+            update_progress_artifact(progress_artifact, 100.0 * done / max(total, 1), shown)
+
+    return report

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -260,11 +261,14 @@ cli.main()
         ["serve", "--cron", "0 3 * * *"],
     ],
 )
-def test_prefect_is_configured_before_it_is_imported(args):
+def test_prefect_is_configured_before_it_is_imported(args, tmp_path):
+    # a folder of its own: in the repository root a user's `make run` leaves a cached run, which
+    # `compalign run` answers without setting anything up
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
     env = {**os.environ, "PREFECT_API_URL": "http://127.0.0.1:9/api"}
     result = subprocess.run(
         [str(BIN / "python"), "-c", BEFORE_SETUP, *args],
-        cwd=ROOT,
+        cwd=tmp_path,
         env=env,
         capture_output=True,
         text=True,
@@ -288,3 +292,64 @@ def test_version_names_the_package_version_and_the_commit(tmp_path):
     ).stdout.strip()
     assert result.output.startswith(f"compalign {version('compalign')} (git {head}")
     assert _checkout_commit(tmp_path) is None  # not a checkout: the version alone
+
+
+HELP_CHECK = """
+import sys
+from flows.entry import main
+
+sys.argv = ["compalign", *sys.argv[1:]]
+try:
+    main()
+except SystemExit:
+    pass
+print("torch imported" if "torch" in sys.modules else "torch not imported", file=sys.stderr)
+"""
+
+
+COMMANDS = ("run", "populations", "reproduce", "audit", "stage", "params", "init", "serve")
+
+
+@pytest.mark.parametrize("args", [["--help"], [], *([command, "--help"] for command in COMMANDS)])
+def test_help_answers_without_importing_torch(args, tmp_path):
+    """Help is answered by typer and the CLI module alone: no torch (nor the params models,
+    which import the method registries), so it prints at once; no type placeholders."""
+    result = subprocess.run(
+        [str(BIN / "python"), "-c", HELP_CHECK, *args],
+        cwd=tmp_path,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.stderr.strip().splitlines()[-1] == "torch not imported", result.stderr
+    shown = result.stdout + result.stderr  # no arguments: the help, on stderr
+    assert "Usage: compalign" in shown
+    assert not re.search(r"<(bool|str|int|path|list\[str\])>", shown), shown  # type placeholders
+    assert "..." not in shown.replace("COMMAND [ARGS]...", "") and "…" not in shown  # not cut
+    if args[:1] == ["audit"]:  # the example rule is printed whole
+        assert "mismatches_ref_correct_ci_high<=20" in shown
+
+
+def test_init_writes_the_defaults_once_and_params_prints_them_without_a_file(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from compalign.config import Params, load_params, params_yaml
+    from compalign.errors import UserError
+    from flows.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    shown = runner.invoke(app, ["params"])  # no params.yaml here: the defaults
+    assert shown.exit_code == 0, shown.output
+    assert shown.output == params_yaml()
+    created = runner.invoke(app, ["init"])
+    assert created.exit_code == 0, created.output
+    assert (tmp_path / "params.yaml").read_text() == params_yaml()
+    assert load_params(tmp_path / "params.yaml") == Params()
+    (tmp_path / "params.yaml").write_text("run:\n  experiment: mine\n")
+    again = runner.invoke(app, ["init"])  # never overwritten
+    assert isinstance(again.exception, UserError) and "exists" in str(again.exception)
+    assert (tmp_path / "params.yaml").read_text() == "run:\n  experiment: mine\n"
+    assert "experiment: mine" in runner.invoke(app, ["params"]).output
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["params.yaml"]

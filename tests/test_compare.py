@@ -3,6 +3,8 @@ them, audited against a reference on a tiny image folder."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -19,9 +21,10 @@ FAST = {
     "figure_examples": 2,
     "latency_warmup": 0,
     "latency_repeats": 1,
-    "latency_batch_sizes": [1],
+    "latency_batch_sizes": [1, 4],
 }
 INPUT_32 = {"resize": 32, "centre_crop": 32}
+STEPS = []  # the progress of the module's comparison: (done, total, step)
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +41,8 @@ def comparison(byom, byom_test_split):
         reference2=str(byom["model.pt2"]),
         class_names=manifest["class_names"],
         transform=INPUT_32,
+        fail_on=["mismatches<=0", "accuracy_change>=-1"],
+        progress=lambda *step: STEPS.append(step),
         **FAST,
     )
 
@@ -94,6 +99,46 @@ def test_costs_where_the_format_allows(comparison, byom):
     assert summary.loc["onnx", "params_total"] > 11_000_000  # from its initializers
     assert summary.loc["reference", "size_bytes"] == byom["state.pt"].stat().st_size
     assert (summary["latency_ms_b1"] > 0).all()
+
+
+def test_a_fixed_batch_onnx_model_is_timed_at_its_batch_and_labelled(comparison, tmp_path):
+    """The ONNX export takes batch 2 only: its batch-4 latency is two real batch-2 calls,
+    labelled so on the page; the other models ran a real batch of 4."""
+    summary = comparison.summary.set_index("name")
+    assert summary.loc["onnx", "latency_fixed_batch"] == 2
+    assert summary.loc["onnx", "latency_ms_b4"] == pytest.approx(
+        2 * summary.loc["onnx", "latency_ms_b1"]
+    )
+    assert summary.drop(index="onnx")["latency_fixed_batch"].isna().all()
+    page = comparison.to_html(tmp_path / "page.html").read_text()
+    assert ", batch 2 x 2</td>" in page and ", batch 2 x 1</td>" in page
+    assert page.count("batch 2 x") == 2  # the onnx row only
+
+
+def test_the_gate_checks_every_rule_on_every_candidate(comparison, tmp_path):
+    found = [(v.candidate, v.rule.metric, v.passed) for v in comparison.verdicts]
+    assert found == [
+        ("same", "mismatches", True),
+        ("same", "accuracy_change", True),
+        ("swapped", "mismatches", False),
+        ("swapped", "accuracy_change", True),
+        ("onnx", "mismatches", True),
+        ("onnx", "accuracy_change", True),
+    ]
+    written = comparison.write(tmp_path / "gate")
+    assert len(json.loads(written["gate"].read_text())) == 6
+
+
+def test_progress_is_a_step_per_model_and_metric_then_costs():
+    from compalign.audit.metrics import METRICS
+    from compalign.compare import comparison_steps
+
+    total = comparison_steps(5)
+    assert [step[:2] for step in STEPS] == [(done, total) for done in range(total + 1)]
+    texts = [step[2] for step in STEPS]
+    assert texts[0].startswith("reference: predictions")
+    assert texts[1 : 1 + len(METRICS)] == [f"reference: {name}" for name in METRICS]
+    assert texts[-2] == "onnx: costs (size, latency)" and texts[-1] == "done"
 
 
 def test_writes_tables_and_a_page(comparison, tmp_path):

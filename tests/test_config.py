@@ -21,6 +21,30 @@ def test_params_yaml_spells_out_every_key():
     assert Params.model_validate(raw).flat().keys() == dict(_flatten(raw)).keys()
 
 
+def test_params_yaml_is_what_compalign_init_writes():
+    """The shipped params.yaml is generated from the models (`compalign init`): the same keys,
+    values and comments, so neither can drift from the code. Regenerate it with
+    `python -c "from compalign.config import params_yaml; open('params.yaml', 'w').write(params_yaml())"`."""
+    from compalign.config import params_yaml
+
+    assert (ROOT / "params.yaml").read_text() == params_yaml()
+
+
+def test_every_setting_has_a_description():
+    """Each key's comment in params.yaml is its field's docstring: a new setting without one
+    would be written uncommented."""
+    from pydantic import BaseModel
+
+    def undocumented(model, prefix=""):
+        for key, field in model.model_fields.items():
+            if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+                yield from undocumented(field.annotation, f"{prefix}{key}.")
+            elif not field.description:
+                yield prefix + key
+
+    assert list(undocumented(Params)) == []
+
+
 def test_tiny_profile_is_valid():
     params = load_params(TINY)
     assert params.data.limit == 200 and params.run.experiment == "tiny"

@@ -104,15 +104,70 @@ def test_measure_latency_all_model_kinds():
         "float16": to_half(model),
         "bfloat16": to_half(model, torch.bfloat16),
     }
+    spread = {f"latency_ms_b{size}_{end}" for size in (1, 64) for end in ("p10", "p90")}
+    context = {"latency_threads", "latency_load", "latency_cores"}
     for kind, candidate in kinds.items():
         result = measure_latency(candidate, example, warmup=1, repeats=3)
-        assert set(result) == {"latency_ms_b1", "latency_ms_b64", "latency_threads"}, kind
+        assert set(result) == {"latency_ms_b1", "latency_ms_b64", *spread, *context}, kind
         assert result["latency_ms_b1"] > 0 and result["latency_ms_b64"] > 0, kind
+        for size in (1, 64):  # the median lies within its spread
+            low, high = result[f"latency_ms_b{size}_p10"], result[f"latency_ms_b{size}_p90"]
+            assert low <= result[f"latency_ms_b{size}"] <= high, kind
         assert result["latency_threads"] == torch.get_num_threads()
     assert prune.is_pruned(masked) and hasattr(masked[0], "weight_mask")
     assert set(measure_latency(model, example, batch_sizes=(2,), repeats=1)) == {
         "latency_ms_b2",
-        "latency_threads",
+        "latency_ms_b2_p10",
+        "latency_ms_b2_p90",
+        *context,
     }
     with pytest.raises(ValueError, match=r"\[1, C, H, W\]"):
         measure_latency(model, torch.randn(4, 1, 8, 8))
+
+
+def test_a_fixed_batch_model_is_timed_at_its_batch_and_labelled():
+    """A model that only takes batch 1 is called once per timed pass at batch 1: its batch-64
+    latency is 64 times that, labelled "batch 1 x 64" (never 64 chunked calls timed as one
+    batch); a model without a fixed batch gets no label."""
+    from compalign.costs import batching_label, time_forward
+
+    seen = []
+
+    def forward(images):
+        seen.append(len(images))
+        return images.flatten(1)[:, :3]
+
+    example = torch.zeros(1, 1, 4, 4)
+    result = time_forward(forward, example, (1, 64), warmup=1, repeats=4, fixed_batch=1)
+    assert set(seen) == {1} and len(seen) == 5  # timed once, at batch 1 (1 warm-up, 4 passes)
+    assert result["latency_ms_b64"] == pytest.approx(64 * result["latency_ms_b1"])
+    assert result["latency_ms_b64_p90"] == pytest.approx(64 * result["latency_ms_b1_p90"])
+    assert batching_label(result, 64) == "batch 1 x 64"
+    assert batching_label(result, 1) == ""
+    assert batching_label(time_forward(forward, example, (64,), 0, 1), 64) == ""
+    two = time_forward(forward, example, (1, 5), warmup=0, repeats=1, fixed_batch=2)
+    assert batching_label(two, 1) == "batch 2 x 1" and batching_label(two, 5) == "batch 2 x 3"
+
+
+def test_latency_under_load_is_unreliable():
+    from compalign.costs import unreliable
+
+    assert unreliable({"latency_load": 3.2, "latency_cores": 2})
+    assert not unreliable({"latency_load": 1.9, "latency_cores": 2})
+    assert not unreliable({"latency_load": float("nan"), "latency_cores": 2})
+
+
+def test_compiled_latency_is_time_boxed_and_says_why_it_is_missing(tmp_path):
+    """The compile child is killed at its time limit, and a model it cannot load or compile
+    gives the reason (the audit shows it beside the eager latency)."""
+    from compalign.checkpoint import save_checkpoint
+    from compalign.costs import compiled_latency
+
+    architecture = {"name": "small_cnn", "num_classes": 10, "in_channels": 1, "image_size": 8}
+    model = quantize_dynamic(build_model(**architecture).eval())
+    save_checkpoint(model, architecture, tmp_path / "int8", kind="quantize_dynamic", options={})
+    example = torch.randn(1, 1, 8, 8)
+    found, why = compiled_latency(str(tmp_path / "int8"), example, [1], 0, 1, timeout_s=0.5)
+    assert found == {} and why == "not compiled within 0.5 s"
+    found, why = compiled_latency(str(tmp_path / "nothing"), example, [1], 0, 1, timeout_s=120)
+    assert found == {} and why.startswith("torch.compile failed: ") and "nothing" in why

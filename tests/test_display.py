@@ -120,3 +120,39 @@ def test_run_logs_reach_the_console_only_when_verbose(prefect_server):
         assert handler.filter(record)
     assert handler.filter(record)  # left as it was
     publish_progress("planned", count=1)  # no display listens any more: nothing happens
+
+
+def _step(display: FlowDisplay, done: int, total: int, step: str) -> None:
+    fields = {"task_run_id": "audit", "name": "audit models int8", "what": "audit"}
+    display._on_event("step", {**fields, "done": done, "total": total, "step": step})
+
+
+def test_plain_output_of_a_task_with_steps_is_a_line_per_step_and_a_heartbeat(capsys):
+    """The audit's steps on a pipe: one line each; a step still running HEARTBEAT_S after the
+    last line gets another (so a pipe sees a line at least every 30 s), none once it is done."""
+    from flows.display import HEARTBEAT_S
+
+    with FlowDisplay(console=Console(file=io.StringIO())) as display:
+        _step(display, 0, 3, "reference: predictions")
+        _step(display, 1, 3, "reference: attribution")
+        display.beat(display._last_line + HEARTBEAT_S - 1)  # not yet
+        display.beat(display._last_line + HEARTBEAT_S)
+        _step(display, 2, 3, "int8: costs")
+        _step(display, 3, 3, "done")
+        display.beat(display._last_line + 10 * HEARTBEAT_S)  # nothing runs: silent
+    lines = [line.rsplit(" (", 1)[0] for line in capsys.readouterr().err.splitlines()[1:]]
+    assert lines == [
+        "audit 1/3: reference: predictions",
+        "audit 2/3: reference: attribution",
+        "audit: still reference: attribution (20 s on it)".replace("20", f"{HEARTBEAT_S:.0f}"),
+        "audit 3/3: int8: costs",
+    ]
+
+
+def test_live_display_shows_a_task_s_steps_on_its_bar():
+    console = Console(file=io.StringIO(), force_terminal=True, width=100)
+    with FlowDisplay(console=console) as display:
+        _step(display, 4, 40, "int8: attribution")
+        [row] = [task for task in display._progress.tasks if task.description.strip() != "tasks"]
+        assert (row.completed, row.total) == (4, 40)
+        assert row.fields["status"] == "audit: int8: attribution"

@@ -45,3 +45,35 @@ def test_each_failing_candidate_is_one_line_with_value_and_bound():
 def test_an_unknown_metric_is_a_user_error_with_a_suggestion():
     with pytest.raises(UserError, match="unknown metric 'mismatch'.*mismatches"):
         check_rules([parse_rule("mismatch<=1")], {"int8": {"mismatches": 0.0}})
+
+
+def test_verdicts_are_every_rule_on_every_candidate_passing_ones_too():
+    from compalign.gate import gate_status, verdicts
+
+    metrics = {
+        "int8": {"mismatches": 3.0, "ece_change": 0.01},
+        "pruned": {"mismatches": 25.0, "ece_change": math.nan},
+    }
+    rules = [parse_rule("mismatches<=20"), parse_rule("ece_change<=0.02")]
+    found = verdicts(rules, metrics)
+    assert [v.line() for v in found] == [
+        "PASSED int8: mismatches = 3, bound <= 20",
+        "PASSED int8: ece_change = 0.01, bound <= 0.02",
+        "FAILED pruned: mismatches = 25, bound <= 20",
+        "FAILED pruned: ece_change = not measured, bound <= 0.02",
+    ]
+    # the failed ones word for word as check_rules prints them
+    assert [v.line() for v in found if not v.passed] == check_rules(rules, metrics)
+    assert found[0].record() == {
+        "candidate": "int8",
+        "rule": "mismatches<=20",
+        "metric": "mismatches",
+        "value": 3.0,
+        "operator": "<=",
+        "bound": 20.0,
+        "passed": True,
+    }
+    assert gate_status(found) == "failed" and gate_status(found, "int8") == "passed"
+    assert gate_status([]) == "no rules"
+    with pytest.raises(UserError, match="unknown metric"):
+        verdicts([parse_rule("mismatch<=1")], metrics)

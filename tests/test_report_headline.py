@@ -121,3 +121,64 @@ def test_a_summary_without_losses_has_a_headline_per_model():
     assert fewest_mismatches_per_loss(frame) == {}
     text = headline_markdown(frame, "models you bring")
     assert "| magnitude_global-0.9-kd | – | 0.8200 |" in text
+
+
+def test_the_audit_headline_speaks_of_candidates_and_the_gate_with_specs_as_code():
+    """The audit's headline (Prefect artifact, MLflow description): per candidate what it
+    changed and its gate result, then every rule; a spec's `@` never becomes a mail link."""
+    from compalign.gate import parse_rule, verdicts
+    from compalign.report.headline import audit_headline
+
+    frame = pd.DataFrame(
+        [
+            {
+                "name": "reference",
+                "role": "reference",
+                "spec": "torchvision:resnet18@w.pt",
+                "accuracy": 0.98,
+            },
+            {
+                "name": "reference2",
+                "role": "reference2",
+                "spec": "torchvision:resnet18@w1.pt",
+                "accuracy": 0.97,
+                "mismatches": 10.0,
+                "mismatches_ci_low": 5.0,
+                "mismatches_ci_high": 16.0,
+            },
+            {
+                "name": "int8",
+                "role": "candidate",
+                "spec": "int8.onnx",
+                "accuracy": 0.98,
+                "accuracy_change": 0.0,
+                "mismatches": 0.0,
+                "mismatches_ref_correct": 0.0,
+            },
+            {
+                "name": "pruned",
+                "role": "candidate",
+                "spec": "p.pt2",
+                "accuracy": 0.9,
+                "accuracy_change": -0.08,
+                "mismatches": 39.0,
+                "mismatches_ref_correct": 34.0,
+            },
+        ]
+    )
+    found = verdicts(
+        [parse_rule("mismatches<=20")],
+        {"int8": {"mismatches": 0.0}, "pruned": {"mismatches": 39.0}},
+    )
+    text = audit_headline(frame, "digits: against torchvision:resnet18@w.pt", found)
+    assert text.startswith("## digits: against `torchvision:resnet18@w.pt`\n")
+    assert "@" not in text.replace("`torchvision:resnet18@w.pt`", "").replace(
+        "`torchvision:resnet18@w1.pt`", ""
+    )
+    assert "per loss" not in text and "| loss |" not in text
+    assert "Noise floor" in text and "10 [5, 16]" in text
+    assert "| `int8` | 0.9800 | +0.0000 | 0 | 0 | passed |" in text
+    assert "| `pruned` | 0.9000 | -0.0800 | 39 | 34 | **FAILED** |" in text
+    assert "**Release gate: failed** (1 rule on 2 candidates; failed: `pruned`)." in text
+    assert "| `pruned` | `mismatches` | 39 | <= 20 | **FAILED** |" in text
+    assert "Release gate" not in audit_headline(frame, "t", [])

@@ -359,3 +359,88 @@ def test_compare_page_has_a_card_per_candidate_flagged_above_the_noise_floor(tmp
     assert page.count('<div class="card flag">') == 1  # only the candidate above the floor
     assert "&lt;pruned&gt;" in page and "<pruned>" not in page  # escaped
     assert "noise floor (reference2)" in page and "<script" not in page
+
+
+def _audit_summary() -> pd.DataFrame:
+    def row(name, role, accuracy, mismatches, **extra):
+        return {
+            "name": name,
+            "role": role,
+            "source": "onnx" if name == "int8" else "torchvision",
+            "spec": f"{name}.onnx" if name == "int8" else f"torchvision:resnet18@{name}.pt",
+            "sha256": "ab" * 32,
+            "accuracy": accuracy,
+            "accuracy_change": accuracy - 0.98 if role != "reference" else math.nan,
+            "mismatches": mismatches,
+            "mismatches_ci_low": mismatches - 2 if mismatches == mismatches else math.nan,
+            "mismatches_ci_high": mismatches + 3 if mismatches == mismatches else math.nan,
+            "mismatches_ref_correct": mismatches,
+            "ece_change": -0.0008794 if role != "reference" else math.nan,
+            "worst_class_recall_change": -0.5 if name == "pruned" else 0.0,
+            "params_total": 11_181_642.0,
+            "latency_ms_b1": 17.0 if name == "int8" else 20.0,
+            "latency_ms_b1_p10": 16.0,
+            "latency_ms_b1_p90": 19.0,
+            "latency_ms_b64": 1088.0 if name == "int8" else 220.0,
+            "latency_ms_b64_p10": 1024.0 if name == "int8" else 210.0,
+            "latency_ms_b64_p90": 1216.0 if name == "int8" else 240.0,
+            "latency_fixed_batch": 1.0 if name == "int8" else math.nan,
+            "latency_load": 3.4,
+            "latency_cores": 2.0,
+            "latency_threads": 2.0,
+            **extra,
+        }
+
+    frame = pd.DataFrame(
+        [
+            row("reference", "reference", 0.98, math.nan),
+            row("int8", "candidate", 0.98, 0.0),
+            row("pruned", "candidate", 0.9, 39.0, attribution_agreement=0.9651),
+        ]
+    )
+    for column in ("latency_ms_b1", "latency_ms_b64"):
+        frame[f"{column}_ratio"] = frame[column] / frame[column].iloc[0]
+    return frame
+
+
+def test_the_audit_page_shows_the_gate_metrics_first_and_labelled_costs(tmp_path):
+    from compalign.gate import parse_rule, verdicts
+    from compalign.report.html import compare_report
+
+    summary = _audit_summary()
+    found = verdicts(
+        [parse_rule("mismatches<=20"), parse_rule("worst_class_recall_change>=-0.05")],
+        {name: summary.set_index("name").loc[name].to_dict() for name in ("int8", "pruned")},
+    )
+    metrics = {name: {"recall_change.zero": -0.1} for name in summary["name"]}
+    page = compare_report(
+        summary,
+        metrics,
+        CLASSES,
+        tmp_path / "page.html",
+        "digits: what the candidates changed",
+        attribution_pngs={"pruned": figure_png(Figure(figsize=(1, 1)))},
+        verdicts=found,
+    ).read_text()
+    # the gate on the cards: green for int8, red for pruned, every rule with value and bound
+    assert '<div class="card pass">' in page and '<div class="card fail">' in page
+    assert page.count("gate passed") == 1 and page.count("gate failed") == 1
+    assert "<td>39 &lt;= 20</td>" in page and "<td>-0.500 &gt;= -0.05</td>" in page
+    # the card's latency says how it was timed and that the load made it unreliable
+    assert "<dd>×4.95 (batch 1 x 64, unreliable: load)</dd>" in page
+    assert "<h2>Release gate</h2>" in page and page.count("FAILED") == 4  # cards and table
+    assert "attribution agreement ρ</dt><dd>0.965</dd>" in page
+    # one format per kind of number: accuracy 4 decimals, changes signed, ECE Δ 3 decimals
+    assert "<dd>-0.0800</dd>" in page and "<dd>-0.001</dd>" in page and "0.0008794" not in page
+    # sections with nothing to show are left out; the maps are folded
+    assert "Accuracy gap between groups" not in page
+    assert "<details><summary>pruned: mean ρ 0.965</summary>" in page
+    # costs: a fixed-batch model's batch 64 labelled, the spread shown, the load flagged
+    assert "1,088.00 (1,024.00–1,216.00), batch 1 x 64" in page
+    assert "3.4 on 2 cores: unreliable" in page and "Unreliable latency" in page
+    # the comparison table: metrics first, the files' digests last
+    metrics_table = page.index("<h3>Metrics</h3>")
+    files_table = page.index("<h3>Model files</h3>")
+    assert metrics_table < files_table and page.index("ab" * 32) > files_table
+    header = page[metrics_table : page.index("</tr>", metrics_table)]
+    assert header.index(">accuracy<") < header.index(">mismatches<") and "sha256" not in header

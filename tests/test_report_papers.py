@@ -79,11 +79,23 @@ def test_joseph_opens_with_what_was_run_then_the_rules_then_the_verdicts(tmp_pat
         "mismatches_vs_sparsity.png",
     } <= names
     readme = (tmp_path / "README.md").read_text()
-    run, rules, findings = (readme.index(s) for s in ("## What was run", "## The rules", "## Findings"))
+    run, rules, findings = (
+        readme.index(s) for s in ("## What was run", "## The rules", "## Findings")
+    )
     assert run < rules < findings
-    for fact in ("digits, 8x8", "450", "small_cnn", "reference 30 epochs", "3 training seeds",
-                 "profiles/joseph-cpu.yaml", "commit abc", "torch 2.14.1", "AVX512", "10.0 min",
-                 "CIFAR-10"):
+    for fact in (
+        "digits, 8x8",
+        "450",
+        "small_cnn",
+        "reference 30 epochs",
+        "3 training seeds",
+        "profiles/joseph-cpu.yaml",
+        "commit abc",
+        "torch 2.14.1",
+        "AVX512",
+        "10.0 min",
+        "CIFAR-10",
+    ):
         assert fact in readme.split("## The rules")[0], fact
     assert "Holm over every (compressor, level) cell" in readme
     direction, size = report.judged[0], report.judged[1]
@@ -114,8 +126,7 @@ def test_joseph_with_label_preserving_identical_to_ce_holds_nothing(tmp_path, jo
     )
     report = paper_reports.joseph(joseph_summary(same), same, tmp_path, record("joseph"))
     assert all(
-        "**did not hold**" in verdict or "**not judged**" in verdict
-        for verdict in report.verdicts
+        "**did not hold**" in verdict or "**not judged**" in verdict for verdict in report.verdicts
     )
 
 
@@ -127,13 +138,23 @@ def test_joseph_with_one_seed_judges_nothing(tmp_path):
 
 
 def meyer_inputs(evidence: SeedRunsEvidence):
-    rows, metrics = [], {"reference": {"group.rare.0.accuracy": 0.99, "group.rare.1.accuracy": 0.97}}
+    rows, metrics = (
+        [],
+        {"reference": {"group.rare.0.accuracy": 0.99, "group.rare.1.accuracy": 0.97}},
+    )
     for seed in evidence.seeds:
         for compressor, level, loss in evidence.models:
             name = f"{compressor}-{level}-{loss}@seed{seed}"
             rows.append(
-                {"seed": seed, "name": name, "role": "compressed", "compressor": compressor,
-                 "sparsity": level, "loss": loss, "accuracy": 0.95}
+                {
+                    "seed": seed,
+                    "name": name,
+                    "role": "compressed",
+                    "compressor": compressor,
+                    "sparsity": level,
+                    "loss": loss,
+                    "accuracy": 0.95,
+                }
             )
             metrics[name] = {
                 "group.rare.0.accuracy": 0.98,
@@ -150,11 +171,24 @@ def test_meyer_judges_the_gap_auroc_and_accuracy_beside_the_floor(tmp_path):
     summary, metrics = meyer_inputs(evidence)
     report = paper_reports.meyer(summary, metrics, evidence, "rare", tmp_path, record("meyer"))
     names = {path.name for path in report.write(tmp_path)}
-    assert {"gap.csv", "premise.csv", "accuracy.csv", "auroc_gap.csv", "class_auroc.csv",
-            "mismatches.csv", "groups.csv", "README.md"} <= names
+    assert {
+        "gap.csv",
+        "premise.csv",
+        "accuracy.csv",
+        "auroc_gap.csv",
+        "class_auroc.csv",
+        "mismatches.csv",
+        "groups.csv",
+        "README.md",
+    } <= names
     keys = [verdict.rule.key for verdict in report.judged]
-    assert keys == ["meyer.gap", "meyer.premise", "meyer.accuracy", "meyer.auroc_gap",
-                    "meyer.class_auroc"]
+    assert keys == [
+        "meyer.gap",
+        "meyer.premise",
+        "meyer.accuracy",
+        "meyer.auroc_gap",
+        "meyer.class_auroc",
+    ]
     assert report.judged[0].held  # pw loses a fifth of ce's margin: a smaller gap
     readme = (tmp_path / "README.md").read_text()
     assert "AUROC" in readme.split("## Findings")[1] and "disagree on" in readme
@@ -173,20 +207,35 @@ def test_hooker_shows_the_floor_and_judges_by_permutation(tmp_path):
         }
     )
     impact = pd.DataFrame(
-        {"level": [0.9], "class": ["0"], "change": [-0.1], "t": [5.0], "p": [0.001],
-         "p_adjusted": [0.04], "impacted": [True], "direction": ["worse"]}
+        {
+            "level": [0.9],
+            "class": ["0"],
+            "change": [-0.1],
+            "t": [5.0],
+            "p": [0.001],
+            "p_adjusted": [0.04],
+            "impacted": [True],
+            "direction": ["worse"],
+        }
     )
     report = paper_reports.hooker(
         pruning, impact, {}, evidence, tmp_path, record("hooker"), protocol="from_scratch"
     )
     names = {path.name for path in report.write(tmp_path)}
-    assert {"pies_by_sparsity.csv", "quantization_vs_pruning.csv", "impacted_classes.csv",
-            "pies_vs_sparsity.png"} <= names
+    assert {
+        "pies_by_sparsity.csv",
+        "quantization_vs_pruning.csv",
+        "impacted_classes.csv",
+        "pies_vs_sparsity.png",
+    } <= names
     table = pd.read_csv(tmp_path / "pies_by_sparsity.csv")
     assert table.population.iloc[0] == "second dense (noise floor)"
     assert list(table["paper ImageNet top-1 (ResNet-50)"])[1:] == [76.46, 75.87, 75.02, 72.57]
-    assert [v.rule.key for v in report.judged] == ["hooker.pies", "hooker.classes",
-                                                   "hooker.quantization"]
+    assert [v.rule.key for v in report.judged] == [
+        "hooker.pies",
+        "hooker.classes",
+        "hooker.quantization",
+    ]
     assert report.judged[0].held and "permutation p" in report.judged[0].detail
     assert "**not judged** (true by construction" in report.verdicts[-1]
     quantized = pd.read_csv(tmp_path / "quantization_vs_pruning.csv")

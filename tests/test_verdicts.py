@@ -231,6 +231,8 @@ def test_a_rule_without_power_does_not_say_did_not_hold():
 
 def test_hooker_rules_see_pruning_that_flips_examples():
     design = simulate.HookerDesign()
-    with_effect = judge_hooker(simulate.hooker_draw(design, np.random.default_rng(4), True), permutations=200)
+    with_effect = judge_hooker(
+        simulate.hooker_draw(design, np.random.default_rng(4), True), permutations=200
+    )
     assert with_effect[0].status == HELD and with_effect[2].status == HELD
     assert "floor" in with_effect[0].detail

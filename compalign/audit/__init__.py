@@ -7,6 +7,7 @@ Prefect nor MLflow. compalign.audit.stats holds the statistics the metrics are b
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,10 +61,13 @@ def write_outputs(outputs: dict[str, Any], directory: str | Path) -> None:
             value(path)
 
 
-def audit(inputs: AuditInputs) -> AuditResult:
-    """Run every registered metric on `inputs`, in registry order."""
+def audit(inputs: AuditInputs, on_metric: Callable[[str], None] | None = None) -> AuditResult:
+    """Run every registered metric on `inputs`, in registry order; `on_metric(name)` is called
+    as each starts (progress reports)."""
     metrics: dict[str, float] = {}
-    for entry in METRICS.values():
+    for name, entry in METRICS.items():
+        if on_metric is not None:
+            on_metric(name)
         metrics.update(entry.compute(inputs))
     table = inputs.table if inputs.compared else inputs.frame
     return AuditResult(metrics, table, inputs.outputs)

@@ -28,9 +28,13 @@ class AuditSettings(Options):
     """Audit options every metric may use: how predictions are made and resampled."""
 
     batch_size: Annotated[int, Field(ge=1)] = 512
-    seed: Seed = 0  # bootstrap resamples and the attribution sample
+    """examples per forward pass of the audit"""
+    seed: Seed = 0
+    """bootstrap resamples and the attribution sample"""
     bootstrap_samples: Annotated[int, Field(ge=100, le=100_000)] = 1000
+    """resamples of the test split for each interval"""
     confidence_level: Annotated[float, Field(gt=0.5, lt=1.0)] = 0.95
+    """of every interval"""
 
 
 @dataclass

@@ -39,9 +39,14 @@ class GradualOptions(Options):
     follows Hooker et al.'s flags scaled to the run (`HOOKER_SCHEDULE`)."""
 
     initial_sparsity: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    """the sparsity the schedule starts from"""
     start_step: Annotated[int, Field(ge=0)] | None = None
+    """schedule in steps; null: fine-tuning prunes from 0 to 60% of its steps (10 updates),
+    training from scratch at Hooker et al.'s 5/32..8/32, every 1/64"""
     end_step: Annotated[int, Field(ge=1)] | None = None
+    """the step the final sparsity is reached at (null: see start_step)"""
     frequency: Annotated[int, Field(ge=1)] | None = None
+    """steps between mask updates (null: see start_step)"""
 
 
 def gradual_sparsity(

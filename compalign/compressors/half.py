@@ -16,6 +16,7 @@ class HalfOptions(Options):
     """Half-precision weights."""
 
     dtype: Literal["float16", "bfloat16"] = "bfloat16"
+    """bfloat16 | float16 (float16 is very slow on CPUs without native support)"""
 
 
 def half(model: nn.Module, level, options: HalfOptions, calibration) -> nn.Module:

@@ -20,6 +20,7 @@ class QuantizeDynamicOptions(Options):
     # torchao: per-row int8 weights and activations. eager: torch.ao.quantization.quantize_dynamic
     # (deprecated by PyTorch; per-tensor), which reproduces results made before the switch.
     backend: Literal["torchao", "eager"] = "torchao"
+    """torchao (quantize_, per-row int8) | eager (deprecated torch.ao quantize_dynamic)"""
 
 
 def quantize_dynamic(

@@ -21,9 +21,10 @@ class QuantizeStaticOptions(Options):
     # PyTorch has deprecated and plans to remove (pytorch/ao#2259); kept as an optional fallback
     # that reproduces results made before the switch.
     backend: Literal["pt2e", "fx"] = "pt2e"
-    # conv and linear layers (module names) kept in float, e.g. those `compalign search
-    # --method quantize_static` chose; empty: every layer int8
+    """pt2e (torch.export + torchao) | fx (deprecated FX graph mode: the fallback)"""
     float_layers: list[str] = Field(default_factory=list)
+    """conv and linear layers (module names) kept in float, e.g. those `compalign search --method
+    quantize_static` chose; empty: every layer int8"""
 
 
 def quantize_static(

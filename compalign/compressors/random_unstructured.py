@@ -15,6 +15,7 @@ class RandomOptions(Options):
     """Random unstructured pruning (the baseline)."""
 
     seed: Seed = 0
+    """which weights are zeroed"""
 
 
 def random_unstructured(model: nn.Module, sparsity: float, options, calibration) -> nn.Module:

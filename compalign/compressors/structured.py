@@ -33,9 +33,12 @@ class StructuredOptions(Options):
     """Channel pruning with physical removal; `compress.sparsities` are fractions of MACs removed."""
 
     importance: Literal["l1", "taylor"] = "l1"
+    """l1 | taylor (first-order, with each alignment loss, Meyer & Wong)"""
     global_pruning: bool = False
+    """rank channels across layers instead of within each layer"""
     # channel counts in multiples of this (faster CPU kernels; implies global thresholds)
     round_to: Annotated[int, Field(ge=2, le=64)] | None = None
+    """e.g. 8: channel counts in multiples of 8, faster on CPUs (global thresholds)"""
 
 
 # No group loses more than this fraction of its channels (and every group keeps at least one):

@@ -77,15 +77,21 @@ class TaylorIterativeOptions(Options):
     """The pruning run of Meyer & Wong (their scripts/helpers/cifar10_tests.sh values as
     defaults; `compress.sparsities` are fractions of conv FLOPs removed)."""
 
-    lr: Annotated[float, Field(gt=0.0)] = 0.01  # tay_lr
-    batch_size: Annotated[int, Field(ge=1)] = 128  # --batch_size of the pruning run
-    batches_between_prunes: Annotated[int, Field(ge=0)] = 4  # tay_batches
-    per_step: Annotated[int, Field(ge=1)] = 1  # tay_prunes_per_iter
-    # losses whose pruned model keeps the weights trained while pruning (their `taylor`); the
-    # others restart the kept filters from the reference's weights (their sw_taylor)
+    lr: Annotated[float, Field(gt=0.0)] = 0.01
+    """plain SGD between removals, on the alignment loss (their tay_lr)"""
+    batch_size: Annotated[int, Field(ge=1)] = 128
+    """examples per SGD step between removals"""
+    batches_between_prunes: Annotated[int, Field(ge=0)] = 4
+    """filters removed on every (n+1)-th batch (their tay_batches)"""
+    per_step: Annotated[int, Field(ge=1)] = 1
+    """filters removed each time (their tay_prunes_per_iter)"""
     keep_trained_for: list[str] = Field(default_factory=lambda: ["ce"])
-    augment: bool = False  # random crop + flip of the pruning batches (their CIFAR loader)
-    seed: Seed = 0  # the order of the pruning batches
+    """losses whose pruned model keeps the weights trained while pruning (their `taylor`); the
+    others restart the kept filters from the reference's weights (their sw_taylor)"""
+    augment: bool = False
+    """random crop + flip of the batches between removals"""
+    seed: Seed = 0
+    """the order of the batches"""
 
 
 # --------------------------------------------------------------------------------------------

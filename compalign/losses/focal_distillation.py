@@ -26,10 +26,15 @@ class FocalDistillationOptions(Options):
     (bench/losses.py choose)."""
 
     alpha: Annotated[float, Field(ge=0.0)] = 1.0
+    """every example's distillation weight"""
     beta: Annotated[float, Field(ge=0.0)] = 5.0
+    """added to the weight where the reference is right (the focus)"""
     temperature: Annotated[float, Field(gt=0.0)] = 100.0
+    """of the KL distance"""
     distance: Literal["kl", "logit_l2"] = "kl"
+    """kl (T^2 KL divergence, FD-KL) | logit_l2 (mean squared logit difference, FD-LM)"""
     distillation_weight: Annotated[float, Field(ge=0.0)] = 1.0
+    """lambda: the weighted distillation term against cross-entropy with the labels"""
 
 
 def focal_weights(

@@ -17,7 +17,9 @@ class KDOptions(Options):
     Tian et al. 2020, CRD)."""
 
     temperature: Annotated[float, Field(gt=0.0)] = 4.0
+    """softens both models' logits"""
     alpha: Annotated[float, Field(ge=0.0, le=1.0)] = 0.9
+    """weight of the distillation term (1 - alpha: cross-entropy)"""
 
 
 def knowledge_distillation(temperature: float, alpha: float) -> LossFn:

@@ -39,14 +39,24 @@ class LabelPreservingOptions(Options):
     """
 
     w_ce: Weight = 1.0
+    """cross-entropy with the labels"""
     w_kd: Weight = 1.0
+    """distillation: T^2 KL divergence from the reference's softened outputs"""
     w_logit: Weight = 0.1
+    """mean squared error between the logits"""
     w_mm: Weight = 1.0
+    """the mismatch term: cross-entropy with the reference's label where the two models' labels
+    differ"""
     temperature: Annotated[float, Field(gt=0.0)] = 4.0
+    """of the distillation term"""
     weighting: Literal["fixed", "softadapt"] = "fixed"
+    """fixed: the weights above throughout; softadapt: recomputed from the terms' rates of change"""
     softadapt_variant: Variant = "loss_weighted"
+    """SoftAdapt's variant: loss_weighted (the authors' recommendation), normalised or plain"""
     softadapt_beta: Annotated[float, Field(allow_inf_nan=False)] = 0.1
+    """SoftAdapt's beta: how much more weight the slowest-falling term gets"""
     softadapt_every: Annotated[int, Field(ge=1)] = 1
+    """epochs between two SoftAdapt weight updates"""
 
 
 def label_preserving_terms(

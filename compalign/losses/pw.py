@@ -18,7 +18,10 @@ class PerformanceWeightedOptions(Options):
     (m in [0.3, 0.95], gamma in [0.5, 5])."""
 
     gamma: Annotated[float, Field(ge=0.0)] = 5.0
+    """w_i = m + (1 - m)(1 - p_i)^gamma: how steeply an example the reference finds hard (low p_i,
+    its probability of the true class) gains weight"""
     m: Annotated[float, Field(ge=0.0, le=1.0)] = 0.75
+    """the smallest weight, of an example the reference is sure of"""
 
 
 def performance_weights(

@@ -8,6 +8,7 @@ pure pandas (no Prefect, MLflow or DVC here).
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import pandas as pd
@@ -138,4 +139,92 @@ def populations_headline(summary: pd.DataFrame, title: str) -> str:
             f"| {number(_finite(row['compressed_top1']), 4)} "
             f"| {number(_finite(row['impacted_classes']), 0)} |"
         )
+    return "\n".join(lines) + "\n"
+
+
+def code(text: Any) -> str:
+    """`text` as a Markdown code span: shown as it is (a model spec's `@` is no mail link, its
+    `_` no emphasis)."""
+    text = str(text)
+    fence = "``" if "`" in text else "`"
+    return f"{fence}{text}{fence}" if fence == "`" else f"{fence} {text} {fence}"
+
+
+def gate_markdown(verdicts: list[Any]) -> list[str]:
+    """The release gate as Markdown lines: a sentence per candidate, then every rule on every
+    candidate with the value it read, its bound and whether it holds (none: no lines)."""
+    if not verdicts:
+        return []
+    candidates = list(dict.fromkeys(v.candidate for v in verdicts))
+    passed = [name for name in candidates if all(v.passed for v in verdicts if v.candidate == name)]
+    rules = list(dict.fromkeys(str(v.rule) for v in verdicts))
+    failed = [name for name in candidates if name not in passed]
+    sentence = (
+        f"**Release gate: {'failed' if failed else 'passed'}** "
+        f"({len(rules)} rule{'s' if len(rules) != 1 else ''} on {len(candidates)} "
+        f"candidate{'s' if len(candidates) != 1 else ''}"
+        + (f"; failed: {', '.join(code(name) for name in failed)}" if failed else "")
+        + ")."
+    )
+    lines = [sentence, "", "| candidate | rule | value | bound | result |", "|---|---|--:|--:|---|"]
+    for verdict in verdicts:
+        lines.append(
+            f"| {code(verdict.candidate)} | {code(verdict.rule.metric)} | {verdict.shown} "
+            f"| {verdict.rule.operator} {verdict.rule.bound:g} "
+            f"| {'passed' if verdict.passed else '**FAILED**'} |"
+        )
+    return lines
+
+
+def audit_headline(summary: pd.DataFrame, title: str, verdicts: list[Any] | None = None) -> str:
+    """Markdown of an audit of models you bring: the reference's accuracy and the noise floor
+    (a second reference), per candidate what it changed (accuracy and its change, mismatches
+    and those where the reference is right, with their intervals) and its gate result, then
+    the release gate's every rule. Names and specs are code spans (no mail links)."""
+    verdicts = list(verdicts or [])
+    # a model spec in the title (torchvision:resnet18@weights.pt) as code: no mail link
+    lines = ["## " + re.sub(r"(\S*@\S*)", lambda found: code(found.group(1)), title), ""]
+    roles = summary["role"] if "role" in summary else pd.Series("candidate", index=summary.index)
+    reference = summary[roles == REFERENCE_ROLE]
+    if len(reference):
+        row = reference.iloc[0]
+        lines += [
+            f"Reference {code(row.get('spec', 'reference'))}: accuracy "
+            f"{number(_finite(row.get('accuracy')), 4)}.",
+            "",
+        ]
+    floor = summary[roles == "reference2"]
+    if len(floor):
+        lines += [
+            f"Noise floor: a second reference ({code(floor.iloc[0].get('spec', ''))}, retrained "
+            f"with another seed) differs from it on {_interval(floor.iloc[0], 'mismatches')} "
+            "test examples.",
+            "",
+        ]
+    candidates = summary[roles == "candidate"]
+    if not len(candidates):
+        return "\n".join(lines + ["No candidate in this audit."]) + "\n"
+    gate = bool(verdicts)
+    lines += [
+        "What each candidate changed (intervals: paired bootstrap 95%):",
+        "",
+        "| candidate | accuracy | Δ accuracy | mismatches | where the reference is right"
+        + (" | gate |" if gate else " |"),
+        "|---|--:|--:|--:|--:|" + ("---|" if gate else ""),
+    ]
+    for _, row in candidates.iterrows():
+        change = _finite(row.get("accuracy_change"))
+        cells = [
+            code(row.get("name", "model")),
+            number(_finite(row.get("accuracy")), 4),
+            "–" if math.isnan(change) else f"{change:+.4f}",
+            _interval(row, "mismatches"),
+            _interval(row, "mismatches_ref_correct"),
+        ]
+        if gate:
+            mine = [v for v in verdicts if v.candidate == row.get("name")]
+            cells.append("passed" if all(v.passed for v in mine) else "**FAILED**")
+        lines.append("| " + " | ".join(cells) + " |")
+    if gate:
+        lines += ["", *gate_markdown(verdicts)]
     return "\n".join(lines) + "\n"

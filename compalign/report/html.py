@@ -36,7 +36,7 @@ from compalign.report.figures import (
     recall_change_figure,
     top1_figure,
 )
-from compalign.report.values import cell_text, column_floats, reference_row, to_float
+from compalign.report.values import cell_text, column_floats, metric_text, reference_row, to_float
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _TEMPLATES = jinja2.Environment(
@@ -83,17 +83,28 @@ class _Page:
     def figure(self, figure: Figure, alt: str) -> None:
         self.image(figure_png(figure), alt)
 
-    def image(self, data: bytes, alt: str) -> None:
-        self._add("image", png_base64=base64.b64encode(data).decode("ascii"), alt=alt)
+    def image(self, data: bytes, alt: str, folded: str | None = None) -> None:
+        """A PNG; with `folded`, shut in a <details> element whose summary is that text."""
+        encoded = base64.b64encode(data).decode("ascii")
+        self._add("image", png_base64=encoded, alt=alt, folded=folded)
 
-    def table(self, frame: pd.DataFrame, highlight: Sequence[bool] | None = None) -> None:
-        """`frame` as an HTML table; rows where `highlight` is true are shaded."""
+    def table(
+        self,
+        frame: pd.DataFrame,
+        highlight: Sequence[bool] | None = None,
+        numbers: Sequence[str] = (),
+    ) -> None:
+        """`frame` as an HTML table; rows where `highlight` is true are shaded; `numbers` are
+        columns of numbers already formatted as text (right-aligned like numbers)."""
         if not len(frame.columns):
             self.note("The table is empty.")
             return
         text = [
-            not pd.api.types.is_numeric_dtype(frame[column])
-            or pd.api.types.is_bool_dtype(frame[column])
+            column not in numbers
+            and (
+                not pd.api.types.is_numeric_dtype(frame[column])
+                or pd.api.types.is_bool_dtype(frame[column])
+            )
             for column in frame.columns
         ]  # left-aligned: names, labels, flags
         head = [
@@ -422,36 +433,193 @@ def _interval(row: pd.Series, column: str) -> str:
         return "–"
     low, high = to_float(row.get(f"{column}_ci_low")), to_float(row.get(f"{column}_ci_high"))
     if not (math.isfinite(low) and math.isfinite(high)):
-        return cell_text(value)
-    return f"{cell_text(value)} [{cell_text(low)}, {cell_text(high)}]"
+        return metric_text(column, value)
+    return f"{metric_text(column, value)} [{metric_text(column, low)}, {metric_text(column, high)}]"
 
 
-def _card(row: pd.Series, with_floor: bool) -> dict[str, Any]:
-    """A candidate's card: accuracy change, mismatches with their interval, the noise floor.
-    Flagged when even the low end of its mismatches' interval is above the noise floor (or,
-    without a second reference, above zero)."""
-    change = to_float(row.get("accuracy_change"))
+def _latency_text(row: pd.Series, size: int) -> str:
+    """ "20.03 ms (19.8–21.3)", or with a fixed-batch model "1,165.00 ms (batch 1 x 64)"."""
+    from compalign.costs import batching_label
+
+    column = f"latency_ms_b{size}"
+    value = to_float(row.get(column))
+    if not math.isfinite(value):
+        return "–"
+    text = metric_text(column, value)
+    low, high = to_float(row.get(f"{column}_p10")), to_float(row.get(f"{column}_p90"))
+    if math.isfinite(low) and math.isfinite(high):
+        text += f" ({metric_text(column, low)}–{metric_text(column, high)})"
+    label = batching_label({"latency_fixed_batch": to_float(row.get("latency_fixed_batch"))}, size)
+    return f"{text}, {label}" if label else text
+
+
+def _verdict_value(verdict: Any) -> str:
+    """The value a rule read, in its metric's number format ("not measured" for NaN)."""
+    return (
+        verdict.shown
+        if math.isnan(verdict.value)
+        else metric_text(verdict.rule.metric, verdict.value)
+    )
+
+
+def _card(
+    row: pd.Series, with_floor: bool, verdicts: Sequence[Any], reference: pd.Series | None = None
+) -> dict[str, Any]:
+    """A candidate's card: the gate's verdict on it (each rule, its value and bound), accuracy
+    change, mismatches with their interval, the noise floor, the other headline numbers.
+    Red when a rule failed, green when every rule held; without rules, red when even the low
+    end of its mismatches' interval is above the noise floor (or, without a second reference,
+    above zero)."""
+    name = str(row["name"])
     rows = [
-        ["accuracy", cell_text(to_float(row.get("accuracy")))],
-        ["Δ accuracy", "–" if not math.isfinite(change) else f"{change:+.4f}"],
+        ["accuracy", metric_text("accuracy", row.get("accuracy"))],
+        ["Δ accuracy", metric_text("accuracy_change", row.get("accuracy_change"))],
         ["mismatches [95% CI]", _interval(row, "mismatches")],
         ["…reference right", _interval(row, "mismatches_ref_correct")],
     ]
     floor = to_float(row.get("noise_floor_mismatches"))
     if with_floor:
-        rows.append(["noise floor (reference2)", cell_text(floor)])
+        rows.append(["noise floor (reference2)", _interval(row, "noise_floor_mismatches")])
     rows += [
-        ["worst class Δ recall", cell_text(to_float(row.get("worst_class_recall_change")))],
-        ["ECE Δ", cell_text(to_float(row.get("ece_change")))],
+        [
+            "worst class Δ recall",
+            metric_text("worst_class_recall_change", row.get("worst_class_recall_change")),
+        ],
     ]
+    if math.isfinite(to_float(row.get("attribution_agreement"))):
+        rows.append(
+            [
+                "attribution agreement ρ",
+                metric_text("attribution_agreement", row.get("attribution_agreement")),
+            ]
+        )
+    rows.append(["ECE Δ", metric_text("ece_change", row.get("ece_change"))])
+    if math.isfinite(to_float(row.get("size_bytes_ratio"))):
+        rows.append(
+            ["size × reference", metric_text("size_bytes_ratio", row.get("size_bytes_ratio"))]
+        )
+    if math.isfinite(to_float(row.get("latency_ms_b64_ratio"))):
+        from compalign.costs import batching_label, unreliable
+
+        value = metric_text("latency_ms_b64_ratio", row.get("latency_ms_b64_ratio"))
+        fixed = {"latency_fixed_batch": to_float(row.get("latency_fixed_batch"))}
+        notes = [batching_label(fixed, 64)]
+        loads = [row] + ([reference] if reference is not None else [])
+        if any(
+            unreliable(
+                {
+                    "latency_load": to_float(timed.get("latency_load")),
+                    "latency_cores": to_float(timed.get("latency_cores")),
+                }
+            )
+            for timed in loads
+        ):
+            notes.append("unreliable: load")
+        shown = ", ".join(note for note in notes if note)
+        rows.append(["latency b64 × reference", f"{value} ({shown})" if shown else value])
     low = to_float(row.get("mismatches_ci_low"))
     bound = floor if with_floor and math.isfinite(floor) else 0.0
+    mine = [verdict for verdict in verdicts if verdict.candidate == name]
+    if mine:
+        status = "fail" if any(not verdict.passed for verdict in mine) else "pass"
+    else:
+        status = "flag" if math.isfinite(low) and low > bound else ""
+    gate = [
+        [
+            verdict.rule.metric,
+            f"{_verdict_value(verdict)} {verdict.rule.operator} {verdict.rule.bound:g}",
+            "passed" if verdict.passed else "FAILED",
+        ]
+        for verdict in mine
+    ]
     return {
-        "name": str(row["name"]),
+        "name": name,
         "spec": f"{row.get('source', '')}: {row.get('spec', '')}",
-        "flag": math.isfinite(low) and low > bound,
+        "status": status,
+        "gate": gate,
         "rows": rows,
     }
+
+
+# the comparison table's metric columns, in this order first (the rest of the summary's
+# metric columns follow); the models' files come last, in a table of their own
+LEADING = (
+    "name",
+    "role",
+    "accuracy",
+    "accuracy_change",
+    "mismatches",
+    "mismatches_ci_low",
+    "mismatches_ci_high",
+    "mismatches_ref_correct",
+    "mismatches_ref_correct_ci_low",
+    "mismatches_ref_correct_ci_high",
+    "noise_floor_mismatches",
+    "mismatches_above_noise_floor",
+    "worst_class_recall_change",
+    "attribution_agreement",
+    "ece",
+    "ece_change",
+)
+FILE_COLUMNS = ("name", "source", "spec", "sha256")
+
+
+def _formatted(frame: pd.DataFrame) -> pd.DataFrame:
+    """Every cell as text in its column's number format (compalign.report.values)."""
+    return pd.DataFrame(
+        {
+            column: [
+                value if column in ("name", "role") else metric_text(column, value)
+                for value in frame[column]
+            ]
+            for column in frame.columns
+        }
+    )
+
+
+def _costs_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """Each model's costs as text: counts, sizes, latency with its spread, load and batching,
+    compiled latency where measured, ratios to the reference."""
+    from compalign.costs import unreliable
+
+    sizes = sorted(
+        int(column.removeprefix("latency_ms_b"))
+        for column in summary.columns
+        if column.startswith("latency_ms_b") and column.removeprefix("latency_ms_b").isdigit()
+    )
+    rows = []
+    for _, row in summary.iterrows():
+        shown = {
+            "model": str(row["name"]),
+            "load (1 min)": "–",
+            "threads": metric_text("latency_threads", row.get("latency_threads")),
+            "parameters": metric_text("params_total", row.get("params_total")),
+            "nonzero": metric_text("params_nonzero", row.get("params_nonzero")),
+            "MACs": metric_text("macs", row.get("macs")),
+            "size (bytes)": metric_text("size_bytes", row.get("size_bytes")),
+            "size ×": metric_text("size_bytes_ratio", row.get("size_bytes_ratio")),
+        }
+        for size in sizes:
+            shown[f"latency b{size} ms: median (p10–p90)"] = _latency_text(row, size)
+            shown[f"b{size} ×"] = metric_text(
+                f"latency_ms_b{size}_ratio", row.get(f"latency_ms_b{size}_ratio")
+            )
+            compiled = to_float(row.get(f"latency_compiled_ms_b{size}"))
+            if math.isfinite(compiled):
+                shown[f"compiled b{size} ms"] = metric_text("latency_ms_b1", compiled)
+        note = row.get("latency_compiled_note")
+        if isinstance(note, str) and note:
+            shown["compiled"] = note
+        load = to_float(row.get("latency_load"))
+        cores = to_float(row.get("latency_cores"))
+        if math.isfinite(load):
+            costs = {"latency_load": load, "latency_cores": cores}
+            shown["load (1 min)"] = (
+                f"{metric_text('latency_load', load)} on {metric_text('latency_cores', cores)} cores"
+                + (": unreliable" if unreliable(costs) else "")
+            )
+        rows.append(shown)
+    return pd.DataFrame(rows).fillna("–")
 
 
 def compare_report(
@@ -464,64 +632,142 @@ def compare_report(
     attribution_pngs: dict[str, bytes] | None = None,
     layers: dict[str, pd.DataFrame] | None = None,
     layer_notes: dict[str, list[str]] | None = None,
+    verdicts: Sequence[Any] = (),
 ) -> Path:
-    """Write the HTML page of `compalign audit` / compalign.audit_models (one card per
-    candidate, mismatches against the noise floor, per-class recall and group gap changes,
-    costs, attribution maps, the layers that flip labels when localized, the summary table) to
-    `path`; returns `path`."""
+    """Write the HTML page of `compalign audit` / compalign.audit_models to `path`: one card
+    per candidate (the release gate's verdict on it, mismatches against the noise floor, the
+    other headline numbers), then the gate's every rule, mismatches, per-class recall and group
+    gap changes, costs (with their spread, the load they were taken at and how a fixed-batch
+    model was timed), attribution maps, the layers that flip labels when localized, and the
+    summary table, metrics first and the models' files last. A section with nothing to show is
+    left out. Returns `path`."""
+    from compalign.costs import unreliable
+
     page = _Page(title, notes, template="compare.html.j2")
     candidates = summary[summary["role"] == "candidate"]
     with_floor = bool((summary["role"] == "reference2").any())
-    page.extra["cards"] = [_card(row, with_floor) for _, row in candidates.iterrows()]
     reference = reference_row(summary)
+    page.extra["cards"] = [
+        _card(row, with_floor, verdicts, reference) for _, row in candidates.iterrows()
+    ]
     if reference is not None:
         page.lead(
             f"Reference {reference.get('spec')} ({reference.get('source')}): accuracy "
-            f"{cell_text(to_float(reference.get('accuracy')))}. A red card: even the low end "
-            "of the candidate's mismatch interval is above "
+            f"{metric_text('accuracy', reference.get('accuracy'))}."
+        )
+    if verdicts:
+        failed = list(dict.fromkeys(v.candidate for v in verdicts if not v.passed))
+        rules = list(dict.fromkeys(str(v.rule) for v in verdicts))
+        page.lead(
+            f"Release gate: {'failed by ' + ', '.join(failed) if failed else 'passed'} "
+            f"({len(rules)} rule{'s' if len(rules) != 1 else ''}: {'; '.join(rules)}). A red "
+            "card: a rule failed; green: every rule held."
+        )
+    else:
+        page.lead(
+            "No release rules were given (--fail-on). A red card: even the low end of the "
+            "candidate's mismatch interval is above "
             + ("the noise floor." if with_floor else "zero.")
         )
 
-    page.section("Mismatches")
-    page.caption(
-        "Test examples on which each candidate's prediction differs from the reference's, all "
-        "and where the reference is right, with paired bootstrap 95% intervals. Dashed: the "
-        "second reference's mismatches (retrained with another seed), the noise floor."
-    )
+    if verdicts:
+        page.section("Release gate")
+        page.caption(
+            "Every rule on every candidate: the value the rule read, its bound, and whether it "
+            "holds (a value the candidate's format cannot give fails its rule)."
+        )
+        rows = pd.DataFrame(
+            [
+                {
+                    "candidate": v.candidate,
+                    "rule": str(v.rule),
+                    "value": _verdict_value(v),
+                    "bound": f"{v.rule.operator} {v.rule.bound:g}",
+                    "verdict": "passed" if v.passed else "FAILED",
+                }
+                for v in verdicts
+            ]
+        )
+        page.table(rows, highlight=[not v.passed for v in verdicts], numbers=("value", "bound"))
+
     figure = candidate_mismatch_figure(summary)
-    if figure is None:
-        page.note("No candidate.")
-    else:
+    if figure is not None:
+        page.section("Mismatches")
+        page.caption(
+            "Test examples on which each candidate's prediction differs from the reference's, "
+            "all and where the reference is right, with paired bootstrap 95% intervals. Dashed: "
+            "the second reference's mismatches (retrained with another seed), the noise floor."
+        )
         page.figure(figure, "mismatches of each candidate against the reference")
 
-    page.section("Per-class recall change")
-    page.caption("Recall of each class, candidate minus reference (red: the class lost recall).")
-    _recall_section(page, summary[summary["role"] != "reference"], model_metrics, class_names)
-
-    page.section("Accuracy gap between groups")
-    page.caption(
-        "Per group column: the largest difference in accuracy between its groups, for every "
-        "model, and how the candidate changed it (red: the gap widened)."
+    recall = recall_change_figure(
+        summary[summary["role"] != "reference"], model_metrics, class_names
     )
-    _group_section(page, summary, model_metrics)
+    if recall is not None:
+        page.section("Per-class recall change")
+        page.caption(
+            "Recall of each class, candidate minus reference (red: the class lost recall)."
+        )
+        page.figure(recall, "per-class recall change, models by classes")
 
-    page.section("Costs relative to the reference")
-    page.caption(
-        "MACs (PyTorch modules only), size of the model's files and CPU latency at batch 64, as "
-        "a multiple of the reference's (dashed: 1). A format that does not let a cost be "
-        "measured (MACs of TorchScript, torch.export or ONNX) leaves it out."
-    )
-    _costs_section(page, summary)
+    if group_columns(model_metrics):
+        page.section("Accuracy gap between groups")
+        page.caption(
+            "Per group column: the largest difference in accuracy between its groups, for every "
+            "model, and how the candidate changed it (red: the gap widened)."
+        )
+        _group_section(page, summary, model_metrics)
+
+    costs_figure_, missing = costs_figure(summary)
+    if costs_figure_ is not None:
+        page.section("Costs relative to the reference")
+        page.caption(
+            "MACs (PyTorch modules only), size of the model's files and CPU latency at batch "
+            "64, as a multiple of the reference's (dashed: 1). Latency: the median of the timed "
+            "passes, with the 10th and 90th percentiles; a model that only accepts one batch "
+            'size is timed at that size and N images cost the calls they take ("batch 1 x '
+            "64\"). Taken under more load than the machine's cores, a latency is marked "
+            "unreliable."
+        )
+        if missing:
+            page.note(f"Not measured, left out: {', '.join(missing)}.")
+        loads = [
+            {
+                "latency_load": to_float(row.get("latency_load")),
+                "latency_cores": to_float(row.get("latency_cores")),
+            }
+            for _, row in summary.iterrows()
+        ]
+        if any(unreliable(load) for load in loads):
+            page.note(
+                "Unreliable latency: the load average was above the cores while some models "
+                "were timed (column load): other work shared the CPUs. Time them again on a "
+                "quiet machine before comparing milliseconds."
+            )
+        page.figure(costs_figure_, "MACs, size and batch-64 latency relative to the reference")
+        table = _costs_table(summary)
+        page.table(
+            table,
+            numbers=[c for c in table.columns if c not in ("model", "compiled", "load (1 min)")],
+        )
 
     if attribution_pngs:
         page.section("Attribution maps")
         page.caption(
             "Saliency and integrated gradients of the reference and each differentiable "
-            "candidate on a fixed sample of test images, explaining the reference's prediction."
+            "candidate, explaining the reference's prediction, on the examples of the fixed "
+            "sample where the two models disagree most: first where their predictions differ, "
+            "then the lowest rank correlation ρ of their maps (printed above each row). Click a "
+            "model to unfold its figure."
         )
         for name, png in attribution_pngs.items():
-            page.subheading(name)
-            page.image(png, f"attribution maps of the reference and {name}")
+            agreement = (
+                to_float(summary.set_index("name")["attribution_agreement"].get(name))
+                if "attribution_agreement" in summary
+                else math.nan
+            )
+            label = f"{name}: mean ρ {metric_text('attribution_agreement', agreement)}"
+            page.image(png, f"attribution maps of the reference and {name}", folded=label)
 
     if layers:
         from compalign.report.search import layers_section
@@ -529,12 +775,19 @@ def compare_report(
         layers_section(page, layers, layer_notes or {})
 
     page.section("Comparison table")
-    page.caption("One row per model (intervals: bootstrap; costs: NaN where not measurable).")
+    page.caption(
+        "One row per model (intervals: paired bootstrap 95%; – where not measured). The "
+        "models' files and their sha256 digests follow."
+    )
     metric_columns = [column for column in summary.columns if not _is_cost(column)]
-    cost_columns = [column for column in summary.columns if _is_cost(column)]
+    metric_columns = [c for c in metric_columns if c not in FILE_COLUMNS or c == "name"]
+    metric_columns = [c for c in metric_columns if not c.startswith("latency_")]
+    leading = [column for column in LEADING if column in metric_columns]
+    ordered = leading + [column for column in metric_columns if column not in leading]
     page.subheading("Metrics")
-    page.table(summary[metric_columns])
-    if cost_columns:
-        page.subheading("Costs")
-        page.table(summary[["name", *cost_columns]])
+    page.table(
+        _formatted(summary[ordered]), numbers=[c for c in ordered if c not in ("name", "role")]
+    )
+    page.subheading("Model files")
+    page.table(summary[[column for column in FILE_COLUMNS if column in summary]])
     return page.write(path)

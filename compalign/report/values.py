@@ -54,3 +54,55 @@ def reference_row(summary: pd.DataFrame) -> pd.Series | None:
         return None
     rows = summary[summary["role"] == "reference"]
     return rows.iloc[0] if len(rows) else None
+
+
+# One format per kind of number (the audit's page: its cards and tables). Counts are whole
+# numbers; accuracies and their changes 4 decimals; recall changes, calibration errors and
+# attribution correlations 3; cost ratios "×1.23"; milliseconds 2 decimals; load 1.
+COUNT_COLUMNS = ("params_total", "params_nonzero", "macs", "size_bytes", "size_gzip_bytes")
+COUNT_PREFIXES = ("mismatches", "noise_floor_mismatches", "latency_threads", "latency_cores")
+SIGNED = ("_change", "_above_noise_floor")
+
+
+def number_kind(column: str) -> str:
+    """The kind of number a summary column holds: count, accuracy, fraction (3 decimals),
+    ratio, ms, load or other (4 significant digits)."""
+    if column in COUNT_COLUMNS or column.startswith(COUNT_PREFIXES) or column.endswith("_batch"):
+        return "count"
+    if column.endswith("_ratio"):
+        return "ratio"
+    if column.startswith("latency_") and "_ms_" in column:
+        return "ms"
+    if column == "latency_load":
+        return "load"
+    if column.startswith("accuracy") or column.endswith("_accuracy"):
+        return "accuracy"
+    if column.startswith(("ece", "worst_class", "recall_change", "attribution", "group.")):
+        return "fraction"
+    if column in ("weight_sparsity", "auroc") or column.startswith("auroc"):
+        return "fraction"
+    return "other"
+
+
+def metric_text(column: str, value: Any) -> str:
+    """`value` of summary column `column` in its kind's one format ("–" when missing)."""
+    if isinstance(value, str | bool | np.bool_):
+        return cell_text(value) if value != "" else "–"
+    number = to_float(value)
+    if not math.isfinite(number):
+        return cell_text(number)
+    kind = number_kind(column)
+    signed = "+" if column.endswith(SIGNED) else ""
+    if kind == "count":
+        return f"{number:{signed},.0f}"
+    if kind == "accuracy":
+        return f"{number:{signed}.4f}"
+    if kind == "fraction":
+        return f"{number:{signed}.3f}"
+    if kind == "ratio":
+        return f"×{number:.2f}"
+    if kind == "ms":
+        return f"{number:,.2f}"
+    if kind == "load":
+        return f"{number:.1f}"
+    return cell_text(number)

@@ -24,13 +24,18 @@ FIGURE_FILE = "attribution_agreement.png"
 class AttributionOptions(Options):
     """The fixed sample, the methods and how maps are compared."""
 
-    attribution_samples: Annotated[int, Field(ge=0)] = 64  # 0: off
+    attribution_samples: Annotated[int, Field(ge=0)] = 64
+    """test images whose attribution maps are compared (0: off)"""
     attribution_methods: list[Literal["saliency", "integrated_gradients"]] = Field(
         default_factory=lambda: ["saliency", "integrated_gradients"]
     )
+    """saliency | integrated_gradients"""
     integrated_gradients_steps: Annotated[int, Field(ge=2, le=512)] = 32
-    top_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1  # top-k% pixels for the IoU
-    figure_examples: Annotated[int, Field(ge=0, le=32)] = 6  # rows of the figure
+    """points of the integral"""
+    top_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1
+    """top-k% pixels for the IoU of two maps"""
+    figure_examples: Annotated[int, Field(ge=0, le=32)] = 6
+    """rows of the attribution figure (where the two models disagree most)"""
 
 
 def attributable(model) -> bool:
@@ -99,19 +104,35 @@ def attribution(inputs: AuditInputs) -> dict[str, float]:
     inputs.outputs[AGREEMENT_FILE] = pd.DataFrame(rows)
     if options.figure_examples:
         sample = table.iloc[indices]
+        first = next(iter(maps))  # the rank correlation of the first method orders the figure
+        agreement = np.asarray(rows[f"{first}_spearman"], dtype=float)
+        order = disagreement_order(
+            (sample["compressed_prediction"] != sample["reference_prediction"]).to_numpy(),
+            agreement,
+        )
         captions = [
             f"y {row.label} / ref {row.reference_prediction} / comp {row.compressed_prediction}"
-            for row in sample.itertuples()
+            f" / ρ {number(agreement[position], 2)}"
+            for position, row in zip(order, sample.iloc[order].itertuples(), strict=True)
         ]
-        images = inputs.images[indices]
+        images = inputs.images[indices[order]]
+        shown = {method: (ref[order], comp[order]) for method, (ref, comp) in pairs.items()}
 
         def figure(path) -> None:
             from compalign.report.figures import agreement_figure  # presentation, drawn last
 
-            agreement_figure(images, pairs, captions, path, options.figure_examples)
+            agreement_figure(images, shown, captions, path, options.figure_examples)
 
         inputs.outputs[FIGURE_FILE] = figure
     return metrics
+
+
+def disagreement_order(differ: np.ndarray, agreement: np.ndarray) -> np.ndarray:
+    """The sample's positions, those where the two models disagree most first: where their
+    predictions differ, then by the rank correlation of their maps, lowest first (a NaN
+    correlation last, then the sample's order)."""
+    key = np.where(np.isfinite(agreement), agreement, np.inf)
+    return np.lexsort((np.arange(len(key)), key, ~np.asarray(differ, dtype=bool)))
 
 
 def summary(metrics, labels) -> dict[str, float]:

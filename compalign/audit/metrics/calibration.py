@@ -18,6 +18,7 @@ class CalibrationOptions(Options):
     """Equal-width confidence bins of the expected calibration error."""
 
     calibration_bins: Annotated[int, Field(ge=2, le=100)] = 15
+    """bins of the expected calibration error"""
 
 
 def calibration(inputs: AuditInputs) -> dict[str, float]:

@@ -23,7 +23,8 @@ NAN = float("nan")
 class GroupOptions(Options):
     """Which group columns to audit."""
 
-    groups: list[str] | None = None  # null: every group column the dataset has
+    groups: list[str] | None = None
+    """group columns to audit (null: all the dataset has)"""
 
 
 def selected_groups(groups: pd.DataFrame, wanted: list[str] | None) -> pd.DataFrame:
