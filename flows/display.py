@@ -158,8 +158,11 @@ class FlowDisplay:
     def _on_event(self, kind: str, fields: dict[str, Any]) -> None:
         with self._lock:
             if kind == "planned":
-                if fields.get("fixed"):  # a total announced up front (compalign reproduce)
+                if fields.get("fixed"):  # a total announced up front (compalign reproduce):
+                    # its own count from here (`reproduce all` announces each paper's)
                     self.planned, self._fixed = fields["count"], True
+                    self.finished.clear()
+                    self._plain_step = 0
                 elif not self._fixed:
                     self.planned += fields["count"]
             elif kind == "phase":

@@ -156,3 +156,23 @@ def test_live_display_shows_a_task_s_steps_on_its_bar():
         [row] = [task for task in display._progress.tasks if task.description.strip() != "tasks"]
         assert (row.completed, row.total) == (4, 40)
         assert row.fields["status"] == "audit: int8: attribution"
+
+
+def test_a_total_announced_up_front_stays_fixed_and_phases_are_lines(capsys):
+    """compalign reproduce announces every seed's tasks at once (the flows' own counts are in
+    it) and says which seed runs; `reproduce all` announces each paper's total afresh."""
+    with FlowDisplay(console=Console(file=io.StringIO())) as display:
+        display._on_event("planned", {"count": 10, "fixed": True})
+        display._on_event("phase", {"text": "seed 1 of 2 (training seed 0)"})
+        display._on_event("planned", {"count": 5})  # the first seed's flow: already counted
+        for index in range(5):
+            display._on_event("finished", {"task_run_id": f"a{index}", "state": "Completed"})
+        assert display.counts()[:2] == (5, 10)
+        display._on_event("planned", {"count": 4, "fixed": True})  # the next paper
+        assert display.counts()[:2] == (0, 4)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[1].startswith("seed 1 of 2 (training seed 0) (0/10 tasks")
+    assert [line.split(" (")[0] for line in lines[2:]] == [
+        "2/10 tasks, 0 cached",
+        "4/10 tasks, 0 cached",
+    ]
