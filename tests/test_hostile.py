@@ -1,0 +1,182 @@
+"""Hostile files and broken models (issue 23): no code runs from a model file, broken outputs
+never pass the gate, bad data is refused before anything is written.
+
+Every hostile file is built here (tests/hostile.py); a marker file proves that no code ran.
+Each test is one row of the README's "Reliability" catalogue.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import hostile
+import pytest
+import torch
+
+from compalign.errors import UserError
+from compalign.model_sources import load_model
+
+
+@pytest.fixture(scope="module")
+def program(tmp_path_factory):
+    """A genuine torch.export program of the tiny CNN (any batch size)."""
+    return hostile.export_program(tmp_path_factory.mktemp("pt2") / "model.pt2")
+
+
+def refused(spec: str, needle: str) -> str:
+    with pytest.raises(UserError) as caught:
+        load_model(spec)
+    message = str(caught.value)
+    assert needle in message and "\n" not in message, message
+    return message
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. No code runs from a model file
+
+
+def test_a_genuine_program_loads_and_gives_the_modules_logits(program):
+    loaded = load_model(str(program))
+    images = torch.randn(5, 3, 8, 8)
+    torch.testing.assert_close(loaded.model(images), hostile.tiny_module()(images))
+
+
+@pytest.mark.parametrize(
+    ("build", "needle"),
+    [
+        (hostile.pt2_upper_case_pickle, "unexpected entry 'model/data/sample_inputs/model.PT'"),
+        (hostile.pt2_exact_name_pickle, "data/sample_inputs/model.pt is a pickled Python object"),
+        (hostile.pt2_guard_code, "a guard that is not a size comparison"),
+        (hostile.pt2_sympy_expression, "a symbolic size that is not arithmetic"),
+    ],
+    ids=["upper-case model.PT", "exact-name pickle", "guards_code", "sympy expression"],
+)
+def test_code_planted_in_a_program_never_runs(program, tmp_path, build, needle):
+    """Each of these ran the planted code under torch.export.load (or .module()); here the
+    archive is refused in one line and the marker is never written."""
+    marker = tmp_path / "marker"
+    hostile_file = build(program, tmp_path / "hostile.pt2", marker)
+    refused(str(hostile_file), needle)
+    assert not marker.exists()
+
+
+def test_torch_itself_runs_the_planted_code_so_the_checks_matter(program, tmp_path):
+    """The unchecked torch.export.load runs the upper-case pickle and the guard code (in one
+    child process): proof that two of the cases above are real attacks on this torch."""
+    markers, paths = [], []
+    for build in (hostile.pt2_upper_case_pickle, hostile.pt2_guard_code):
+        markers.append(tmp_path / f"marker-{build.__name__}")
+        paths.append(build(program, tmp_path / f"{build.__name__}.pt2", markers[-1]))
+    code = (
+        "import sys, torch\n"
+        "for path in sys.argv[1:]:\n"
+        "    try:\n"
+        "        torch.export.load(path).module()(torch.randn(2, 3, 8, 8))\n"
+        "    except Exception:\n"
+        "        pass\n"
+    )
+    subprocess.run([sys.executable, "-c", code, *map(str, paths)], capture_output=True, timeout=300)
+    assert [marker.exists() for marker in markers] == [True, True]
+
+
+def test_a_shared_library_in_the_archive_is_never_loaded(program, tmp_path):
+    marker = tmp_path / "marker"
+    library = hostile.constructor_library(tmp_path, marker)
+    if library is None:
+        pytest.skip("no C compiler (gcc or cc) to build the planted shared library")
+    assert not marker.exists()
+    hostile_file = hostile.pt2_aotinductor_library(program, tmp_path / "aoti.pt2", library)
+    refused(str(hostile_file), "unexpected entry 'model/data/aotinductor/model/planted.wrapper.so'")
+    assert not marker.exists()
+    assert not list(tmp_path.glob("aotinductor_*"))
+
+
+def test_pickled_weights_are_refused(program, tmp_path):
+    refused(str(hostile.pt2_pickled_weight(program, tmp_path / "w.pt2")), "pickled Python object")
+
+
+def test_a_zip_bomb_is_refused_before_anything_is_decompressed(program, tmp_path):
+    """A deflated 64 MiB weight (the filer's was 3 GiB in a 3 MB file): torch.export.save
+    stores entries, so a compressed one is refused by its header alone."""
+    bomb = hostile.pt2_zip_bomb(program, tmp_path / "bomb.pt2", 64 * 2**20)
+    assert bomb.stat().st_size < 2**20
+    refused(str(bomb), "is compressed")
+
+
+@pytest.mark.parametrize(
+    ("kind", "needle"),
+    [
+        ("invalid JSON", "models/model.json is not valid JSON"),
+        ("wrong types", "has no config mapping"),
+        ("truncated tensor", "weight_0 holds 5 bytes"),
+        ("empty tensor", "weight_0 holds 0 bytes"),
+        ("truncated sample inputs", "data/sample_inputs/model.pt: "),
+        ("program is a list", "is not a serialized program"),
+    ],
+)
+def test_malformed_internals_are_one_line(program, tmp_path, kind, needle):
+    """Each gave a traceback (an empty inner file: only "Aborted."); an empty weight file
+    loaded as zeros without a word."""
+    broken = hostile.pt2_malformed(program, tmp_path / "broken.pt2", kind)
+    message = refused(str(broken), needle)
+    assert "not a readable torch.export program" in message
+
+
+@pytest.mark.parametrize(
+    "content", [b"", b"PK\x03\x04truncated", b"\x80\x04K\x01."], ids=["empty", "cut", "pickle"]
+)
+def test_files_that_are_no_archive_are_one_line(tmp_path, content):
+    path = tmp_path / "model.pt2"
+    path.write_bytes(content)
+    refused(str(path), "not a readable torch.export program")
+
+
+def test_allowed_expressions_are_only_arithmetic():
+    from compalign.model_sources.pt2_archive import safe_expression
+
+    assert safe_expression("Mul(Integer(2), Symbol('s39', positive=True, integer=True))")
+    assert safe_expression("(L['x'].size()[0] // 2) >= 2", guard=True)
+    for text in (
+        "__import__('os')",
+        "Symbol('x').__class__",
+        "Integer(9)**Integer(9)**Integer(9)",
+        "1 << 100000000",
+        "[c for c in ()]",
+        "Symbol('a b')",
+        "lambda: 0",
+        "L['x'].size()[0]",  # guards only in guards
+    ):
+        assert not safe_expression(text), text
+
+
+# ---------------------------------------------------------------------------------------------
+# ONNX: counting parameters never reads unused, oversized or outside data
+
+
+@pytest.fixture(scope="module")
+def onnx_model(tmp_path_factory):
+    return hostile.onnx_file(tmp_path_factory.mktemp("onnx") / "model.onnx", hostile.tiny_module())
+
+
+@pytest.mark.parametrize("kind", ["huge", "external"])
+def test_onnx_unused_initializers_are_not_read(onnx_model, tmp_path, kind):
+    """2**40 declared floats, or a 1 GiB external file: neither is read to count parameters."""
+    import resource
+
+    path = hostile.onnx_with_unused_initializer(onnx_model, tmp_path / "model.onnx", kind)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    loaded = load_model(str(path))
+    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert loaded.parameter_counts == load_model(str(onnx_model)).parameter_counts
+    assert grown_kib < 200 * 1024
+    assert all(file.name != "model.data" for file in loaded.files)
+
+
+def test_onnx_external_data_outside_its_folder_is_refused(onnx_model, tmp_path):
+    folder = tmp_path / "models"
+    folder.mkdir()
+    path = hostile.onnx_escaping_external_data(onnx_model, folder / "model.onnx")
+    with pytest.raises(UserError) as caught:
+        load_model(str(path))
+    assert "\n" not in str(caught.value) and str(path) in str(caught.value)
