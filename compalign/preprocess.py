@@ -35,8 +35,8 @@ class TransformParams(Options):
 
     resize: Annotated[int, Field(ge=1, le=4096)] | None = None  # shorter side, before the crop
     centre_crop: Annotated[int, Field(ge=1, le=4096)] | None = None  # square side
-    mean: list[float] | None = None  # per channel, of pixels scaled to [0, 1]
-    std: list[Annotated[float, Field(gt=0.0)]] | None = None
+    mean: list[Annotated[float, Field(allow_inf_nan=False)]] | None = None  # per channel, [0, 1]
+    std: list[Annotated[float, Field(gt=0.0, allow_inf_nan=False)]] | None = None
     channels: Literal[1, 3] | None = None  # grey images repeated to 3, RGB averaged to 1
     interpolation: Interpolation | None = None
 

@@ -391,6 +391,14 @@ def audit_command(
         typer.Option("--reference2", help="a second reference (another seed): the noise floor"),
     ] = None,
     refresh: Annotated[bool, typer.Option(help="prepare the data again, ignoring caches")] = False,
+    reference_at_chance: Annotated[
+        bool,
+        typer.Option(
+            "--reference-at-chance",
+            help="accept a reference whose accuracy is not clearly above chance (else such a"
+            " degenerate comparison fails the gate: exit 1)",
+        ),
+    ] = False,
     verbose: VerboseOption = False,
 ) -> None:
     """Audit models you bring against a reference on the test split of the `data` section.
@@ -402,7 +410,7 @@ def audit_command(
     """
     from compalign.compare import parse_candidate
     from compalign.gate import check_rules, parse_rule
-    from compalign.model_sources import load_model, parse_spec
+    from compalign.model_sources import parse_spec
 
     if params_file is None and Path("params.yaml").is_file():
         params_file = Path("params.yaml")
@@ -415,52 +423,30 @@ def audit_command(
     for spec in specs:
         parse_spec(spec)
     _check_data(params)
-    # a missing file or a pickled module: refused before anything is written
-    loaded = {spec: load_model(spec) for spec in specs}
-    _prepare_process(params, refresh, flows=True)
-    from flows.compare import REPORT_DIR, audit_flow
-    from tasks.data import prepare
+    # data, models, outputs and rule names: refused before anything is written
+    from flows.preflight import audit_lock, audit_preflight
 
-    _check_models(
-        params,
-        prepare(params.data.prepare_params()),
-        loaded[reference],
-        {name: loaded[spec] for name, spec in candidates.items()},
-        loaded[reference2] if reference2 else None,
-    )
-    _server_ready(params.run.experiment)
-    with _resumable("stages"), _display(verbose):
-        result = audit_flow(params.model_dump(), reference, candidates, reference2)
-    _echo_comparison(result)
-    typer.echo(
-        f"Report: {REPORT_DIR / 'report.html'}; tables in {REPORT_DIR}/. MLflow parent run "
-        f"{result['parent_run_id']} in experiment {params.run.experiment!r} (`make ui`)."
-    )
+    checked = audit_preflight(params, reference, candidates, reference2, rules, refresh)
+    with audit_lock(Path("reports/compare")):
+        _prepare_process(params, refresh, flows=True)
+        checked.save()
+        from flows.compare import REPORT_DIR, audit_flow
+
+        _server_ready(params.run.experiment)
+        with _resumable("stages"), _display(verbose):
+            result = audit_flow(params.model_dump(), reference, candidates, reference2)
+        _echo_comparison(result)  # under the lock: the report named is this run's
+        typer.echo(
+            f"Report: {REPORT_DIR / 'report.html'}; tables in {REPORT_DIR}/. MLflow parent run "
+            f"{result['parent_run_id']} in experiment {params.run.experiment!r} (`make ui`)."
+        )
     failures = check_rules(rules, {name: result["metrics"][name] for name in result["candidates"]})
+    if result.get("degenerate") and not reference_at_chance:
+        failures.insert(0, f"FAILED {result['degenerate']}")
     for line in failures:
         typer.echo(line, err=True)
     if failures:
         raise typer.Exit(1)
-
-
-def _check_models(params: Params, data: dict, reference, candidates, reference2) -> None:
-    """Every model runs on the data's input and predicts its classes (else one line, exit 2)
-    before the flow starts."""
-    from compalign.compare import check_models
-    from compalign.data import load_split, read_manifest
-
-    manifest = read_manifest(data["path"])
-    check_models(
-        reference,
-        candidates,
-        load_split(data["path"], "test", manifest),
-        reference2=reference2,
-        class_names=manifest["class_names"],
-        class_map=params.data.class_names,
-        transform=params.data.transform,
-        options=params.audit,
-        attribution_samples=0,
-    )
 
 
 def _echo_comparison(result: dict) -> None:

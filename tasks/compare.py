@@ -89,6 +89,7 @@ def audit_brought_models(
         "candidates": comparison.candidates,
         "noise_floor": REFERENCE2 in comparison.metrics,
         "transform": comparison.transform,
+        "degenerate": comparison.degenerate,
         "written": {key: str(path) for key, path in written.items()},
     }
 

@@ -180,3 +180,123 @@ def test_onnx_external_data_outside_its_folder_is_refused(onnx_model, tmp_path):
     with pytest.raises(UserError) as caught:
         load_model(str(path))
     assert "\n" not in str(caught.value) and str(path) in str(caught.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Outputs are checked, not trusted
+
+QUICK = {"bootstrap_samples": 100, "attribution_samples": 0, "batch_size": 16}
+
+
+@pytest.fixture(scope="module")
+def folder_data():
+    """24 test-like examples of image_folder's three colour classes, as AuditData."""
+    import pandas as pd
+
+    from compalign.compare import AuditData
+
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(24) % 3
+    images = torch.randint(0, 60, (24, 3, 8, 8), generator=generator, dtype=torch.uint8)
+    images[torch.arange(24), labels] += 180
+    return AuditData(
+        images,
+        labels,
+        [str(k) for k in range(24)],
+        pd.DataFrame(index=range(24)),
+        list(hostile.CLASSES),
+        mean=[0.0] * 3,
+        std=[1.0] * 3,
+    )
+
+
+def checked(reference, candidates, data, **settings):
+    from compalign.compare import check_models, check_outputs
+
+    prepared = check_models(reference, candidates, data, **{**QUICK, **settings})
+    return check_outputs(prepared)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_logits_are_an_error_naming_the_model_and_the_count(folder_data, value):
+    with pytest.raises(UserError) as caught:
+        checked(hostile.tiny_module(), {"broken": hostile.constant_logits(value)}, folder_data)
+    message = str(caught.value)
+    assert message.startswith("broken (Constant): non-finite logits (NaN or inf) on 24 of 24")
+    assert "\n" not in message
+
+
+def test_logits_non_finite_on_some_examples_only_are_counted(folder_data):
+    class SomeNaN(torch.nn.Module):
+        def forward(self, images):
+            logits = hostile.tiny_module()(images)
+            logits[images[:, 0, 0, 0] > 0.5] = float("nan")  # class a (bright channel 0)
+            return logits
+
+    with pytest.raises(UserError, match="on 8 of 24 test examples"):
+        checked(hostile.tiny_module(), {"some": SomeNaN()}, folder_data)
+
+
+def test_non_finite_inputs_are_an_error_naming_the_preprocessing(folder_data):
+    """A std so small that the input overflows (a NaN mean is refused by params validation)."""
+    with pytest.raises(UserError, match="makes non-finite inputs .* for 24 of 24 test examples"):
+        checked(
+            hostile.tiny_module(),
+            {"same": hostile.tiny_module()},
+            folder_data,
+            transform={"std": [1e-45, 1e-45, 1e-45]},
+        )
+
+
+def test_a_nan_transform_mean_is_refused_by_validation():
+    from compalign.config import load_params
+
+    with pytest.raises(UserError, match=r"data.transform.mean\[0\]: Input should be a finite"):
+        load_params(None, ["data.transform.mean=[.nan, 0.5, 0.5]"])
+
+
+def test_a_class_count_that_depends_on_the_batch_is_refused(folder_data):
+    with pytest.raises(
+        UserError, match="returns 10 logits for a batch of 1 but 5 for a batch of 2"
+    ):
+        checked(hostile.tiny_module(), {"shifty": hostile.batch_dependent_classes()}, folder_data)
+
+
+def test_a_model_that_changes_its_outputs_on_large_batches_is_refused(folder_data):
+    class LargeBatchesDiffer(torch.nn.Module):
+        def forward(self, images):
+            logits = hostile.tiny_module()(images)
+            return logits if len(images) <= 2 else logits[:, :2]
+
+    with pytest.raises(UserError, match=r"returns \[16, 2\] for a batch of 16, but \[batch, 3\]"):
+        checked(hostile.tiny_module(), {"large": LargeBatchesDiffer()}, folder_data)
+
+
+def test_a_reference_at_chance_makes_a_degenerate_comparison(folder_data):
+    import compalign
+
+    at_chance = compalign.audit_models(
+        hostile.constant_logits(0.0),
+        {"same": hostile.tiny_module()},
+        folder_data,
+        costs=False,
+        **QUICK,
+    )
+    assert at_chance.degenerate.startswith("reference: accuracy 0.333 is not clearly above chance")
+    assert "data.transform" in at_chance.degenerate and "\n" not in at_chance.degenerate
+    good = compalign.audit_models(
+        hostile.tiny_module(),
+        {"chance": hostile.constant_logits(0.0)},
+        folder_data,
+        costs=False,
+        **QUICK,
+    )
+    assert good.degenerate is None
+
+
+def test_the_gate_never_passes_on_nan():
+    from compalign.gate import check_rules, parse_rule
+
+    rules = [parse_rule("mismatches<=0"), parse_rule("accuracy>=0")]
+    failures = check_rules(rules, {"broken": {"mismatches": float("nan"), "accuracy": 0.5}})
+    assert failures == ["FAILED broken: mismatches = not measured, bound <= 0"]

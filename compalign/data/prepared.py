@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 (pa.compute)
 import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
@@ -245,6 +246,14 @@ def load_split(data_dir: str | Path, split: str, manifest: dict[str, Any] | None
     data_dir = Path(data_dir)
     manifest = manifest or read_manifest(data_dir, verify=False)
     table = pq.read_table(data_dir / manifest["file"], filters=[("split", "=", split)])
+    return split_of_table(table, manifest)
+
+
+def split_of_table(table: pa.Table, manifest: dict[str, Any], split: str | None = None) -> Split:
+    """The rows of a prepared table (those of `split`, if given) as a Split in memory: what
+    load_split reads, from a table that was built but not written."""
+    if split is not None:
+        table = table.filter(pa.compute.equal(table.column("split"), split))
     height, width, channels = manifest["image_shape"]
     column = table.column("image").combine_chunks()
     offset = column.offset * height * width * channels
