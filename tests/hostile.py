@@ -376,7 +376,7 @@ def symlinked_folder(root: Path, kind: str) -> Path:
     elif kind == "self":
         os.symlink(".", root / "c" / "again")
     else:
-        outside = root.parent / "outside.png"
+        outside = (root.parent / "outside.png").resolve()
         shutil.copy(root / "a" / "0.png", outside)
         os.symlink(outside, root / "a" / "linked.png")
     return root
@@ -385,11 +385,11 @@ def symlinked_folder(root: Path, kind: str) -> Path:
 def non_utf8_folder(root: Path, where: str) -> Path:
     """An image folder with a Latin-1 byte in a file name (`file`) or a class folder (`class`)."""
     image_folder(root)
-    name = b"caf\xe9"
+    name = os.fsdecode(b"caf\xe9")  # undecodable: a surrogate escape
     if where == "file":
-        shutil.copy(root / "a" / "0.png", os.fsencode(root / "a") + b"/" + name + b".png")
+        shutil.copy(root / "a" / "0.png", root / "a" / f"{name}.png")
     else:
-        shutil.copytree(root / "b", os.fsencode(root) + b"/" + name)
+        shutil.copytree(root / "b", root / name)
     return root
 
 
@@ -447,8 +447,11 @@ def celeba_folder(root: Path, broken: str) -> Path:
     if broken == "bad partition":
         partition[1] = f"{names[1]} 5"
     (base / "list_eval_partition.txt").write_text("\n".join(partition) + "\n")
-    for other in ("identity_CelebA.txt", "list_bbox_celeba.txt", "list_landmarks_align_celeba.txt"):
-        (base / other).write_text("")
+    (base / "identity_CelebA.txt").write_text("".join(f"{name} 7\n" for name in names))
+    for other, columns in (("list_bbox_celeba.txt", 4), ("list_landmarks_align_celeba.txt", 10)):
+        header = " ".join(f"c{k}" for k in range(columns))
+        rows = "".join(f"{name} " + " ".join(["5"] * columns) + "\n" for name in names)
+        (base / other).write_text(f"{len(names)}\n{header}\n{rows}")
     return root
 
 

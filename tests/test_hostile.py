@@ -300,3 +300,105 @@ def test_the_gate_never_passes_on_nan():
     rules = [parse_rule("mismatches<=0"), parse_rule("accuracy>=0")]
     failures = check_rules(rules, {"broken": {"mismatches": float("nan"), "accuracy": 0.5}})
     assert failures == ["FAILED broken: mismatches = not measured, bound <= 0"]
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Data is read as it is
+
+
+def folder_params(root, **settings):
+    from compalign.config import DataParams
+
+    return DataParams(source="imagefolder", root=str(root), **settings)
+
+
+def data_refused(params, needle: str) -> str:
+    from compalign.data import check_available
+
+    with pytest.raises(UserError) as caught:
+        check_available(params)
+    message = str(caught.value)
+    assert needle in message and "\n" not in message, message
+    return message
+
+
+@pytest.mark.parametrize(
+    ("kind", "needle"),
+    [
+        ("parent", "b/up is a symbolic link to a folder"),
+        ("self", "c/again is a symbolic link to a folder"),
+        ("outside", "a/linked.png links to"),
+    ],
+)
+def test_links_out_of_the_tree_or_into_a_loop_are_refused(tmp_path, kind, needle):
+    """`b/up -> ..` made 24 images 548 examples, class-a files labelled b; `c/again -> .`
+    was an OSError traceback."""
+    root = hostile.symlinked_folder(tmp_path / "images", kind)
+    data_refused(folder_params(root), needle)
+
+
+def test_the_fingerprint_of_a_looping_tree_does_not_follow_the_loop(tmp_path):
+    from compalign.data import fingerprint
+
+    root = hostile.symlinked_folder(tmp_path / "images", "parent")
+    assert len(fingerprint(folder_params(root))["images"]) == 24
+
+
+@pytest.mark.parametrize("where", ["file", "class"])
+def test_names_that_are_not_utf8_are_refused_naming_the_file(tmp_path, where):
+    root = hostile.non_utf8_folder(tmp_path / "images", where)
+    data_refused(folder_params(root), "caf\\xe9")
+
+
+def test_sixteen_bit_images_are_scaled_not_clipped(tmp_path):
+    from compalign.data import build_table
+
+    root = hostile.sixteen_bit_folder(tmp_path / "images")
+    table, manifest = build_table(folder_params(root, image_mode="L"))
+    frame = table.to_pandas()
+    by_class = {
+        label: sorted({bytes(image)[0] for image in group["image"]})
+        for label, group in frame.groupby("label")
+    }
+    # 1000 + 20000 k + j of 65535, times 255: 4, 82, 160 (never all 255)
+    assert {label: values[0] for label, values in by_class.items()} == {0: 4, 1: 82, 2: 160}
+
+
+def test_mixed_image_sizes_are_found_by_the_check_before_any_work(tmp_path):
+    root = hostile.mixed_sizes_folder(tmp_path / "images")
+    data_refused(folder_params(root), "the images have different sizes (8..12 pixels")
+
+
+def test_too_few_images_say_so_instead_of_raise_data_limit(tmp_path):
+    root = hostile.image_folder(tmp_path / "images", per_class=2)
+    message = data_refused(folder_params(root), "split is empty: 6 examples, the smallest class 2")
+    assert "data.limit" not in message
+
+
+def test_a_decompression_bomb_png_is_unreadable_not_decoded(tmp_path):
+    root = hostile.image_folder(tmp_path / "images")
+    hostile.decompression_bomb_png(root / "a" / "bomb.png")
+    data_refused(folder_params(root), "DecompressionBombError")
+
+
+@pytest.mark.parametrize(
+    ("broken", "needle"),
+    [
+        ("short row", "list_attr_celeba.txt:5: 1 values after the file name, expected 2"),
+        ("bad value", "list_attr_celeba.txt:6: value '7'"),
+        ("bad partition", "list_eval_partition.txt:2: value '5'"),
+    ],
+)
+def test_malformed_celeba_lists_name_the_file_and_the_line(tmp_path, broken, needle):
+    """They were "dataset not found" though the files were there."""
+    from compalign.config import DataParams
+
+    root = hostile.celeba_folder(tmp_path / "raw", broken)
+    data_refused(DataParams(source="celeba", root=str(root)), needle)
+
+
+def test_well_formed_celeba_lists_that_are_not_the_published_ones_say_so(tmp_path):
+    from compalign.config import DataParams
+
+    root = hostile.celeba_folder(tmp_path / "raw", "none")
+    data_refused(DataParams(source="celeba", root=str(root)), "not the published CelebA file")
