@@ -558,6 +558,24 @@ class Prepared:
     logits: dict[str, torch.Tensor] | None = None  # set by check_outputs
 
 
+MAX_BATCH_BYTES = 4 * 2**30
+
+
+def _check_batch_memory(settings: Any, example: torch.Tensor, count: int) -> None:
+    """Refuse a prediction or latency batch whose inputs alone take more than MAX_BATCH_BYTES
+    (a latency batch is built whatever the data's size)."""
+    per_input = example[:1].numel() * example.element_size()
+    batches = [("audit.batch_size", min(settings.batch_size, count))]
+    batches += [("audit.latency_batch_sizes", size) for size in settings.latency_batch_sizes]
+    for key, size in batches:
+        if size * per_input > MAX_BATCH_BYTES:
+            raise UserError(
+                f"{key}: a batch of {size} inputs of shape {list(example.shape[1:])} takes "
+                f"{size * per_input / 2**30:.1f} GiB (at most {MAX_BATCH_BYTES // 2**30}); "
+                "lower it"
+            )
+
+
 def check_models(
     reference: ModelLike,
     candidates: Mapping[str, ModelLike],
@@ -597,6 +615,7 @@ def check_models(
         settings = settings.model_copy(update={"figure_examples": 0})
         notes.append("No attribution figure: the data's images are not raw pixels.")
     example = normalise(examples.images[:2])
+    _check_batch_memory(settings, example, len(examples.labels))
     probe = settings.attribution_samples > 0
     models = {
         name: prepare_model(

@@ -36,12 +36,18 @@ COST_METRICS = (
 )
 
 
+MAX_LATENCY_BATCH = 1024
+
+
 class LatencyOptions(Options):
     """How CPU latency is measured (keys of the `audit` section)."""
 
-    latency_warmup: Annotated[int, Field(ge=0)] = 10  # forward passes before timing
-    latency_repeats: Annotated[int, Field(ge=1)] = 50  # timed passes; the median is reported
-    latency_batch_sizes: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [1, 64])
+    latency_warmup: Annotated[int, Field(ge=0, le=10_000)] = 10  # forward passes before timing
+    latency_repeats: Annotated[int, Field(ge=1, le=10_000)] = 50  # timed passes; the median
+    # a synthetic batch of each size is built: bounded (one of 1024 224x224 images is 600 MB)
+    latency_batch_sizes: list[Annotated[int, Field(ge=1, le=MAX_LATENCY_BATCH)]] = Field(
+        default_factory=lambda: [1, 64], min_length=1, max_length=8
+    )
 
 
 # Quantized modules keep their weights packed (not as parameters); these expose them via

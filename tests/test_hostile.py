@@ -402,3 +402,80 @@ def test_well_formed_celeba_lists_that_are_not_the_published_ones_say_so(tmp_pat
 
     root = hostile.celeba_folder(tmp_path / "raw", "none")
     data_refused(DataParams(source="celeba", root=str(root)), "not the published CelebA file")
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Params: YAML aliases bounded, resource-shaped values bounded
+
+
+def params_refused(needle: str, path=None, overrides=()) -> str:
+    from compalign.config import load_params
+
+    with pytest.raises(UserError) as caught:
+        load_params(path, list(overrides))
+    message = str(caught.value)
+    assert needle in message and "\n" not in message and len(message) < 400, message
+    return message
+
+
+def test_a_billion_laughs_params_file_is_refused_without_expanding_it(tmp_path):
+    """Its aliases expand to 10**9 strings: it took 2 minutes and 6 GB before a MemoryError in
+    the error formatter. Counting stops at the limit (the assertion on the count is the bound)."""
+    from compalign.config import MAX_PARAMS_VALUES, _count_values
+
+    path = hostile.billion_laughs(tmp_path / "laughs.yaml")
+    assert path.stat().st_size < 1024
+    params_refused("more than 100000 values once its YAML aliases", path)
+    import yaml
+
+    assert _count_values(yaml.safe_load(path.read_text()), MAX_PARAMS_VALUES) == 100_001
+
+
+def test_an_alias_bomb_in_a_set_value_is_refused():
+    value = "[&a [x,x,x,x,x,x,x,x,x,x], &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a]"
+    value += ", &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b], &d [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c]"
+    value += ", [*d,*d,*d,*d,*d,*d,*d,*d,*d,*d], [*d,*d,*d,*d,*d,*d,*d,*d,*d,*d]]"
+    params_refused("--set data.rare_classes: more than", overrides=[f"data.rare_classes={value}"])
+
+
+def test_an_error_never_prints_a_huge_input():
+    message = params_refused("data.seed", overrides=[f"data.seed={'x' * 100_000}"])
+    assert "..." in message
+
+
+def test_params_that_are_a_list_or_too_large_are_one_line(tmp_path):
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- data\n- audit\n")
+    params_refused("expected a mapping of sections, got list", listed)
+    large = tmp_path / "large.yaml"
+    large.write_text("# padding\n" * 200_000)
+    params_refused("not a params file", large)
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("audit.latency_batch_sizes=[50000000]", "audit.latency_batch_sizes[0]"),
+        ("audit.batch_size=1000000000", "audit.batch_size"),
+        ("reference.batch_size=1000000000", "reference.batch_size"),
+        ("align.batch_size=1000000000", "align.batch_size"),
+        ("compress.calibration_batch_size=1000000000", "compress.calibration_batch_size"),
+        ("data.image_size=100000", "data.image_size"),
+        ("data.transform.centre_crop=100000", "data.transform.centre_crop"),
+        ("run.threads=100000000", "run.threads"),
+    ],
+)
+def test_resource_shaped_params_have_upper_bounds(override, key):
+    params_refused(f"{key}: Input should be less than or equal to", overrides=[override])
+
+
+def test_a_latency_batch_too_large_for_the_input_is_refused_before_work(folder_data):
+    """1024 inputs of 3x2048x2048 would be 48 GiB: refused with the data's input shape."""
+    with pytest.raises(UserError, match=r"audit.latency_batch_sizes: a batch of 1024 inputs"):
+        checked(
+            hostile.tiny_module(),
+            {"same": hostile.tiny_module()},
+            folder_data,
+            transform={"resize": 2048, "centre_crop": 2048},
+            latency_batch_sizes=[1, 1024],
+        )

@@ -21,13 +21,13 @@ from pydantic import Field
 from torch import nn
 
 from compalign.audit.stats import bootstrap_indices, comparison_frame
-from compalign.options import NoOptions, Options, Seed
+from compalign.options import MAX_BATCH, NoOptions, Options, Seed
 
 
 class AuditSettings(Options):
     """Audit options every metric may use: how predictions are made and resampled."""
 
-    batch_size: Annotated[int, Field(ge=1)] = 512
+    batch_size: Annotated[int, Field(ge=1, le=MAX_BATCH)] = 512
     seed: Seed = 0  # bootstrap resamples and the attribution sample
     bootstrap_samples: Annotated[int, Field(ge=100, le=100_000)] = 1000
     confidence_level: Annotated[float, Field(gt=0.5, lt=1.0)] = 0.95

@@ -65,7 +65,7 @@ from torch import nn
 
 from compalign.compressors.base import STRUCTURED, Calibration, Compressor
 from compalign.errors import UserError
-from compalign.options import Options, Seed
+from compalign.options import MAX_BATCH, Options, Seed
 from compalign.train import augment_batch, stop_if_requested
 
 if TYPE_CHECKING:
@@ -78,7 +78,7 @@ class TaylorIterativeOptions(Options):
     defaults; `compress.sparsities` are fractions of conv FLOPs removed)."""
 
     lr: Annotated[float, Field(gt=0.0)] = 0.01  # tay_lr
-    batch_size: Annotated[int, Field(ge=1)] = 128  # --batch_size of the pruning run
+    batch_size: Annotated[int, Field(ge=1, le=MAX_BATCH)] = 128  # --batch_size of the pruning run
     batches_between_prunes: Annotated[int, Field(ge=0)] = 4  # tay_batches
     per_step: Annotated[int, Field(ge=1)] = 1  # tay_prunes_per_iter
     # losses whose pruned model keeps the weights trained while pruning (their `taylor`); the
