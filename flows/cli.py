@@ -112,8 +112,10 @@ def _prepare_process(params: Params, refresh: bool = False, flows: bool = False)
     the normal shutdown: finally blocks and atexit hooks run, so the temporary Prefect server
     stops instead of outliving the process.
     """
+    from flows.preflight import check_project
     from flows.runtime import configure_environment
 
+    check_project()  # writable, space left, its databases readable: before the first write
     configure_environment()
     if flows:  # a Prefect API server that dies with this process (flows/server.py)
         from flows.server import start_api_server
@@ -535,6 +537,14 @@ def main() -> None:
         app()
     except UserError as error:
         typer.echo(f"error: {error}", err=True)
+        sys.exit(2)
+    except OSError as error:  # the environment's fault (a full disk, a read-only folder)
+        from flows.preflight import environment_error
+
+        message = environment_error(error)
+        if message is None:
+            raise
+        typer.echo(f"error: {message}", err=True)
         sys.exit(2)
 
 

@@ -16,6 +16,7 @@ from prefect.cache_policies import NO_CACHE
 from compalign.compare import REFERENCE, REFERENCE2, check_models, run_comparison
 from compalign.config import AuditParams, DataParams
 from compalign.data import load_split, read_manifest
+from compalign.files import atomic_directory
 from tasks.logs import stage_logger
 from tasks.store import Artifact, require
 from tasks.tracking import Tracking, log_artifacts, log_child_once
@@ -56,7 +57,12 @@ def audit_brought_models(
     logger.info("preprocessing: %s", prepared.transform)
     comparison = run_comparison(prepared)
     title = f"{manifest['source']}: what the candidates changed against {reference}"
-    written = comparison.write(report_dir, title)
+    # the folder is replaced whole: never half-written, never another audit's models beside
+    with atomic_directory(report_dir) as scratch:
+        written = {
+            key: Path(report_dir) / path.relative_to(scratch)
+            for key, path in comparison.write(scratch, title).items()
+        }
     metrics = {name: comparison.gate_metrics(name) for name in comparison.metrics}
     for row in comparison.summary.to_dict(orient="records"):
         name = row["name"]

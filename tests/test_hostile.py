@@ -7,8 +7,13 @@ Each test is one row of the README's "Reliability" catalogue.
 
 from __future__ import annotations
 
+import errno
+import os
+import re
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import hostile
 import pytest
@@ -479,3 +484,241 @@ def test_a_latency_batch_too_large_for_the_input_is_refused_before_work(folder_d
             transform={"resize": 2048, "centre_crop": 2048},
             latency_batch_sizes=[1, 1024],
         )
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. Checked before work: a refused run writes nothing (the CLI, as a user runs it)
+
+WRITTEN = {".compalign", "artifacts", "mlflow.db", "mlartifacts", "reports"}
+
+
+@pytest.fixture(scope="module")
+def cli_files(tmp_path_factory):
+    """An image folder, a good TorchScript reference, a NaN ONNX model, a .pt2 with a planted
+    upper-case pickle, a looping image folder, and a params file pointing at the images."""
+    import yaml
+
+    root = tmp_path_factory.mktemp("cli")
+    images = hostile.image_folder(root / "images", per_class=12)
+    program = hostile.export_program(root / "model.pt2")
+    files = {
+        "images": images,
+        "good.ts": hostile.torchscript_file(root / "good.ts", hostile.tiny_module()),
+        "nan.onnx": hostile.onnx_file(root / "nan.onnx", hostile.constant_logits(float("nan"))),
+        "marker": root / "marker",
+        "loop": hostile.symlinked_folder(root / "loop", "parent"),
+    }
+    files["hostile.pt2"] = hostile.pt2_upper_case_pickle(
+        program, root / "hostile.pt2", files["marker"]
+    )
+    params = {
+        "data": {"source": "imagefolder", "root": str(images)},
+        "audit": {"bootstrap_samples": 100, "attribution_samples": 0},
+        "run": {"device": "cpu"},
+    }
+    files["params"] = root / "params.yaml"
+    files["params"].write_text(yaml.safe_dump(params))
+    return files
+
+
+def one_line_exit_2(result, needle: str) -> str:
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], lines
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("case", "needle"),
+    [
+        ("hostile .pt2", "unexpected entry 'model/data/sample_inputs/model.PT'"),
+        ("NaN logits", "nan ("),
+        ("unknown --fail-on metric", "unknown metric 'mismatchez'"),
+        ("looping image folder", "b/up is a symbolic link to a folder"),
+    ],
+)
+def test_a_refused_run_writes_nothing(cli_files, tmp_path, case, needle):
+    """Each was found after .compalign/, artifacts/ (or MLflow and Prefect) were written, or
+    not at all; now before anything is."""
+    from conftest import run_cli
+
+    audit = ["audit", "--params", str(cli_files["params"]), "-r", str(cli_files["good.ts"])]
+    arguments = {
+        "hostile .pt2": [*audit, "-c", f"x={cli_files['hostile.pt2']}"],
+        "NaN logits": [*audit, "-c", f"nan={cli_files['nan.onnx']}"],
+        "unknown --fail-on metric": [
+            *audit,
+            "-c",
+            f"same={cli_files['good.ts']}",
+            "--fail-on",
+            "mismatchez<=3",
+        ],
+        "looping image folder": [
+            "run",
+            "--params",
+            str(cli_files["params"]),
+            "--set",
+            f"data.root={cli_files['loop']}",
+        ],
+    }[case]
+    result = run_cli(*arguments, cwd=tmp_path, timeout=300)
+    one_line_exit_2(result, needle)
+    assert not WRITTEN & {path.name for path in tmp_path.iterdir()}
+    assert not cli_files["marker"].exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. The environment's faults: one line, exit 2, nothing lost
+
+
+def test_damaged_or_locked_databases_are_one_line_naming_the_file(tmp_path, monkeypatch):
+    import sqlite3
+
+    from flows import preflight
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / ".compalign" / "prefect"))
+    monkeypatch.setattr(preflight, "_checked", set())
+    store = tmp_path / "mlflow.db"
+    with sqlite3.connect(store) as connection:
+        connection.execute("CREATE TABLE runs (id TEXT)")
+        connection.executemany("INSERT INTO runs VALUES (?)", [(str(k) * 200,) for k in range(500)])
+    preflight.check_project(tmp_path)  # a healthy store passes
+    preflight._checked.clear()
+
+    holder = sqlite3.connect(store, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    with pytest.raises(UserError, match="mlflow.db: the MLflow store is locked by another"):
+        preflight.check_project(tmp_path, busy_timeout_s=0.1)
+    holder.execute("ROLLBACK")
+    holder.close()
+
+    healthy = store.read_bytes()
+    for damage, needle in (
+        (healthy[: len(healthy) // 2], "a damaged MLflow store"),
+        (b"not a database, just text\n" * 10, "(file is not a database)"),
+    ):
+        store.write_bytes(damage)
+        with pytest.raises(UserError, match=re.escape(needle)) as caught:
+            preflight.check_project(tmp_path)
+        assert "mv mlflow.db mlflow.db.damaged" in str(caught.value)
+    store.unlink()
+
+    prefect = tmp_path / ".compalign" / "prefect" / "prefect.db"
+    prefect.parent.mkdir(parents=True)
+    prefect.write_bytes(b"garbage" * 100)
+    with pytest.raises(UserError, match="prefect.db: a damaged Prefect database"):
+        preflight.check_project(tmp_path)
+
+
+def _mount_tmpfs(folder, size: str, read_only: bool = False) -> bool:
+    """Mount a tmpfs of `size` at `folder` (root only); False when this machine cannot."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        return False
+    folder.mkdir(parents=True, exist_ok=True)
+    options = f"size={size}" + (",ro" if read_only else "")
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True
+    )
+    return mounted.returncode == 0
+
+
+@pytest.mark.parametrize("fault", ["read-only folder", "full disk"])
+def test_a_read_only_or_full_project_folder_is_one_line(tmp_path, fault):
+    """A read-only folder was a traceback (exit 1); a full disk 669 lines and 16 tracebacks,
+    blamed on the Prefect server. Needs a tmpfs (root) or, for read-only, a non-root user."""
+    from conftest import TINY, run_cli
+
+    project = tmp_path / "project"
+    if fault == "full disk":
+        if not _mount_tmpfs(project, "2m"):
+            pytest.skip("cannot mount a small tmpfs here (needs root): no full disk to test on")
+        needle = "free on its disk"
+    elif _mount_tmpfs(project, "1m", read_only=True):
+        needle = "a read-only file system"
+    elif os.geteuid() != 0:
+        project.mkdir()
+        project.chmod(0o555)
+        needle = "not writable"
+    else:
+        pytest.skip("root ignores permissions and cannot mount here: no read-only folder")
+    try:
+        result = run_cli("run", "--params", str(TINY), cwd=project, timeout=300)
+        one_line_exit_2(result, needle)
+        assert not WRITTEN & {path.name for path in project.iterdir()}
+    finally:
+        subprocess.run(["umount", str(project)], capture_output=True)
+        if project.exists():
+            project.chmod(0o755)
+
+
+@pytest.mark.parametrize(
+    ("code", "needle"),
+    [(errno.ENOSPC, "(the disk is full); free some space"), (errno.EROFS, "run from a folder")],
+)
+def test_an_environment_error_during_a_run_is_one_line(monkeypatch, capsys, code, needle):
+    """A full disk found mid-run (after the check before it): the CLI's last word is one line."""
+    from flows import cli
+
+    def failing() -> None:
+        raise OSError(code, os.strerror(code), "artifacts/prepare/abc/dataset.parquet")
+
+    monkeypatch.setattr(cli, "app", failing)
+    with pytest.raises(SystemExit) as caught:
+        cli.main()
+    assert caught.value.code == 2
+    message = capsys.readouterr().err.strip()
+    assert message.startswith("error: ") and "dataset.parquet" in message and needle in message
+    assert "\n" not in message
+
+
+def test_an_unrelated_os_error_stays_a_traceback(monkeypatch):
+    from flows import cli
+
+    def failing() -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(cli, "app", failing)
+    with pytest.raises(OSError):
+        cli.main()
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. Two audits in one folder take turns
+
+
+def test_a_second_audit_in_the_folder_is_refused_while_the_first_writes(tmp_path, monkeypatch):
+    """The first audit's lock is held by another process; the second is refused in one line
+    naming it, and gets the lock once the first has ended (however it ended)."""
+    from flows import preflight
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(preflight, "_checked", set())
+    (tmp_path / ".compalign").mkdir()
+    holder_code = (  # what audit_lock does, without importing compalign (fast)
+        "import fcntl, os, sys\n"
+        "handle = open('.compalign/audit.lock', 'a+')\n"
+        "fcntl.flock(handle, fcntl.LOCK_EX)\n"
+        "handle.truncate(0); handle.write(str(os.getpid())); handle.flush()\n"
+        "print('locked', flush=True)\n"
+        "sys.stdin.readline()\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", holder_code],
+        cwd=tmp_path,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(UserError) as caught, preflight.audit_lock(Path("reports/compare")):
+            pass
+        assert f"another audit (pid {holder.pid}) is writing reports/compare" in str(caught.value)
+    finally:
+        holder.kill()
+        holder.wait()
+    with preflight.audit_lock(Path("reports/compare")):
+        assert (tmp_path / ".compalign" / "audit.lock").read_text() == str(os.getpid())
