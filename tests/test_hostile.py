@@ -137,6 +137,33 @@ def test_files_that_are_no_archive_are_one_line(tmp_path, content):
     refused(str(path), "not a readable torch.export program")
 
 
+@pytest.mark.parametrize("suffix", [".pt2", ".ts", ".pt"])
+def test_a_planted_pickle_under_any_model_suffix_never_runs(tmp_path, suffix):
+    """Kept from the filer's passing cases: a plain pickle named as a model file."""
+    import pickle
+
+    marker = tmp_path / "marker"
+    path = tmp_path / f"model{suffix}"
+    path.write_bytes(pickle.dumps(hostile.Planted(str(marker))))
+    with pytest.raises(UserError) as caught:
+        load_model(str(path))
+    assert "\n" not in str(caught.value) and not marker.exists()
+
+
+@pytest.mark.parametrize("suffix", [".onnx", ".ts", ".pt2"])
+@pytest.mark.parametrize("cut", ["empty", "truncated"])
+def test_empty_or_truncated_model_files_are_one_line(tmp_path, onnx_model, program, suffix, cut):
+    source = {".onnx": onnx_model, ".pt2": program}.get(suffix)
+    if source is None:
+        source = hostile.torchscript_file(tmp_path / "whole.ts", hostile.tiny_module())
+    data = source.read_bytes()
+    path = tmp_path / f"model{suffix}"
+    path.write_bytes(b"" if cut == "empty" else data[: len(data) // 2])
+    with pytest.raises(UserError) as caught:
+        load_model(str(path))
+    assert "\n" not in str(caught.value) and str(path) in str(caught.value)
+
+
 def test_allowed_expressions_are_only_arithmetic():
     from compalign.model_sources.pt2_archive import safe_expression
 
@@ -446,6 +473,31 @@ def test_an_alias_bomb_in_a_set_value_is_refused():
 def test_an_error_never_prints_a_huge_input():
     message = params_refused("data.seed", overrides=[f"data.seed={'x' * 100_000}"])
     assert "..." in message
+
+
+def test_python_tags_in_params_never_run(tmp_path):
+    marker = tmp_path / "marker"
+    path = tmp_path / "params.yaml"
+    path.write_text(
+        f"data: !!python/object/apply:pathlib.Path.touch [!!python/object/apply:pathlib.Path "
+        f"[{str(marker)!r}]]\n"
+    )
+    params_refused("not valid YAML", path)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("data.seed", "expected section.key=value"),
+        ("=3", "expected section.key=value"),
+        ("seed=3", "expected section.key=value"),
+        ("data.seed=[unclosed", "the value is not valid YAML"),
+        ("data.seed.deeper=1", "data.seed"),
+    ],
+)
+def test_malformed_set_values_are_one_line(text, needle):
+    params_refused(needle, overrides=[text])
 
 
 def test_params_that_are_a_list_or_too_large_are_one_line(tmp_path):
