@@ -774,3 +774,21 @@ def test_a_second_audit_in_the_folder_is_refused_while_the_first_writes(tmp_path
         holder.wait()
     with preflight.audit_lock(Path("reports/compare")):
         assert (tmp_path / ".compalign" / "audit.lock").read_text() == str(os.getpid())
+
+
+def test_a_store_creation_killed_half_way_leaves_no_half_made_mlflow_db(tmp_path, monkeypatch):
+    """MLflow's migrations commit one by one: an audit killed during them left a mlflow.db
+    every later run failed on ("table secrets already exists"). The store is now made under
+    another name and renamed; a dead process's leftover is removed."""
+    from tasks import tracking
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    leftover = tmp_path / f".mlflow.db.{dead}.creating"
+    leftover.write_bytes(b"half a migration")
+    found = tracking.setup("hostile")
+    assert (tmp_path / "mlflow.db").is_file() and not leftover.exists()
+    assert tracking.setup("hostile")["experiment_id"] == found["experiment_id"]
+    assert not list(tmp_path.glob(".mlflow.db.*"))
