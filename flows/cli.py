@@ -426,22 +426,22 @@ def audit_command(
         parse_spec(spec)
     _check_data(params)
     # data, models, outputs and rule names: refused before anything is written
-    from flows.preflight import audit_lock, audit_preflight
+    from flows.preflight import audit_preflight, hold_audit_lock
 
     checked = audit_preflight(params, reference, candidates, reference2, rules, refresh)
-    with audit_lock(Path("reports/compare")):
-        _prepare_process(params, refresh, flows=True)
-        checked.save()
-        from flows.compare import REPORT_DIR, audit_flow
+    hold_audit_lock(Path("reports/compare"))  # until the process ends: the report is its own
+    _prepare_process(params, refresh, flows=True)
+    checked.save()
+    from flows.compare import REPORT_DIR, audit_flow
 
-        _server_ready(params.run.experiment)
-        with _resumable("stages"), _display(verbose):
-            result = audit_flow(params.model_dump(), reference, candidates, reference2)
-        _echo_comparison(result)  # under the lock: the report named is this run's
-        typer.echo(
-            f"Report: {REPORT_DIR / 'report.html'}; tables in {REPORT_DIR}/. MLflow parent run "
-            f"{result['parent_run_id']} in experiment {params.run.experiment!r} (`make ui`)."
-        )
+    _server_ready(params.run.experiment)
+    with _resumable("stages"), _display(verbose):
+        result = audit_flow(params.model_dump(), reference, candidates, reference2)
+    _echo_comparison(result)
+    typer.echo(
+        f"Report: {REPORT_DIR / 'report.html'}; tables in {REPORT_DIR}/. MLflow parent run "
+        f"{result['parent_run_id']} in experiment {params.run.experiment!r} (`make ui`)."
+    )
     failures = check_rules(rules, {name: result["metrics"][name] for name in result["candidates"]})
     if result.get("degenerate") and not reference_at_chance:
         failures.insert(0, f"FAILED {result['degenerate']}")

@@ -123,6 +123,14 @@ def audit_lock(report_dir: Path):
         handle.close()
 
 
+_held = contextlib.ExitStack()
+
+
+def hold_audit_lock(report_dir: Path) -> None:
+    """audit_lock, held until this process ends (the CLI's audit ends with its process)."""
+    _held.enter_context(audit_lock(report_dir))
+
+
 MIN_FREE_BYTES = 64 * 2**20  # the stores' databases, a dataset, a few checkpoints
 _checked: set[Path] = set()
 

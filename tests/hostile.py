@@ -154,9 +154,17 @@ def constructor_library(folder: Path, marker: Path) -> Path | None:
 
 
 def pt2_aotinductor_library(program: Path, target: Path, library: Path) -> Path:
-    """The archive with `data/aotinductor/model/<name>.wrapper.so` added (torch dlopens it)."""
+    """The archive with `data/aotinductor/model/planted.wrapper.so` and the wrapper metadata
+    torch's AOTI loader looks for: torch.export.load extracts the library to
+    /tmp/aotinductor_* and dlopens it (its constructor runs) before it fails."""
+    metadata = json.dumps({"AOTI_DEVICE_KEY": "cpu"}).encode()
     return rewrite_archive(
-        program, target, add={"data/aotinductor/model/planted.wrapper.so": library.read_bytes()}
+        program,
+        target,
+        add={
+            "data/aotinductor/model/planted.wrapper.so": library.read_bytes(),
+            "data/aotinductor/model/planted.wrapper_metadata.json": metadata,
+        },
     )
 
 
