@@ -458,6 +458,9 @@ def kill_nine(case: Case, compalign: Path, files: dict, project: Path, timeout: 
             break
         time.sleep(0.05)
     time.sleep(1.5)
+    if process.poll() is not None:  # it ended before the store was made: nothing to kill
+        return Outcome(case.number, case.name, process.returncode, 0, 0, False, [], 0, 0, "",
+                       "the first run ended by itself before its MLflow store was made")  # fmt: skip
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     rc, stderr, seconds, usage = execute(command, project, timeout * 5)

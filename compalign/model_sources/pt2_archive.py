@@ -70,7 +70,7 @@ EXTRA = re.compile(r"extra/[A-Za-z0-9_.\-]{1,128}")  # torch.export.save(extra_f
 ROOT = re.compile(r"[A-Za-z0-9_.\-]{1,255}")
 
 MAX_ENTRIES = 100_000
-MAX_JSON_BYTES = 256 * 2**20
+MAX_JSON_BYTES = 64 * 2**20  # a ViT-H program is a few MB of JSON
 MAX_SAMPLE_INPUTS_BYTES = 256 * 2**20
 MAX_EXTRA_BYTES = 2**20
 MAX_EXPRESSION_CHARS = 4096
