@@ -107,6 +107,8 @@ def load_checkpoint(checkpoint_dir: str | Path, device: str | torch.device = "cp
     with warnings.catch_warnings():
         # torch.load of quantized tensors warns from inside torch about its own TypedStorage use
         warnings.filterwarnings("ignore", message="TypedStorage is deprecated")
+        # and of a pickle protocol it then refuses (the refusal below is the message)
+        warnings.filterwarnings("ignore", message="Detected pickle protocol")
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as error:

@@ -240,23 +240,37 @@ def prepare_model(
     device: torch.device,
     probe_gradients: bool = True,
 ) -> AuditedModel:
-    """Run the model once on `example` (one input as it will get them), find its class count
-    and map its outputs to the data's classes; UserError naming the model on any mismatch."""
+    """Run the model on `example` (inputs as it will get them) as a batch of 1 and, where
+    there are two, of 2: its logits must be [batch, classes] with the same class count on both;
+    map its outputs to the data's classes. UserError naming the model on any mismatch."""
     where = f"{name} ({loaded.spec})"
     run_on = _device_for(loaded, device)
     model = loaded.model.to(run_on).eval()
-    try:
-        with torch.no_grad():
-            output = model(example.to(run_on))
-    except Exception as error:  # the user's model refused the input: say which input
+    counts = {}
+    for size in sorted({1, min(2, len(example))}):
+        batch = example[:size].to(run_on)
+        try:
+            with torch.no_grad():
+                output = model(batch)
+        except Exception as error:  # the user's model refused the input: say which input
+            raise UserError(
+                f"{where}: fails on an input of shape {list(batch.shape)} ({_first_line(error)}); "
+                "set data.transform (resize, centre_crop, channels) to the input it expects"
+            ) from None
+        if not isinstance(output, torch.Tensor) or output.dim() != 2 or len(output) != size:
+            shape = (
+                list(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+            )
+            raise UserError(
+                f"{where}: returns {shape} for a batch of {size}, not logits [batch, classes]"
+            )
+        counts[size] = int(output.shape[1])
+    if len(set(counts.values())) > 1:
         raise UserError(
-            f"{where}: fails on an input of shape {list(example.shape)} ({_first_line(error)}); "
-            "set data.transform (resize, centre_crop, channels) to the input it expects"
-        ) from None
-    if not isinstance(output, torch.Tensor) or output.dim() != 2:
-        shape = list(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
-        raise UserError(f"{where}: returns {shape}, not logits [batch, classes]")
-    num_classes = int(output.shape[1])
+            f"{where}: returns {counts[1]} logits for a batch of 1 but {counts[2]} for a batch "
+            "of 2; a classifier's class count does not depend on the batch"
+        )
+    num_classes = counts[1]
     try:
         indices = output_indices(class_names, class_map, num_classes)
     except UserError as error:
@@ -264,7 +278,9 @@ def prepare_model(
     if indices is not None:
         model = SelectedOutputs(model, indices)
     differentiable = (
-        probe_gradients and loaded.source != "onnx" and gradients_flow(model, example.to(run_on))
+        probe_gradients
+        and loaded.source != "onnx"
+        and gradients_flow(model, example[:1].to(run_on))
     )
     return AuditedModel(name, loaded, model, run_on, differentiable, num_classes)
 
@@ -276,12 +292,105 @@ def predict(
     normalise: Callable[[torch.Tensor], torch.Tensor],
     batch_size: int,
 ) -> torch.Tensor:
-    """Logits [N, classes] of the model on every image, in order, on the CPU."""
+    """Logits [N, classes] of the model on every image, in order, on the CPU; every batch's
+    output checked for its shape (UserError naming the model and the batch size)."""
+    where = f"{audited.name} ({audited.loaded.spec})"
     outputs = []
     for start in range(0, len(images), batch_size):
         batch = normalise(images[start : start + batch_size]).to(audited.device)
-        outputs.append(audited.model(batch).float().cpu())
+        try:
+            output = audited.model(batch)
+        except Exception as error:  # e.g. fewer logits on this batch than the classes mapped
+            raise UserError(
+                f"{where}: fails on a batch of {len(batch)} ({_first_line(error)}) though it ran "
+                "on batches of 1 and 2"
+            ) from None
+        expected = (len(batch), _output_width(audited))
+        if not isinstance(output, torch.Tensor) or tuple(output.shape) != expected:
+            shape = (
+                list(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+            )
+            raise UserError(
+                f"{where}: returns {shape} for a batch of {len(batch)}, but "
+                f"[batch, {audited.num_classes}] for batches of 1 and 2"
+            )
+        outputs.append(output.float().cpu())
     return torch.cat(outputs)
+
+
+def _output_width(audited: AuditedModel) -> int:
+    """The logits per example the audited model gives (after mapping to the data's classes)."""
+    if isinstance(audited.model, SelectedOutputs):
+        return len(audited.model.indices)
+    return audited.num_classes
+
+
+def non_finite_inputs(
+    images: torch.Tensor, normalise: Callable[[torch.Tensor], torch.Tensor], batch_size: int
+) -> int:
+    """How many examples the preprocessing makes into an input with a NaN or infinite value."""
+    count = 0
+    for start in range(0, len(images), batch_size):
+        batch = normalise(images[start : start + batch_size])
+        count += int((~torch.isfinite(batch.float())).flatten(1).any(dim=1).sum())
+    return count
+
+
+def check_outputs(prepared: Prepared) -> dict[str, torch.Tensor]:
+    """Every model's logits on the whole data, checked: finite inputs, the shape of every
+    batch's output, finite logits. A model with NaN or infinite logits cannot be audited (its
+    argmax and confidence mean nothing): UserError naming it and how many examples. Returns the
+    logits (kept in `prepared.logits`)."""
+    if prepared.logits is not None:
+        return prepared.logits
+    data, settings = prepared.data, prepared.settings
+    total = len(data.labels)
+    bad_inputs = non_finite_inputs(data.images, prepared.normalise, settings.batch_size)
+    if bad_inputs:
+        raise UserError(
+            f"the preprocessing ({prepared.transform}) makes non-finite inputs (NaN or inf) for "
+            f"{bad_inputs} of {total} test examples; check data.transform (mean, std)"
+        )
+    logits = {}
+    for name, audited in prepared.models.items():
+        values = predict(audited, data.images, prepared.normalise, settings.batch_size)
+        bad = int((~torch.isfinite(values)).any(dim=1).sum())
+        if bad:
+            raise UserError(
+                f"{name} ({audited.loaded.spec}): non-finite logits (NaN or inf) on {bad} of "
+                f"{total} test examples; a model with such outputs cannot be audited: check "
+                "the model and its input (data.transform)"
+            )
+        logits[name] = values
+    prepared.logits = logits
+    return logits
+
+
+CHANCE_SIGNIFICANCE = 0.01
+
+
+def reference_at_chance(labels: torch.Tensor, logits: torch.Tensor, transform: str) -> str | None:
+    """One line when the reference is not clearly above chance (a degenerate comparison:
+    every model agrees with a reference that knows nothing), else None. Chance is the largest
+    class's share of the examples (what always answering that class scores); "clearly above"
+    is a one-sided binomial test at CHANCE_SIGNIFICANCE."""
+    from scipy.stats import binomtest
+
+    total = len(labels)
+    if total == 0:
+        return None
+    correct = int((logits.argmax(dim=1) == labels).sum())
+    chance = float(torch.bincount(labels).max()) / total
+    p_value = binomtest(correct, total, chance, alternative="greater").pvalue
+    if p_value < CHANCE_SIGNIFICANCE:
+        return None
+    return (
+        f"reference: accuracy {correct / total:.3f} is not clearly above chance ({chance:.3f}, "
+        f"the largest class's share of {total} test examples; binomial p = {p_value:.2g}): "
+        f"a degenerate comparison. Input handling used: {transform}; set data.transform "
+        "(resize, centre_crop, mean, std) to the input the reference expects, or pass "
+        "--reference-at-chance if the reference is meant to be so"
+    )
 
 
 def model_costs(audited: AuditedModel, example: torch.Tensor, options: Any) -> dict[str, float]:
@@ -379,6 +488,7 @@ class Comparison:
     # the release gate's verdicts (compalign.gate.Verdict), every rule on every candidate, set
     # by apply_gate; shown on the page, written to gate.json, logged to MLflow
     verdicts: list[Any] = field(default_factory=list)
+    degenerate: str | None = None  # why the comparison means nothing (reference_at_chance)
 
     @property
     def candidates(self) -> list[str]:
@@ -551,6 +661,25 @@ class Prepared:
     transform: str
     settings: Any
     notes: list[str]
+    logits: dict[str, torch.Tensor] | None = None  # set by check_outputs
+
+
+MAX_BATCH_BYTES = 4 * 2**30
+
+
+def _check_batch_memory(settings: Any, example: torch.Tensor, count: int) -> None:
+    """Refuse a prediction or latency batch whose inputs alone take more than MAX_BATCH_BYTES
+    (a latency batch is built whatever the data's size)."""
+    per_input = example[:1].numel() * example.element_size()
+    batches = [("audit.batch_size", min(settings.batch_size, count))]
+    batches += [("audit.latency_batch_sizes", size) for size in settings.latency_batch_sizes]
+    for key, size in batches:
+        if size * per_input > MAX_BATCH_BYTES:
+            raise UserError(
+                f"{key}: a batch of {size} inputs of shape {list(example.shape[1:])} takes "
+                f"{size * per_input / 2**30:.1f} GiB (at most {MAX_BATCH_BYTES // 2**30}); "
+                "lower it"
+            )
 
 
 def check_models(
@@ -591,7 +720,8 @@ def check_models(
     if not examples.raw and settings.figure_examples:
         settings = settings.model_copy(update={"figure_examples": 0})
         notes.append("No attribution figure: the data's images are not raw pixels.")
-    example = normalise(examples.images[:1])
+    example = normalise(examples.images[:2])
+    _check_batch_memory(settings, example, len(examples.labels))
     probe = settings.attribution_samples > 0
     models = {
         name: prepare_model(
@@ -691,12 +821,15 @@ def comparison_steps(models: int, measure_costs: bool = True) -> int:
 def run_comparison(
     prepared: Prepared, measure_costs: bool = True, progress: Progress | None = None
 ) -> Comparison:
-    """Predict, audit and (optionally) measure the costs of checked models; `progress(done,
-    total, step)` is called as each step starts (`comparison_steps` of them) and once at the
-    end (done == total)."""
+    """Predict (checking every output: check_outputs), audit and (optionally) measure the
+    costs of checked models; a reference not clearly above chance is noted as `degenerate`.
+    `progress(done, total, step)` is called as each step starts (`comparison_steps` of them)
+    and once at the end (done == total)."""
+    logits = check_outputs(prepared)
     example = prepared.normalise(prepared.data.images[:1])
     comparison = _run(
         prepared.models,
+        logits,
         prepared.data,
         prepared.normalise,
         prepared.settings,
@@ -706,11 +839,38 @@ def run_comparison(
     )
     comparison.transform = prepared.transform
     comparison.notes = prepared.notes + comparison.notes
+    comparison.degenerate = reference_at_chance(
+        prepared.data.labels, logits[REFERENCE], prepared.transform
+    )
+    if comparison.degenerate:
+        comparison.notes.insert(
+            0, comparison.degenerate.replace("reference: ", "The reference's ", 1)
+        )
     return comparison
+
+
+def gate_names(prepared: Prepared) -> set[str]:
+    """Every name a release rule may test on a candidate (Comparison.gate_metrics), found
+    before the audit by a quick one on the checked logits: 100 bootstrap samples, at most 2
+    attribution samples, no costs (their columns are there all the same)."""
+    settings = prepared.settings.model_copy(
+        update={
+            "bootstrap_samples": 100,
+            "attribution_samples": min(prepared.settings.attribution_samples, 2),
+            "figure_examples": 0,
+        }
+    )
+    logits = check_outputs(prepared)
+    example = prepared.normalise(prepared.data.images[:1])
+    quick = _run(
+        prepared.models, logits, prepared.data, prepared.normalise, settings, False, example
+    )
+    return {name for candidate in quick.candidates for name in quick.gate_metrics(candidate)}
 
 
 def _run(
     audited: dict[str, AuditedModel],
+    all_logits: dict[str, torch.Tensor],
     examples: AuditData,
     normalise: Callable[[torch.Tensor], torch.Tensor],
     settings: Any,
@@ -731,7 +891,7 @@ def _run(
     reference_audit = None
     for name, model in audited.items():  # the reference first
         step(f"{name}: predictions on {len(examples.labels)} test examples")
-        logits = predict(model, examples.images, normalise, settings.batch_size)
+        logits = all_logits[name]
         frames[name] = predictions_frame(examples.example_ids, examples.labels, logits)
         inputs = AuditInputs(
             frame=frames[name],

@@ -28,7 +28,7 @@ from compalign.compressors import COMPRESSORS
 from compalign.costs import CompileOptions, LatencyOptions
 from compalign.errors import UserError
 from compalign.losses import LOSSES
-from compalign.options import Fraction, Options, Seed, has_options
+from compalign.options import MAX_BATCH, Fraction, Options, Seed, has_options
 from compalign.preprocess import ClassNames, TransformParams
 
 Section = Options  # a params section: unknown keys are errors, values checked on assignment
@@ -111,9 +111,9 @@ MODEL_INPUT_KEYS = ("transform", "class_names")
 class TrainingParams(Section):
     """Settings shared by reference training and alignment fine-tuning."""
 
-    epochs: Annotated[int, Field(ge=1)] = 30
+    epochs: Annotated[int, Field(ge=1, le=100_000)] = 30
     """passes over the training split"""
-    batch_size: Annotated[int, Field(ge=1)] = 64
+    batch_size: Annotated[int, Field(ge=1, le=MAX_BATCH)] = 64
     """examples per optimisation step"""
     optimizer: Literal["sgd", "adamw"] = "sgd"
     """sgd (Nesterov momentum) | adamw; cosine schedule either way"""
@@ -185,7 +185,7 @@ class CompressSettings(Section):
     reference's labels after fine-tuning up to ~90% sparsity; mismatches appear from ~95%."""
     calibration_batches: Annotated[int, Field(ge=1, le=1000)] = 8
     """training batches for static quantization and Taylor importance"""
-    calibration_batch_size: Annotated[int, Field(ge=1)] = 64
+    calibration_batch_size: Annotated[int, Field(ge=1, le=MAX_BATCH)] = 64
     """examples per calibration batch"""
 
     def options(self, method: str) -> dict[str, Any]:
@@ -223,7 +223,7 @@ class AlignSettings(TrainingParams):
     """none = audited straight after compression; ce = plain cross-entropy (the baseline of the
     reduction factors); kd = Hinton distillation; label_preserving = Joseph et al.'s multi-part
     loss; pw = Meyer & Wong's performance-weighted loss; logit_mse"""
-    epochs: Annotated[int, Field(ge=1)] = 20
+    epochs: Annotated[int, Field(ge=1, le=100_000)] = 20
     """fine-tuning epochs of each compressed model"""
     lr: Annotated[float, Field(gt=0.0)] = 0.01
     """the learning rate at the start of the cosine schedule"""
@@ -321,7 +321,7 @@ class RunParams(Section):
     """auto | cpu | cuda"""
     experiment: Annotated[str, Field(min_length=1)] = "compalign"
     """MLflow experiment"""
-    threads: Annotated[int, Field(ge=1)] | None = None
+    threads: Annotated[int, Field(ge=1, le=1024)] | None = None
     """torch threads of each task (null: the cores not busy with other work, shared among the
     tasks that can run beside it: every core for a task that runs alone, one each in a full grid;
     flows/threads.py)"""
@@ -524,6 +524,43 @@ def _unique(values: list[str]) -> list[str]:
     return list(dict.fromkeys(values))
 
 
+def shown_value(value: Any, limit: int = 80) -> str:
+    """repr of a value for a message, cut to `limit` characters (an input can be huge)."""
+    if isinstance(value, dict | list) and _count_values(value, 1000) > 1000:
+        return f"a {type(value).__name__} of more than 1000 values"
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _count_values(tree: Any, limit: int) -> int:
+    """Values (mappings, lists, keys and leaves) in a YAML tree as if its aliases were copied,
+    counted up to just past `limit` (the walk stops there: a billion-laughs file costs nothing)."""
+    count, stack = 0, [tree]
+    while stack and count <= limit:
+        node = stack.pop()
+        count += 1
+        if isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, list | tuple):
+            stack.extend(node)
+    return count
+
+
+MAX_PARAMS_BYTES = 2**20  # a params file is a few KB
+MAX_PARAMS_VALUES = 100_000  # and a few hundred values
+
+
+def _bounded(tree: Any, source: str) -> Any:
+    """`tree`, refused when its aliases (*name) expand it past MAX_PARAMS_VALUES values."""
+    if _count_values(tree, MAX_PARAMS_VALUES) > MAX_PARAMS_VALUES:
+        raise UserError(
+            f"{source}: more than {MAX_PARAMS_VALUES} values once its YAML aliases (*name) are "
+            "expanded, where params have a few hundred; write the values out without aliases"
+        )
+    return tree
+
+
 def _format_error(error: ValidationError, prefix: str) -> str:
     """One line for the first problem: the dotted key, what is wrong, what is allowed."""
     first = error.errors()[0]
@@ -541,7 +578,7 @@ def _format_error(error: ValidationError, prefix: str) -> str:
     else:
         message = first["msg"].removeprefix("Value error, ")
         if first["type"] not in ("missing",):
-            message += f" (got {first['input']!r})"
+            message += f" (got {shown_value(first['input'])})"
     more = len(error.errors()) - 1
     suffix = f" [+{more} more problem{'s' if more > 1 else ''}]" if more else ""
     return f"{prefix}{key}: {message}{suffix}"
@@ -558,7 +595,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as error:
         raise UserError(f"--set {text!r}: the value is not valid YAML ({error.problem})") from error
-    return key.split("."), value
+    return key.split("."), _bounded(value, f"--set {key}")
 
 
 def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -604,8 +641,14 @@ def load_params(
                 f"{path}: params file not found; pass --params FILE, or write the defaults "
                 "here with `compalign init`"
             )
+        size = path.stat().st_size
+        if size > MAX_PARAMS_BYTES:
+            raise UserError(
+                f"{path}: {size} bytes, not a params file (at most {MAX_PARAMS_BYTES}); pass "
+                "--params FILE"
+            )
         try:
-            tree = yaml.safe_load(path.read_bytes().decode("utf-8"))
+            tree = _bounded(yaml.safe_load(path.read_bytes().decode("utf-8")), str(path))
         except UnicodeDecodeError as error:
             raise UserError(
                 f"{path}: not UTF-8 text (byte {error.start}: {error.reason}); save it as UTF-8"

@@ -62,14 +62,20 @@ def unreliable(costs: dict[str, float]) -> bool:
     return bool(math.isfinite(load) and math.isfinite(cores) and load > cores)
 
 
+MAX_LATENCY_BATCH = 1024
+
+
 class LatencyOptions(Options):
     """How CPU latency is measured (keys of the `audit` section)."""
 
-    latency_warmup: Annotated[int, Field(ge=0)] = 10
+    latency_warmup: Annotated[int, Field(ge=0, le=10_000)] = 10
     """CPU latency: forward passes before timing"""
-    latency_repeats: Annotated[int, Field(ge=1)] = 50
+    latency_repeats: Annotated[int, Field(ge=1, le=10_000)] = 50
     """timed passes; the median is reported, with the 10th and 90th percentiles as its spread"""
-    latency_batch_sizes: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [1, 64])
+    # a synthetic batch of each size is built: bounded (one of 1024 224x224 images is 600 MB)
+    latency_batch_sizes: list[Annotated[int, Field(ge=1, le=MAX_LATENCY_BATCH)]] = Field(
+        default_factory=lambda: [1, 64], min_length=1, max_length=8
+    )
     """batch sizes timed; a model that only accepts one batch size is timed at that size, and
     a batch of N images is reported as the calls it takes (labelled "batch 1 x 64")"""
 

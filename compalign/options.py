@@ -13,6 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
 Seed = Annotated[int, Field(ge=0)]
+# the largest batch of any params key (a batch larger than the data is the whole data; larger
+# numbers are typos or attacks, not settings)
+MAX_BATCH = 65_536
 
 
 class Options(BaseModel):

@@ -37,9 +37,9 @@ class TransformParams(Options):
     """shorter side resized to this (before the crop)"""
     centre_crop: Annotated[int, Field(ge=1, le=4096)] | None = None
     """square side of the centre crop"""
-    mean: list[float] | None = None
+    mean: list[Annotated[float, Field(allow_inf_nan=False)]] | None = None
     """per channel, of pixels in [0, 1], e.g. [0.485, 0.456, 0.406]"""
-    std: list[Annotated[float, Field(gt=0.0)]] | None = None
+    std: list[Annotated[float, Field(gt=0.0, allow_inf_nan=False)]] | None = None
     """per channel, like mean"""
     channels: Literal[1, 3] | None = None
     """1 or 3: grey images repeated to 3, RGB averaged to 1"""

@@ -137,8 +137,10 @@ def _prepare_process(params: Params, refresh: bool = False, flows: bool = False)
     the normal shutdown: finally blocks and atexit hooks run, so the temporary Prefect server
     stops instead of outliving the process.
     """
+    from flows.preflight import check_project
     from flows.runtime import configure_environment
 
+    check_project()  # writable, space left, its databases readable: before the first write
     configure_environment()
     if flows:  # a Prefect API server that dies with this process (flows/server.py)
         from flows.server import start_api_server
@@ -487,6 +489,14 @@ def audit_command(
         ),
     ] = None,
     refresh: Annotated[bool, typer.Option(help="prepare the data again, ignoring caches")] = False,
+    reference_at_chance: Annotated[
+        bool,
+        typer.Option(
+            "--reference-at-chance",
+            help="accept a reference whose accuracy is not clearly above chance (else such a"
+            " degenerate comparison fails the gate: exit 1)",
+        ),
+    ] = False,
     verbose: VerboseOption = False,
     localize: Annotated[
         bool,
@@ -510,7 +520,7 @@ def audit_command(
     """
     from compalign.compare import parse_candidate
     from compalign.gate import parse_rule
-    from compalign.model_sources import load_model, parse_spec
+    from compalign.model_sources import parse_spec
 
     if params_file is None and Path("params.yaml").is_file():
         params_file = Path("params.yaml")
@@ -523,24 +533,22 @@ def audit_command(
     for spec in specs:
         parse_spec(spec)
     _check_data(params)
-    # a missing file or a pickled module: refused before anything is written
-    loaded = {spec: load_model(spec) for spec in specs}
+    # data, models, outputs and rule names: refused before anything is written
+    from flows.preflight import audit_preflight, hold_audit_lock
+
+    checked = audit_preflight(params, reference, candidates, reference2, rules, refresh)
     if localize:  # a format without module names: one line, before anything is written
+        from compalign.compare import REFERENCE
         from compalign.localize import check_localizable
 
-        check_localizable(loaded[reference], {n: loaded[s] for n, s in candidates.items()})
+        models = checked.prepared.models
+        check_localizable(models[REFERENCE].loaded, {n: models[n].loaded for n in candidates})
     users_server = os.environ.get("PREFECT_API_URL")
+    hold_audit_lock(Path("reports/compare"))  # until the process ends: the report is its own
     _prepare_process(params, refresh, flows=True)
+    checked.save()
     from flows.compare import REPORT_DIR, audit_flow
-    from tasks.data import prepare
 
-    _check_models(
-        params,
-        prepare(params.data.prepare_params()),
-        loaded[reference],
-        {name: loaded[spec] for name, spec in candidates.items()},
-        loaded[reference2] if reference2 else None,
-    )
     _server_ready(params.run.experiment)
     with _resumable("stages"), _display(verbose):
         result = audit_flow(
@@ -557,6 +565,8 @@ def audit_command(
 
         print_layers(result["layers"], result["layer_notes"])
     failures = _echo_gate(result["verdicts"])
+    if result.get("degenerate") and not reference_at_chance:
+        failures.insert(0, f"FAILED {result['degenerate']}")
     typer.echo(f"Report: {(REPORT_DIR / 'report.html').resolve()}; tables in {REPORT_DIR}/.")
     for line in _pointer_lines(params, result, users_server):
         typer.echo(line)
@@ -608,26 +618,6 @@ def _echo_gate(verdicts: list[dict]) -> list[str]:
         + "."
     )
     return failures
-
-
-def _check_models(params: Params, data: dict, reference, candidates, reference2) -> None:
-    """Every model runs on the data's input and predicts its classes (else one line, exit 2)
-    before the flow starts."""
-    from compalign.compare import check_models
-    from compalign.data import load_split, read_manifest
-
-    manifest = read_manifest(data["path"])
-    check_models(
-        reference,
-        candidates,
-        load_split(data["path"], "test", manifest),
-        reference2=reference2,
-        class_names=manifest["class_names"],
-        class_map=params.data.class_names,
-        transform=params.data.transform,
-        options=params.audit,
-        attribution_samples=0,
-    )
 
 
 def _echo_comparison(result: dict) -> None:
@@ -887,6 +877,14 @@ def main() -> None:
         app()
     except UserError as error:
         typer.echo(f"error: {error}", err=True)
+        sys.exit(2)
+    except OSError as error:  # the environment's fault (a full disk, a read-only folder)
+        from flows.preflight import environment_error
+
+        message = environment_error(error)
+        if message is None:
+            raise
+        typer.echo(f"error: {message}", err=True)
         sys.exit(2)
 
 

@@ -25,6 +25,7 @@ from compalign.compare import (
 from compalign.config import AuditParams, DataParams
 from compalign.data import load_split, read_manifest
 from compalign.errors import UserError
+from compalign.files import atomic_directory
 from compalign.localize import checkpoint_kind
 from tasks.logs import stage_logger, step_reporter
 from tasks.store import Artifact, require
@@ -111,7 +112,12 @@ def audit_brought_models(
         except UserError as error:  # a rule on an unknown metric: said after the files are written
             refused = error
     title = audit_title(dataset or manifest["source"], reference)
-    written = comparison.write(report_dir, title)
+    # the folder is replaced whole: never half-written, never another audit's models beside
+    with atomic_directory(report_dir) as scratch:
+        written = {
+            key: Path(report_dir) / path.relative_to(scratch)
+            for key, path in comparison.write(scratch, title).items()
+        }
     metrics = {name: comparison.gate_metrics(name) for name in comparison.metrics}
     for row in comparison.summary.to_dict(orient="records"):
         name = row["name"]
@@ -155,6 +161,7 @@ def audit_brought_models(
         "candidates": comparison.candidates,
         "noise_floor": REFERENCE2 in comparison.metrics,
         "transform": comparison.transform,
+        "degenerate": comparison.degenerate,
         "written": {key: str(path) for key, path in written.items()},
         "layers": {
             name: frame.to_dict(orient="records") for name, frame in comparison.layers.items()

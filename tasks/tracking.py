@@ -119,11 +119,33 @@ def store_lock(uri: str) -> Iterator[None]:
             yield
 
 
+def _create_store(uri: str) -> None:
+    """A new local SQLite store made under another name, then renamed into place: MLflow's
+    migrations take seconds and commit one by one, so a run killed while they ran left a
+    half-made mlflow.db that every later run failed on ("table ... already exists")."""
+    if not uri.startswith("sqlite:///"):
+        return
+    database = Path(uri.removeprefix("sqlite:///"))
+    if database.exists():
+        return
+    from compalign.files import pid_alive
+
+    for stale in database.parent.glob(f".{database.name}.*.creating"):
+        pid = stale.name.removeprefix(f".{database.name}.").removesuffix(".creating")
+        if pid.isdigit() and not pid_alive(int(pid)):
+            stale.unlink(missing_ok=True)
+    scratch = database.with_name(f".{database.name}.{os.getpid()}.creating")
+    scratch.unlink(missing_ok=True)
+    MlflowClient(f"sqlite:///{scratch}").search_experiments(max_results=1)  # runs migrations
+    os.replace(scratch, database)
+
+
 def setup(experiment: str) -> Tracking:
     """Point MLflow at the project store and get (or create) the experiment."""
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
     with store_lock(uri):
+        _create_store(uri)
         store = client(uri)
         found = store.get_experiment_by_name(experiment)
         if found is None:

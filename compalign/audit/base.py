@@ -21,13 +21,13 @@ from pydantic import Field
 from torch import nn
 
 from compalign.audit.stats import bootstrap_indices, comparison_frame
-from compalign.options import NoOptions, Options, Seed
+from compalign.options import MAX_BATCH, NoOptions, Options, Seed
 
 
 class AuditSettings(Options):
     """Audit options every metric may use: how predictions are made and resampled."""
 
-    batch_size: Annotated[int, Field(ge=1)] = 512
+    batch_size: Annotated[int, Field(ge=1, le=MAX_BATCH)] = 512
     """examples per forward pass of the audit"""
     seed: Seed = 0
     """bootstrap resamples and the attribution sample"""

@@ -65,7 +65,7 @@ from torch import nn
 
 from compalign.compressors.base import STRUCTURED, Calibration, Compressor
 from compalign.errors import UserError
-from compalign.options import Options, Seed
+from compalign.options import MAX_BATCH, Options, Seed
 from compalign.train import augment_batch, stop_if_requested
 
 if TYPE_CHECKING:
@@ -79,7 +79,7 @@ class TaylorIterativeOptions(Options):
 
     lr: Annotated[float, Field(gt=0.0)] = 0.01
     """plain SGD between removals, on the alignment loss (their tay_lr)"""
-    batch_size: Annotated[int, Field(ge=1)] = 128
+    batch_size: Annotated[int, Field(ge=1, le=MAX_BATCH)] = 128
     """examples per SGD step between removals"""
     batches_between_prunes: Annotated[int, Field(ge=0)] = 4
     """filters removed on every (n+1)-th batch (their tay_batches)"""

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 (pa.compute)
 import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
@@ -107,13 +108,9 @@ def _resize(images: np.ndarray, size: int) -> np.ndarray:
     return resized.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
-def build_table(params: Any) -> tuple[pa.Table, dict[str, Any]]:
-    """Load `data.source`, split and subsample it; return the Parquet table and its manifest."""
-    if params.source not in SOURCES:
-        raise UserError(
-            f"data.source: unknown source {params.source!r}; choose one of {sorted(SOURCES)}"
-        )
-    raw = SOURCES[params.source].load(params)
+def plan_table(raw: RawDataset, params: Any) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+    """The checks a source's examples must pass before any image is read (classes, label
+    groups, every split non-empty), then (split of every example, indices kept, groups)."""
     if len(raw.labels) == 0:
         raise UserError(
             f"data.source={params.source}: the dataset at {params.root} has no examples"
@@ -138,6 +135,38 @@ def build_table(params: Any) -> tuple[pa.Table, dict[str, Any]]:
             split, raw.labels, params.rare_classes, params.rare_fraction, params.seed
         )
     kept = _limit(split, params.limit, params.seed)
+    for name in SPLITS:
+        if not (split[kept] == name).any():
+            raise UserError(_empty_split(name, raw, params))
+    return split, kept, groups
+
+
+def _empty_split(name: str, raw: RawDataset, params: Any) -> str:
+    """Why split `name` is empty, and what would fill it: the examples are too few for the
+    split fractions (data.limit never empties a split: it keeps up to that many of each)."""
+    counts = np.bincount(raw.labels, minlength=len(raw.class_names))
+    smallest = int(counts.min())
+    how = (
+        "lower data.val_fraction and data.test_fraction"
+        if name == "train"
+        else f"raise data.{name}_fraction"
+    )
+    official = " (its official split)" if raw.official_split is not None else ""
+    return (
+        f"data: the {name} split is empty: {len(raw.labels)} examples{official}, the smallest "
+        f"class {smallest}, are too few for data.val_fraction={params.val_fraction} and "
+        f"data.test_fraction={params.test_fraction}; add examples (images per class) or {how}"
+    )
+
+
+def build_table(params: Any) -> tuple[pa.Table, dict[str, Any]]:
+    """Load `data.source`, split and subsample it; return the Parquet table and its manifest."""
+    if params.source not in SOURCES:
+        raise UserError(
+            f"data.source: unknown source {params.source!r}; choose one of {sorted(SOURCES)}"
+        )
+    raw = SOURCES[params.source].load(params)
+    split, kept, groups = plan_table(raw, params)
     images = raw.load_images(kept)
     if params.image_size is not None and images.shape[1:3] != (
         params.image_size,
@@ -150,12 +179,6 @@ def build_table(params: Any) -> tuple[pa.Table, dict[str, Any]]:
             f"data.source={params.source}: images are {height}x{width}; set data.image_size"
         )
     split, labels = split[kept], raw.labels[kept]
-    for name in SPLITS:
-        if not (split == name).any():
-            raise UserError(
-                f"data: the {name} split is empty ({len(kept)} examples kept); "
-                "raise data.limit or the split fractions"
-            )
     columns: dict[str, pa.Array] = {
         "example_id": pa.array(raw.ids[kept].astype(str)),
         "split": pa.array(split),
@@ -245,6 +268,14 @@ def load_split(data_dir: str | Path, split: str, manifest: dict[str, Any] | None
     data_dir = Path(data_dir)
     manifest = manifest or read_manifest(data_dir, verify=False)
     table = pq.read_table(data_dir / manifest["file"], filters=[("split", "=", split)])
+    return split_of_table(table, manifest)
+
+
+def split_of_table(table: pa.Table, manifest: dict[str, Any], split: str | None = None) -> Split:
+    """The rows of a prepared table (those of `split`, if given) as a Split in memory: what
+    load_split reads, from a table that was built but not written."""
+    if split is not None:
+        table = table.filter(pa.compute.equal(table.column("split"), split))
     height, width, channels = manifest["image_shape"]
     column = table.column("image").combine_chunks()
     offset = column.offset * height * width * channels

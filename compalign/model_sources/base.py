@@ -142,10 +142,20 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return dict(state)
 
 
+def _quiet_weights_only_load(path: Path) -> Any:
+    """torch.load(weights_only=True) without its warning about a pickle protocol it then
+    refuses (the refusal is the message)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def torch_load_weights(path: Path) -> Any:
     """torch.load with weights_only=True; a pickled object it cannot read safely is refused."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return _quiet_weights_only_load(path)
     except pickle.UnpicklingError:
         raise pickled_object_error(path) from None
     except (RuntimeError, EOFError, OSError) as error:
@@ -156,7 +166,7 @@ def diagnose_torch_file(path: Path, expected: str) -> UserError:
     """Why a file is not `expected`: a pickled module (refused), a state dict (needs its
     architecture), a compalign checkpoint file (pass its folder), or not a model at all."""
     try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
+        content = _quiet_weights_only_load(path)
     except pickle.UnpicklingError:
         return pickled_object_error(path)
     except Exception:  # any other failure: it is no torch file at all

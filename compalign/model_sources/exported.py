@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import io
-import json
-import pickle
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -18,59 +16,61 @@ from compalign.model_sources.base import (
     Unregistered,
     existing_file,
     fixed_batch_size,
-    pickled_object_error,
 )
-
-# torch.export.load unpickles (weights_only=False, pickle.loads) these parts of an archive:
-# weights or constants saved with "use_pickle" (tensor subclasses), custom and opaque objects,
-# and sample inputs that a weights-only load refuses. A program that has any is refused.
-PICKLED_PREFIXES = ("custom_obj_", "opaque_obj_")
-
-
-def check_archive(path: Path) -> None:
-    """Refuse a .pt2 archive that loading would unpickle Python objects from; every torch.save
-    part in it must load with weights_only=True."""
-    try:
-        archive = zipfile.ZipFile(path)
-    except zipfile.BadZipFile:
-        raise UserError(f"{path}: not a torch.export program (not a .pt2 archive)") from None
-    with archive:
-        names = archive.namelist()
-        if not any("/models/" in name and name.endswith(".json") for name in names):
-            raise UserError(f"{path}: not a torch.export program (no serialized model inside)")
-        for name in names:
-            if name.endswith(("_weights_config.json", "_constants_config.json")):
-                config = json.loads(archive.read(name)).get("config", {})
-                for entry in config.values():
-                    pickled = entry.get("use_pickle") or str(entry.get("path_name", "")).startswith(
-                        PICKLED_PREFIXES
-                    )
-                    if pickled:
-                        raise pickled_object_error(path)
-            elif name.endswith(".pt"):
-                try:
-                    torch.load(io.BytesIO(archive.read(name)), weights_only=True)
-                except pickle.UnpicklingError:
-                    raise pickled_object_error(path) from None
+from compalign.model_sources.pt2_archive import (
+    check_archive,
+    check_contents,
+    check_graph,
+    quiet_torch_export,
+    write_checked_copy,
+)
 
 
 def input_shape(program: torch.export.ExportedProgram) -> list:
     """The shape of the program's first user input (ints where fixed, symbols where dynamic)."""
-    first = program.graph_signature.user_inputs[0]
+    first = program.graph_signature.user_inputs[0] if program.graph_signature.user_inputs else None
     for node in program.graph.nodes:
-        if node.op == "placeholder" and node.name == first:
+        if node.op == "placeholder" and node.name == first and "val" in node.meta:
             return list(node.meta["val"].shape)
     raise UserError("the exported program has no image input")
 
 
+def read_program(path: Path) -> tuple[torch.export.ExportedProgram, torch.nn.Module]:
+    """The program and its module, read from a checked copy of the archive
+    (compalign.model_sources.pt2_archive says what is checked and why torch's unpickling
+    fallback cannot be reached); UserError naming the file for anything torch cannot read."""
+    checked = check_archive(path)
+    with tempfile.TemporaryDirectory(prefix="compalign-pt2-") as scratch:
+        copy = Path(scratch) / "model.pt2"
+        try:
+            with zipfile.ZipFile(path) as archive:
+                check_contents(archive, checked)
+                write_checked_copy(archive, checked, copy)
+        except (zipfile.BadZipFile, OSError) as error:
+            raise UserError(f"{path}: not a readable .pt2 archive ({error})") from None
+        try:
+            with quiet_torch_export():
+                program = torch.export.load(str(copy))
+                module = program.module(check_guards=False)  # guards are never executed
+        except UserError:
+            raise
+        except Exception as error:  # torch's deserializer raises many types on a bad program
+            first = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
+            raise UserError(
+                f"{path}: not a readable torch.export program ({type(error).__name__}: {first})"
+            ) from None
+    check_graph(path, module)
+    return program, module
+
+
 def load(argument: str, spec: str) -> LoadedModel:
-    """A program read with `torch.export.load` after its archive is checked to hold no pickled
-    Python objects. A program exported with a fixed batch size runs on any batch (in chunks of
-    that size); a fixed image size becomes the default resize and crop of the preprocessing."""
+    """A program read with `torch.export.load` after its archive is checked entry by entry
+    (an allow-list of what torch.export.save writes for a CPU program: no pickles, no compiled
+    libraries, no code in its expressions or guards). A program exported with a fixed batch
+    size runs on any batch (in chunks of that size); a fixed image size becomes the default
+    resize and crop of the preprocessing."""
     path = existing_file(argument, spec)
-    check_archive(path)
-    program = torch.export.load(str(path))
-    module = program.module()
+    program, module = read_program(path)
     shape = input_shape(program)
     model: torch.nn.Module = Unregistered(module)
     batch = fixed_batch_size(shape)

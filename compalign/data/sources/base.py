@@ -97,6 +97,24 @@ def not_found(source: str, where: Path | str, how: str) -> UserError:
     )
 
 
+def eight_bit(image: Any, path: str) -> Any:
+    """A 16-bit grey image (PIL modes I;16*, or I with values up to 65535) scaled to 8 bits
+    (value * 255 / 65535, rounded): PIL's convert clips it to 255 instead. Other integer or
+    float modes are refused: their range is not known."""
+    from PIL import Image
+
+    if image.mode not in ("I", "F") and not image.mode.startswith("I;16"):
+        return image
+    values = np.asarray(image)
+    if image.mode == "F" or values.min() < 0 or values.max() > 65535:
+        raise UserError(
+            f"{os.fsencode(path).decode('utf-8', 'backslashreplace')}: a {image.mode} image "
+            f"with values {values.min()}..{values.max()}; save it as 8- or 16-bit"
+        )
+    scaled = (values.astype(np.uint32) * 255 + 32767) // 65535
+    return Image.fromarray(scaled.astype(np.uint8), mode="L")
+
+
 def load_pil(paths: Sequence[str], image_size: int | None, mode: str) -> np.ndarray:
     """Image files as uint8 [n, H, W, C]: converted to `mode`, centre-cropped to a square and,
     with `image_size`, resized (bilinear)."""
@@ -105,7 +123,7 @@ def load_pil(paths: Sequence[str], image_size: int | None, mode: str) -> np.ndar
     images = []
     for path in paths:
         with Image.open(path) as image:
-            image = image.convert(mode)
+            image = eight_bit(image, path).convert(mode)
             width, height = image.size
             side = min(width, height)
             if width != height:  # centre-crop to a square before any resize
@@ -124,13 +142,13 @@ def load_pil(paths: Sequence[str], image_size: int | None, mode: str) -> np.ndar
     return np.stack(images)
 
 
-def _files_under(top: Path) -> list[Path]:
-    """`top` itself if it is a file, else every file below it (symlinks followed, as the loaders
-    follow them)."""
+def _files_under(top: Path, follow_links: bool = True) -> list[Path]:
+    """`top` itself if it is a file, else every file below it (links to folders followed, as
+    the loaders follow them, unless `follow_links` is False)."""
     if top.is_file():
         return [top]
     found = []
-    for folder, _, names in os.walk(top, followlinks=True):
+    for folder, _, names in os.walk(top, followlinks=follow_links):
         found += [Path(folder) / name for name in names]
     return [path for path in found if path.is_file()]
 
@@ -152,7 +170,7 @@ def hashed_files(root: Path, names: Sequence[str]) -> list[dict[str, Any]]:
 
 
 def listed_files(
-    root: Path, name: str = "", suffixes: Sequence[str] | None = None
+    root: Path, name: str = "", suffixes: Sequence[str] | None = None, follow_links: bool = True
 ) -> list[dict[str, Any]]:
     """Every file under `root / name` (only those ending in one of `suffixes`, case-insensitive,
     if given), sorted: its path relative to `root`, size and modification time in ns. Not hashed:
@@ -162,7 +180,7 @@ def listed_files(
         return []
     wanted = tuple(suffix.lower() for suffix in suffixes) if suffixes is not None else None
     entries = []
-    for path in _files_under(folder):
+    for path in _files_under(folder, follow_links):
         if wanted is not None and not path.name.lower().endswith(wanted):
             continue
         stat = path.stat()

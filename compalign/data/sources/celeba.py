@@ -42,6 +42,8 @@ def load(params: Any) -> RawDataset:
                 str(root), split=official, target_type="attr", download=params.download
             )
         except RuntimeError as error:
+            if (root / IMAGES).is_dir():  # the files are there: say what is wrong with them
+                check_lists(root)
             raise not_found(
                 "celeba",
                 root / "celeba",
@@ -77,10 +79,83 @@ def fingerprint(params: Any) -> dict[str, Any]:
     return {"lists": hashed_files(root, LISTS), "images": listed_files(root, IMAGES)}
 
 
+# Every list torchvision reads: (file, header lines, values per row or None: from the header,
+# the values allowed or None: any integer)
+LIST_FORMATS = (
+    ("celeba/list_attr_celeba.txt", 2, None, {"-1", "1"}),
+    ("celeba/list_eval_partition.txt", 0, 1, {"0", "1", "2"}),
+    ("celeba/identity_CelebA.txt", 0, 1, None),
+    ("celeba/list_bbox_celeba.txt", 2, None, None),
+    ("celeba/list_landmarks_align_celeba.txt", 2, None, None),
+)
+
+
+def check_lists(root: Path) -> None:
+    """Each list file read as torchvision reads it (space-separated rows: an image file name,
+    then integers), with a message naming the file and the line of the first bad row; then
+    their md5 against the published files (torchvision refuses any other as "not found")."""
+    from torchvision.datasets import celeba
+
+    for name, header, width, allowed in LIST_FORMATS:
+        path = root / name
+        if not path.is_file():
+            raise not_found("celeba", path, HINT)
+        _check_list(path, header, width, allowed)
+    digests = {file: md5 for _, md5, file in celeba.CelebA.file_list}
+    for name, *_ in LIST_FORMATS:
+        if not celeba.check_integrity(str(root / name), digests[Path(name).name]):
+            raise UserError(
+                f"{root / name}: well-formed, but not the published CelebA file (its md5 "
+                "differs), which torchvision's reader refuses; use the files of the release"
+            )
+
+
+def _check_list(path: Path, header: int, width: int | None, allowed: set[str] | None) -> None:
+    def bad(number: int, why: str) -> UserError:
+        return UserError(f"{path}:{number}: {why}; the file is not a CelebA list")
+
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        lines = handle.read().splitlines()
+    if header:
+        if not lines or not lines[0].strip().isdigit():
+            raise bad(1, "expected the number of rows")
+        declared = int(lines[0])
+        if len(lines) < 2 or not lines[1].split():
+            raise bad(2, "expected the column names")
+        width = len(lines[1].split())
+        rows = lines[2:]
+        if len([row for row in rows if row.strip()]) != declared:
+            raise bad(1, f"declares {declared} rows, the file has {len(rows)}")
+    else:
+        rows = lines
+    for number, row in enumerate(rows, start=header + 1):
+        fields = row.split()
+        if not fields:
+            continue
+        values = fields[1:]
+        if len(values) != width:
+            raise bad(number, f"{len(values)} values after the file name, expected {width}")
+        for value in values:
+            if allowed is not None and value not in allowed:
+                raise bad(number, f"value {value[:20]!r}, expected one of {sorted(allowed)}")
+            if allowed is None and not value.lstrip("-").isdigit():
+                raise bad(number, f"value {value[:20]!r} is not an integer")
+
+
+def check(params: Any) -> None:
+    """Before anything runs: the image folder and every list torchvision reads are there, and
+    the lists are well-formed (file and line named) and the published ones."""
+    root = Path(params.root)
+    if not (root / IMAGES).is_dir():
+        raise not_found("celeba", root / IMAGES, HINT)
+    check_lists(root)
+
+
 SOURCE = DataSource(
     load=load,
-    required=(IMAGES, "celeba/list_attr_celeba.txt"),
+    required=(IMAGES, *(name for name, *_ in LIST_FORMATS)),  # everything torchvision reads
     hint=HINT,
+    check_files=check,
     fingerprint_files=fingerprint,
     num_classes=2,  # a binary attribute is the label
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,52 @@ from compalign.data.sources.base import DataSource, RawDataset, listed_files, lo
 from compalign.errors import UserError
 
 HINT = "make a folder with one sub-folder of images per class"
+
+
+def shown(path: str | Path) -> str:
+    """A path as text that can be printed, undecodable bytes of its name as \\xNN escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _check_tree(root: Path, tree: Path) -> None:
+    """Refuse what would make the tree read as something else than it is: a symbolic link to a
+    folder (it can loop, as `b/up -> ..` does, or count the same images twice under two labels),
+    a link to a file outside data.root, and a folder or image whose name is not UTF-8 (it
+    cannot be an example id), each named."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    inside = root.resolve()
+    for folder, folders, files in os.walk(tree, followlinks=False):
+        for name in folders:
+            path = Path(folder) / name
+            if path.is_symlink():
+                raise UserError(
+                    f"data.root={shown(root)}: {shown(path)} is a symbolic link to a folder "
+                    f"({shown(os.path.realpath(path))}), which compalign does not follow (it can "
+                    "loop or count images twice); put the folder itself there"
+                )
+            _utf8(root, path)
+        for name in files:
+            path = Path(folder) / name
+            if not name.lower().endswith(IMG_EXTENSIONS):
+                continue
+            _utf8(root, path)
+            target = Path(os.path.realpath(path))
+            if path.is_symlink() and not target.is_relative_to(inside):
+                raise UserError(
+                    f"data.root={shown(root)}: {shown(path)} links to {shown(target)}, outside "
+                    "data.root; copy the image in instead"
+                )
+
+
+def _utf8(root: Path, path: Path) -> None:
+    try:
+        path.name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UserError(
+            f"data.root={shown(root)}: the name of {shown(path)} is not UTF-8 text; rename it "
+            "(e.g. convmv -f latin1 -t utf8)"
+        ) from None
 
 
 def _scan(params: Any) -> tuple[list[tuple[str, int]], list[str], list[str], bool]:
@@ -24,6 +71,7 @@ def _scan(params: Any) -> tuple[list[tuple[str, int]], list[str], list[str], boo
     trees = {"train": root / "train", "test": root / "test"} if has_official else {"all": root}
     samples, splits, classes = [], [], None
     for split_name, tree in trees.items():
+        _check_tree(root, tree)  # before ImageFolder, which follows every link
         try:
             folder = torchvision.datasets.ImageFolder(str(tree))
         except (FileNotFoundError, RuntimeError) as error:
@@ -38,30 +86,48 @@ def _scan(params: Any) -> tuple[list[tuple[str, int]], list[str], list[str], boo
     return samples, splits, list(classes or []), has_official
 
 
-def unreadable(paths: list[str]) -> list[tuple[str, str]]:
-    """(path, reason) of every file PIL cannot open and decode."""
+def inspect_images(paths: list[str]) -> tuple[list[tuple[str, str]], dict[str, int]]:
+    """(path, reason) of every file PIL cannot open and decode, and each readable image's
+    side after centre-cropping to a square (its shorter side)."""
     from PIL import Image
 
-    found = []
+    found, sides = [], {}
     for path in paths:
         try:
             with Image.open(path) as image:
                 image.load()
+                sides[path] = min(image.size)
         except Exception as error:  # PIL raises many types for a broken file
             found.append((path, f"{type(error).__name__}: {error}".replace("\n", " ")))
-    return found
+    return found, sides
+
+
+def unreadable(paths: list[str]) -> list[tuple[str, str]]:
+    """(path, reason) of every file PIL cannot open and decode."""
+    return inspect_images(paths)[0]
 
 
 def _readable(params: Any, samples: list[tuple[str, int]]) -> list[bool]:
     """Which samples to keep: all, or, with data.skip_unreadable, those PIL can read. Without
-    it, an unreadable image is an error naming the file and the reason."""
-    broken = dict(unreadable([path for path, _ in samples]))
+    it, an unreadable image is an error naming the file and the reason. Images of different
+    sizes without data.image_size are an error too (they cannot be stacked)."""
+    found, sides = inspect_images([path for path, _ in samples])
+    broken = dict(found)
     if broken and not params.skip_unreadable:
         path, reason = next(iter(broken.items()))
         more = f" [+{len(broken) - 1} more]" if len(broken) > 1 else ""
         raise UserError(
-            f"{path}: not a readable image ({reason}){more}; remove it, or set "
+            f"{shown(path)}: not a readable image ({reason}){more}; remove it, or set "
             "data.skip_unreadable=true to leave such files out"
+        )
+    distinct = sorted(set(sides.values()))
+    if params.image_size is None and len(distinct) > 1:
+        smallest = min(sides, key=sides.__getitem__)
+        largest = max(sides, key=sides.__getitem__)
+        raise UserError(
+            f"data: the images have different sizes ({distinct[0]}..{distinct[-1]} pixels square "
+            f"after centre-cropping, e.g. {shown(smallest)} and {shown(largest)}); set "
+            "data.image_size"
         )
     return [path not in broken for path, _ in samples]
 
@@ -90,10 +156,13 @@ def load(params: Any) -> RawDataset:
 
 
 def check(params: Any) -> None:
-    """Before anything runs: the tree exists, and every image in it can be read (or
-    data.skip_unreadable leaves the broken ones out)."""
-    samples, _, _, _ = _scan(params)
-    _readable(params, samples)
+    """Before anything runs or is written: the tree exists, holds no folder links, links out of
+    it or names that are not UTF-8, every image in it can be read (or data.skip_unreadable
+    leaves the broken ones out), the images have one size (or data.image_size), and every
+    split gets examples (compalign.data.prepared.plan_table: no image is loaded)."""
+    from compalign.data.prepared import plan_table
+
+    plan_table(load(params), params)
 
 
 def count_classes(params: Any) -> int:
@@ -108,7 +177,10 @@ def fingerprint(params: Any) -> dict[str, Any]:
     image changes the fingerprint; an edit that keeps both size and modification time does not."""
     from torchvision.datasets.folder import IMG_EXTENSIONS
 
-    return {"images": listed_files(Path(params.root), suffixes=IMG_EXTENSIONS)}
+    # links to folders are refused by check(), never followed (a link to `..` loops)
+    return {
+        "images": listed_files(Path(params.root), suffixes=IMG_EXTENSIONS, follow_links=False)
+    }
 
 
 SOURCE = DataSource(
