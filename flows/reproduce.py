@@ -333,7 +333,8 @@ def reproduce_hooker(
     step = 1
     for method in QUANTIZERS:
         options = settings.compress.options(method)  # e.g. "half (bfloat16)"
-        label = f"{method} ({', '.join(map(str, options.values()))})" if options else method
+        shown = [str(value) for value in options.values() if value not in ([], None, "")]
+        label = f"{method} ({', '.join(shown)})" if shown else method
         for which, base in (("first", settings), ("second", floor)):
             step += 1
             publish_progress(

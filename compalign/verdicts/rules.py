@@ -40,6 +40,9 @@ ACCURACY_MARGIN = 0.01  # Meyer: "without costing accuracy" = pw not more than 1
 PERMUTATIONS = 1000  # Hooker: permutations of members per test (p resolution 1/1001)
 
 HELD, NOT_HELD, NOT_JUDGED = "held", "did not hold", "not judged"
+# a size claim's own words: "reached" says the data are consistent with the paper's figure (its
+# interval reaches it), not that the figure was shown; "not reached", that it is excluded
+REACHED, NOT_REACHED = "size reached", "size not reached"
 
 
 @dataclass(frozen=True)
@@ -257,14 +260,15 @@ class Verdict:
 
     @property
     def held(self) -> bool:
-        return self.status == HELD
+        """Whether the rule found its claim (held, or for a size claim reached)."""
+        return self.status in (HELD, REACHED)
 
     def with_power(self, power: float | None, design: str) -> Verdict:
         """This verdict once the rule's power at the run's size is known: a rule that did not
         reject with less than POWER_NEEDED power is "not judged (not powered ...)", never
         "did not hold"; a rule that rejected keeps "held" (its error rate is what it is)."""
         self.power = power
-        if power is None or self.status != NOT_HELD or power >= POWER_NEEDED:
+        if power is None or self.status not in (NOT_HELD, NOT_REACHED) or power >= POWER_NEEDED:
             return self
         self.status = NOT_JUDGED
         self.detail = (
@@ -389,17 +393,20 @@ def joseph_reduction(
             + (" (above it: shown)" if side == "above" else "")
             for r, side in reaching
         )
+        shown = any(side == "above" for _, side in reaching)
         return direction, Verdict(
             size_rule,
-            HELD,
-            f"reached: the interval at {names} reaches {size:g}x; {best_text}",
+            REACHED,
+            f"the simultaneous interval at {names} reaches {size:g}x: the data are consistent "
+            f"with the paper's figure{'' if shown else ', though they do not show it'}; "
+            f"{best_text}",
         )
     if all(side == "below" for side in size_sides):
         highest = max(results, key=lambda r: r.high if math.isfinite(r.high) else -1)
         return direction, Verdict(
             size_rule,
-            NOT_HELD,
-            f"not reached: every cell's simultaneous interval lies below {size:g}x (the highest "
+            NOT_REACHED,
+            f"every cell's simultaneous interval lies below {size:g}x (the highest "
             f"upper end: {number(highest.high)}x at {highest.cell}); {best_text}",
         )
     return direction, Verdict(
