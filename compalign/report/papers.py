@@ -193,7 +193,10 @@ class PaperReport:
             "(`compalign/verdicts/rules.py`) and checked by simulation: with no effect no rule "
             'says "held" in more than 5% of 1,000 simulated runs of the cpu profile\'s size '
             '(`tests/test_verdict_calibration.py`). "Held" needs the test to reject its null '
-            'after the correction; "did not hold" is said only by a rule with at least '
+            'after the correction; a size claim is judged only where its direction held: "size '
+            "reached\" says its interval reaches the paper's figure (the data are consistent with "
+            'it), "size not reached" that every interval lies below it; "did not hold" is said '
+            "only by a rule with at least "
             f"{POWER_NEEDED:.0%} power at this run's size, otherwise the finding is \"not "
             'judged (not powered)"; a count never gets an interval below 0.',
             "",
