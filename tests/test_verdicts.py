@@ -22,6 +22,7 @@ from compalign.verdicts.rules import (
     HELD,
     NOT_HELD,
     NOT_JUDGED,
+    NOT_REACHED,
     REACHED,
     RULE_BY_KEY,
     Verdict,
@@ -217,7 +218,10 @@ def test_a_clear_reduction_holds_in_direction_and_size():
     )
     verdicts = judge_joseph(simulate.joseph_draw(design, np.random.default_rng(2), reduction=8))
     assert verdicts[0].status == HELD and verdicts[1].status == REACHED
-    assert "reaches 4.1x" in verdicts[1].detail
+    assert verdicts[1].detail.startswith(("shown:", "consistent with the paper's figure"))
+    # no reduction at all, measured well: the paper's size is excluded
+    none = judge_joseph(simulate.joseph_draw(design, np.random.default_rng(2), reduction=1.5))
+    assert none[1].status in (NOT_REACHED, NOT_JUDGED)
 
 
 def test_a_rule_without_power_does_not_say_did_not_hold():

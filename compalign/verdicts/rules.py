@@ -90,8 +90,8 @@ def _joseph_reduction(key: str, where: str, size: float) -> tuple[Rule, Rule]:
             f"…by as much as the paper (up to {size:g}x{subset})",
             measure,
             "(judged only where the direction held)",
-            f"R reaches {size:g}: the simultaneous interval of a cell where the direction held "
-            f"reaches {size:g}",
+            f"R reaches {size:g}: some cell's simultaneous interval reaches {size:g} (shown where "
+            f"it lies above); not reached where every cell's lies below",
             "Fieller interval of R (every k the contrast's two-sided test keeps)",
             "Bonferroni-simultaneous intervals over every cell (level 1 - 0.05/cells), so the "
             "best cell may be picked",
@@ -382,24 +382,13 @@ def joseph_reduction(
     )
     if not reduced:
         return direction, Verdict(size_rule, NOT_JUDGED, f"the direction did not hold; {best_text}")
-    reaching = [
-        (r, side)
-        for r, side in zip(results, size_sides, strict=True)
-        if r.rejected and side in ("reaches", "above")
-    ]
-    if reaching:
-        names = ", ".join(
-            f"{r.cell} [{number(r.low)}, {number(r.high)}]"
-            + (" (above it: shown)" if side == "above" else "")
-            for r, side in reaching
-        )
-        shown = any(side == "above" for _, side in reaching)
+    shown = [r for r, side in zip(results, size_sides, strict=True) if side == "above"]
+    if shown:
+        names = ", ".join(f"{r.cell} [{number(r.low)}, {number(r.high)}]" for r in shown)
         return direction, Verdict(
             size_rule,
             REACHED,
-            f"the simultaneous interval at {names} reaches {size:g}x: the data are consistent "
-            f"with the paper's figure{'' if shown else ', though they do not show it'}; "
-            f"{best_text}",
+            f"shown: the simultaneous interval at {names} lies above {size:g}x; {best_text}",
         )
     if all(side == "below" for side in size_sides):
         highest = max(results, key=lambda r: r.high if math.isfinite(r.high) else -1)
@@ -409,11 +398,13 @@ def joseph_reduction(
             f"every cell's simultaneous interval lies below {size:g}x (the highest "
             f"upper end: {number(highest.high)}x at {highest.cell}); {best_text}",
         )
+    reaching = [r for r, side in zip(results, size_sides, strict=True) if side == "reaches"]
+    names = ", ".join(f"{r.cell} [{number(r.low)}, {number(r.high)}]" for r in reaching)
     return direction, Verdict(
         size_rule,
-        NOT_JUDGED,
-        f"undecided: where the direction held the interval stays below {size:g}x, but cells "
-        f"whose direction did not hold cannot exclude it; {best_text}",
+        REACHED,
+        f"consistent with the paper's figure, not shown: no cell's simultaneous interval "
+        f"excludes {size:g}x at {names}; {best_text}",
     )
 
 
