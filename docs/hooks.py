@@ -372,13 +372,12 @@ def verdict_rules() -> str:
         out.append(f"## {paper.capitalize()} {{#{anchor(paper)}}}\n")
         for rule in rules:
             out.append(f"### {cell(rule.finding)} {{#{anchor(rule.key)}}}\n")
-            rows = [["key", f"`{rule.key}`"]]
-            rows += [
+            rows = [
                 [field.name.replace("_", " "), getattr(rule, field.name)]
                 for field in dataclasses.fields(rule)
                 if field.name not in ("key", "paper", "finding")
             ]
-            out.append(table(["", ""], rows) + "\n")
+            out.append(table(["rule", f"`{rule.key}`"], rows) + "\n")
     return "\n".join(out)
 
 
