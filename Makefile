@@ -7,11 +7,13 @@
 #   TEST_WORKERS=2           pytest-xdist processes of `make test` (auto: one per core); each
 #                            takes whole test files, so a module's fixtures run once
 #   PORT=5000                port of `make ui`
+#   DOCS_PORT=8000           port of `make docs-serve`
 
 PYTHON ?= python3
 VENV ?= .venv
 PIP_CONSTRAINTS ?= constraints.txt
 PORT ?= 5000
+DOCS_PORT ?= 8000
 ARGS ?=
 TEST_WORKERS ?= 2
 BIN := $(VENV)/bin
@@ -19,7 +21,7 @@ STAMP := $(VENV)/.installed
 # apt-get needs root: sudo only for another user (env: sudo drops the caller's variables)
 APT := $(shell [ "$$(id -u)" = 0 ] || echo sudo) env DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: setup run test ui repro bench bench-overhead lint clean browser
+.PHONY: setup run test ui repro bench bench-overhead lint clean browser docs docs-serve
 
 $(STAMP): pyproject.toml $(PIP_CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -63,8 +65,17 @@ bench: setup
 	$(BIN)/python bench/training.py
 	$(BIN)/python bench/gpu.py
 
+# The docs site (mkdocs.yml, docs/): built into site/ with --strict, as tests/test_docs.py builds
+# it; the reference pages are generated from the code (docs/hooks.py)
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+docs-serve: setup
+	@echo "Docs at http://127.0.0.1:$(DOCS_PORT) (Ctrl-C stops it)"
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --dev-addr 127.0.0.1:$(DOCS_PORT)
+
 lint: setup
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf artifacts .compalign reports/pipeline mlartifacts mlflow.db
+	rm -rf artifacts .compalign reports/pipeline mlartifacts mlflow.db site

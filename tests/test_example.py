@@ -71,6 +71,7 @@ def test_the_readme_runs_the_command_the_example_prints():
     from compalign.example import README_COMMAND
 
     assert README_COMMAND in (ROOT / "README.md").read_text()
+    assert README_COMMAND in (ROOT / "docs" / "getting-started.md").read_text()
 
 
 def test_init_example_never_overwrites(tmp_path, monkeypatch):

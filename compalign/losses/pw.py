@@ -44,7 +44,9 @@ def performance_weights(
 
 
 def performance_weighted(gamma: float, m: float) -> LossFn:
-    """mean_i w_i * CE_soft(z_c_i, t_i) with weights and targets from `performance_weights`."""
+    """mean_i w_i * CE_soft(z_c_i, t_i), with w_i = m + (1 - m)(1 - p_i)^gamma (p_i: the
+    reference's probability of the true class) and t_i the reference's distribution where it is
+    right, one-hot(y_i) where it is wrong (`performance_weights`)."""
 
     def loss(compressed_logits, reference_logits, labels):
         weights, targets = performance_weights(reference_logits, labels, gamma, m)
