@@ -24,6 +24,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from compalign.compressors.quantize_static import quantizable_layers, quantize_static
 from compalign.errors import UserError
 from compalign.pruning import folded_copy
 
@@ -258,8 +259,6 @@ def localize_quantized(
     (batch norm folded in, as PT2E folds it). Returns the table and notes (one
     when the candidate's own quantization is not what `requantize` makes of its float layers:
     the recoveries are then measured against that re-quantized model)."""
-    from compalign.quantize import quantizable_layers
-
     layers = quantizable_layers(reference)
     modules = dict(reference.named_modules())
     candidate_labels = predictions(candidate, batches, select)
@@ -417,8 +416,6 @@ def localize_audited(
         return localize_layers(
             reference_module, candidate.loaded.weights.cpu(), batches, select
         ), []
-    from compalign import quantize
-
     options = quantized_options(candidate.loaded)
     if calibration is None:
         raise UserError(
@@ -428,7 +425,7 @@ def localize_audited(
     calibration = list(calibration)
 
     def requantize(float_layers: Sequence[str]) -> nn.Module:
-        return quantize.quantize_static(
+        return quantize_static(
             reference_module, calibration, options["backend"], list(float_layers)
         )
 
