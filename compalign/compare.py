@@ -521,13 +521,14 @@ class Comparison:
         import tempfile
 
         from compalign.audit.metrics.attribution import FIGURE_FILE
+        from compalign.report.figures import draw_figures
         from compalign.report.html import compare_report
 
         pngs = {}
         for name, outputs in self.outputs.items():
             if FIGURE_FILE in outputs:
                 with tempfile.TemporaryDirectory() as scratch:
-                    outputs[FIGURE_FILE](Path(scratch) / FIGURE_FILE)
+                    draw_figures({FIGURE_FILE: outputs[FIGURE_FILE]}, scratch)
                     pngs[name] = (Path(scratch) / FIGURE_FILE).read_bytes()
         notes = [f"Preprocessing of every model: {self.transform}.", *self.notes]
         return compare_report(
@@ -569,6 +570,8 @@ class Comparison:
     def write(self, directory: str | Path, title: str | None = None) -> dict[str, Path]:
         """summary.parquet, predictions.parquet, report.html and, per model, `models/<name>/`
         (its per-example comparison, metrics.json, attribution files) under `directory`."""
+        from compalign.report.figures import draw_figures
+
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         written = {
@@ -585,6 +588,7 @@ class Comparison:
             if name in self.tables:
                 self.tables[name].to_parquet(folder / "comparison.parquet", index=False)
             write_outputs(self.outputs.get(name, {}), folder)
+            draw_figures(self.outputs.get(name, {}), folder)
         if self.layers:
             from compalign.localize import LAYERS_FILE
 

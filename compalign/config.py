@@ -28,6 +28,7 @@ from compalign.compressors import COMPRESSORS
 from compalign.costs import CompileOptions, LatencyOptions
 from compalign.errors import UserError
 from compalign.losses import LOSSES
+from compalign.losses.base import NO_FINE_TUNING
 from compalign.options import MAX_BATCH, Fraction, Options, Seed, has_options
 from compalign.preprocess import ClassNames, TransformParams
 
@@ -209,8 +210,6 @@ class CompressSettings(Section):
 CompressParams = create_model(
     "CompressParams", __base__=CompressSettings, __module__=__name__, **entry_sections(COMPRESSORS)
 )
-
-NO_FINE_TUNING = "none"
 
 
 class AlignSettings(TrainingParams):

@@ -3,7 +3,9 @@
 An audit metric reads an `AuditInputs` (the model's predictions, and for a compressed model its
 reference's audit, the `ce` baseline's comparison table at the same compression, the model
 itself and the test images) and returns named numbers; it may also leave files in
-`inputs.outputs` (tables, maps, figures) for the caller to store.
+`inputs.outputs` for the caller to store: tables, arrays, and the data of figures (`FigureData`),
+which the presentation layer draws (compalign.report.figures.draw_figures): a metric returns
+data, never pictures.
 """
 
 from __future__ import annotations
@@ -82,6 +84,11 @@ class AuditInputs:
     @property
     def reference_right(self) -> np.ndarray:
         return (self.table.reference_prediction == self.table.label).to_numpy()
+
+
+class FigureData:
+    """The data of a figure a metric leaves in `outputs` under the figure's file name; the core
+    writes no picture: compalign.report.figures.draw_figures draws it."""
 
 
 Compute = Callable[[AuditInputs], dict[str, float]]

@@ -5,6 +5,7 @@ per-example Spearman rank correlation and top-k IoU, their mean and quantiles.""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Literal
 
 import numpy as np
@@ -12,7 +13,7 @@ import pandas as pd
 import torch
 from pydantic import Field
 
-from compalign.audit.base import AuditInputs, Column, Metric, number
+from compalign.audit.base import AuditInputs, Column, FigureData, Metric, number
 from compalign.options import Options
 
 NAN = float("nan")
@@ -36,6 +37,19 @@ class AttributionOptions(Options):
     """top-k% pixels for the IoU of two maps"""
     figure_examples: Annotated[int, Field(ge=0, le=32)] = 6
     """rows of the attribution figure (where the two models disagree most)"""
+
+
+@dataclass(frozen=True)
+class AgreementFigure(FigureData):
+    """The side-by-side figure of the sample's examples where the two models' maps disagree most
+    (compalign.report.figures.agreement_figure draws it): their images (uint8 [n, C, H, W]),
+    per method the reference's and the compressed model's maps, a caption per example, and how
+    many rows to show."""
+
+    images: torch.Tensor
+    maps: dict[str, tuple[np.ndarray, np.ndarray]]
+    captions: list[str]
+    examples: int
 
 
 def attributable(model) -> bool:
@@ -67,7 +81,7 @@ def _maps(inputs: AuditInputs, indices: np.ndarray, targets: np.ndarray) -> dict
 def attribution(inputs: AuditInputs) -> dict[str, float]:
     """Reference: its maps of the sample (output `attributions.npz`). Compressed:
     `attribution.<method>.<spearman|iou>_<mean|p10|p50|p90>`, the per-example table and the
-    side-by-side figure."""
+    side-by-side figure's data."""
     from compalign.attribution import attribution_sample, spearman_agreement, topk_iou
 
     options = inputs.options
@@ -115,15 +129,12 @@ def attribution(inputs: AuditInputs) -> dict[str, float]:
             f" / ρ {number(agreement[position], 2)}"
             for position, row in zip(order, sample.iloc[order].itertuples(), strict=True)
         ]
-        images = inputs.images[indices[order]]
-        shown = {method: (ref[order], comp[order]) for method, (ref, comp) in pairs.items()}
-
-        def figure(path) -> None:
-            from compalign.report.figures import agreement_figure  # presentation, drawn last
-
-            agreement_figure(images, shown, captions, path, options.figure_examples)
-
-        inputs.outputs[FIGURE_FILE] = figure
+        inputs.outputs[FIGURE_FILE] = AgreementFigure(
+            images=inputs.images[indices[order]],
+            maps={method: (ref[order], comp[order]) for method, (ref, comp) in pairs.items()},
+            captions=captions,
+            examples=options.figure_examples,
+        )
     return metrics
 
 
