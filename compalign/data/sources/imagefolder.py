@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from compalign.data.sources.base import DataSource, RawDataset, listed_files, load_pil, not_found
+from compalign.data.splits import plan_table
 from compalign.errors import UserError
 
 HINT = "make a folder with one sub-folder of images per class"
@@ -159,9 +160,7 @@ def check(params: Any) -> None:
     """Before anything runs or is written: the tree exists, holds no folder links, links out of
     it or names that are not UTF-8, every image in it can be read (or data.skip_unreadable
     leaves the broken ones out), the images have one size (or data.image_size), and every
-    split gets examples (compalign.data.prepared.plan_table: no image is loaded)."""
-    from compalign.data.prepared import plan_table
-
+    split gets examples (compalign.data.splits.plan_table: no image is loaded)."""
     plan_table(load(params), params)
 
 
