@@ -422,7 +422,8 @@ def test_int8_models_get_no_attribution_agreement(method, backend):
 
     from compalign.attribution import attribution_maps
     from compalign.audit import AuditInputs, ReferenceAudit, predictions_frame
-    from compalign.audit.metrics.attribution import MAPS_FILE, attributable, attribution
+    from compalign.audit.metrics.attribution import ENTRY as ATTRIBUTION
+    from compalign.audit.metrics.attribution import MAPS_FILE, attributable
     from compalign.config import AuditParams
 
     reference = float_model("small_cnn")
@@ -456,10 +457,10 @@ def test_int8_models_get_no_attribution_agreement(method, backend):
         )
 
     first = audit_inputs(reference)
-    assert attribution(first) == {}
+    assert ATTRIBUTION.run(first) == {}
     maps = first.outputs[MAPS_FILE]
     assert maps["integrated_gradients"].shape == (4, 8, 8) and np.isfinite(maps["saliency"]).all()
-    metrics = attribution(audit_inputs(compressed, ReferenceAudit(first.frame, {}, maps)))
+    metrics = ATTRIBUTION.run(audit_inputs(compressed, ReferenceAudit(first.frame, {}, maps)))
     assert attributable(compressed) == (method == "half")
     if method == "half":
         assert -1 <= metrics["attribution.integrated_gradients.spearman_mean"] <= 1

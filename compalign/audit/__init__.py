@@ -71,7 +71,7 @@ def audit(inputs: AuditInputs, on_metric: Callable[[str], None] | None = None) -
     for name, entry in METRICS.items():
         if on_metric is not None:
             on_metric(name)
-        metrics.update(entry.compute(inputs))
+        metrics.update(entry.run(inputs))
     table = inputs.table if inputs.compared else inputs.frame
     return AuditResult(metrics, table, inputs.outputs)
 

@@ -64,10 +64,11 @@ def attributable(model) -> bool:
     return not holds_int8(model)
 
 
-def _maps(inputs: AuditInputs, indices: np.ndarray, targets: np.ndarray) -> dict[str, np.ndarray]:
+def _maps(
+    inputs: AuditInputs, options: AttributionOptions, indices: np.ndarray, targets: np.ndarray
+) -> dict[str, np.ndarray]:
     from compalign.attribution import attribution_maps  # captum: imported when used
 
-    options = inputs.options
     images = inputs.normalise(inputs.images[indices]).to(inputs.device)
     model = inputs.model.to(inputs.device)
     return {
@@ -78,26 +79,27 @@ def _maps(inputs: AuditInputs, indices: np.ndarray, targets: np.ndarray) -> dict
     }
 
 
-def attribution(inputs: AuditInputs) -> dict[str, float]:
+def attribution(inputs: AuditInputs, options: AttributionOptions) -> dict[str, float]:
     """Reference: its maps of the sample (output `attributions.npz`). Compressed:
     `attribution.<method>.<spearman|iou>_<mean|p10|p50|p90>`, the per-example table and the
     side-by-side figure's data."""
     from compalign.attribution import attribution_sample, spearman_agreement, topk_iou
 
-    options = inputs.options
     if not options.attribution_samples or inputs.model is None or inputs.images is None:
         return {}
     if not inputs.compared:
-        indices = attribution_sample(len(inputs.frame), options.attribution_samples, options.seed)
+        indices = attribution_sample(
+            len(inputs.frame), options.attribution_samples, inputs.settings.seed
+        )
         targets = inputs.frame["prediction"].to_numpy()[indices]  # both explain the reference's
-        maps = _maps(inputs, indices, targets)
+        maps = _maps(inputs, options, indices, targets)
         inputs.outputs[MAPS_FILE] = {"indices": indices, "targets": targets, **maps}
         return {}
     saved = inputs.reference.attributions
     if saved is None or not attributable(inputs.model):
         return {}
     indices, targets = saved["indices"], saved["targets"]
-    maps = _maps(inputs, indices, targets)
+    maps = _maps(inputs, options, indices, targets)
     table = inputs.table
     rows = {"example_id": table["example_id"].to_numpy()[indices]}
     metrics: dict[str, float] = {}
