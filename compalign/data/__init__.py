@@ -15,7 +15,8 @@ from compalign.data.prepared import (
     write_prepared,
 )
 from compalign.data.sources import REQUIRED_FILES, SOURCES, check_available, fingerprint
-from compalign.data.sources.base import DataSource, RawDataset
+from compalign.data.raw import RawDataset
+from compalign.data.sources.base import DataSource
 from compalign.data.splits import SPLITS, assign_splits
 
 __all__ = [

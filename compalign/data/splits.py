@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from compalign.data.sources.base import RawDataset
+from compalign.data.raw import RawDataset
 from compalign.errors import UserError
 
 SPLITS = ("train", "val", "test")

@@ -18,20 +18,8 @@ import pandas as pd
 
 from compalign.errors import UserError
 from compalign.files import sha256_file
+from compalign.data.raw import RawDataset
 from compalign.options import NoOptions, Options
-
-
-@dataclass
-class RawDataset:
-    """A source's examples before splitting; images are loaded only for the rows that are kept."""
-
-    ids: np.ndarray  # str [N], stable across runs
-    labels: np.ndarray  # int64 [N]
-    class_names: list[str]
-    load_images: Callable[[np.ndarray], np.ndarray]  # indices -> uint8 [n, H, W, C]
-    official_split: np.ndarray | None = None  # str [N] in SPLITS, where the source defines one
-    groups: pd.DataFrame = field(default_factory=pd.DataFrame)  # one column per group attribute
-    skipped_unreadable: int = 0  # files left out because they could not be read
 
 
 @dataclass(frozen=True)

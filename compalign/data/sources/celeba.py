@@ -10,9 +10,9 @@ import pandas as pd
 import torch
 from pydantic import BeforeValidator
 
+from compalign.data.raw import RawDataset
 from compalign.data.sources.base import (
     DataSource,
-    RawDataset,
     hashed_files,
     listed_files,
     load_pil,

@@ -8,7 +8,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from compalign.data.sources.base import DataSource, RawDataset, listed_files, load_pil, not_found
+from compalign.data.raw import RawDataset
+from compalign.data.sources.base import DataSource, listed_files, load_pil, not_found
 from compalign.data.splits import plan_table
 from compalign.errors import UserError
 from compalign.options import Options
