@@ -64,6 +64,7 @@ def plain_pipeline(params, scratch: Path) -> tuple[dict[str, dict[str, float]], 
     from compalign.losses import LOSSES
     from compalign.models import build_model
     from compalign.pruning import count_macs, weight_sparsity
+    from compalign.report.figures import draw_figures
     from compalign.report.html import pipeline_report
     from compalign.report.tables import summary_frame, summary_markdown
     from compalign.train import fit, predict_logits
@@ -125,6 +126,7 @@ def plain_pipeline(params, scratch: Path) -> tuple[dict[str, dict[str, float]], 
         files = scratch / "audits" / labels["name"]
         files.mkdir(parents=True)
         result.write_outputs(files)
+        draw_figures(result.outputs, files)
         result.table.to_parquet(files / "predictions.parquet", index=False)
         return result
 

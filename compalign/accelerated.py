@@ -100,8 +100,8 @@ class Accelerated:
 
 def simulates_precision(model: nn.Module) -> bool:
     """Whether `model` simulates a lower precision while it trains (fake quantization, weights
-    rounded through a parametrization: compalign.quantize.prepare_qat); autocast would change
-    the arithmetic it simulates."""
+    rounded through a parametrization: a quantizer's `prepare_qat`, compalign.compressors); autocast
+    would change the arithmetic it simulates."""
     from torch.ao.quantization import FakeQuantizeBase
     from torch.nn.utils import parametrize
 

@@ -26,8 +26,10 @@ from compalign.audit.base import AuditSettings
 from compalign.audit.metrics import METRICS
 from compalign.compressors import COMPRESSORS
 from compalign.costs import CompileOptions, LatencyOptions
+from compalign.data.sources import SOURCES
 from compalign.errors import UserError
 from compalign.losses import LOSSES
+from compalign.losses.base import NO_FINE_TUNING
 from compalign.options import MAX_BATCH, Fraction, Options, Seed, has_options
 from compalign.preprocess import ClassNames, TransformParams
 
@@ -44,8 +46,26 @@ def entry_sections(registry: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-class DataParams(Section):
-    """Which dataset, how it is split, and where it is looked for on disk."""
+def merged_options(
+    name: str, doc: str, *models: type[Options], base: type[Options] = Section
+) -> type[Options]:
+    """One flat params section holding the fields of `base` and of several options models (a key
+    two models share must be the same field in both)."""
+    fields: dict[str, Any] = {
+        key: (info.annotation, info) for key, info in base.model_fields.items()
+    }
+    for model in models:
+        for key, info in model.model_fields.items():
+            if key in fields and fields[key][1] != info:
+                raise TypeError(f"{name}: {key} is defined differently by {model.__name__}")
+            fields[key] = (info.annotation, info)
+    own = {key: field for key, field in fields.items() if key not in base.model_fields}
+    return create_model(name, __base__=base, __module__=__name__, __doc__=doc, **own)
+
+
+class DataSettings(Section):
+    """Which dataset, how it is split, and where it is looked for on disk (the settings every
+    source shares; each source's own options are keys of the same section: DataParams)."""
 
     source: str = "digits"
     """digits (embedded, offline) | cifar10 | cifar100 | mnist | fashionmnist | svhn | celeba |
@@ -64,19 +84,12 @@ class DataParams(Section):
     """at most this many examples per split (a seeded subset)"""
     image_size: Annotated[int, Field(ge=4, le=1024)] | None = None
     """resize to a square of this side (null: keep; celeba defaults to 64)"""
-    image_mode: Literal["RGB", "L"] = "RGB"
-    """imagefolder only: RGB or L (greyscale)"""
-    target: str | None = None
-    """celeba only: the attribute used as the label (null: Blond_Hair)"""
     label_groups: dict[str, list[Annotated[int, Field(ge=0)]]] = Field(default_factory=dict)
     """derived group columns: name -> labels in the group, e.g. {odd: [1, 3, 5, 7, 9]}"""
     rare_classes: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list)
     """make these labels rare in training (an imbalanced split; val/test untouched)"""
     rare_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
     """keep this fraction of the rare classes' training examples (seeded)"""
-    skip_unreadable: bool = False
-    """imagefolder: leave out images PIL cannot read (counted in the manifest; else: stop, naming
-    them)"""
     transform: TransformParams = Field(default_factory=TransformParams)
     """Models you bring (`compalign audit`, reference.source=file): the input they expect. null:
     the model source's own (a torchvision architecture's default weights' transforms(), timm's
@@ -88,8 +101,6 @@ class DataParams(Section):
     @field_validator("source")
     @classmethod
     def _known_source(cls, value: str) -> str:
-        from compalign.data import SOURCES
-
         return _one_of(value, SOURCES)
 
     def dataset_name(self) -> str:
@@ -100,12 +111,22 @@ class DataParams(Section):
         return self.source
 
     def prepare_params(self) -> dict[str, Any]:
-        """What the prepare stage reads (its cache key): everything but how models see the
-        prepared images, which is applied when they are run."""
-        return self.model_dump(exclude=set(MODEL_INPUT_KEYS))
+        """What the prepare stage reads (its cache key): the shared settings and the chosen
+        source's own options; not the other sources' options, nor how models see the prepared
+        images (applied when they are run)."""
+        own = set(SOURCES[self.source].options.model_fields)
+        others = {key for entry in SOURCES.values() for key in entry.options.model_fields} - own
+        return self.model_dump(exclude=set(MODEL_INPUT_KEYS) | others)
 
 
 MODEL_INPUT_KEYS = ("transform", "class_names")
+
+DataParams = merged_options(
+    "DataParams",
+    "Which dataset, how it is split, and where it is looked for on disk.",
+    *(entry.options for entry in SOURCES.values()),
+    base=DataSettings,
+)
 
 
 class TrainingParams(Section):
@@ -210,8 +231,6 @@ CompressParams = create_model(
     "CompressParams", __base__=CompressSettings, __module__=__name__, **entry_sections(COMPRESSORS)
 )
 
-NO_FINE_TUNING = "none"
-
 
 class AlignSettings(TrainingParams):
     """Fine-tuning of each compressed model with each loss ("none": audited as compressed); each
@@ -253,18 +272,6 @@ class AlignSettings(TrainingParams):
 AlignParams = create_model(
     "AlignParams", __base__=AlignSettings, __module__=__name__, **entry_sections(LOSSES)
 )
-
-
-def merged_options(name: str, doc: str, *models: type[Options]) -> type[Options]:
-    """One flat params section holding the fields of several options models (a key two models
-    share must be the same field in both)."""
-    fields: dict[str, Any] = {}
-    for model in models:
-        for key, info in model.model_fields.items():
-            if key in fields and fields[key][1] != info:
-                raise TypeError(f"{name}: {key} is defined differently by {model.__name__}")
-            fields[key] = (info.annotation, info)
-    return create_model(name, __base__=Section, __module__=__name__, __doc__=doc, **fields)
 
 
 AuditParams = merged_options(

@@ -2,8 +2,9 @@
 
 Works on every kind of model the pipeline produces: float models (possibly carrying
 `torch.nn.utils.prune` masks), int8 models (PT2E programs, torchao or eager dynamic quantization,
-FX GraphModules with int8 modules) and half-precision models wrapped in `compalign.quantize.CastInput`. The caller's model is never
-changed: masks are folded into a copy or into a fresh state dict.
+FX GraphModules with int8 modules) and half-precision models wrapped in
+`compalign.compressors.half.CastInput`. The caller's model is never changed: masks are folded
+into a copy or into a fresh state dict.
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ def parameter_counts(model: nn.Module) -> dict[str, int]:
         total += value.numel()
         nonzero += int(torch.count_nonzero(value))
     for value in buffers.values():
-        if value.dtype == torch.int8:  # a PT2E program's int8 weights (compalign.quantize)
+        if value.dtype == torch.int8:  # a PT2E program's int8 weights (quantize_static)
             total += value.numel()
             nonzero += int(torch.count_nonzero(value))
     for module in model.modules():

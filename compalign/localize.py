@@ -24,6 +24,8 @@ import pandas as pd
 import torch
 from torch import nn
 
+from compalign.audited import SelectedOutputs, check_models
+from compalign.compressors.quantize_static import quantizable_layers, quantize_static
 from compalign.errors import UserError
 from compalign.pruning import folded_copy
 
@@ -258,8 +260,6 @@ def localize_quantized(
     (batch norm folded in, as PT2E folds it). Returns the table and notes (one
     when the candidate's own quantization is not what `requantize` makes of its float layers:
     the recoveries are then measured against that re-quantized model)."""
-    from compalign.quantize import quantizable_layers
-
     layers = quantizable_layers(reference)
     modules = dict(reference.named_modules())
     candidate_labels = predictions(candidate, batches, select)
@@ -397,12 +397,10 @@ def localize_audited(
     batch_size: int = 256,
     calibration: Iterable[torch.Tensor] | None = None,
 ) -> tuple[pd.DataFrame, list[str]]:
-    """Localize one candidate against the reference, both compalign.compare.AuditedModels
+    """Localize one candidate against the reference, both compalign.audited.AuditedModels
     (loaded, outputs mapped to the data's classes) on the test `images`; `calibration`
     (float training batches) only for a quantize_static candidate, which is quantized again
     with each layer in float. Returns the table and its notes."""
-    from compalign.compare import SelectedOutputs
-
     select: Select = _identity
     if isinstance(candidate.model, SelectedOutputs):
         indices = candidate.model.indices.cpu()
@@ -417,8 +415,6 @@ def localize_audited(
         return localize_layers(
             reference_module, candidate.loaded.weights.cpu(), batches, select
         ), []
-    from compalign import quantize
-
     options = quantized_options(candidate.loaded)
     if calibration is None:
         raise UserError(
@@ -428,7 +424,7 @@ def localize_audited(
     calibration = list(calibration)
 
     def requantize(float_layers: Sequence[str]) -> nn.Module:
-        return quantize.quantize_static(
+        return quantize_static(
             reference_module, calibration, options["backend"], list(float_layers)
         )
 
@@ -461,8 +457,6 @@ def localize_flips(
     Split, a Dataset or a DataLoader). Returns the layer table sorted by recovered mismatches
     (`localize_layers`), its notes in `frame.attrs["notes"]`. A quantize_static checkpoint
     needs `calibration` (the float batches it was calibrated on)."""
-    from compalign.compare import check_models
-
     prepared = check_models(
         reference,
         {"candidate": candidate},

@@ -1,7 +1,10 @@
 """Model registry: a name used in params.yaml -> a builder.
 
 Every builder takes `num_classes` and `in_channels` and returns a fresh `nn.Module` whose forward
-maps a float batch [N, C, H, W] to logits [N, num_classes].
+maps a float batch [N, C, H, W] to logits [N, num_classes]. A name `LIBRARY:ARCHITECTURE`
+(`torchvision:resnet50`, `timm:convnext_tiny`) is another library's architecture
+(`LIBRARY_MODELS`): the model sources of state dicts (compalign.model_sources) load weights into
+them, and a pipeline checkpoint of such a reference is rebuilt from them.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import torch
 from torch import nn
 
 from compalign.errors import UserError
+from compalign.preprocess import InputAdapter
 
 # Weight initialisation draws from torch's global generator. Tasks may build models from several
 # threads at once, so seeding and building happen under one lock; every other random draw in the
@@ -152,6 +156,30 @@ MODELS: dict[str, Callable[[int, int], nn.Module]] = {
     "vgg16_bn": vgg16_bn,
 }
 
+
+def torchvision_architecture(name: str, num_classes: int | None) -> nn.Module:
+    """A torchvision architecture with random weights (its default class count if None)."""
+    import torchvision
+
+    arguments = {} if num_classes is None else {"num_classes": num_classes}
+    if name in ("inception_v3", "googlenet"):  # evaluated without their auxiliary heads
+        arguments.update(aux_logits=False, init_weights=False)
+    return torchvision.models.get_model(name, weights=None, **arguments)
+
+
+def timm_architecture(name: str, num_classes: int) -> nn.Module:
+    """A timm architecture with random weights."""
+    import timm
+
+    return timm.create_model(name, pretrained=False, num_classes=num_classes)
+
+
+# Other libraries' architectures, by the prefix of a model name (`torchvision:resnet50`)
+LIBRARY_MODELS: dict[str, Callable[..., nn.Module]] = {
+    "torchvision": torchvision_architecture,
+    "timm": timm_architecture,
+}
+
 # The smallest square input each model accepts (VGG halves the image five times).
 MIN_IMAGE_SIZE = {"vgg11_bn": 32, "vgg16_bn": 32}
 
@@ -185,15 +213,13 @@ def build_model(
 
 
 def _external_model(name: str, num_classes: int, seed: int, adapter: dict | None) -> nn.Module:
-    """A model source's architecture (compalign.model_sources), its input adapter first."""
-    from compalign.model_sources import MODEL_SOURCES
-    from compalign.preprocess import InputAdapter
-
-    source, _, architecture = name.partition(":")
-    entry = MODEL_SOURCES.get(source)
-    if entry is None or entry.build is None:
-        raise UserError(f"{name}: not an architecture compalign can build (torchvision:, timm:)")
+    """Another library's architecture (LIBRARY_MODELS), its input adapter first."""
+    library, _, architecture = name.partition(":")
+    build = LIBRARY_MODELS.get(library)
+    if build is None:
+        known = ", ".join(f"{key}:" for key in LIBRARY_MODELS)
+        raise UserError(f"{name}: not an architecture compalign can build ({known})")
     with _INIT_LOCK:
         torch.manual_seed(seed)
-        model = entry.build(architecture, num_classes)
+        model = build(architecture, num_classes)
     return model if adapter is None else nn.Sequential(InputAdapter(adapter), model)

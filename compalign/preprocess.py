@@ -262,7 +262,7 @@ class InputAdapter(nn.Module):
     Every size is fixed when it is built (no branch on a tensor's shape), so torch.fx can trace
     it (static int8, structured pruning); static int8 leaves it in float (`keeps_float`)."""
 
-    keeps_float = True  # compalign.quantize: its antialiased resize has no int8 kernel
+    keeps_float = True  # quantize_static: its antialiased resize has no int8 kernel
 
     def __init__(self, settings: dict[str, Any]) -> None:
         super().__init__()

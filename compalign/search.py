@@ -233,9 +233,9 @@ def check_request(params: Any, method: str, loss: str, rules: Sequence[str]) -> 
     UserError (one line) for a compressor that cannot be searched, an unknown loss, a rule that
     does not parse or names no metric a probe has. Nothing is loaded or written."""
     from compalign.compressors import COMPRESSORS
-    from compalign.config import NO_FINE_TUNING
     from compalign.gate import parse_rule
     from compalign.losses import LOSSES
+    from compalign.losses.base import NO_FINE_TUNING
 
     if method not in COMPRESSORS:
         raise UserError(

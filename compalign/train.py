@@ -199,8 +199,8 @@ def fit(
 
 def holds_int8(model: nn.Module) -> bool:
     """Whether `model` computes in int8: torch.ao's int8 modules (FX static, eager dynamic), a
-    PT2E program (compalign.quantize.Int8Program) or torchao's int8 weights (quantize_, tensor
-    subclasses of its own)."""
+    PT2E program (compalign.compressors.quantize_static.Int8Program) or torchao's int8 weights
+    (quantize_, tensor subclasses of its own)."""
     return any(
         type(m).__module__.startswith("torch.ao.nn.quantized") or type(m).__name__ == "Int8Program"
         for m in model.modules()

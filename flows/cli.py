@@ -518,7 +518,7 @@ def audit_command(
     one MLflow parent run with a child per model, and prints each rule's verdict on each
     candidate; exit code 1 when a rule fails, 2 for a mistake in the command.
     """
-    from compalign.compare import parse_candidate
+    from compalign.audited import parse_candidate
     from compalign.gate import parse_rule
     from compalign.model_sources import parse_spec
 
@@ -538,7 +538,7 @@ def audit_command(
 
     checked = audit_preflight(params, reference, candidates, reference2, rules, refresh)
     if localize:  # a format without module names: one line, before anything is written
-        from compalign.compare import REFERENCE
+        from compalign.audited import REFERENCE
         from compalign.localize import check_localizable
 
         models = checked.prepared.models

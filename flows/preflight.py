@@ -2,7 +2,7 @@
 
 The data's test split is read from the store when it is prepared there, else built in memory
 (nothing written); every model is loaded, run on batches of 1 and 2 and then on the whole test
-split (shapes, class counts, finite inputs and logits: compalign.compare.check_outputs); every
+split (shapes, class counts, finite inputs and logits: compalign.audited.check_outputs); every
 `--fail-on` rule must name a metric the audit gives. Only then does the CLI start Prefect and
 MLflow, write the built dataset to the store (`save`, the entry the prepare task then finds)
 and take the folder's audit lock.
@@ -26,7 +26,7 @@ from compalign.errors import UserError
 
 @dataclass
 class AuditPreflight:
-    """The checked comparison (compalign.compare.Prepared) and how to keep the dataset built
+    """The checked comparison (compalign.audited.Prepared) and how to keep the dataset built
     for it (`save`: writes it to the store; nothing when it was there already)."""
 
     prepared: Any
@@ -67,7 +67,8 @@ def audit_preflight(
     refresh: bool = False,
 ) -> AuditPreflight:
     """Every check of an audit that needs no write; UserError (one line) on the first problem."""
-    from compalign.compare import check_models, check_outputs, gate_names
+    from compalign.audited import check_models, check_outputs
+    from compalign.compare import gate_names
     from compalign.gate import check_rules
     from compalign.model_sources import load_model
 

@@ -25,11 +25,11 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from compalign.checkpoint import load_checkpoint
+from compalign.compressors.quantize_static import quantizable_layers
 from compalign.config import NO_FINE_TUNING, Params
 from compalign.costs import COST_METRICS
 from compalign.data import read_manifest
 from compalign.gate import Rule, parse_rule
-from compalign.quantize import quantizable_layers
 from compalign.search import (
     FLOAT_SEARCH,
     RATIO_COSTS,

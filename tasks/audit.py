@@ -24,6 +24,7 @@ from compalign.checkpoint import load_checkpoint, read_checkpoint_manifest
 from compalign.config import AuditParams
 from compalign.data import load_split, read_manifest
 from compalign.files import sha256_file
+from compalign.report.figures import draw_figures
 from compalign.train import predict_logits
 from tasks.code import code_digest
 from tasks.logs import stage_logger
@@ -95,6 +96,7 @@ def _build_audit(
         metrics["weight_sparsity"] = checkpoint["measured_sparsity"]
     metrics.update(checkpoint.get("compression_record", {}))
     result.write_outputs(scratch)
+    draw_figures(result.outputs, scratch)
     result.table.to_parquet(scratch / PREDICTIONS_FILE, index=False)
     (scratch / METRICS_FILE).write_text(json.dumps(_json_safe(metrics), indent=2) + "\n")
     manifest_out = {

@@ -9,10 +9,10 @@ import torch
 from test_resume import TRAIN, assert_same_weights, small_cnn
 
 from compalign.accelerated import accelerated, simulates_precision
+from compalign.compressors import COMPRESSORS, half, quantize_dynamic, quantize_static
 from compalign.compressors.gradual_magnitude import prune_layers_to
 from compalign.losses import LOSSES
 from compalign.models import build_model
-from compalign.quantize import prepare_qat
 from compalign.train import TrainConfig, augment_batch, fit, total_steps
 
 
@@ -66,7 +66,10 @@ def test_on_the_cpu_every_acceleration_is_the_identity():
 def test_quantization_aware_training_is_never_autocast(method):
     """Fake quantization and half rounding simulate a precision: autocast would change it."""
     example = TRAIN.normalise(TRAIN.images[:1])
-    prepared = prepare_qat(build_model("small_cnn", 10, 1, 8).eval(), method, example)
+    quantizer = {"quantize_static": quantize_static, "quantize_dynamic": quantize_dynamic}
+    options = COMPRESSORS[method].settings({"dtype": "float16"} if method == "half" else {})
+    prepare_qat = quantizer.get(method, half).prepare_qat
+    prepared = prepare_qat(build_model("small_cnn", 10, 1, 8).eval(), example, options)
     assert simulates_precision(prepared)
     pruned = small_cnn()
     prune_layers_to(pruned, 0.5)

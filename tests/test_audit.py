@@ -127,13 +127,22 @@ def test_auroc_is_nan_for_a_one_class_group():
 
 
 def test_metric_outputs_are_written_by_kind(tmp_path):
-    written = []
+    """Tables and arrays are written by the core; a figure's data is drawn by the presentation
+    layer (compalign.report.figures.draw_figures), which the core never imports."""
+    from compalign.audit.metrics.attribution import AgreementFigure
+    from compalign.report.figures import draw_figures
+
+    maps = np.random.default_rng(0).random((2, 4, 4))
     outputs = {
         "table.parquet": pd.DataFrame({"a": [1, 2]}),
         "maps.npz": {"indices": np.arange(3)},
-        "figure.png": lambda path: written.append(path) or path.write_bytes(b"png"),
+        "figure.png": AgreementFigure(
+            np.zeros((2, 1, 4, 4), dtype=np.uint8), {"saliency": (maps, maps)}, ["a", "b"], 2
+        ),
     }
     AuditResult({}, pd.DataFrame(), outputs).write_outputs(tmp_path)
     assert pd.read_parquet(tmp_path / "table.parquet")["a"].tolist() == [1, 2]
     assert np.load(tmp_path / "maps.npz")["indices"].tolist() == [0, 1, 2]
+    assert not (tmp_path / "figure.png").exists()
+    written = draw_figures(outputs, tmp_path)
     assert written == [tmp_path / "figure.png"] and (tmp_path / "figure.png").read_bytes()

@@ -10,7 +10,8 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from compalign.audit import AuditInputs, ReferenceAudit, audit, predictions_frame
-from compalign.audit.metrics.auroc import auroc, probabilities
+from compalign.audit.metrics.auroc import ENTRY as AUROC
+from compalign.audit.metrics.auroc import probabilities
 from compalign.config import AuditParams
 
 CLASSES = ["0", "1", "2", "3"]
@@ -36,7 +37,7 @@ def test_auroc_is_sklearns_one_vs_rest_overall_per_class_and_per_group():
     generator = torch.Generator().manual_seed(0)
     labels = torch.arange(200) % 4
     logits = torch.randn(200, 4, generator=generator) + 1.5 * torch.nn.functional.one_hot(labels)
-    metrics = auroc(make_inputs(logits, labels))
+    metrics = AUROC.run(make_inputs(logits, labels))
     scores = probabilities(logits)
     assert metrics["auroc"] == pytest.approx(roc_auc_score(labels, scores, multi_class="ovr"))
     per_class = roc_auc_score(labels, scores, multi_class="ovr", average=None)
@@ -61,7 +62,7 @@ def test_binary_auroc_is_that_of_the_positive_probability_and_changes_are_measur
     )
     assert not any(key.startswith("auroc.class.") for key in reference.metrics)  # binary
     noisier = reference_logits + 2.0 * torch.randn(100, 1, generator=generator)
-    compared = auroc(
+    compared = AUROC.run(
         make_inputs(
             noisier, labels, ReferenceAudit(reference.table, reference.metrics), groups=groups
         )

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 from compalign.audit import AuditInputs, ReferenceAudit, audit, predictions_frame, summary_row
-from compalign.audit.base import Column, Metric
+from compalign.audit.base import AuditSettings, Column, Metric
 from compalign.audit.metrics import METRICS
+from compalign.audit.metrics.calibration import CalibrationOptions
+from compalign.audit.metrics.groups import GroupOptions
 from compalign.config import AuditParams
 
 CLASSES = ["0", "1", "2"]
@@ -68,7 +72,7 @@ def test_every_metric_describes_itself(name):
 def test_a_new_metric_is_one_entry(monkeypatch):
     """Registering an entry is all it takes for the audit and the summary to carry it."""
 
-    def disagreement_rate(inputs):
+    def disagreement_rate(inputs, options):
         if not inputs.compared:
             return {}
         return {"disagreement_rate": float(inputs.table["mismatch"].mean())}
@@ -84,6 +88,27 @@ def test_a_new_metric_is_one_entry(monkeypatch):
     compared = audit(inputs(flipped, LABELS, ReferenceAudit(reference.table, reference.metrics)))
     assert compared.metrics["disagreement_rate"] == pytest.approx(0.1)
     assert summary_row(compared.metrics, {"loss": "kd"})["disagreement_rate"] == pytest.approx(0.1)
+
+
+def test_each_metric_gets_only_its_own_options(monkeypatch):
+    """A metric's options are a view of the `audit` section holding only the keys its entry
+    declares; the settings every metric shares come apart (`inputs.settings`)."""
+    seen = {}
+    for name, entry in list(METRICS.items()):
+
+        def spy(inputs, options, name=name, compute=entry.compute):
+            seen[name] = (options, inputs.settings)
+            return compute(inputs, options)
+
+        monkeypatch.setitem(METRICS, name, dataclasses.replace(entry, compute=spy))
+    audit(inputs(LABELS, LABELS, calibration_bins=7, groups=["odd"], confidence_level=0.9))
+    assert seen.keys() == METRICS.keys()
+    assert seen["calibration"][0] == CalibrationOptions(calibration_bins=7)
+    assert seen["groups"][0] == seen["auroc"][0] == GroupOptions(groups=["odd"])
+    assert not hasattr(seen["attribution"][0], "calibration_bins")
+    for name, (options, settings) in seen.items():
+        assert type(options) is METRICS[name].options
+        assert settings == AuditSettings(bootstrap_samples=200, confidence_level=0.9)
 
 
 def test_headline_columns_are_summary_columns():

@@ -110,7 +110,7 @@ def test_every_compressor_round_trips(tmp_path, method, level, options):
 def test_format_3_int8_checkpoint_loads_with_the_torch_ao_path(tmp_path):
     """A static int8 checkpoint written before PT2E (format 3, no backend saved) is rebuilt with
     FX graph mode, the path that made it."""
-    from compalign.quantize import quantize_static
+    from compalign.compressors.quantize_static import quantize_static
 
     generator = torch.Generator().manual_seed(0)
     model = quantize_static(

@@ -115,6 +115,24 @@ def test_flat_params_cover_every_leaf():
     assert flat["compress.sparsities"] == [0.9, 0.95, 0.97, 0.98]
 
 
+def test_data_sources_own_their_options_in_the_flat_data_section():
+    """`data.target` (celeba) and `data.image_mode` (imagefolder) are keys of the data section
+    built from each source's options model; an old params file's `target: null` still loads (as
+    the default), and the prepare key holds only the chosen source's options."""
+    from compalign.data.sources.celeba import CelebAOptions
+
+    old = validate({"data": {"source": "celeba", "target": None, "image_mode": "L"}}).data
+    assert old.target == CelebAOptions().target == "Blond_Hair"
+    assert old.prepare_params()["target"] == "Blond_Hair"
+    assert (
+        "image_mode" not in old.prepare_params() and "skip_unreadable" not in old.prepare_params()
+    )
+    folder = validate({"data": {"source": "imagefolder", "image_mode": "L"}}).data
+    assert folder.prepare_params()["image_mode"] == "L" and "target" not in folder.prepare_params()
+    with pytest.raises(UserError, match="data.image_mode"):
+        validate({"data": {"image_mode": "CMYK"}})
+
+
 def test_sparsities_sorted_and_deduplicated():
     params = validate({"compress": {"sparsities": [0.9, 0.5, 0.9]}})
     assert params.compress.sparsities == [0.5, 0.9]

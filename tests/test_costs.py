@@ -7,10 +7,12 @@ import torch
 from torch.nn.utils import prune
 
 from compalign.compressors import COMPRESSORS
+from compalign.compressors.half import to_half
+from compalign.compressors.quantize_dynamic import quantize_dynamic
+from compalign.compressors.quantize_static import quantize_static
 from compalign.costs import measure_latency, parameter_counts, serialized_size
 from compalign.models import build_model
 from compalign.pruning import folded_copy, prunable_parameters
-from compalign.quantize import quantize_dynamic, quantize_static, to_half
 
 
 def pruned(name: str = "resnet20", sparsity: float = 0.5, forward: bool = True):

@@ -234,7 +234,7 @@ def folder_data():
     """24 test-like examples of image_folder's three colour classes, as AuditData."""
     import pandas as pd
 
-    from compalign.compare import AuditData
+    from compalign.audited import AuditData
 
     generator = torch.Generator().manual_seed(0)
     labels = torch.arange(24) % 3
@@ -252,7 +252,7 @@ def folder_data():
 
 
 def checked(reference, candidates, data, **settings):
-    from compalign.compare import check_models, check_outputs
+    from compalign.audited import check_models, check_outputs
 
     prepared = check_models(reference, candidates, data, **{**QUICK, **settings})
     return check_outputs(prepared)

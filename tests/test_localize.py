@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import compalign
-from compalign import quantize
+from compalign.compressors.quantize_static import quantize_static
 from compalign.errors import UserError
 from compalign.localize import (
     check_localizable,
@@ -108,7 +108,7 @@ def test_an_int8_candidate_is_localized_by_quantizing_again_with_each_layer_in_f
     batches = [torch.randn(128, 1, 4, 4, generator=generator)]
 
     def requantize(float_layers):
-        return quantize.quantize_static(reference, calibration, "pt2e", list(float_layers))
+        return quantize_static(reference, calibration, "pt2e", list(float_layers))
 
     candidate = requantize(["conv"])  # differs from the reference in fc only
     labels = predictions(reference, batches, lambda x: x)

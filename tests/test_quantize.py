@@ -1,4 +1,5 @@
-"""Post-training quantization, half precision, QAT and checkpoint rebuilding (compalign.quantize).
+"""Post-training quantization, half precision, QAT and checkpoint rebuilding (the quantizers:
+compalign.compressors.quantize_static, quantize_dynamic, half).
 
 Static int8 runs through PT2E (torchao) by default and FX graph mode behind backend="fx"; dynamic
 int8 through torchao's quantize_ by default and eager torch.ao behind backend="eager"."""
@@ -18,26 +19,21 @@ import torch.ao.nn.quantized.dynamic as nnqd
 from torch import nn
 from torch.nn.utils import parametrize, prune
 
-from compalign.compressors import COMPRESSORS
+from compalign.compressors import COMPRESSORS, half
+from compalign.compressors import quantize_dynamic as dynamic
+from compalign.compressors import quantize_static as static
+from compalign.compressors.half import CastInput, to_half
+from compalign.compressors.quantize_dynamic import quantize_dynamic
+from compalign.compressors.quantize_static import Int8Program, QatProgram, quantize_static
 from compalign.data import Split
 from compalign.losses import LOSSES
 from compalign.models import build_model
-from compalign.quantize import (
-    CastInput,
-    Int8Program,
-    QatProgram,
-    convert_qat,
-    prepare_qat,
-    quantize_dynamic,
-    quantize_static,
-    rebuild,
-    to_half,
-)
 from compalign.train import TrainConfig, fit
 
 # (model name, channels, image size): the digits CNN and the CIFAR ResNet-20
 SHAPES = {"small_cnn": (1, 8), "resnet20": (3, 32)}
 METHODS = ["quantize_dynamic", "quantize_static", "half"]
+QUANTIZERS = {"quantize_dynamic": dynamic, "quantize_static": static, "half": half}
 
 # torch.load of quantized tensors warns that TypedStorage is deprecated (inside torch's own code)
 pytestmark = pytest.mark.filterwarnings("ignore:TypedStorage is deprecated")
@@ -74,6 +70,26 @@ def compress(
         calibration = [inputs(name, 32, seed=1), inputs(name, 32, seed=2)]
         return quantize_static(model, calibration, backend or "pt2e")
     return to_half(model, dtype)
+
+
+def quantizer_options(method: str, dtype=torch.float16, backend=None):
+    """The options of quantizer `method` (its `compress.<method>` section): the half dtype, or
+    an int8 backend (None: the default)."""
+    if method == "half":
+        return COMPRESSORS[method].settings({"dtype": str(dtype).removeprefix("torch.")})
+    return COMPRESSORS[method].settings({} if backend is None else {"backend": backend})
+
+
+def prepare_qat(model, method, example, dtype=torch.float16, backend=None) -> nn.Module:
+    return QUANTIZERS[method].prepare_qat(model, example, quantizer_options(method, dtype, backend))
+
+
+def convert_qat(prepared, method, dtype=torch.float16, backend=None) -> nn.Module:
+    return QUANTIZERS[method].convert_qat(prepared, quantizer_options(method, dtype, backend))
+
+
+def rebuild(model, method, example, dtype=torch.float16, backend=None) -> nn.Module:
+    return COMPRESSORS[method].rebuild(model, example, quantizer_options(method, dtype, backend))
 
 
 def random_split(name: str, count: int = 64) -> Split:
@@ -332,11 +348,9 @@ def test_deterministic():
             )
 
 
-def test_rejects_unknown_method_and_dtype():
-    """Unknown methods and non-half dtypes are refused with a clear error."""
+def test_rejects_unknown_backend_and_dtype():
+    """Unknown backends and non-half dtypes are refused with a clear error."""
     model = float_model("small_cnn")
-    with pytest.raises(ValueError, match="unknown quantization method"):
-        prepare_qat(model, "int4", inputs("small_cnn", 1))
     with pytest.raises(ValueError, match="float16 or torch.bfloat16"):
         to_half(model, torch.float64)
     with pytest.raises(ValueError, match="calibration batch"):
@@ -408,7 +422,8 @@ def test_int8_models_get_no_attribution_agreement(method, backend):
 
     from compalign.attribution import attribution_maps
     from compalign.audit import AuditInputs, ReferenceAudit, predictions_frame
-    from compalign.audit.metrics.attribution import MAPS_FILE, attributable, attribution
+    from compalign.audit.metrics.attribution import ENTRY as ATTRIBUTION
+    from compalign.audit.metrics.attribution import MAPS_FILE, attributable
     from compalign.config import AuditParams
 
     reference = float_model("small_cnn")
@@ -442,10 +457,10 @@ def test_int8_models_get_no_attribution_agreement(method, backend):
         )
 
     first = audit_inputs(reference)
-    assert attribution(first) == {}
+    assert ATTRIBUTION.run(first) == {}
     maps = first.outputs[MAPS_FILE]
     assert maps["integrated_gradients"].shape == (4, 8, 8) and np.isfinite(maps["saliency"]).all()
-    metrics = attribution(audit_inputs(compressed, ReferenceAudit(first.frame, {}, maps)))
+    metrics = ATTRIBUTION.run(audit_inputs(compressed, ReferenceAudit(first.frame, {}, maps)))
     assert attributable(compressed) == (method == "half")
     if method == "half":
         assert -1 <= metrics["attribution.integrated_gradients.spearman_mean"] <= 1

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from compalign.audit.base import AuditInputs, AuditSettings, ReferenceAudit
+from compalign.audit.base import AuditInputs, AuditSettings, FigureData, ReferenceAudit
 from compalign.audit.metrics import METRICS
 from compalign.audit.stats import (
     bootstrap_indices,
@@ -37,7 +37,8 @@ from compalign.audit.stats import (
 class AuditResult:
     """One model's audit: its metrics, its per-example table (the predictions frame for the
     reference, the comparison with the reference for a compressed model) and the files its
-    metrics made (name -> DataFrame, dict of arrays, or a function that writes the file)."""
+    metrics made (name -> DataFrame, dict of arrays, or FigureData for the presentation layer
+    to draw)."""
 
     metrics: dict[str, float]
     table: pd.DataFrame
@@ -49,16 +50,18 @@ class AuditResult:
 
 
 def write_outputs(outputs: dict[str, Any], directory: str | Path) -> None:
-    """Write the files an audit's metrics made into `directory`: tables as Parquet, arrays as
-    .npz, figures by their own writer."""
+    """Write the data files an audit's metrics made into `directory`: tables as Parquet, arrays
+    as .npz. Figures are left to the presentation layer (compalign.report.figures.draw_figures)."""
     for name, value in outputs.items():
         path = Path(directory) / name
         if isinstance(value, pd.DataFrame):
             value.to_parquet(path, index=False)
         elif isinstance(value, dict):
             np.savez_compressed(path, **value)
-        else:
-            value(path)
+        elif not isinstance(value, FigureData):
+            raise TypeError(
+                f"{name}: an audit output must be a DataFrame, a dict of arrays or FigureData"
+            )
 
 
 def audit(inputs: AuditInputs, on_metric: Callable[[str], None] | None = None) -> AuditResult:
@@ -68,7 +71,7 @@ def audit(inputs: AuditInputs, on_metric: Callable[[str], None] | None = None) -
     for name, entry in METRICS.items():
         if on_metric is not None:
             on_metric(name)
-        metrics.update(entry.compute(inputs))
+        metrics.update(entry.run(inputs))
     table = inputs.table if inputs.compared else inputs.frame
     return AuditResult(metrics, table, inputs.outputs)
 
@@ -86,6 +89,7 @@ __all__ = [
     "AuditInputs",
     "AuditResult",
     "AuditSettings",
+    "FigureData",
     "ReferenceAudit",
     "audit",
     "bootstrap_indices",

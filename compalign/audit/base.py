@@ -2,26 +2,31 @@
 
 An audit metric reads an `AuditInputs` (the model's predictions, and for a compressed model its
 reference's audit, the `ce` baseline's comparison table at the same compression, the model
-itself and the test images) and returns named numbers; it may also leave files in
-`inputs.outputs` (tables, maps, figures) for the caller to store.
+itself and the test images, and the settings every metric shares) and its own options (a typed
+view of the `audit` section holding only the keys its entry declares), and returns named numbers; it may also leave files in
+`inputs.outputs` for the caller to store: tables, arrays, and the data of figures (`FigureData`),
+which the presentation layer draws (compalign.report.figures.draw_figures): a metric returns
+data, never pictures.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from functools import cached_property
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import numpy as np
 import pandas as pd
 import torch
-from pydantic import Field
+from pydantic import BaseModel, Field
 from torch import nn
 
 from compalign.audit.stats import bootstrap_indices, comparison_frame
 from compalign.options import MAX_BATCH, NoOptions, Options, Seed
+
+View = TypeVar("View", bound=Options)
 
 
 class AuditSettings(Options):
@@ -50,12 +55,16 @@ class ReferenceAudit:
 @dataclass
 class AuditInputs:
     """One model's audit: its predictions frame (compalign.audit.stats.predictions_frame) and
-    the context some metrics need. `reference` is None when the model is the reference."""
+    the context some metrics need. `reference` is None when the model is the reference.
+
+    `options` is the validated `audit` section (compalign.config.AuditParams, or a dict of it):
+    it is not kept whole. Every metric gets the `settings` they all share (AuditSettings) and its
+    own options, `view(entry.options)`: the section's keys that its options model declares."""
 
     frame: pd.DataFrame
     class_names: list[str]
     groups: pd.DataFrame
-    options: Any  # the validated `audit` section (compalign.config.AuditParams)
+    options: InitVar[Any]
     reference: ReferenceAudit | None = None
     baseline: pd.DataFrame | None = None  # the `ce` model's comparison table, same compression
     model: nn.Module | None = None
@@ -64,6 +73,20 @@ class AuditInputs:
     device: torch.device | str = "cpu"
     outputs: dict[str, Any] = field(default_factory=dict)
     logits: torch.Tensor | None = None  # the model's test logits, in the frame's order
+    settings: AuditSettings = field(init=False)
+    _section: dict[str, Any] = field(init=False, repr=False)
+
+    def __post_init__(self, options: Any) -> None:
+        section = options.model_dump() if isinstance(options, BaseModel) else options
+        self._section = dict(section or {})
+        self.settings = self.view(AuditSettings)
+
+    def view(self, model: type[View]) -> View:
+        """The keys of the `audit` section that `model` declares, validated into it: a metric's
+        own options (the others' keys left out)."""
+        return model.model_validate(
+            {key: value for key, value in self._section.items() if key in model.model_fields}
+        )
 
     @property
     def compared(self) -> bool:
@@ -77,14 +100,21 @@ class AuditInputs:
     @cached_property
     def resamples(self) -> np.ndarray:
         """The bootstrap resamples of the test examples, the same for every model of a run."""
-        return bootstrap_indices(len(self.frame), self.options.bootstrap_samples, self.options.seed)
+        return bootstrap_indices(
+            len(self.frame), self.settings.bootstrap_samples, self.settings.seed
+        )
 
     @property
     def reference_right(self) -> np.ndarray:
         return (self.table.reference_prediction == self.table.label).to_numpy()
 
 
-Compute = Callable[[AuditInputs], dict[str, float]]
+class FigureData:
+    """The data of a figure a metric leaves in `outputs` under the figure's file name; the core
+    writes no picture: compalign.report.figures.draw_figures draws it."""
+
+
+Compute = Callable[[AuditInputs, Any], dict[str, float]]  # (inputs, its own options)
 
 
 @dataclass(frozen=True)
@@ -97,8 +127,9 @@ class Column:
 
 @dataclass(frozen=True)
 class Metric:
-    """A registry entry: the function, its options (their keys live in the `audit` section; the
-    one place their defaults are written), the summary columns it adds
+    """A registry entry: the function `compute(inputs, options)`, its options (their keys live
+    in the `audit` section; the one place their defaults are written: `compute` gets a view of
+    the section holding only these), the summary columns it adds
     (`summary(metrics, labels) -> {column: value}`) and how the comparison table shows them."""
 
     compute: Compute
@@ -108,6 +139,10 @@ class Metric:
     )
     columns: tuple[Column, ...] = ()
     headline: tuple[str, ...] = ()  # summary columns repeated on the run's parent for comparison
+
+    def run(self, inputs: AuditInputs) -> dict[str, float]:
+        """The metric on one model's audit, with its own options."""
+        return self.compute(inputs, inputs.view(self.options))
 
 
 def number(value: Any, digits: int = 2) -> str:

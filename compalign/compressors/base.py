@@ -1,9 +1,11 @@
-"""What every compressor shares: its registry entry and the calibration data some need.
+"""What every compressor shares: its registry entry, the family that fine-tunes its models and the
+calibration data some need.
 
-An entry's `family` (compalign.finetune.Family) is a table row, not a name to compare:
-`family.fine_tune(job)` fine-tunes a model of that compressor with an alignment loss,
-`family.quantized` says its models are no longer float (their checkpoints are rebuilt through the
-entry's `rebuild`).
+An entry's `family` (a `Family`) is a table row, not a name to compare: `family.fine_tune(job)`
+fine-tunes a model of that compressor with an alignment loss, `family.quantized` says its models
+are no longer float (their checkpoints are rebuilt through the entry's `rebuild`). The families
+of pruning are below; gradual pruning's is in compalign.compressors.gradual_magnitude, the
+quantizers' in compalign.compressors.quantization.
 """
 
 from __future__ import annotations
@@ -15,14 +17,22 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from compalign.finetune import STRUCTURED, UNSTRUCTURED, Family
 from compalign.options import NoOptions, Options
+from compalign.train import EpochCallback, TrainConfig, fit
 
 if TYPE_CHECKING:
     from compalign.data import Split
     from compalign.losses import LossFn
 
-__all__ = ["STRUCTURED", "UNSTRUCTURED", "Calibration", "Compressor", "Family", "LEVEL_KINDS"]
+__all__ = [
+    "LEVEL_KINDS",
+    "STRUCTURED",
+    "UNSTRUCTURED",
+    "Calibration",
+    "Compressor",
+    "Family",
+    "FineTuneJob",
+]
 
 # What a compressor's level measures (None: the compressor has no levels), as axis labels.
 LEVEL_KINDS = {
@@ -50,6 +60,61 @@ class Calibration:
     @property
     def example(self) -> torch.Tensor:
         return self.batches[0][:1]
+
+
+@dataclass
+class FineTuneJob:
+    """One alignment fine-tuning: `compressed` and `fresh_reference` load new copies of the
+    compressed and reference models (each family starts from one of them); `reference` is the
+    frozen model whose logits the loss sees; `options` are the compressor's."""
+
+    method: str
+    level: float | None
+    options: Options
+    compressed: Callable[[], nn.Module]
+    fresh_reference: Callable[[], nn.Module]
+    reference: nn.Module
+    train: Split
+    config: TrainConfig
+    loss_fn: LossFn
+    device: torch.device | str = "cpu"
+    on_epoch: EpochCallback | None = None
+
+    def fit(self, model: nn.Module, **extra: Any) -> nn.Module:
+        """compalign.train.fit of `model` with this job's data, settings, loss and reference."""
+        return fit(
+            model,
+            self.train,
+            self.config,
+            self.loss_fn,
+            self.reference,
+            self.device,
+            self.on_epoch,
+            **extra,
+        )
+
+
+@dataclass(frozen=True)
+class Family:
+    """How the models of a group of compressors are fine-tuned, and whether they stay float.
+    `train_pruned(model, train, config, level, options, device, on_epoch)`, where a family has
+    it, trains a fresh model from scratch with the compression inside the training run (the
+    populations flow's `protocol: from_scratch`)."""
+
+    name: str
+    fine_tune: Callable[[FineTuneJob], nn.Module]
+    quantized: bool = False
+    train_pruned: Callable[..., nn.Module] | None = None
+
+
+def fine_tune_compressed(job: FineTuneJob) -> nn.Module:
+    """Fine-tune the compressed model itself: pruning masks stay applied, and a structurally
+    pruned model is simply a smaller dense one."""
+    return job.fit(job.compressed())
+
+
+UNSTRUCTURED = Family("unstructured", fine_tune_compressed)
+STRUCTURED = Family("structured", fine_tune_compressed)
 
 
 Apply = Callable[[nn.Module, float | None, Any, Calibration | None], nn.Module]

@@ -17,8 +17,7 @@ from pydantic import Field
 from torch import nn
 from torch.nn.utils import prune
 
-from compalign.compressors.base import Compressor
-from compalign.finetune import Family, FineTuneJob
+from compalign.compressors.base import Compressor, Family, FineTuneJob
 from compalign.losses import LOSSES, LossFn
 from compalign.options import Options
 from compalign.pruning import prunable_parameters
@@ -130,7 +129,7 @@ class GradualSchedule:
 
 def gradual_magnitude(model: nn.Module, sparsity: float, options, calibration) -> nn.Module:
     """Without fine-tuning, gradual pruning has no steps to spread over: the model pruned to the
-    final sparsity at once, layer by layer (the schedule runs in compalign.finetune)."""
+    final sparsity at once, layer by layer (the schedule runs while it fine-tunes: fine_tune_gradually)."""
     prune_layers_to(model, sparsity)
     return model
 

@@ -20,6 +20,10 @@ import torch.nn.functional as F
 
 from compalign.options import NoOptions, Options
 
+# The name in `align.losses` of no loss at all: the compressed model is audited as it is, without
+# fine-tuning (what every loss is compared with)
+NO_FINE_TUNING = "none"
+
 LossFn = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor], torch.Tensor]
 
 

@@ -73,7 +73,8 @@ class ModelSource:
     """A registry entry: the loader (its docstring says what it reads), how a spec names it
     (`syntax`, shown in messages), the bare paths it is inferred from (file suffixes, or a
     directory), and, for a source of state dicts, how to build its architecture again
-    (`build(architecture, num_classes)`: what a pipeline checkpoint of it rebuilds from)."""
+    (`build(architecture, num_classes)`, one of compalign.models.LIBRARY_MODELS: what a
+    pipeline checkpoint of it rebuilds from)."""
 
     load: Callable[[str, str], LoadedModel]  # (argument after "name:", the whole spec)
     syntax: str

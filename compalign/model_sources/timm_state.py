@@ -15,6 +15,7 @@ from compalign.model_sources.base import (
     read_state_dict,
     split_name_file,
 )
+from compalign.models import timm_architecture
 from compalign.preprocess import TransformParams, timm_resize
 
 
@@ -36,13 +37,6 @@ def data_transform(model: torch.nn.Module) -> TransformParams:
         if interpolation in ("bilinear", "bicubic", "nearest")
         else None,
     )
-
-
-def build(name: str, num_classes: int) -> torch.nn.Module:
-    """A timm architecture with random weights."""
-    import timm
-
-    return timm.create_model(name, pretrained=False, num_classes=num_classes)
 
 
 def load(argument: str, spec: str) -> LoadedModel:
@@ -78,4 +72,4 @@ def load(argument: str, spec: str) -> LoadedModel:
     )
 
 
-SOURCE = ModelSource(load, syntax="timm:<architecture>@<state dict file>", build=build)
+SOURCE = ModelSource(load, syntax="timm:<architecture>@<state dict file>", build=timm_architecture)

@@ -16,6 +16,7 @@ from compalign.model_sources.base import (
     read_state_dict,
     split_name_file,
 )
+from compalign.models import torchvision_architecture
 from compalign.preprocess import TransformParams
 
 
@@ -45,16 +46,6 @@ def default_transform(name: str) -> TransformParams | None:
     )
 
 
-def build(name: str, num_classes: int | None) -> torch.nn.Module:
-    """A torchvision architecture with random weights (its default class count if None)."""
-    import torchvision
-
-    arguments = {} if num_classes is None else {"num_classes": num_classes}
-    if name in ("inception_v3", "googlenet"):  # evaluated without their auxiliary heads
-        arguments.update(aux_logits=False, init_weights=False)
-    return torchvision.models.get_model(name, weights=None, **arguments)
-
-
 def load(argument: str, spec: str) -> LoadedModel:
     """A torchvision classification model (`torchvision.models.get_model(name)`) with the
     weights of a state dict file; the class count is read from the weights' last linear layer,
@@ -67,8 +58,8 @@ def load(argument: str, spec: str) -> LoadedModel:
         raise UserError(f"model {spec!r}: {name!r} is not a torchvision classification model{hint}")
     state = read_state_dict(path)
     with torch.random.fork_rng():  # random initial weights, replaced below: leave the RNG alone
-        num_classes = last_linear_classes(build(name, None), state)
-        model = build(name, num_classes)
+        num_classes = last_linear_classes(torchvision_architecture(name, None), state)
+        model = torchvision_architecture(name, num_classes)
     load_weights_into(model, state, spec)
     return LoadedModel(
         model=model,
@@ -83,4 +74,6 @@ def load(argument: str, spec: str) -> LoadedModel:
     )
 
 
-SOURCE = ModelSource(load, syntax="torchvision:<architecture>@<state dict file>", build=build)
+SOURCE = ModelSource(
+    load, syntax="torchvision:<architecture>@<state dict file>", build=torchvision_architecture
+)

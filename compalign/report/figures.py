@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +23,10 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from PIL import Image
 
+from compalign.audit.base import FigureData
+from compalign.audit.metrics.attribution import AgreementFigure
 from compalign.compressors.base import LEVEL_KINDS
-from compalign.config import NO_FINE_TUNING
+from compalign.losses.base import NO_FINE_TUNING
 from compalign.report.values import column_floats, plain_label, reference_row, to_float
 
 DPI = 100
@@ -736,6 +738,32 @@ def _heat(values: np.ndarray) -> np.ndarray:
     rgb = colormaps["inferno"](np.where(finite, scaled, 0.0))[..., :3]
     rgb[~finite] = 1.0
     return np.round(rgb * 255).astype(np.uint8)
+
+
+def draw_agreement(figure: AgreementFigure, path: str | Path) -> None:
+    """The attribution metric's side-by-side figure (agreement_figure) from its data."""
+    agreement_figure(figure.images, figure.maps, figure.captions, path, figure.examples)
+
+
+# How each kind of figure data an audit metric leaves (compalign.audit.base.FigureData) is drawn
+AUDIT_FIGURES: dict[type, Callable[[Any, Path], None]] = {AgreementFigure: draw_agreement}
+
+
+def draw_figures(outputs: Mapping[str, Any], directory: str | Path) -> list[Path]:
+    """Draw the figures an audit's metrics left in their outputs (the FigureData values; the
+    other outputs are data files, compalign.audit.write_outputs) into `directory`, each under its
+    name; returns the files written."""
+    written = []
+    for name, value in outputs.items():
+        if not isinstance(value, FigureData):
+            continue
+        if type(value) not in AUDIT_FIGURES:
+            raise TypeError(
+                f"{name}: no drawing for {type(value).__name__}; add it to AUDIT_FIGURES"
+            )
+        AUDIT_FIGURES[type(value)](value, Path(directory) / name)
+        written.append(Path(directory) / name)
+    return written
 
 
 def agreement_figure(

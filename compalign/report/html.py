@@ -1,24 +1,16 @@
-"""Self-contained HTML pages of a pipeline run and of a populations run.
-
-A page is built section by section here (headings, captions, notes, figures, tables) and
-rendered by templates/page.html.j2 with autoescaping on, so every piece of text reaches the
-HTML escaped. Figures come from `compalign.report.figures` and are inlined as base64 PNGs; the
-page has no scripts and links nothing outside itself, so it opens offline, as an MLflow artifact
-or a mail attachment.
-"""
+"""Self-contained HTML pages of a pipeline run, a populations run and an audit of models you
+bring, each a `compalign.report.page.Page` built section by section from the figures of
+`compalign.report.figures` and the tables of a run."""
 
 from __future__ import annotations
 
-import base64
 import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import jinja2
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 
 from compalign.costs import COST_METRICS
 from compalign.report.figures import (
@@ -26,7 +18,6 @@ from compalign.report.figures import (
     class_impact_figure,
     compressed_rows,
     costs_figure,
-    figure_png,
     group_columns,
     group_gap_figure,
     impact_marks,
@@ -36,107 +27,11 @@ from compalign.report.figures import (
     recall_change_figure,
     top1_figure,
 )
+from compalign.report.page import Page
+from compalign.report.search import layers_section
 from compalign.report.values import cell_text, column_floats, metric_text, reference_row, to_float
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_TEMPLATES = jinja2.Environment(
-    loader=jinja2.PackageLoader("compalign.report", "templates"),
-    autoescape=True,
-    undefined=jinja2.StrictUndefined,
-    trim_blocks=True,
-    lstrip_blocks=True,
-    keep_trailing_newline=True,
-)
-
-
-class _Page:
-    """An HTML page built section by section: captions, notes, figures, tables."""
-
-    def __init__(
-        self, title: str, notes: Sequence[str] | None, template: str = "page.html.j2"
-    ) -> None:
-        self.title = title
-        self.leads = [str(note) for note in notes or []]
-        self.sections: list[dict[str, Any]] = []
-        self.template = template
-        self.extra: dict[str, Any] = {}  # what a page's own template shows beyond the sections
-
-    def lead(self, sentence: str) -> None:
-        self.leads.append(sentence)
-
-    def section(self, heading: str) -> None:
-        anchor = f"section-{len(self.sections) + 1}"
-        self.sections.append({"anchor": anchor, "heading": heading, "parts": []})
-
-    def _add(self, kind: str, **part: Any) -> None:
-        self.sections[-1]["parts"].append({"kind": kind, **part})
-
-    def subheading(self, text: str) -> None:
-        self._add("subheading", text=text)
-
-    def caption(self, sentence: str) -> None:
-        self._add("caption", text=sentence)
-
-    def note(self, sentence: str) -> None:
-        self._add("note", text=sentence)
-
-    def figure(self, figure: Figure, alt: str) -> None:
-        self.image(figure_png(figure), alt)
-
-    def image(self, data: bytes, alt: str, folded: str | None = None) -> None:
-        """A PNG; with `folded`, shut in a <details> element whose summary is that text."""
-        encoded = base64.b64encode(data).decode("ascii")
-        self._add("image", png_base64=encoded, alt=alt, folded=folded)
-
-    def table(
-        self,
-        frame: pd.DataFrame,
-        highlight: Sequence[bool] | None = None,
-        numbers: Sequence[str] = (),
-    ) -> None:
-        """`frame` as an HTML table; rows where `highlight` is true are shaded; `numbers` are
-        columns of numbers already formatted as text (right-aligned like numbers)."""
-        if not len(frame.columns):
-            self.note("The table is empty.")
-            return
-        text = [
-            column not in numbers
-            and (
-                not pd.api.types.is_numeric_dtype(frame[column])
-                or pd.api.types.is_bool_dtype(frame[column])
-            )
-            for column in frame.columns
-        ]  # left-aligned: names, labels, flags
-        head = [
-            {"value": str(column), "text": left}
-            for column, left in zip(frame.columns, text, strict=True)
-        ]
-        rows = [
-            {
-                "cells": [
-                    {"value": cell_text(value), "text": left}
-                    for value, left in zip(values, text, strict=True)
-                ],
-                "hit": highlight is not None and bool(highlight[position]),
-            }
-            for position, values in enumerate(frame.itertuples(index=False, name=None))
-        ]
-        self._add("table", head=head, rows=rows)
-        if not len(frame):
-            self.note("No rows.")
-
-    def render(self) -> str:
-        return _TEMPLATES.get_template(self.template).render(
-            title=self.title, leads=self.leads, sections=self.sections, **self.extra
-        )
-
-    def write(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.render(), encoding="utf-8")
-        return path
-
-
 # --------------------------------------------------------------------------------------------
 # Pipeline page
 
@@ -156,7 +51,7 @@ def _finite_rows(rows: pd.DataFrame, column: str, what: str) -> tuple[pd.DataFra
 
 
 def _level_section(
-    page: _Page,
+    page: Page,
     rows: pd.DataFrame,
     column: str,
     ylabel: str,
@@ -178,7 +73,7 @@ def _level_section(
 
 
 def _recall_section(
-    page: _Page,
+    page: Page,
     compressed: pd.DataFrame,
     model_metrics: dict[str, dict[str, float]],
     class_names: list[str],
@@ -191,7 +86,7 @@ def _recall_section(
 
 
 def _group_section(
-    page: _Page, summary: pd.DataFrame, model_metrics: dict[str, dict[str, float]]
+    page: Page, summary: pd.DataFrame, model_metrics: dict[str, dict[str, float]]
 ) -> None:
     columns = group_columns(model_metrics)
     if not columns:
@@ -203,7 +98,7 @@ def _group_section(
         page.figure(figure, f"accuracy gap between the groups of {column} and its change")
 
 
-def _costs_section(page: _Page, summary: pd.DataFrame) -> None:
+def _costs_section(page: Page, summary: pd.DataFrame) -> None:
     figure, missing = costs_figure(summary)
     if figure is None:
         page.note("No figure: this summary has no cost measurements (MACs, size, latency).")
@@ -243,7 +138,7 @@ def pipeline_report(
 ) -> Path:
     """Write the HTML page of one pipeline run (accuracy, mismatches, reduction factors, class
     and group fairness, costs, the comparison table) to `path`; returns `path`."""
-    page = _Page(title, notes)
+    page = Page(title, notes)
     reference = reference_row(summary)
     compressed = compressed_rows(summary)
     colors = loss_colors(list(compressed["loss"]))
@@ -332,7 +227,7 @@ def pipeline_report(
 # Populations page
 
 
-def _impact_section(page: _Page, impact: pd.DataFrame) -> None:
+def _impact_section(page: Page, impact: pd.DataFrame) -> None:
     needed = {"class", "change", "loss"}
     if not len(impact) or not needed <= set(impact.columns):
         page.note("No class impact to show (the impact table is empty).")
@@ -364,7 +259,7 @@ def populations_report(
 ) -> Path:
     """Write the HTML page of one populations run (PIE counts, top-1 on PIEs and on the rest,
     impacted classes, PIE galleries, the tables) to `path`; returns `path`."""
-    page = _Page(title, notes)
+    page = Page(title, notes)
     losses = list(dict.fromkeys(summary["loss"].astype(str))) if "loss" in summary else []
     colors = loss_colors(losses)
     if len(summary) and "pie_count" in summary:
@@ -643,7 +538,7 @@ def compare_report(
     left out. Returns `path`."""
     from compalign.costs import unreliable
 
-    page = _Page(title, notes, template="compare.html.j2")
+    page = Page(title, notes, template="compare.html.j2")
     candidates = summary[summary["role"] == "candidate"]
     with_floor = bool((summary["role"] == "reference2").any())
     reference = reference_row(summary)
@@ -770,8 +665,6 @@ def compare_report(
             page.image(png, f"attribution maps of the reference and {name}", folded=label)
 
     if layers:
-        from compalign.report.search import layers_section
-
         layers_section(page, layers, layer_notes or {})
 
     page.section("Comparison table")

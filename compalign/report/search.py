@@ -14,7 +14,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from compalign.report.figures import _error_bars, _panels
-from compalign.report.html import _Page
+from compalign.report.page import Page
 from compalign.report.values import cell_text, column_floats, to_float
 
 # the costs mismatches are drawn against, in this order of preference: (column, axis label)
@@ -142,7 +142,7 @@ def search_report(
     notes: Sequence[str] | None = None,
 ) -> Path:
     """Write the page of one search (chosen.json's record `chosen`, probes.parquet's table)."""
-    page = _Page(title, notes)
+    page = Page(title, notes)
     rules = chosen["rules"]
     page.lead(
         f"Rules, checked on the validation split: {', '.join(rules)}. Search: {chosen['search']}; "
@@ -219,7 +219,7 @@ def search_report(
 
 
 def layers_section(
-    page: _Page, layers: dict[str, pd.DataFrame], notes: dict[str, list[str]]
+    page: Page, layers: dict[str, pd.DataFrame], notes: dict[str, list[str]]
 ) -> None:
     """The layer table of each localized candidate (compalign.localize), on an audit page."""
     page.section("Layers that flip labels")

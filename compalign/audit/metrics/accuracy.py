@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from compalign.audit.base import AuditInputs, Column, Metric, number
 from compalign.audit.stats import model_metrics
+from compalign.options import NoOptions
 
 NAN = float("nan")
 
 
-def accuracy(inputs: AuditInputs) -> dict[str, float]:
+def accuracy(inputs: AuditInputs, options: NoOptions) -> dict[str, float]:
     """`accuracy`, `recall.<class>`; compared: `accuracy_change` (compressed - reference)."""
     metrics = model_metrics(inputs.frame, inputs.class_names)
     if inputs.compared:

@@ -5,6 +5,7 @@ per-example Spearman rank correlation and top-k IoU, their mean and quantiles.""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Literal
 
 import numpy as np
@@ -12,7 +13,7 @@ import pandas as pd
 import torch
 from pydantic import Field
 
-from compalign.audit.base import AuditInputs, Column, Metric, number
+from compalign.audit.base import AuditInputs, Column, FigureData, Metric, number
 from compalign.options import Options
 
 NAN = float("nan")
@@ -38,6 +39,19 @@ class AttributionOptions(Options):
     """rows of the attribution figure (where the two models disagree most)"""
 
 
+@dataclass(frozen=True)
+class AgreementFigure(FigureData):
+    """The side-by-side figure of the sample's examples where the two models' maps disagree most
+    (compalign.report.figures.agreement_figure draws it): their images (uint8 [n, C, H, W]),
+    per method the reference's and the compressed model's maps, a caption per example, and how
+    many rows to show."""
+
+    images: torch.Tensor
+    maps: dict[str, tuple[np.ndarray, np.ndarray]]
+    captions: list[str]
+    examples: int
+
+
 def attributable(model) -> bool:
     """Gradient attributions need a differentiable model of the deployed computation: int8 models
     get no attribution agreement, whichever path made them: no gradient reaches the input of
@@ -50,10 +64,11 @@ def attributable(model) -> bool:
     return not holds_int8(model)
 
 
-def _maps(inputs: AuditInputs, indices: np.ndarray, targets: np.ndarray) -> dict[str, np.ndarray]:
+def _maps(
+    inputs: AuditInputs, options: AttributionOptions, indices: np.ndarray, targets: np.ndarray
+) -> dict[str, np.ndarray]:
     from compalign.attribution import attribution_maps  # captum: imported when used
 
-    options = inputs.options
     images = inputs.normalise(inputs.images[indices]).to(inputs.device)
     model = inputs.model.to(inputs.device)
     return {
@@ -64,26 +79,27 @@ def _maps(inputs: AuditInputs, indices: np.ndarray, targets: np.ndarray) -> dict
     }
 
 
-def attribution(inputs: AuditInputs) -> dict[str, float]:
+def attribution(inputs: AuditInputs, options: AttributionOptions) -> dict[str, float]:
     """Reference: its maps of the sample (output `attributions.npz`). Compressed:
     `attribution.<method>.<spearman|iou>_<mean|p10|p50|p90>`, the per-example table and the
-    side-by-side figure."""
+    side-by-side figure's data."""
     from compalign.attribution import attribution_sample, spearman_agreement, topk_iou
 
-    options = inputs.options
     if not options.attribution_samples or inputs.model is None or inputs.images is None:
         return {}
     if not inputs.compared:
-        indices = attribution_sample(len(inputs.frame), options.attribution_samples, options.seed)
+        indices = attribution_sample(
+            len(inputs.frame), options.attribution_samples, inputs.settings.seed
+        )
         targets = inputs.frame["prediction"].to_numpy()[indices]  # both explain the reference's
-        maps = _maps(inputs, indices, targets)
+        maps = _maps(inputs, options, indices, targets)
         inputs.outputs[MAPS_FILE] = {"indices": indices, "targets": targets, **maps}
         return {}
     saved = inputs.reference.attributions
     if saved is None or not attributable(inputs.model):
         return {}
     indices, targets = saved["indices"], saved["targets"]
-    maps = _maps(inputs, indices, targets)
+    maps = _maps(inputs, options, indices, targets)
     table = inputs.table
     rows = {"example_id": table["example_id"].to_numpy()[indices]}
     metrics: dict[str, float] = {}
@@ -115,15 +131,12 @@ def attribution(inputs: AuditInputs) -> dict[str, float]:
             f" / ρ {number(agreement[position], 2)}"
             for position, row in zip(order, sample.iloc[order].itertuples(), strict=True)
         ]
-        images = inputs.images[indices[order]]
-        shown = {method: (ref[order], comp[order]) for method, (ref, comp) in pairs.items()}
-
-        def figure(path) -> None:
-            from compalign.report.figures import agreement_figure  # presentation, drawn last
-
-            agreement_figure(images, shown, captions, path, options.figure_examples)
-
-        inputs.outputs[FIGURE_FILE] = figure
+        inputs.outputs[FIGURE_FILE] = AgreementFigure(
+            images=inputs.images[indices[order]],
+            maps={method: (ref[order], comp[order]) for method, (ref, comp) in pairs.items()},
+            captions=captions,
+            examples=options.figure_examples,
+        )
     return metrics
 
 

@@ -15,7 +15,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from compalign.audit.base import AuditInputs, Column, Metric, number
-from compalign.audit.metrics.groups import selected_groups
+from compalign.audit.metrics.groups import GroupOptions, selected_groups
 
 NAN = float("nan")
 # every model's class probabilities on the test split, in the predictions frame's order: what
@@ -64,7 +64,7 @@ def _logits(inputs: AuditInputs) -> torch.Tensor | None:
         return model(images).float().cpu()
 
 
-def auroc(inputs: AuditInputs) -> dict[str, float]:
+def auroc(inputs: AuditInputs, options: GroupOptions) -> dict[str, float]:
     """`auroc`, `auroc.class.<class>` (more than two classes), `auroc.group.<column>.<value>`,
     `auroc.group.<column>.gap`; compared: each one's `_change`, `worst_class_auroc_change`.
     Output: the class probabilities (PROBABILITIES_FILE)."""
@@ -78,7 +78,7 @@ def auroc(inputs: AuditInputs) -> dict[str, float]:
     if scores.shape[1] > 2:
         for name, value in zip(inputs.class_names, class_aurocs(labels, scores), strict=True):
             metrics[f"auroc.class.{name}"] = float(value)
-    groups = selected_groups(inputs.groups, inputs.options.groups)
+    groups = selected_groups(inputs.groups, options.groups)
     for column in groups.columns:
         sensitive = groups[column].to_numpy()
         values = []
@@ -121,6 +121,7 @@ def summary(metrics, labels) -> dict[str, float]:
 
 ENTRY = Metric(
     auroc,
+    GroupOptions,
     summary=summary,
     columns=(
         Column("AUROC", lambda row: number(row.auroc, 4)),

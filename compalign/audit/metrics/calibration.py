@@ -21,13 +21,13 @@ class CalibrationOptions(Options):
     """bins of the expected calibration error"""
 
 
-def calibration(inputs: AuditInputs) -> dict[str, float]:
+def calibration(inputs: AuditInputs, options: CalibrationOptions) -> dict[str, float]:
     """`ece`; compared: `ece_reference`, `ece_change`."""
     frame = inputs.frame
     ece = expected_calibration_error(
         frame["confidence"].to_numpy(),
         (frame.prediction == frame.label).to_numpy(),
-        inputs.options.calibration_bins,
+        options.calibration_bins,
     )
     if not inputs.compared:
         return {"ece": ece}

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 from compalign.audit.base import AuditInputs, Column, Metric, number
 from compalign.audit.stats import class_fairness as class_changes
+from compalign.options import NoOptions
 
 NAN = float("nan")
 
 
-def class_fairness(inputs: AuditInputs) -> dict[str, float]:
+def class_fairness(inputs: AuditInputs, options: NoOptions) -> dict[str, float]:
     """`reference_recall.<class>`, `recall_change.<class>`, `worst_class_recall_change`,
     `worst_class_index`, `recall_gap`, `recall_gap_reference`, `recall_gap_change`."""
     if not inputs.compared:

@@ -40,12 +40,12 @@ def selected_groups(groups: pd.DataFrame, wanted: list[str] | None) -> pd.DataFr
     return groups[wanted]
 
 
-def group_fairness(inputs: AuditInputs) -> dict[str, float]:
+def group_fairness(inputs: AuditInputs, options: GroupOptions) -> dict[str, float]:
     """`group.<column>.<value>.accuracy`, `group.<column>.accuracy_gap` (likewise `auroc`);
     compared: each one's `_change`."""
     from compalign.fairness import group_changes, group_metrics  # fairlearn: when used
 
-    groups = selected_groups(inputs.groups, inputs.options.groups)
+    groups = selected_groups(inputs.groups, options.groups)
     metrics = group_metrics(inputs.frame, groups)
     if inputs.compared:
         metrics.update(group_changes(dict(inputs.reference.metrics), dict(metrics)))
@@ -71,7 +71,7 @@ def bootstrap_gaps(correct: np.ndarray, sensitive: np.ndarray, resamples: np.nda
 def gap_intervals(inputs: AuditInputs, groups: pd.DataFrame) -> dict[str, float]:
     """`group.<column>.accuracy_gap_change_ci_low/_ci_high` (paired with the reference) and,
     with the `ce` baseline, `group.<column>.accuracy_gap_change_vs_ce` with its interval."""
-    level = inputs.options.confidence_level
+    level = inputs.settings.confidence_level
     labels = inputs.frame["label"].to_numpy()
     correct = inputs.frame["prediction"].to_numpy() == labels
     reference = inputs.reference.frame

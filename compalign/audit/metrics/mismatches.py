@@ -6,19 +6,20 @@ from __future__ import annotations
 
 from compalign.audit.base import AuditInputs, Column, Metric, with_interval
 from compalign.audit.stats import count_interval, mismatch_metrics
+from compalign.options import NoOptions
 
 NAN = float("nan")
 COUNTS = ("mismatches", "mismatches_ref_correct")
 
 
-def mismatches(inputs: AuditInputs) -> dict[str, float]:
+def mismatches(inputs: AuditInputs, options: NoOptions) -> dict[str, float]:
     """`mismatches`, `mismatches_ref_correct`, `mismatch_rate`, `agreement`, and the intervals
     `<count>_ci_low` / `_ci_high` at `audit.confidence_level`."""
     if not inputs.compared:
         return {}
     metrics = mismatch_metrics(inputs.reference.frame, inputs.frame)
     mismatch = inputs.table["mismatch"].to_numpy()
-    level = inputs.options.confidence_level
+    level = inputs.settings.confidence_level
     for name, indicator in zip(COUNTS, (mismatch, mismatch & inputs.reference_right), strict=True):
         metrics[f"{name}_ci_low"], metrics[f"{name}_ci_high"] = count_interval(
             indicator, inputs.resamples, level

@@ -9,13 +9,14 @@ import numpy as np
 from compalign.audit.base import AuditInputs, Column, Metric, with_interval
 from compalign.audit.stats import reduction_factor as factor
 from compalign.audit.stats import reduction_factor_interval
+from compalign.options import NoOptions
 
 BASELINE_LOSS = "ce"
 NAN = float("nan")
 FACTORS = ("reduction_factor", "reduction_factor_ref_correct")
 
 
-def reduction_factor(inputs: AuditInputs) -> dict[str, float]:
+def reduction_factor(inputs: AuditInputs, options: NoOptions) -> dict[str, float]:
     """`reduction_factor` and `reduction_factor_ref_correct` with `_ci_low` / `_ci_high`, when
     the audit has the baseline's comparison table."""
     if not inputs.compared or inputs.baseline is None:
@@ -24,7 +25,7 @@ def reduction_factor(inputs: AuditInputs) -> dict[str, float]:
     if not baseline["example_id"].equals(table["example_id"]):
         raise ValueError("the ce baseline was audited on other examples")
     mismatch, base = table["mismatch"].to_numpy(), baseline["mismatch"].to_numpy()
-    level = inputs.options.confidence_level
+    level = inputs.settings.confidence_level
     metrics = {}
     for name, keep in zip(FACTORS, (np.ones_like(base), inputs.reference_right), strict=True):
         metrics[name] = factor(base & keep, mismatch & keep)

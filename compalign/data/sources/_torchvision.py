@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from compalign.data.sources.base import RawDataset, not_found
+from compalign.data.raw import RawDataset
+from compalign.data.sources.base import not_found
 
 # torchvision's constructor arguments for the official splits, train first
 TRAIN_FLAG = {"train": {"train": True}, "test": {"train": False}}

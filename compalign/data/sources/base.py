@@ -18,19 +18,8 @@ import pandas as pd
 
 from compalign.errors import UserError
 from compalign.files import sha256_file
-
-
-@dataclass
-class RawDataset:
-    """A source's examples before splitting; images are loaded only for the rows that are kept."""
-
-    ids: np.ndarray  # str [N], stable across runs
-    labels: np.ndarray  # int64 [N]
-    class_names: list[str]
-    load_images: Callable[[np.ndarray], np.ndarray]  # indices -> uint8 [n, H, W, C]
-    official_split: np.ndarray | None = None  # str [N] in SPLITS, where the source defines one
-    groups: pd.DataFrame = field(default_factory=pd.DataFrame)  # one column per group attribute
-    skipped_unreadable: int = 0  # files left out because they could not be read
+from compalign.data.raw import RawDataset
+from compalign.options import NoOptions, Options
 
 
 @dataclass(frozen=True)
@@ -40,7 +29,9 @@ class DataSource:
 
     By default a source's availability is the presence of `required`, and its fingerprint the
     size and sha256 of every file under `required`; a source whose files are not a fixed list of
-    paths (an image tree) passes its own `check_files` and `fingerprint_files`.
+    paths (an image tree) passes its own `check_files` and `fingerprint_files`. A source's own
+    `options` (the one place their defaults are written) are keys of the `data` section, which
+    compalign.config builds from the entries; only the chosen source's enter its prepare key.
     """
 
     load: Callable[[Any], RawDataset]  # the `data` params section -> RawDataset
@@ -51,6 +42,7 @@ class DataSource:
     fingerprint_files: Callable[[Any], dict[str, Any]] | None = None
     num_classes: int | None = None  # a fixed dataset's class count (checked before any work)
     count_classes: Callable[[Any], int] | None = None  # the class count of a user's data
+    options: type[Options] = NoOptions  # its own keys of the `data` section
 
     def classes(self, params: Any) -> int | None:
         """How many classes the data has, when that is known without loading it."""

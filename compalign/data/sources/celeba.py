@@ -3,26 +3,43 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import pandas as pd
 import torch
+from pydantic import BeforeValidator
 
+from compalign.data.raw import RawDataset
 from compalign.data.sources.base import (
     DataSource,
-    RawDataset,
     hashed_files,
     listed_files,
     load_pil,
     not_found,
 )
 from compalign.errors import UserError
+from compalign.options import Options
 
 IMAGES = "celeba/img_align_celeba"
 HINT = "put img_align_celeba/ and the list_*.txt files there (torchvision.datasets.CelebA layout)"
 # the lists that set the labels, groups and splits (torchvision also reads, and needs, the others)
 LISTS = ("celeba/list_attr_celeba.txt", "celeba/list_eval_partition.txt")
+
+
+TARGET = "Blond_Hair"  # Meyer & Wong's label (their datasets/helpers.py get_celebA_data)
+
+
+def _null_is_the_default(value: Any) -> Any:
+    # params files written before the default was a value said `target: null` for it
+    return TARGET if value is None else value
+
+
+class CelebAOptions(Options):
+    """Which of CelebA's 40 attributes is the label."""
+
+    target: Annotated[str, BeforeValidator(_null_is_the_default)] = TARGET
+    """celeba only: the attribute used as the label"""
 
 
 def load(params: Any) -> RawDataset:
@@ -50,7 +67,7 @@ def load(params: Any) -> RawDataset:
                 f"{HINT} or rerun with data.download=true on a machine with internet",
             ) from error
     attr_names = [name for name in parts["train"].attr_names if name]
-    target = params.target or "Blond_Hair"
+    target = params.target
     if target not in attr_names:
         raise UserError(
             f"data.target: {target!r} is not a CelebA attribute; choose one of {attr_names}"
@@ -158,4 +175,5 @@ SOURCE = DataSource(
     check_files=check,
     fingerprint_files=fingerprint,
     num_classes=2,  # a binary attribute is the label
+    options=CelebAOptions,
 )

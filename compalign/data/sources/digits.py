@@ -7,7 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from compalign.data.sources.base import DataSource, RawDataset
+from compalign.data.raw import RawDataset
+from compalign.data.sources.base import DataSource
 
 
 def load(params: Any) -> RawDataset:

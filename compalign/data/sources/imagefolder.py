@@ -4,14 +4,27 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-from compalign.data.sources.base import DataSource, RawDataset, listed_files, load_pil, not_found
+from compalign.data.raw import RawDataset
+from compalign.data.sources.base import DataSource, listed_files, load_pil, not_found
+from compalign.data.splits import plan_table
 from compalign.errors import UserError
+from compalign.options import Options
 
 HINT = "make a folder with one sub-folder of images per class"
+
+
+class ImageFolderOptions(Options):
+    """How the image folder's files are read."""
+
+    image_mode: Literal["RGB", "L"] = "RGB"
+    """imagefolder only: RGB or L (greyscale)"""
+    skip_unreadable: bool = False
+    """imagefolder: leave out images PIL cannot read (counted in the manifest; else: stop, naming
+    them)"""
 
 
 def shown(path: str | Path) -> str:
@@ -159,9 +172,7 @@ def check(params: Any) -> None:
     """Before anything runs or is written: the tree exists, holds no folder links, links out of
     it or names that are not UTF-8, every image in it can be read (or data.skip_unreadable
     leaves the broken ones out), the images have one size (or data.image_size), and every
-    split gets examples (compalign.data.prepared.plan_table: no image is loaded)."""
-    from compalign.data.prepared import plan_table
-
+    split gets examples (compalign.data.splits.plan_table: no image is loaded)."""
     plan_table(load(params), params)
 
 
@@ -184,5 +195,9 @@ def fingerprint(params: Any) -> dict[str, Any]:
 
 
 SOURCE = DataSource(
-    load=load, check_files=check, fingerprint_files=fingerprint, count_classes=count_classes
+    load=load,
+    check_files=check,
+    fingerprint_files=fingerprint,
+    count_classes=count_classes,
+    options=ImageFolderOptions,
 )

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from compalign.data.sources._torchvision import load_arrays
-from compalign.data.sources.base import DataSource, RawDataset
+from compalign.data.raw import RawDataset
+from compalign.data.sources.base import DataSource
 
 REQUIRED = ("train_32x32.mat", "test_32x32.mat")
 
