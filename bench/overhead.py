@@ -13,8 +13,8 @@ Runs one profile (default: params.yaml) in fresh temporary projects:
             all cores' threads) and
             (all cores as workers x 1 thread): the grid's wall time for each
   cached -- the same flow again in this process (every task Cached), then `compalign run` as a
-            new process three times: the first answers from the store (flows/cached.py) and
-            remembers its answer, the next two replay it (flows/quick.py)
+            new process three times: the first answers from the store (flows/rerun.py cached_run) and
+            remembers its answer, the next two replay it (flows/rerun.py replay)
 Per stage, the plain seconds against the sum of that stage's Prefect task-run durations
 (1 worker: tasks do not overlap) is what each task's wrapper adds (cache key, store, files,
 MLflow). The flow's numbers must equal the plain ones (checked: same seeds, same calls).
@@ -284,7 +284,7 @@ def main() -> None:
             plain_seconds, (plain_metrics, clock) = pool.submit(
                 timed, plain_pipeline, params, home / f"plain-{attempt}"
             ).result()
-    from tasks import tracking
+    from tasks.infra import tracking
 
     setup_seconds = {}
     rows = [("plain core calls", plain_seconds, plain_seconds)]
@@ -335,8 +335,8 @@ def main() -> None:
                 )
                 assert f"{len(cached['tasks'])} Cached" in done.stdout, done.stdout + done.stderr
                 times.append(seconds)
-            # the first answers through flows/cached.py (torch imported to validate the params)
-            # and remembers its answer; the next ones replay it (flows/quick.py)
+            # the first answers through flows/rerun.py cached_run (torch imported to validate the params)
+            # and remembers its answer; the next ones replay it (flows/rerun.py replay)
             rows.append(("cached rerun, new `compalign run`, first", times[0], None))
             rows.append(("cached rerun, new `compalign run`, best of next 2", min(times[1:]), None))
     print(f"Prefect API server start: {server_seconds:.1f} s (once per `compalign run`)")

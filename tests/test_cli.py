@@ -167,14 +167,14 @@ def test_same_seed_same_numbers_in_a_fresh_project(tmp_path):
 
 QUICK_CHECK = """
 import sys
-from flows.quick import replay
+from flows.rerun import replay
 print("answered" if replay(sys.argv[1:]) else "declined")
 print("torch imported" if "torch" in sys.modules else "torch not imported")
 """
 
 
 def quick(project, *args, env=None):
-    """flows.quick.replay of `compalign <args>` in `project`, in a process of its own with the
+    """flows.rerun.replay of `compalign <args>` in `project`, in a process of its own with the
     environment run_cli gives the command: its two lines (answered?, torch imported?)."""
     result = subprocess.run(
         [str(BIN / "python"), "-c", QUICK_CHECK, *args],
@@ -188,7 +188,7 @@ def quick(project, *args, env=None):
 
 
 def check_quick_rerun(first_run, project):
-    """The same command again is answered by flows/quick.py without importing torch: the same
+    """The same command again is answered by flows/rerun.py without importing torch: the same
     summary, every task Cached, nothing recorded; changed params, --refresh or a store entry
     that no longer matches its digest go to the usual path."""
     rerun = run_cli(
@@ -196,10 +196,10 @@ def check_quick_rerun(first_run, project):
     )
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     imported = [line.rsplit("|", 1)[-1].strip() for line in rerun.stderr.splitlines()]
-    assert "flows.quick" in imported and "torch" not in imported and "prefect" not in imported
-    table = first_run.stdout.split("34 tasks:")[0]
+    assert "flows.rerun" in imported and "torch" not in imported and "prefect" not in imported
+    table = first_run.stdout.split("35 tasks:")[0]
     assert rerun.stdout.startswith(table)
-    assert "34 tasks: 34 Cached, 0 run\nNothing ran: every task is cached" in rerun.stdout
+    assert "35 tasks: 35 Cached, 0 run\nNothing ran: every task is cached" in rerun.stdout
     assert "MLflow parent run" in rerun.stdout
     with sqlite3.connect(project / ".compalign" / "prefect" / "prefect.db") as db:
         assert db.execute("SELECT count(*) FROM flow_run").fetchone() == (1,)
@@ -222,7 +222,7 @@ def check_plain_output(result, project):
     lines = (result.stdout + result.stderr).splitlines()
     assert len(lines) <= 40, "\n".join(lines)
     assert not any(" epoch " in line for line in lines)
-    assert any(line.startswith("34/34 tasks, 0 cached") for line in result.stderr.splitlines())
+    assert any(line.startswith("35/35 tasks, 0 cached") for line in result.stderr.splitlines())
     assert "magnitude_global vs reference" in result.stdout
     assert "Reference: accuracy" in result.stdout
     assert "In reports/pipeline/summary.md and reports/pipeline/report.html: " in result.stdout

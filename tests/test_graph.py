@@ -1,46 +1,43 @@
-"""The pipeline's task graph: the same calls for the flow and the cached-run check."""
+"""The run graph: the same calls for the flow, the rerun check, DVC and the populations flow."""
 
 from __future__ import annotations
 
 import inspect
 import os
 
-from flows.graph import Input, pipeline_steps
+from flows.graph import Input, inputs_of, pipeline_steps
 
 
 def test_every_step_gives_its_task_every_argument_and_needs_only_earlier_steps(tiny_params):
     """Prefect keys a task on its bound arguments with defaults applied; a step that names
-    them all gets the same key from the cached-run check as from the flow."""
-    from tasks.align import align
-    from tasks.audit import audit_model
-    from tasks.compress import compress
-    from tasks.costs import latency_settings, measure_costs
-    from tasks.data import prepare
-    from tasks.train import train_reference
+    them all gets the same key from the rerun check as from the flow. Each step's Inputs are
+    arguments its stage declares as inputs."""
+    from tasks import stage
+    from tasks.costs import latency_settings
 
-    functions = {
-        "prepare": prepare,
-        "reference": train_reference,
-        "compress": compress,
-        "align": align,
-        "audit": audit_model,
-        "costs": measure_costs,
-    }
     params = tiny_params()
     track = {"uri": "sqlite:///mlflow.db", "experiment_id": "1", "store_id": "x"}
     steps = pipeline_steps(params, "cpu", track, "parent")
     seen = set()
     for step in steps:
-        assert set(step.arguments) == set(inspect.signature(functions[step.stage]).parameters)
+        function = stage(step.stage).function
+        assert set(step.arguments) == set(inspect.signature(function).parameters)
+        taken = {name for name, value in step.arguments.items() if inputs_of(value)}
+        assert taken <= set(stage(step.stage).inputs), step.id
         assert set(step.needs) <= seen, step.id
         seen.add(step.id)
         if step.stage == "costs":
             assert step.arguments["latency"] == latency_settings(params.audit.model_dump())
             assert step.arguments["run_id"] == Input(f"audit:{step.model}", "run_id")
     stages = [step.stage for step in steps]
-    # 2 levels x 5 losses (4 fine-tuned), one compress per level, an audit and costs per model
+    # 2 levels x 5 losses (4 fine-tuned), one compress per level, an audit and costs per model,
+    # one table of every audited model's predictions
     assert [stages.count(s) for s in ("prepare", "reference", "compress", "align")] == [1, 1, 2, 8]
     assert stages.count("audit") == stages.count("costs") == 11
+    [predictions] = [step for step in steps if step.stage == "predictions"]
+    assert predictions.arguments["audits"] == {
+        step.model: Input(step.id) for step in steps if step.stage == "audit"
+    }
 
 
 def test_a_step_can_overlap_only_the_steps_it_neither_needs_nor_feeds(tiny_params):
@@ -58,6 +55,7 @@ def test_a_step_can_overlap_only_the_steps_it_neither_needs_nor_feeds(tiny_param
         "compress:magnitude_global-0.9": 2,
         "align:magnitude_global-0.9-ce": 2,
         "audit:magnitude_global-0.9-ce": 1,  # needs the reference's audit and the fine-tuning
+        "predictions": 1,  # needs every audit: it changes no other step's count
     }
 
 
@@ -126,7 +124,7 @@ def test_a_search_probe_is_the_pipelines_own_task_calls(tiny_params):
     probe's audit is the pipeline's call for an un-fine-tuned model (a cache hit)."""
     from flows.graph import probe_steps, search_steps
     from flows.plan import ModelSpec
-    from tasks.store import stage_key
+    from tasks.infra.store import stage_key
 
     params = tiny_params("compress.methods=[quantize_static]")
     track = {"uri": "sqlite:///mlflow.db", "experiment_id": "1", "store_id": "x"}
