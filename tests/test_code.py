@@ -138,11 +138,19 @@ def test_an_audit_key_covers_what_its_metrics_read_and_the_latency_settings_only
     key = store.stage_key("audit", {**call, "audit": audit})
     costs = {"data": DATA, "model": COMPRESSED, "name": "m", "run_id": "r"}
     costs_key = store.stage_key("costs", {**costs, "latency": latency_settings(audit)})
-    for name, value in (("latency_repeats", 7), ("latency_warmup", 0), ("latency_batch_sizes", [1])):
+    for name, value in (
+        ("latency_repeats", 7),
+        ("latency_warmup", 0),
+        ("latency_batch_sizes", [1]),
+    ):
         changed = {**audit, name: value}
         assert store.stage_key("audit", {**call, "audit": changed}) == key
-        assert store.stage_key("costs", {**costs, "latency": latency_settings(changed)}) != costs_key
-    assert store.stage_key("audit", {**call, "audit": {**audit, "latency_compile_timeout": 5}}) == key
+        assert (
+            store.stage_key("costs", {**costs, "latency": latency_settings(changed)}) != costs_key
+        )
+    assert (
+        store.stage_key("audit", {**call, "audit": {**audit, "latency_compile_timeout": 5}}) == key
+    )
     for name, value in (("bootstrap_samples", 200), ("attribution_samples", 3), ("seed", 1)):
         assert store.stage_key("audit", {**call, "audit": {**audit, name: value}}) != key, name
 

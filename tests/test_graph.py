@@ -161,3 +161,73 @@ def test_a_search_probe_is_the_pipelines_own_task_calls(tiny_params):
         )["compress"]
     )
     assert tested["audit"] == pipeline["audit"] and tested["costs"] == pipeline["costs"]
+
+
+def test_population_steps_name_every_member_and_give_every_argument(tiny_params):
+    """The populations flow's graph: the dense members (one batched task, or one per seed), per
+    level and seed the compressed member of each loss (compressed from dense member k and
+    fine-tuned, or trained from scratch with the pruning inside), then every member's
+    predictions, each with its population (`about`) and every argument of its task."""
+    from flows.graph import population_steps
+    from tasks import stage
+    from tasks.pruned import pruned_seed
+
+    base = [
+        "populations.size=2",
+        "populations.sparsities=[0.5]",
+        "populations.losses=[none,ce]",
+        "populations.compressor=magnitude_global",
+    ]
+    for overrides, expected in (
+        (
+            ["populations.protocol=from_dense"],
+            ["prepare", "reference:seed0", "reference:seed1"]
+            + [f"compress:magnitude_global-0.5:seed{s}" for s in (0, 1)],
+        ),
+        (
+            ["populations.vectorise=true"],
+            ["prepare", "reference:population"]
+            + [f"compress:magnitude_global-0.5:seed{s}" for s in (0, 1)],
+        ),
+    ):
+        steps = population_steps(tiny_params(*base, *overrides), "cpu")
+        ids = [step.id for step in steps]
+        assert [i for i in ids if not i.startswith(("align", "predict"))] == expected, ids
+        seen: set[str] = set()
+        for step in steps:
+            declared = stage(step.stage)
+            function = (
+                declared.variants[step.variant].function if step.variant else declared.function
+            )
+            parameters = inspect.signature(function).parameters
+            assert set(step.arguments) <= set(parameters), step.id
+            assert {n for n, p in parameters.items() if p.default is p.empty} <= set(step.arguments)
+            assert set(step.needs) <= seen, step.id
+            seen.add(step.id)
+        predictions = {s.model: s.about for s in steps if s.stage == "predict"}
+        assert predictions == {
+            "dense 0": {"group": None, "seed": 0},
+            "dense 1": {"group": None, "seed": 1},
+            **{
+                f"magnitude_global-0.5-{loss} seed {s}": {"group": (0.5, loss), "seed": s}
+                for loss in ("none", "ce")
+                for s in (0, 1)
+            },
+        }
+    vectorised = population_steps(tiny_params(*base, "populations.vectorise=true"), "cpu")
+    compress = next(step for step in vectorised if step.stage == "compress")
+    assert compress.arguments["reference"] == Input("reference:population", 0)
+    scratch = population_steps(
+        tiny_params(
+            "populations.size=2",
+            "populations.sparsities=[0.5]",
+            "populations.losses=[kd]",
+            "populations.compressor=gradual_magnitude",
+            "populations.protocol=from_scratch",
+        ),
+        "cpu",
+    )
+    pruned = [step for step in scratch if step.stage == "pruned"]
+    assert [step.model for step in pruned] == ["0.5-kd seed 0", "0.5-kd seed 1"]
+    assert pruned[1].arguments["reference"]["seed"] == pruned_seed(1, 0.5)
+    assert pruned[1].arguments["teacher"] == Input("reference:seed1")  # kd reads the dense one
