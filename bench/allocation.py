@@ -50,7 +50,7 @@ def run_once(params, home: Path, label: str) -> dict[str, float]:
     from mlflow.tracking import MlflowClient
 
     from flows.pipeline import run_pipeline
-    from tasks import tracking
+    from tasks.infra import tracking
 
     project = home / label
     project.mkdir()

@@ -170,7 +170,7 @@ def run_params(params: Params, run: list[Arm], levels: list[float]) -> Params:
 
 def checkpoint_index() -> dict[str, Path]:
     """sha256 of every reference and aligned checkpoint in the store -> its folder."""
-    from tasks.store import ARTIFACTS_DIR
+    from tasks.infra.store import ARTIFACTS_DIR
 
     found = {}
     for stage in ("reference", "align", "compress"):
@@ -202,7 +202,7 @@ def collect(result: dict[str, Any], run: list[Arm], seed: int, into: Collected) 
     from compalign.data import load_split
     from compalign.train import predict_logits
     from tasks.audit import read_outcomes
-    from tasks.store import MANIFEST
+    from tasks.infra.store import MANIFEST
 
     data = result["data_path"]
     splits = {name: load_split(data, name) for name in ("val", "test")}

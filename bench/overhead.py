@@ -13,8 +13,8 @@ Runs one profile (default: params.yaml) in fresh temporary projects:
             all cores' threads) and
             (all cores as workers x 1 thread): the grid's wall time for each
   cached -- the same flow again in this process (every task Cached), then `compalign run` as a
-            new process three times: the first answers from the store (flows/cached.py) and
-            remembers its answer, the next two replay it (flows/quick.py)
+            new process three times: the first answers from the store (flows/rerun.py cached_run) and
+            remembers its answer, the next two replay it (flows/rerun.py replay)
 Per stage, the plain seconds against the sum of that stage's Prefect task-run durations
 (1 worker: tasks do not overlap) is what each task's wrapper adds (cache key, store, files,
 MLflow). The flow's numbers must equal the plain ones (checked: same seeds, same calls).
@@ -36,7 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("prepare", "reference", "compress", "align", "audit", "costs")
+STAGES = ("prepare", "reference", "compress", "align", "audit", "predictions", "costs")
 
 
 class Clock:
@@ -53,11 +53,15 @@ class Clock:
 
 
 def plain_pipeline(params, scratch: Path) -> tuple[dict[str, dict[str, float]], Clock]:
-    """The flow's work as core calls (the bodies of tasks/*.py without store or tracking);
-    returns every model's audit metrics and the seconds per stage."""
+    """The flow's work as core calls (the bodies of tasks/*.py without store or tracking), step
+    by step as the run graph (flows/graph.py pipeline_steps) gives them, with the graph's own
+    arguments; returns every model's audit metrics and the seconds per stage."""
+    import pandas as pd
+
     from compalign.audit import AuditInputs, ReferenceAudit, audit, predictions_frame
     from compalign.audit.metrics.attribution import MAPS_FILE
     from compalign.compressors import COMPRESSORS
+    from compalign.config import AuditParams, DataParams, ReferenceParams, TrainingParams
     from compalign.costs import measure_latency, parameter_counts, serialized_size
     from compalign.data import build_table, load_split, write_prepared
     from compalign.finetune import fine_tune
@@ -68,50 +72,96 @@ def plain_pipeline(params, scratch: Path) -> tuple[dict[str, dict[str, float]], 
     from compalign.report.html import pipeline_report
     from compalign.report.tables import summary_frame, summary_markdown
     from compalign.train import fit, predict_logits
-    from flows.plan import (
-        BASELINE_LOSS,
-        compressed_id,
-        compressed_labels,
-        grid_by_compression,
-        model_grid,
-        reference_labels,
-    )
+    from flows.graph import audited_models, field_of, pipeline_steps, resolve
     from tasks.train import architecture_of, train_config, validation_accuracy
 
     if params.align.tune or any(COMPRESSORS[m].needs_calibration for m in params.compress.methods):
         raise SystemExit("plain side: align.tune and calibrating compressors are not mirrored")
     clock = Clock()
     device = "cpu"
-    options = params.audit
+    steps = pipeline_steps(params, device, {}, None)
+    splits: dict[str, object] = {}
 
-    def prepare():
-        table, manifest = build_table(params.data)
-        return write_prepared(table, manifest, scratch / "data")
-
-    manifest = clock("prepare", prepare)
-    splits = {s: load_split(scratch / "data", s, manifest) for s in ("train", "val", "test")}
-    train, test = splits["train"], splits["test"]
-
-    def train_reference():
-        model = build_model(
-            **architecture_of(params.reference.model, manifest), seed=params.reference.seed
+    def prepare(data):
+        table, manifest = build_table(DataParams.model_validate(data))
+        written = write_prepared(table, manifest, scratch / "data")
+        splits.update(
+            {s: load_split(scratch / "data", s, written) for s in ("train", "val", "test")}
         )
-        fit(model, train, train_config(params.reference), LOSSES["ce"](), device=device)
+        return {"manifest": written}
+
+    def train_reference(data, reference, device, **_):
+        settings = ReferenceParams.model_validate(
+            {key: value for key, value in reference.items() if key != "model_input"}
+        )
+        model = build_model(**architecture_of(settings.model, data["manifest"]), seed=settings.seed)
+        fit(model, splits["train"], train_config(settings), LOSSES["ce"](), device=device)
         validation_accuracy(model, splits["val"], device)
+        return {"model": model}
+
+    def compress(data, reference, method, level, options, **_):
+        state = COMPRESSORS[method](copy.deepcopy(reference["model"]), level, options, None)
+        made = {"method": method, "level": level, "options": options, "state": state.state_dict()}
+        return {**made, "reference": reference["model"], "model": fresh(made, reference["model"])}
+
+    def fresh(made, reference):
+        """A new copy of the compressed model (a pruned module cannot be deep-copied: its
+        masked weights are not graph leaves), as loading its checkpoint gives."""
+        model = COMPRESSORS[made["method"]](
+            copy.deepcopy(reference), made["level"], made["options"], None
+        )
+        model.load_state_dict(made["state"])
         return model
 
-    reference = clock("reference", train_reference)
+    def align(
+        data,
+        reference,
+        compressed,
+        method,
+        level,
+        options,
+        loss,
+        hyperparameters,
+        training,
+        device,
+        **_,
+    ):
+        model = fine_tune(
+            method,
+            level,
+            options,
+            lambda: fresh(compressed, reference["model"]),
+            lambda: copy.deepcopy(reference["model"]),
+            reference["model"],
+            splits["train"],
+            train_config(TrainingParams.model_validate(training)),
+            LOSSES[loss](**hyperparameters),
+            device,
+        )
+        weight_sparsity(model)
+        return {"model": model}
 
-    def audit_one(model, labels, reference_result=None, baseline=None):
-        logits = predict_logits(model, test, options.batch_size, device)
+    def audit_one(data, model, reference_audit, audit_params, labels, baseline_audit, device, **_):
+        test = splits["test"]
+        options = AuditParams.model_validate(audit_params)
+        network = model["model"]
+        logits = predict_logits(network, test, options.batch_size, device)
+        reference = None
+        if reference_audit is not None:
+            result = reference_audit["result"]
+            reference = ReferenceAudit(
+                frame=result.table,
+                metrics=result.metrics,
+                attributions=result.outputs.get(MAPS_FILE),
+            )
         inputs = AuditInputs(
             frame=predictions_frame(test.example_ids, test.labels, logits),
-            class_names=manifest["class_names"],
+            class_names=data["manifest"]["class_names"],
             groups=test.groups,
             options=options,
-            reference=reference_result,
-            baseline=baseline,
-            model=model,
+            reference=reference,
+            baseline=None if baseline_audit is None else baseline_audit["result"].table,
+            model=network,
             images=test.images,
             normalise=test.normalise,
             device=device,
@@ -121,101 +171,67 @@ def plain_pipeline(params, scratch: Path) -> tuple[dict[str, dict[str, float]], 
             labels["role"] == "compressed"
             and not COMPRESSORS[labels["compressor"]].family.quantized
         ):
-            result.metrics["weight_sparsity"] = weight_sparsity(model)
+            result.metrics["weight_sparsity"] = weight_sparsity(network)
         # the audit's files, as the audit task writes them (its store entry's content)
         files = scratch / "audits" / labels["name"]
         files.mkdir(parents=True)
         result.write_outputs(files)
         draw_figures(result.outputs, files)
         result.table.to_parquet(files / "predictions.parquet", index=False)
-        return result
+        return {"result": result, "labels": labels, "metrics": result.metrics, "run_id": ""}
 
-    results = {"reference": clock("audit", audit_one, reference, reference_labels(params))}
-    reference_audit = ReferenceAudit(
-        frame=results["reference"].table,
-        metrics=results["reference"].metrics,
-        attributions=results["reference"].outputs.get(MAPS_FILE),
-    )
-    models = {"reference": reference}
-    labels = {"reference": reference_labels(params)}
-    compressed = {}
-    for specs in grid_by_compression(params):
-        baseline = None
-        for spec in specs:
-            entry = COMPRESSORS[spec.method]
-            name = compressed_id(params, spec)
-            settings = params.compress.options(spec.method)
-            if name not in compressed:
-                compressed[name] = clock(
-                    "compress", entry, copy.deepcopy(reference), spec.sparsity, settings, None
-                ).state_dict()
+    def predictions(audits):
+        return pd.concat(
+            [audit["result"].table.assign(model=name) for name, audit in audits.items()],
+            ignore_index=True,
+        )
 
-            def fresh(spec=spec, settings=settings, name=name):
-                """A new copy of the compressed model (a pruned module cannot be deep-copied:
-                its masked weights are not graph leaves), as loading its checkpoint gives."""
-                model = COMPRESSORS[spec.method](
-                    copy.deepcopy(reference), spec.sparsity, settings, None
-                )
-                model.load_state_dict(compressed[name])
-                return model
-
-            model = fresh()
-            if spec.fine_tuned:
-                hyper = params.align.loss_hyperparameters(spec.loss)
-                model = clock(
-                    "align",
-                    fine_tune,
-                    spec.method,
-                    spec.sparsity,
-                    settings,
-                    fresh,
-                    lambda: copy.deepcopy(reference),
-                    reference,
-                    train,
-                    train_config(params.align),
-                    LOSSES[spec.loss](**hyper),
-                    device,
-                )
-                weight_sparsity(model)
-            labels[spec.name] = compressed_labels(params, spec)
-            results[spec.name] = clock(
-                "audit", audit_one, model, labels[spec.name], reference_audit, baseline
-            )
-            if spec.loss == BASELINE_LOSS:
-                baseline = results[spec.name].table
-            models[spec.name] = model
-    example = test.normalise(test.images[:1])
-
-    def costs_of(model):
-        model = model.eval()
+    def costs_of(data, model, latency, name, **_):
+        network = model["model"].eval()
+        example = splits["test"].normalise(splits["test"].images[:1])
         found = {
-            **parameter_counts(model),
-            "macs": count_macs(model, example),
-            **serialized_size(model),
+            **parameter_counts(network),
+            "macs": count_macs(network, example),
+            **serialized_size(network),
             **measure_latency(
-                model,
+                network,
                 example,
-                options.latency_batch_sizes,
-                options.latency_warmup,
-                options.latency_repeats,
+                latency["latency_batch_sizes"],
+                latency["latency_warmup"],
+                latency["latency_repeats"],
             ),
         }
         found["weight_sparsity"] = 1.0 - found["params_nonzero"] / max(found["params_total"], 1)
-        return found
+        return {"costs": found}
 
-    names = ["reference"] + [spec.name for spec in model_grid(params)]
-    costs = {name: clock("costs", costs_of, models[name]) for name in names}
+    plain = {
+        "prepare": prepare,
+        "reference": train_reference,
+        "compress": compress,
+        "align": align,
+        "audit": lambda audit, **arguments: audit_one(audit_params=audit, **arguments),
+        "predictions": predictions,
+        "costs": costs_of,
+    }
+    results: dict[str, object] = {}
+    for step in steps:  # the graph's order: each step's inputs are done
+        arguments = resolve(step.arguments, lambda source: field_of(results[source.step], source))
+        arguments.pop("out_dir", None)
+        results[step.id] = clock(step.stage, plain[step.stage], **arguments)
+    names = audited_models(steps)
 
     def report():
-        rows = [{"labels": labels[n], "metrics": results[n].metrics, "run_id": ""} for n in names]
-        summary = summary_frame(rows, costs)
+        audits = [results[f"audit:{name}"] for name in names]
+        costs = {name: results[f"costs:{name}"]["costs"] for name in names}
+        summary = summary_frame(audits, costs)
         summary.to_parquet(scratch / "summary.parquet", index=False)
         (scratch / "summary.md").write_text(summary_markdown(summary) + "\n")
-        metrics = {n: results[n].metrics for n in names}
+        metrics = {audit["labels"]["name"]: audit["metrics"] for audit in audits}
+        manifest = results["prepare"]["manifest"]
         pipeline_report(summary, metrics, manifest["class_names"], scratch / "r.html", "plain")
 
     clock("report", report)
-    return {name: results[name].metrics for name in names}, clock
+    return {name: results[f"audit:{name}"]["metrics"] for name in names}, clock
 
 
 def task_seconds(flow_run_id: str) -> dict[str, float]:
@@ -286,7 +302,7 @@ def main() -> None:
             plain_seconds, (plain_metrics, clock) = pool.submit(
                 timed, plain_pipeline, params, home / f"plain-{attempt}"
             ).result()
-    from tasks import tracking
+    from tasks.infra import tracking
 
     setup_seconds = {}
     rows = [("plain core calls", plain_seconds, plain_seconds)]
@@ -337,8 +353,8 @@ def main() -> None:
                 )
                 assert f"{len(cached['tasks'])} Cached" in done.stdout, done.stdout + done.stderr
                 times.append(seconds)
-            # the first answers through flows/cached.py (torch imported to validate the params)
-            # and remembers its answer; the next ones replay it (flows/quick.py)
+            # the first answers through flows/rerun.py cached_run (torch imported to validate the params)
+            # and remembers its answer; the next ones replay it (flows/rerun.py replay)
             rows.append(("cached rerun, new `compalign run`, first", times[0], None))
             rows.append(("cached rerun, new `compalign run`, best of next 2", min(times[1:]), None))
     print(f"Prefect API server start: {server_seconds:.1f} s (once per `compalign run`)")

@@ -6,8 +6,9 @@
 `Split`, a torch `Dataset` or a `DataLoader`), runs every registered audit metric
 (compalign.audit) of each candidate against the reference, measures what is measurable of each
 model's costs, and returns a `Comparison`: the summary table, one row per test example with
-every model's prediction, and the HTML page. Pure PyTorch and pandas: no Prefect, and MLflow
-only when asked for (`mlflow=`). The models and data are loaded and checked by compalign.audited.
+every model's prediction, the verdicts of the release rules. Pure PyTorch and pandas: no
+Prefect, no MLflow and no presentation (the page is compalign.report.html.comparison_page's,
+the MLflow record tasks/reports/compare.py's).
 
 With `reference2` (a second reference, e.g. trained with another seed), its mismatches against
 the reference are reported beside each candidate's: the noise floor that retraining alone gives.
@@ -195,34 +196,6 @@ class Comparison:
         }
         return {**numbers, **self.metrics[name]}
 
-    def to_html(self, path: str | Path, title: str | None = None) -> Path:
-        """Write the self-contained HTML page of the comparison to `path`; returns `path`."""
-        import tempfile
-
-        from compalign.audit.metrics.attribution import FIGURE_FILE
-        from compalign.report.figures import draw_figures
-        from compalign.report.html import compare_report
-
-        pngs = {}
-        for name, outputs in self.outputs.items():
-            if FIGURE_FILE in outputs:
-                with tempfile.TemporaryDirectory() as scratch:
-                    draw_figures({FIGURE_FILE: outputs[FIGURE_FILE]}, scratch)
-                    pngs[name] = (Path(scratch) / FIGURE_FILE).read_bytes()
-        notes = [f"Preprocessing of every model: {self.transform}.", *self.notes]
-        return compare_report(
-            self.summary,
-            self.metrics,
-            self.class_names,
-            path,
-            title or "What the candidates changed against the reference",
-            notes=notes,
-            attribution_pngs=pngs,
-            layers=self.layers,
-            layer_notes=self.layer_notes,
-            verdicts=self.verdicts,
-        )
-
     def localize(
         self, prepared: Prepared, calibration: Sequence[torch.Tensor] | None = None
     ) -> dict[str, pd.DataFrame]:
@@ -246,11 +219,10 @@ class Comparison:
             self.layers[name], self.layer_notes[name] = frame, notes
         return self.layers
 
-    def write(self, directory: str | Path, title: str | None = None) -> dict[str, Path]:
-        """summary.parquet, predictions.parquet, report.html and, per model, `models/<name>/`
-        (its per-example comparison, metrics.json, attribution files) under `directory`."""
-        from compalign.report.figures import draw_figures
-
+    def write(self, directory: str | Path) -> dict[str, Path]:
+        """summary.parquet, predictions.parquet, gate.json, layers.parquet and, per model,
+        `models/<name>/` (its per-example comparison, metrics.json, attribution files) under
+        `directory`; the page is compalign.report.html.comparison_page's."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         written = {
@@ -267,7 +239,6 @@ class Comparison:
             if name in self.tables:
                 self.tables[name].to_parquet(folder / "comparison.parquet", index=False)
             write_outputs(self.outputs.get(name, {}), folder)
-            draw_figures(self.outputs.get(name, {}), folder)
         if self.layers:
             from compalign.localize import LAYERS_FILE
 
@@ -285,7 +256,6 @@ class Comparison:
             for record in records:  # JSON has no NaN: a value not measured is null
                 record["value"] = record["value"] if math.isfinite(record["value"]) else None
             written["gate"].write_text(json.dumps(records, indent=2) + "\n")
-        written["report"] = self.to_html(directory / REPORT_FILE, title)
         return written
 
 
@@ -303,7 +273,6 @@ def audit_models(
     options: Any = None,
     costs: bool = True,
     device: str | torch.device = "cpu",
-    mlflow: str | bool = False,
     localize: bool = False,
     calibration: Sequence[torch.Tensor] | None = None,
     fail_on: Sequence[str] = (),
@@ -319,8 +288,7 @@ def audit_models(
     data's classes to model outputs (params: data.class_names); `groups` adds group columns
     (one row per example); audit settings come from `options` and keyword arguments (the
     `audit` params section: bootstrap_samples=..., attribution_samples=0, ...). `costs` measures
-    parameters, MACs, size and latency; `mlflow` (an experiment name, or True for "compalign")
-    logs a parent run with a child per model to MLflow's tracking URI; `fail_on` release rules
+    parameters, MACs, size and latency; `fail_on` release rules
     (`"mismatches_ref_correct_ci_high<=20"`, as `compalign audit --fail-on`) are checked on
     every candidate (`Comparison.verdicts`; the rules are checked first, before any model runs);
     `progress(done, total, step)` hears of each step (a model's predictions, each metric, its
@@ -359,8 +327,6 @@ def audit_models(
         comparison.localize(prepared, calibration)
     if fail_on:
         comparison.apply_gate(fail_on)
-    if mlflow:
-        log_to_mlflow(comparison, "compalign" if mlflow is True else str(mlflow))
     return comparison
 
 
@@ -565,103 +531,3 @@ def _summary(
             frame[column] / base if base and math.isfinite(base) else math.nan
         )
     return frame
-
-
-def log_to_mlflow(comparison: Comparison, experiment: str) -> str:
-    """Log the comparison to MLflow (its current tracking URI): a parent run with the summary,
-    the predictions and the page, each model's headline numbers and the gate's verdicts
-    (`parent_record`), a nested child per model with its metrics. Returns the parent's run id."""
-    import tempfile
-
-    import mlflow
-
-    mlflow.set_experiment(experiment)
-    metrics, tags, description = parent_record(comparison, "audit-models")
-    with mlflow.start_run(run_name="audit-models", description=description) as parent:
-        mlflow.set_tags({"role": "audit", "transform": comparison.transform, **tags})
-        mlflow.log_metrics(metrics)
-        with tempfile.TemporaryDirectory() as scratch:
-            comparison.write(scratch)
-            mlflow.log_artifacts(scratch)
-        for name in comparison.metrics:
-            row = comparison.summary.set_index("name").loc[name]
-            with mlflow.start_run(run_name=name, nested=True):
-                mlflow.set_tags({"role": str(row["role"]), "source": str(row["source"])})
-                mlflow.log_params(child_params(row))
-                finite = {
-                    _mlflow_name(key): float(value)
-                    for key, value in comparison.gate_metrics(name).items()
-                    if math.isfinite(value)
-                }
-                mlflow.log_metrics(finite)
-        return parent.info.run_id
-
-
-# the numbers of each model an audit's parent run repeats as `<model>/<column>`
-PARENT_COLUMNS = (
-    "accuracy",
-    "accuracy_change",
-    "mismatches",
-    "mismatches_ci_high",
-    "mismatches_ref_correct",
-    "mismatches_ref_correct_ci_high",
-    "worst_class_recall_change",
-    "attribution_agreement",
-    "ece",
-    "ece_change",
-    "size_bytes_ratio",
-    "latency_ms_b64_ratio",
-)
-
-
-def child_params(row: pd.Series) -> dict[str, str]:
-    """What a model's child run records as parameters (MLflow's Compare lists them): its
-    spec, format and file digest."""
-    return {key: str(row[key]) for key in ("spec", "source", "sha256") if key in row}
-
-
-def parent_record(
-    comparison: Comparison, title: str
-) -> tuple[dict[str, float], dict[str, str], str]:
-    """What an audit's MLflow parent run shows: metrics (each model's headline numbers as
-    `<model>/<column>`; per candidate and rule `gate/<candidate>/<metric>`, the value the rule
-    read, and `gate/<candidate>/passed`, 1 or 0; `gate/passed`), tags (`gate`: passed, failed or
-    no rules; `gate.rules`; `gate.<candidate>`: passed, or the rules it failed) and the
-    description (the headline and the gate, Markdown)."""
-    from compalign.gate import gate_status
-    from compalign.report.headline import audit_headline
-
-    metrics: dict[str, float] = {}
-    for row in comparison.summary.to_dict(orient="records"):
-        for column in PARENT_COLUMNS:
-            value = row.get(column)
-            if isinstance(value, int | float) and math.isfinite(value):
-                metrics[_mlflow_name(f"{row['name']}/{column}")] = float(value)
-    verdicts = comparison.verdicts
-    tags = {"gate": gate_status(verdicts)}
-    if verdicts:
-        tags["gate.rules"] = "; ".join(dict.fromkeys(str(v.rule) for v in verdicts))
-        metrics["gate/passed"] = float(tags["gate"] == "passed")
-        for name in comparison.candidates:
-            mine = [v for v in verdicts if v.candidate == name]
-            failed = [v for v in mine if not v.passed]
-            metrics[_mlflow_name(f"gate/{name}/passed")] = float(not failed)
-            for verdict in mine:
-                if math.isfinite(verdict.value):
-                    metrics[_mlflow_name(f"gate/{name}/{verdict.rule.metric}")] = verdict.value
-            tags[_mlflow_name(f"gate.{name}")] = (
-                "failed: "
-                + "; ".join(
-                    f"{v.rule.metric} = {v.shown}, bound {v.rule.operator} {v.rule.bound:g}"
-                    for v in failed
-                )
-                if failed
-                else "passed"
-            )
-    return metrics, tags, audit_headline(comparison.summary, title, verdicts)
-
-
-def _mlflow_name(name: str) -> str:
-    import re
-
-    return re.sub(r"[^\w\-./ ]", "_", name)

@@ -28,7 +28,7 @@ from prefect.artifacts import (
 )
 
 from flows.runtime import report_progress, wait_or_raise_first_failure
-from tasks.tracking import Tracking, ui_links
+from tasks.infra.tracking import Tracking, ui_links
 
 # Where a link to an MLflow run points when the tracking store is a local file: the UI that
 # `make ui` starts (override with COMPALIGN_MLFLOW_UI=http://host:port).

@@ -122,7 +122,7 @@ def _check_data(params: Params) -> None:
     """Refuse a dataset that is not on disk before anything starts, unless the store already
     holds it prepared."""
     from compalign.data import check_available
-    from tasks.store import entry_dir, is_complete, stage_key
+    from tasks.infra.store import entry_dir, is_complete, stage_key
 
     key = stage_key("prepare", {"data": params.data.prepare_params()})
     if not is_complete(entry_dir(key)):
@@ -146,14 +146,14 @@ def _prepare_process(params: Params, refresh: bool = False, flows: bool = False)
         from flows.server import start_api_server
 
         start_api_server()
-    # read by tasks.store.training_runtime, in this process and in Dask workers it starts
+    # read by tasks.infra.store.training_runtime, in this process and in Dask workers it starts
     os.environ["COMPALIGN_RESUME_EVERY"] = str(params.run.resume_every)
     os.environ["COMPALIGN_COMPILE"] = "1" if params.run.compile else "0"
     if refresh:
         os.environ["COMPALIGN_REFRESH"] = "1"
         os.environ["PREFECT_TASKS_REFRESH_CACHE"] = "true"
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    # MLflow notices tasks/tracking.py silences around each logging call; set once here as well,
+    # MLflow notices tasks/infra/tracking.py silences around each logging call; set once here as well,
     # because warnings.catch_warnings there is not thread-safe and task threads log at once
     import warnings
 
@@ -161,7 +161,7 @@ def _prepare_process(params: Params, refresh: bool = False, flows: bool = False)
     warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
     signal.signal(signal.SIGINT, _interrupt)
     from compalign.files import remove_stale_scratch
-    from tasks.store import ARTIFACTS_DIR
+    from tasks.infra.store import ARTIFACTS_DIR
 
     remove_stale_scratch(ARTIFACTS_DIR)  # what killed runs left half-written
     if params.run.threads:
@@ -177,7 +177,7 @@ def _server_ready(experiment: str | None = None) -> None:
     if experiment is not None:
         import logging
 
-        from tasks import tracking
+        from tasks.infra import tracking
 
         # "Creating initial MLflow database tables..." on a new store: not news on a terminal
         logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
@@ -215,10 +215,9 @@ def _resumable(what: str):
 
 
 def _cached_run(params: Params) -> dict | None:
-    """The result of a run whose every task is cached, from the store (flows/cached.py), before
+    """The result of a run whose every task is cached, from the store (flows/rerun.py), before
     Prefect, MLflow or a worker starts; None when the flow must run."""
-    from flows.cached import cached_run
-    from flows.graph import REPORT_DIR
+    from flows.rerun import REPORT_DIR, cached_run
 
     result = cached_run(params, REPORT_DIR)
     return None if result is None else {**result, "cached_run": True}
@@ -244,8 +243,8 @@ def _tail_lines(
         )
     links = result.get("links")
     if links is None:
-        from flows.cached import MLFLOW_UI
-        from tasks.tracking import ui_links
+        from flows.rerun import MLFLOW_UI
+        from tasks.infra.tracking import ui_links
 
         links = ui_links(MLFLOW_UI, result["experiment_id"], result["parent_run_id"])
     from flows.pointers import mlflow_lines
@@ -269,7 +268,7 @@ def _pointer_lines(params: Params, result: dict, users_server: str | None) -> li
     the MLflow parent run (`mlflow ui --backend-store-uri ...`) and the Prefect flow run."""
     from flows.artifacts import mlflow_ui_base
     from flows.pointers import mlflow_lines, prefect_lines
-    from tasks.tracking import ui_links
+    from tasks.infra.tracking import ui_links
 
     track = {"uri": result["tracking_uri"], "experiment_id": result["experiment_id"]}
     links = ui_links(mlflow_ui_base(track), result["experiment_id"], result["parent_run_id"])
@@ -286,10 +285,9 @@ def _pointer_lines(params: Params, result: dict, users_server: str | None) -> li
 
 
 def _remember(digest: str | None, params: Params, result: dict, summary: str) -> None:
-    """Keep this answer for the next identical `compalign run` (flows/quick.py), once every
+    """Keep this answer for the next identical `compalign run` (flows/rerun.py), once every
     task of it is a cache hit; a run whose answer cannot be kept is not an error."""
-    from flows.cached import RUNS_DIR, run_digest, task_keys
-    from flows.quick import console_kind, remember
+    from flows.rerun import RUNS_DIR, console_kind, remember, run_digest, task_keys
 
     if digest is None:
         return
@@ -317,7 +315,7 @@ def run(
     verbose: VerboseOption = False,
 ) -> None:
     """Run the whole pipeline (Prefect flow): prepare, reference, compress, align, audit."""
-    from flows.quick import inputs_digest
+    from flows.rerun import inputs_digest
 
     digest = inputs_digest(params_file, overrides or [])  # before anything can change
     params = load_params(params_file, overrides or [])
@@ -326,8 +324,7 @@ def run(
     from rich.console import Console
 
     from compalign.report.tables import print_summary
-    from flows.graph import REPORT_DIR
-    from flows.quick import console_kind
+    from flows.rerun import REPORT_DIR, console_kind
 
     result = None if refresh else _cached_run(params)
     users_server = os.environ.get("PREFECT_API_URL")
@@ -535,6 +532,7 @@ def audit_command(
     _check_data(params)
     # data, models, outputs and rule names: refused before anything is written
     from flows.preflight import audit_preflight, hold_audit_lock
+    from tasks.infra.paths import COMPARE_REPORT_DIR
 
     checked = audit_preflight(params, reference, candidates, reference2, rules, refresh)
     if localize:  # a format without module names: one line, before anything is written
@@ -544,7 +542,7 @@ def audit_command(
         models = checked.prepared.models
         check_localizable(models[REFERENCE].loaded, {n: models[n].loaded for n in candidates})
     users_server = os.environ.get("PREFECT_API_URL")
-    hold_audit_lock(Path("reports/compare"))  # until the process ends: the report is its own
+    hold_audit_lock(COMPARE_REPORT_DIR)  # until the process ends: the report is its own
     _prepare_process(params, refresh, flows=True)
     checked.save()
     from flows.compare import REPORT_DIR, audit_flow
@@ -725,18 +723,18 @@ def stage(
 ) -> None:
     """Run one stage into DVC's fixed paths (what dvc.yaml's commands call).
 
-    STAGE is prepare, reference, compress, align or audit."""
-    from tasks.store import PIPELINE_STAGES
+    STAGE is one of DVC's stages: prepare, reference, compress, align, audit, predictions."""
+    from tasks import dvc_stages
 
-    if name not in PIPELINE_STAGES:
-        raise UserError(f"stage {name!r}: unknown; choose one of {', '.join(PIPELINE_STAGES)}")
+    if name not in dvc_stages():
+        raise UserError(f"stage {name!r}: unknown; choose one of {', '.join(dvc_stages())}")
     params = load_params(params_file)
     if name == "prepare":
         _check_data(params)
     _prepare_process(params)
-    from flows.stages import STAGES
+    from flows.stages import run_stage
 
-    STAGES[name](params)
+    run_stage(name, params)
 
 
 @app.command("params", short_help="Print the params in use, every key with its description.")

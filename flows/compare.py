@@ -1,7 +1,7 @@
 """`compalign audit`: models you bring, audited against a reference, as a Prefect flow.
 
 prepare (cached in the store, as in the pipeline) -> the audit of every candidate against the
-reference (tasks.compare), under one MLflow parent run. `audit_models(params, ...)` is the same
+reference (tasks.reports.compare), under one MLflow parent run. `audit_models(params, ...)` is the same
 body with the plain functions: it runs without Prefect.
 """
 
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import socket
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -19,11 +18,13 @@ from compalign.compare import comparison_steps
 from compalign.config import Params
 from compalign.train import resolve_device
 from flows import artifacts
-from tasks import tracking
-from tasks.compare import audit_brought_models, audit_brought_models_task
-from tasks.data import prepare, prepare_task
+from tasks import stage
+from tasks.data import prepare
+from tasks.infra import tracking
+from tasks.infra.paths import COMPARE_REPORT_DIR
+from tasks.reports.compare import audit_brought_models, audit_brought_models_task
 
-REPORT_DIR = Path("reports/compare")
+REPORT_DIR = COMPARE_REPORT_DIR
 NAME_LENGTH = 60  # MLflow's and Prefect's run names of an audit, at most
 
 
@@ -129,7 +130,7 @@ def audit_flow(
         candidates,
         reference2,
         rules=rules,
-        stages=(prepare_task, audit_brought_models_task),
+        stages=(stage("prepare").task, audit_brought_models_task),
         localize=localize,
         progress_artifact=str(progress.id),
     )

@@ -6,7 +6,7 @@ Anything else (CI, a pipe): a plain line at every fifth of the tasks done, and, 
 reports steps (the audit of models you bring: per model its predictions, each metric, its
 costs), a line per step and another while one step runs long (HEARTBEAT_S). Tasks' own log lines
 (one per epoch, one per finished task) stay in the Prefect task logs and reach the terminal only
-with `verbose`. The display listens to the progress events of tasks.logs; with a Dask runner
+with `verbose`. The display listens to the progress events of tasks.infra.logs; with a Dask runner
 only the flow's own events arrive (tasks done), so it shows the overall bar alone.
 """
 
@@ -76,7 +76,7 @@ class FlowDisplay:
 
     # -- set-up ---------------------------------------------------------------------------
     def __enter__(self) -> FlowDisplay:
-        from tasks.logs import add_progress_listener
+        from tasks.infra.logs import add_progress_listener
 
         handlers = _console_handlers()
         if not self.verbose:

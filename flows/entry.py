@@ -1,5 +1,5 @@
-"""The `compalign` command: a cached `compalign run` is answered by flows/quick.py before the
-package (torch, Prefect, MLflow) is imported; everything else goes to flows/cli.py."""
+"""The `compalign` command: a cached `compalign run` is answered by flows/rerun.py's quick path
+before the package (torch, Prefect, MLflow) is imported; everything else goes to flows/cli.py."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 
 
 def main() -> None:
-    from flows.quick import replay
+    from flows.rerun import replay
 
     try:
         answered = replay(sys.argv[1:])

@@ -1,9 +1,19 @@
-"""The pipeline's tasks as one graph: what each task is called with and which tasks it needs.
+"""The run graph: which stage calls a run makes, with which arguments, from the params.
 
-Two things read it: the flow (flows/pipeline.py), which submits each task only once the tasks it
-needs are done, so no worker waits for its inputs; and the cached-run check (flows/cached.py),
-which computes every task's cache key from it without running anything. Both therefore key
-exactly the same calls.
+The one description of what runs, read by every runner, so that they all make (and key) exactly
+the same calls:
+- `pipeline_steps`: `compalign run`'s flow (flows/pipeline.py, which submits each step once the
+  steps it needs are done), the rerun check (flows/rerun.py, which computes every step's cache
+  key without running anything), DVC's stage commands (flows/stages.py, each running the steps of
+  its stage into fixed paths), `compalign reproduce`'s seeds (flows/reproduce.py) and the
+  benchmark of what orchestration costs (bench/overhead.py, the same calls without the store);
+- `population_steps`: `compalign populations` (flows/populations.py) and reproduce's Hooker
+  populations;
+- `search_steps` and `probe_steps`: `compalign search` (flows/search.py), the pipeline's own
+  calls for each probe.
+
+A step names its stage (tasks/__init__.py's table); its arguments are plain values or `Input`s,
+the results of earlier steps (also inside a dict or list argument).
 """
 
 from __future__ import annotations
@@ -14,6 +24,7 @@ from typing import Any
 
 from compalign.config import Params
 from compalign.costs import LatencyOptions
+from compalign.losses import LOSSES
 from flows.plan import (
     BASELINE_LOSS,
     ModelSpec,
@@ -22,10 +33,15 @@ from flows.plan import (
     compressed_id,
     compressed_labels,
     grid_by_compression,
+    member_reference,
     model_grid,
+    population_levels,
+    population_losses,
+    pruned_arguments,
     reference_labels,
+    trains_from_scratch,
 )
-from flows.quick import REPORT_DIR  # noqa: F401  (the pipeline's reports; kept importable here)
+from tasks.pruned import pruned_seed
 
 
 @dataclass(frozen=True)
@@ -38,25 +54,54 @@ class Input:
 
 @dataclass
 class Step:
-    """One task call: its stage (the task), the model it is about, its keyword arguments."""
+    """One task call: its stage (the task), the model it is about, its keyword arguments.
+    `variant`: another task of the stage (tasks.infra.stage.Variant); `about`: what a runner
+    reads of the step besides the call (a population member's group and seed)."""
 
     id: str
     stage: str
     model: str
     arguments: dict[str, Any] = field(default_factory=dict)
+    variant: str | None = None
+    about: dict[str, Any] = field(default_factory=dict)
 
     @property
     def needs(self) -> list[str]:
         """The steps whose results this one takes."""
-        return list(dict.fromkeys(v.step for v in self.arguments.values() if isinstance(v, Input)))
+        return list(dict.fromkeys(source.step for source in inputs_of(self.arguments)))
+
+
+def inputs_of(value: Any) -> list[Input]:
+    """Every Input in `value`: an argument, or a dict or list of them."""
+    if isinstance(value, Input):
+        return [value]
+    if isinstance(value, dict):
+        return [source for item in value.values() for source in inputs_of(item)]
+    if isinstance(value, list | tuple):
+        return [source for item in value for source in inputs_of(item)]
+    return []
+
+
+def _resolved(value: Any, lookup: Callable[[Input], Any]) -> Any:
+    if isinstance(value, Input):
+        return lookup(value)
+    if isinstance(value, dict):
+        return {key: _resolved(item, lookup) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_resolved(item, lookup) for item in value]
+    return value
 
 
 def resolve(arguments: dict[str, Any], lookup: Callable[[Input], Any]) -> dict[str, Any]:
-    """The arguments with every Input replaced by `lookup(input)` (a future, or a result)."""
-    return {
-        name: lookup(value) if isinstance(value, Input) else value
-        for name, value in arguments.items()
-    }
+    """The arguments with every Input (also inside a dict or list) replaced by
+    `lookup(input)`: a future, or a result."""
+    return {name: _resolved(value, lookup) for name, value in arguments.items()}
+
+
+def field_of(result: Any, source: Input) -> Any:
+    """The part of a step's result that `source` takes: the whole, or one field (a key of a
+    dict result, an index of a list result)."""
+    return result if source.field is None else result[source.field]
 
 
 def at_once(steps: list[Step]) -> dict[str, int]:
@@ -89,7 +134,8 @@ def pipeline_steps(
 ) -> list[Step]:
     """Every task of a pipeline run, in submission order: prepare, reference, its audit, then per
     compression the compress, align and audit tasks (the `ce` audit first: the others' reduction
-    factors need it), then the costs of every model (run last, one at a time)."""
+    factors need it), every audited model's predictions, then the costs of every model (run
+    last, one at a time)."""
     audit = settings.audit.model_dump()
     steps = [
         _prepare_step(settings),
@@ -115,9 +161,99 @@ def pipeline_steps(
             if spec.loss == BASELINE_LOSS:
                 baseline = Input(step.id)
             models[spec.name] = model
-    for name in ["reference"] + [spec.name for spec in model_grid(settings)]:
+    names = ["reference"] + [spec.name for spec in model_grid(settings)]
+    audits = {name: Input(f"audit:{name}") for name in names}
+    steps.append(Step("predictions", "predictions", "", {"audits": audits}))
+    for name in names:
         steps.append(_costs_step(name, models[name], audit, f"audit:{name}"))
     return _common_arguments(steps, audit, device, track, parent)
+
+
+def audited_models(steps: list[Step]) -> list[str]:
+    """The models a run audits, in its summary's order (the reference, then the grid's): the
+    order of their costs steps."""
+    return [step.model for step in steps if step.stage == "costs"]
+
+
+def population_steps(settings: Params, device: str) -> list[Step]:
+    """Every task of a populations run, in submission order: prepare; the dense members (one
+    batched task when `populations.vectorise`, else one per seed); per level and seed, each
+    loss's compressed member (trained from scratch with the compressor inside its run, or
+    compressed from dense member k and fine-tuned: `populations.protocol`); then every member's
+    predictions on the test split. Each predict step's `about` names its population: `group`
+    None for the dense one, (level, loss) for a compressed one, and the member's `seed`."""
+    population = settings.populations
+    steps = [_prepare_step(settings)]
+    references: dict[int, Input] = {}
+    if population.vectorise:  # one task trains every dense member as one batched model
+        arguments = {
+            "data": Input("prepare"),
+            "reference": settings.reference.stage_params(settings.data),
+            "seeds": list(population.seeds),
+            "device": device,
+        }
+        steps.append(
+            Step("reference:population", "reference", "population", arguments, "population")
+        )
+        references = {
+            seed: Input("reference:population", index)
+            for index, seed in enumerate(population.seeds)
+        }
+    members: list[tuple[str, tuple[float | None, str] | None, int, Input]] = []
+    for seed in population.seeds:
+        if not population.vectorise:
+            arguments = {
+                "data": Input("prepare"),
+                "reference": member_reference(settings, seed),
+                "device": device,
+            }
+            steps.append(Step(f"reference:seed{seed}", "reference", f"seed {seed}", arguments))
+            references[seed] = Input(steps[-1].id)
+        members.append((f"dense {seed}", None, seed, references[seed]))
+    from_scratch = trains_from_scratch(settings)
+    for level in population_levels(settings):
+        for seed in population.seeds:
+            compressed: set[str] = set()
+            for loss in population_losses(settings):
+                if from_scratch:
+                    label = f"{level:g}-{loss} seed {seed}"
+                    arguments = {
+                        "data": Input("prepare"),
+                        "reference": member_reference(settings, pruned_seed(seed, level)),
+                        **pruned_arguments(settings, level, loss),
+                        "teacher": references[seed] if LOSSES[loss].uses_reference else None,
+                        "device": device,
+                    }
+                    steps.append(Step(f"pruned:{label}", "pruned", label, arguments))
+                    members.append((label, (level, loss), seed, Input(steps[-1].id)))
+                    continue
+                spec = ModelSpec(population.compressor, level, loss)
+                name = compressed_id(settings, spec)
+                model = Input(f"compress:{name}:seed{seed}")
+                if name not in compressed:
+                    compress = _compress_step(settings, spec, model.step, f"{name} seed {seed}")
+                    compress.arguments["reference"] = references[seed]
+                    steps.append(compress)
+                    compressed.add(name)
+                if spec.fine_tuned:
+                    align = _align_step(
+                        settings, spec, model, device, f"align:{spec.name}:seed{seed}"
+                    )
+                    align.model = f"{spec.name} seed {seed}"
+                    align.arguments["reference"] = references[seed]
+                    steps.append(align)
+                    model = Input(align.id)
+                members.append((f"{spec.name} seed {seed}", (level, loss), seed, model))
+    for label, group, seed, model in members:
+        arguments = {
+            "data": Input("prepare"),
+            "model": model,
+            "batch_size": settings.audit.batch_size,
+            "device": device,
+        }
+        about = {"group": group, "seed": seed}
+        steps.append(Step(f"predict:{label}", "predict", label, arguments, about=about))
+    return steps
 
 
 def probe_steps(
@@ -244,6 +380,6 @@ def _audit_step(
         "reference_audit": reference_audit,
         "labels": labels,
         "baseline_audit": baseline,
-        "split": "test",  # in a key only when it is not "test" (tasks.store.ONLY_WHEN)
+        "split": "test",  # in a key only when it is not "test" (tasks.infra.store.ONLY_WHEN)
     }
     return Step(f"audit:{name}", "audit", name, arguments)

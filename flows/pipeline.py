@@ -1,4 +1,5 @@
-"""The pipeline flow: prepare -> reference -> compress -> align -> audit, cached per task.
+"""The pipeline flow: prepare -> reference -> compress -> align -> audit (-> predictions, costs),
+cached per task, as the run graph (flows/graph.py) says.
 
 Every task caches across runs on its inputs' content digests, its own params and its code, so a
 rerun with nothing changed finishes with every task Cached, and changing one `align` setting
@@ -21,9 +22,9 @@ from compalign.data import load_split, read_manifest
 from compalign.report.html import pipeline_report
 from compalign.train import resolve_device
 from flows import artifacts
-from flows.cached import MLFLOW_UI, record_run
-from flows.graph import REPORT_DIR, Input, Step, at_once, pipeline_steps, resolve
-from flows.plan import model_grid, reference_model_name
+from flows.graph import Input, Step, at_once, audited_models, field_of, pipeline_steps, resolve
+from flows.plan import reference_model_name
+from flows.rerun import MLFLOW_UI, REPORT_DIR, record_run
 from flows.runtime import (
     dask_runner,
     report_finished,
@@ -34,23 +35,11 @@ from flows.runtime import (
     wait_or_raise_first_failure,
 )
 from flows.threads import ThreadShare
-from tasks import tracking
-from tasks.align import align_task
-from tasks.audit import audit_task
-from tasks.compress import compress_task
-from tasks.costs import costs_task
-from tasks.data import prepare_task
-from tasks.logs import publish_progress, stage_logger
-from tasks.report import publish_summary
-from tasks.train import train_reference_task
+from tasks import stage
+from tasks.infra import tracking
+from tasks.infra.logs import publish_progress, stage_logger
+from tasks.reports.pipeline import publish_summary
 
-TASKS = {
-    "prepare": prepare_task,
-    "reference": train_reference_task,
-    "compress": compress_task,
-    "align": align_task,
-    "audit": audit_task,
-}
 # the stages that train on the run's device: on CUDA, run.gpu_workers of them at a time
 DEVICE_STAGES = ("reference", "align")
 
@@ -103,12 +92,12 @@ def pipeline(params: dict[str, Any]) -> dict[str, Any]:
         threads = torch.get_num_threads()  # this thread's: the costs are measured with them
         steps = pipeline_steps(settings, device, track, parent)
         submitted = [step for step in steps if step.stage != "costs"]
+        measured = [step for step in steps if step.stage == "costs"]
         publish_progress("planned", count=len(steps))  # the terminal's display
         progress = artifacts.Progress(artifact_key(settings), len(steps), "pipeline")
         shares = step_threads(settings, submitted)
         futures = submit_when_ready(
             submitted,
-            TASKS,
             after={"prepare": lambda data: log_data_lineage(track, parent, data.result())},
             on_submit=report_when_done,
             on_done=lambda _: progress.advance(),
@@ -116,8 +105,7 @@ def pipeline(params: dict[str, Any]) -> dict[str, Any]:
             limit=device_limit(settings, device),
         )
         wait_or_raise_first_failure(list(futures.values()), announce=False)
-        names = ["reference"] + [spec.name for spec in model_grid(settings)]
-        results = [futures[f"audit:{name}"].result() for name in names]
+        results = [futures[f"audit:{name}"].result() for name in audited_models(steps)]
         # costs one model at a time, once nothing else runs: latency is measured undisturbed,
         # and with the pool's threads ended (libgomp: flows.runtime.thread_pool_runner)
         retire_workers()
@@ -125,11 +113,10 @@ def pipeline(params: dict[str, Any]) -> dict[str, Any]:
         costs = {}
 
         def result_of(source: Input) -> Any:
-            result = futures[source.step].result()
-            return result if source.field is None else result[source.field]
+            return field_of(futures[source.step].result(), source)
 
-        for step in steps[len(submitted) :]:
-            state = costs_task(**resolve(step.arguments, result_of), return_state=True)
+        for step in measured:
+            state = stage("costs").task(**resolve(step.arguments, result_of), return_state=True)
             finished.append(("costs", step.model, state))
             report_finished(state)
             costs[step.model] = state.result()["costs"]
@@ -167,6 +154,8 @@ def pipeline(params: dict[str, Any]) -> dict[str, Any]:
         # where each model's audit lies in the store (per-example predictions, probabilities,
         # attribution agreement): what `compalign reproduce` judges its verdicts from
         "audits": {result["labels"]["name"]: result["path"] for result in results},
+        # every audited model's per-example predictions, one table (tasks/predictions.py)
+        "predictions": futures["predictions"].result()["path"],
         "data_path": data.result()["path"],
     }
 
@@ -232,8 +221,8 @@ def task_runner(params: Params):
 
 
 def run_pipeline(params: Params) -> dict[str, Any]:
-    """Run the flow on the runner `run.runner` asks for; record the run for the cached-run
-    check (flows/cached.py)."""
+    """Run the flow on the runner `run.runner` asks for; record the run for the rerun check
+    (flows/rerun.py)."""
     result = pipeline.with_options(task_runner=task_runner(params))(params.model_dump())
     links = tracking.ui_links(MLFLOW_UI, result["experiment_id"], result["parent_run_id"])
     record_run(params, {**result, "links": links}, REPORT_DIR)

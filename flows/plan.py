@@ -1,4 +1,6 @@
-"""What a pipeline run makes: the grid of compressed models and the labels each child run gets."""
+"""What a run makes: the grid of compressed models (a pipeline run's, a population's), each
+stage call's arguments from the params, and the labels each child run gets. flows/graph.py
+puts them together into the run graph."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ from typing import Any
 
 from compalign.compressors import COMPRESSORS
 from compalign.config import NO_FINE_TUNING, Params
+from compalign.errors import UserError
 from compalign.tuning import tune_budget
 
 BASELINE_LOSS = "ce"  # reduction factors are mismatches of `ce` / mismatches of a loss
@@ -38,24 +41,79 @@ class ModelSpec:
         return COMPRESSORS[self.method].family.name
 
 
-def losses_for(params: Params, method: str) -> list[str]:
-    """The losses a compressor's models are fine-tuned with. A post-training quantizer's model
-    cannot be fine-tuned after conversion: it is audited as it is (`none`), and also fine-tuned
-    with each loss when `align.quantization_aware` is on."""
-    losses = params.align.losses
+def losses_for(params: Params, method: str, losses: list[str] | None = None) -> list[str]:
+    """The losses a compressor's models are fine-tuned with (`losses`, default
+    `align.losses`). A post-training quantizer's model cannot be fine-tuned after conversion:
+    it is audited as it is (`none`), and also fine-tuned with each loss when
+    `align.quantization_aware` is on."""
     if COMPRESSORS[method].family.quantized and not params.align.quantization_aware:
         return [NO_FINE_TUNING]
-    return losses
+    return params.align.losses if losses is None else losses
+
+
+def levels_of(method: str, sparsities: list[float]) -> list[float | None]:
+    """The levels a compressor is applied at: `sparsities`, or None once for a compressor
+    without levels (a quantizer)."""
+    return list(sparsities) if COMPRESSORS[method].uses_level else [None]
 
 
 def model_grid(params: Params) -> list[ModelSpec]:
     """Every (compressor, level, loss) the params ask for, in a stable order."""
     grid = []
     for method in params.compress.methods:
-        levels = params.compress.sparsities if COMPRESSORS[method].uses_level else [None]
-        for level in levels:
+        for level in levels_of(method, params.compress.sparsities):
             grid += [ModelSpec(method, level, loss) for loss in losses_for(params, method)]
     return grid
+
+
+def trains_from_scratch(params: Params) -> bool:
+    """Whether a population's compressed members are trained from scratch with the compression
+    inside the run: protocol `from_scratch` and a compressor whose family can (gradual
+    pruning)."""
+    family = COMPRESSORS[params.populations.compressor].family
+    return params.populations.protocol == "from_scratch" and family.train_pruned is not None
+
+
+def protocol_used(params: Params) -> str:
+    """The protocol a population's compressed members really follow (a post-training
+    compressor always compresses dense member k, whatever `populations.protocol` says)."""
+    return "from_scratch" if trains_from_scratch(params) else "from_dense"
+
+
+def population_losses(params: Params) -> list[str]:
+    """A population's losses (`populations.losses`, as a pipeline's grid takes them: a
+    post-training quantizer's members are audited as they are unless align.quantization_aware
+    fine-tunes them); `none` is refused where every compressed member is trained."""
+    losses = losses_for(params, params.populations.compressor, params.populations.losses)
+    if trains_from_scratch(params) and NO_FINE_TUNING in losses:
+        raise UserError(
+            f"populations.losses: {NO_FINE_TUNING!r} (no training) has no meaning with "
+            "populations.protocol=from_scratch, which trains every compressed member; drop it or "
+            "set populations.protocol=from_dense"
+        )
+    return losses
+
+
+def population_levels(params: Params) -> list[float | None]:
+    """The population compressor's levels (None once for a quantizer)."""
+    return levels_of(params.populations.compressor, params.populations.sparsities)
+
+
+def member_reference(params: Params, seed: int) -> dict[str, Any]:
+    """The `reference` section of the dense member with `seed`."""
+    return {**params.reference.stage_params(params.data), "seed": seed}
+
+
+def pruned_arguments(params: Params, level: float, loss: str) -> dict[str, Any]:
+    """The pruned task's arguments besides its data, reference section, teacher and device."""
+    method = params.populations.compressor
+    return {
+        "method": method,
+        "level": level,
+        "options": params.compress.options(method),
+        "loss": loss,
+        "hyperparameters": params.align.loss_hyperparameters(loss),
+    }
 
 
 def grid_by_compression(params: Params) -> list[list[ModelSpec]]:

@@ -13,7 +13,6 @@ by the pipeline (same stage keys), are never trained again.
 from __future__ import annotations
 
 import socket
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,71 +20,35 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from compalign.compressors import COMPRESSORS
-from compalign.config import NO_FINE_TUNING, Params, cores
+from compalign.config import Params, cores
 from compalign.data import read_manifest
-from compalign.errors import UserError
-from compalign.losses import LOSSES
 from compalign.report.html import populations_report
 from compalign.train import resolve_device
 from flows import artifacts
-from flows.plan import ModelSpec, align_arguments, compress_arguments, compressed_id
-from flows.runtime import dask_runner, thread_pool_runner
-from flows.threads import ThreadShare, with_torch_threads
-from tasks import tracking
-from tasks.align import align_task
-from tasks.compress import compress_task
-from tasks.data import prepare_task
-from tasks.logs import stage_logger
-from tasks.populations import analyse, publish
-from tasks.predict import load_predictions, predict_task
-from tasks.pruned import pruned_seed, train_pruned_task
-from tasks.train import train_population_task, train_reference_task
+from flows.graph import population_steps
+from flows.plan import protocol_used
+from flows.runtime import (
+    dask_runner,
+    report_when_done,
+    submit_when_ready,
+    thread_pool_runner,
+    wait_or_raise_first_failure,
+)
+from flows.threads import ThreadShare
+from tasks.infra import tracking
+from tasks.infra.logs import publish_progress, stage_logger
+from tasks.infra.paths import POPULATIONS_REPORT_DIR
+from tasks.predict import load_predictions
+from tasks.reports.populations import analyse, publish
 
-REPORT_DIR = Path("reports/populations")
+REPORT_DIR = POPULATIONS_REPORT_DIR
 PROTOCOLS = {
     "from_scratch": "each compressed member trained from its own seed, pruned inside its "
     "training run, as Hooker et al.",
     "from_dense": "each compressed member is dense member k compressed, then fine-tuned",
 }
-
-
-def member_reference(settings: Params, seed: int) -> dict[str, Any]:
-    """The `reference` section of the dense member with `seed`."""
-    return {**settings.reference.stage_params(settings.data), "seed": seed}
-
-
-def trains_from_scratch(settings: Params) -> bool:
-    """Whether the compressed members are trained from scratch with the compression inside
-    the run: protocol `from_scratch` and a compressor whose family can (gradual pruning)."""
-    family = COMPRESSORS[settings.populations.compressor].family
-    return settings.populations.protocol == "from_scratch" and family.train_pruned is not None
-
-
-def protocol_used(settings: Params) -> str:
-    """The protocol the compressed members really follow (a post-training compressor always
-    compresses dense member k, whatever `populations.protocol` says)."""
-    return "from_scratch" if trains_from_scratch(settings) else "from_dense"
-
-
-def population_losses(settings: Params) -> list[str]:
-    """The population's losses; a post-training quantizer's members are audited as they are
-    (`none`) unless align.quantization_aware fine-tunes them (as in the pipeline)."""
-    compressor = COMPRESSORS[settings.populations.compressor]
-    if compressor.family.quantized and not settings.align.quantization_aware:
-        return [NO_FINE_TUNING]
-    if trains_from_scratch(settings) and NO_FINE_TUNING in settings.populations.losses:
-        raise UserError(
-            f"populations.losses: {NO_FINE_TUNING!r} (no training) has no meaning with "
-            "populations.protocol=from_scratch, which trains every compressed member; drop it or "
-            "set populations.protocol=from_dense"
-        )
-    return settings.populations.losses
-
-
-def levels(settings: Params) -> list[float | None]:
-    """The population compressor's levels (None once for a quantizer)."""
-    compressor = COMPRESSORS[settings.populations.compressor]
-    return list(settings.populations.sparsities) if compressor.uses_level else [None]
+# the steps that always run alone: every core is theirs (the vectorised dense members)
+ALONE = ("prepare", "reference:population")
 
 
 @flow(name="compalign-populations", flow_run_name="populations-{params[data][source]}")
@@ -94,7 +57,6 @@ def populations_flow(params: dict[str, Any]) -> dict[str, Any]:
     settings = Params.model_validate(params)
     population = settings.populations
     device = str(resolve_device(settings.run.device))
-    batch = settings.audit.batch_size
     track = tracking.setup(settings.run.experiment)
     tags = {
         "orchestrator": "prefect",
@@ -115,89 +77,33 @@ def populations_flow(params: dict[str, Any]) -> dict[str, Any]:
         f"Populations of {population.size} {settings.reference.model} on {settings.data.source}: "
         f"{population.compressor}"
     )
-    futures: list[tuple[str, str, Any]] = []
+    steps = population_steps(settings, device)
     # every task with its torch threads: the cores for those that run alone (prepare, the
     # vectorised dense members), the cores shared among the workers for the others
     alone, shared = task_threads(settings, alone=True), task_threads(settings)
-    prepare_alone = with_torch_threads(prepare_task, alone)
-    train_population = with_torch_threads(train_population_task, alone)
-    train_reference = with_torch_threads(train_reference_task, shared)
-    train_pruned = with_torch_threads(train_pruned_task, shared)
-    compress = with_torch_threads(compress_task, shared)
-    align = with_torch_threads(align_task, shared)
-    predict = with_torch_threads(predict_task, shared)
     with tracking.parent_run(track, name, settings.flat(), tags) as parent:
         logger.info("MLflow parent run %s: %d members per population", parent, population.size)
-        data = prepare_alone.submit(settings.data.prepare_params())
-        futures.append(("prepare", "", data))
-        # Every training task is submitted before any prediction: a pool thread that runs a
-        # task first waits for its inputs, so a prediction submitted next to its model would hold
-        # a thread idle while that model trains (one member training at a time on 2 workers).
-        references: dict[int, Any] = {}
-        to_predict: list[tuple[str, tuple[float | None, str] | None, int, Any]] = []
-        if population.vectorise:  # one task trains every dense member as one batched model
-            group = train_population.submit(
-                data, settings.reference.stage_params(settings.data), population.seeds, device
-            )
-            futures.append(("reference", "population", group))
-            members = dict(zip(population.seeds, group.result(), strict=True))
-        for seed in population.seeds:
-            if population.vectorise:
-                references[seed] = members[seed]
-            else:
-                references[seed] = train_reference.submit(
-                    data, member_reference(settings, seed), device
-                )
-                futures.append(("reference", f"seed {seed}", references[seed]))
-            to_predict.append((f"dense {seed}", None, seed, references[seed]))
-        from_scratch = trains_from_scratch(settings)
-        for level in levels(settings):
-            for seed in population.seeds:
-                compressed: dict[str, Any] = {}
-                for loss in population_losses(settings):
-                    if from_scratch:
-                        model = train_pruned.submit(
-                            data,
-                            member_reference(settings, pruned_seed(seed, level)),
-                            population.compressor,
-                            level,
-                            settings.compress.options(population.compressor),
-                            loss,
-                            settings.align.loss_hyperparameters(loss),
-                            references[seed] if LOSSES[loss].uses_reference else None,
-                            device,
-                        )
-                        futures.append(("pruned", f"{level:g}-{loss} seed {seed}", model))
-                        to_predict.append(
-                            (f"{level:g}-{loss} seed {seed}", (level, loss), seed, model)
-                        )
-                        continue
-                    spec = ModelSpec(population.compressor, level, loss)
-                    name = compressed_id(settings, spec)
-                    if name not in compressed:
-                        needs_data, arguments = compress_arguments(settings, spec)
-                        compressed[name] = compress.submit(
-                            data if needs_data else None, references[seed], **arguments
-                        )
-                        futures.append(("compress", f"{name} seed {seed}", compressed[name]))
-                    model = compressed[name]
-                    if loss != NO_FINE_TUNING:
-                        model = align.submit(
-                            data, references[seed], model, **align_arguments(settings, spec, device)
-                        )
-                        futures.append(("align", f"{spec.name} seed {seed}", model))
-                    to_predict.append((f"{spec.name} seed {seed}", (level, loss), seed, model))
+        progress = artifacts.Progress(key, len(steps), "populations")
+        publish_progress("planned", count=len(steps))  # the terminal's display
+        futures = submit_when_ready(
+            steps,
+            on_submit=report_when_done,
+            on_done=lambda _: progress.advance(),
+            threads=lambda step: alone if step.id in ALONE else shared,
+        )
+        wait_or_raise_first_failure(
+            [futures[step.id] for step in steps if step.id in futures], announce=False
+        )
+        data = futures["prepare"]
         reference_predictions: dict[int, Any] = {}
         member_predictions: dict[tuple[float | None, str], dict[int, Any]] = {}
-        for label, group, seed, model in to_predict:
-            prediction = predict.submit(data, model, batch, device)
-            futures.append(("predict", label, prediction))
-            if group is None:
-                reference_predictions[seed] = prediction
-            else:
-                member_predictions.setdefault(group, {})[seed] = prediction
-        progress = artifacts.Progress(key, len(futures), "populations")
-        artifacts.wait_with_progress([future for _, _, future in futures], progress)
+        for step in steps:
+            if step.stage == "predict":
+                group, seed = step.about["group"], step.about["seed"]
+                if group is None:
+                    reference_predictions[seed] = futures[step.id]
+                else:
+                    member_predictions.setdefault(group, {})[seed] = futures[step.id]
         dense = np.stack(
             [load_predictions(reference_predictions[s].result()) for s in population.seeds]
         )
@@ -232,7 +138,10 @@ def populations_flow(params: dict[str, Any]) -> dict[str, Any]:
         analysis["files"].append(html)
         publish(track, parent, analysis)
     artifacts.publish_populations(key, analysis["summary"], title, track, parent)
-    states = [{"stage": s, "model": n, "state": f.state.name} for s, n, f in futures]
+    states = [
+        {"stage": step.stage, "model": step.model, "state": futures[step.id].state.name}
+        for step in steps
+    ]
     cached = sum(state["state"] == "Cached" for state in states)
     logger.info("%d tasks: %d Cached, %d run", len(states), cached, len(states) - cached)
     return {

@@ -22,6 +22,7 @@ from typing import Any
 
 from compalign.config import Params
 from compalign.errors import UserError
+from tasks.infra.paths import AUDIT_LOCK
 
 
 @dataclass
@@ -39,7 +40,7 @@ def audit_test_split(params: Params, refresh: bool = False) -> tuple[Any, dict[s
     entry, or built in memory with `save` writing it as the prepare stage would."""
     from compalign.data import build_table, check_available, load_split, read_manifest
     from compalign.data.prepared import split_of_table, write_prepared
-    from tasks.store import entry_dir, is_complete, stage_key
+    from tasks.infra.store import entry_dir, is_complete, stage_key
 
     data = params.data.prepare_params()
     directory = entry_dir(stage_key("prepare", {"data": data}))
@@ -50,7 +51,7 @@ def audit_test_split(params: Params, refresh: bool = False) -> tuple[Any, dict[s
     table, manifest = build_table(params.data)
 
     def save() -> None:
-        from tasks.store import materialize
+        from tasks.infra.store import materialize
 
         if not refresh:  # with --refresh the prepare task rebuilds it anyway
             materialize("prepare", {"data": data}, lambda out: write_prepared(table, manifest, out))
@@ -93,7 +94,7 @@ def audit_preflight(
     return AuditPreflight(prepared, manifest, save)
 
 
-LOCK_FILE = Path(".compalign/audit.lock")
+LOCK_FILE = AUDIT_LOCK
 
 
 @contextlib.contextmanager
@@ -198,7 +199,7 @@ def check_sqlite(path: Path, what: str, remedy: str, busy_timeout_s: float = 5.0
 
     if not path.exists():
         return
-    # a run of this project creating the store or logging to it holds this lock (tasks.tracking)
+    # a run of this project creating the store or logging to it holds this lock (tasks.infra.tracking)
     lock = Path(f"{path}.lock")
     guard = FileLock(str(lock), timeout=60) if lock.exists() else contextlib.nullcontext()
     try:

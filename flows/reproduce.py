@@ -33,9 +33,10 @@ from flows.graph import pipeline_steps
 from flows.pipeline import pipeline, task_runner
 from flows.populations import run_populations
 from flows.profiles import PAPERS, PROFILE_DIR, paper_params
-from tasks import tracking
 from tasks.audit import read_outcomes
-from tasks.logs import publish_progress
+from tasks.infra import tracking
+from tasks.infra.logs import publish_progress
+from tasks.infra.paths import paper_report_dir
 
 # Hooker et al. compare pruning with post-training quantization: every quantizing compressor
 QUANTIZERS = tuple(name for name, entry in COMPRESSORS.items() if entry.family.quantized)
@@ -45,7 +46,7 @@ def _publish(
     report: papers.PaperReport, settings: Params, profile: str, sources: list[str]
 ) -> dict[str, Any]:
     """Write the report to reports/<paper>/ and log it on a `reproduce-<paper>` run."""
-    out_dir = Path("reports") / report.paper
+    out_dir = paper_report_dir(report.paper)
     files = report.write(out_dir)
     track = tracking.setup(settings.run.experiment)
     tags = {
@@ -261,7 +262,7 @@ def reproduce_joseph(
         runs.threads,
     )
     report = papers.joseph(
-        runs.summary, evidence, Path("reports/joseph"), record, tuned=settings.align.tune
+        runs.summary, evidence, paper_report_dir("joseph"), record, tuned=settings.align.tune
     )
     return _publish(report, settings, profile, runs.sources)
 
@@ -288,7 +289,7 @@ def reproduce_meyer(
         runs.threads,
     )
     report = papers.meyer(
-        runs.summary, runs.metrics, evidence, group, Path("reports/meyer"), record
+        runs.summary, runs.metrics, evidence, group, paper_report_dir("meyer"), record
     )
     return _publish(report, settings, profile, runs.sources)
 
@@ -387,7 +388,7 @@ def reproduce_hooker(
         pd.DataFrame(pruning["impact"]),
         quantization,
         evidence,
-        Path("reports/hooker"),
+        paper_report_dir("hooker"),
         record,
         protocol=pruning["protocol"],
         loss=losses[0],

@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 import queue
 import sys
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
-from flows.graph import Step, resolve
+from flows.graph import Input, Step, field_of, resolve
 from flows.threads import ThreadShare, use_torch_threads, with_torch_threads
-from tasks.store import PREFECT_RESULTS_DIR
+from tasks import stage
+from tasks.infra.paths import PREFECT_HOME, PREFECT_RESULTS_DIR
 
 
 def configure_environment(project_dir: str | Path | None = None) -> None:
@@ -27,7 +28,7 @@ def configure_environment(project_dir: str | Path | None = None) -> None:
         raise RuntimeError("configure_environment() must run before prefect is imported")
     project_dir = Path(project_dir or Path.cwd()).resolve()
     if "PREFECT_API_URL" not in os.environ:
-        os.environ.setdefault("PREFECT_HOME", str(project_dir / ".compalign" / "prefect"))
+        os.environ.setdefault("PREFECT_HOME", str(project_dir / PREFECT_HOME))
         # Prefect makes its home directory but not the parents of it
         Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)
     os.environ["PREFECT_LOCAL_STORAGE_PATH"] = PREFECT_RESULTS_DIR.as_posix()
@@ -67,8 +68,8 @@ def wait_or_raise_first_failure(futures: list, announce: bool = True) -> None:
 
 def report_progress(futures: list) -> None:
     """Announce `futures` as planned tasks and report each as it ends (a progress event per task
-    run, tasks.logs), from the flow's side: it works for tasks in threads and on Dask alike."""
-    from tasks.logs import publish_progress
+    run, tasks.infra.logs), from the flow's side: it works for tasks in threads and on Dask alike."""
+    from tasks.infra.logs import publish_progress
 
     publish_progress("planned", count=len(futures))
     for future in futures:
@@ -83,13 +84,13 @@ def report_when_done(future) -> None:
 
 def report_finished(state) -> None:
     """Report a task run that was called directly (not submitted) as ended in `state`."""
-    from tasks.logs import publish_progress
+    from tasks.infra.logs import publish_progress
 
     publish_progress("finished", task_run_id=str(state.state_details.task_run_id), state=state.name)
 
 
 def _report_finished(future) -> None:
-    from tasks.logs import publish_progress
+    from tasks.infra.logs import publish_progress
 
     # the wrapped (thread or Dask) future is done and holds the final state: no API call
     wrapped = getattr(future, "wrapped_future", None)
@@ -103,7 +104,7 @@ def _report_finished(future) -> None:
 
 def submit_when_ready(
     steps: list[Step],
-    tasks: dict[str, Any],
+    tasks: Mapping[str, Any] | None = None,
     after: dict[str, Callable[[Any], None]] | None = None,
     on_submit: Callable[[Any], None] | None = None,
     on_done: Callable[[Any], None] | None = None,
@@ -111,7 +112,9 @@ def submit_when_ready(
     limit: tuple[Collection[str], int] | None = None,
 ) -> dict[str, Any]:
     """Submit each step (flows/graph.py) to the flow's task runner once every step it needs is
-    done; return the futures by step id. `after[step id]` is called with a step's future once it
+    done, as its stage's task (`tasks[stage]`; by default the Prefect task of tasks/__init__.py's
+    table, or of the step's variant); return the futures by step id. An input that takes one
+    field of a result gets that field (its step is done). `after[step id]` is called with a step's future once it
     has completed; `on_submit(future)` as each is submitted, `on_done(future)` as each ends
     (in this thread), for progress reports. `threads(step)`: how the step's task picks its torch
     threads (flows.threads; None: the runner's count). `limit` = (stages, n): at most n steps
@@ -136,13 +139,21 @@ def submit_when_ready(
     running = 0
     running_limited = 0
     stage_of = {step.id: step.stage for step in steps}
-    variants: dict[tuple[str, ThreadShare | None], Any] = {}  # each stage's task, by its share
+    variants: dict[tuple[str, str | None, ThreadShare | None], Any] = {}  # by stage, variant, share
 
     def task_of(step: Step) -> Any:
         share = threads(step) if threads is not None else None
-        if (step.stage, share) not in variants:
-            variants[step.stage, share] = with_torch_threads(tasks[step.stage], share)
-        return variants[step.stage, share]
+        if (step.stage, step.variant, share) not in variants:
+            if tasks is not None:
+                made = tasks[step.stage]
+            else:
+                made = stage(step.stage).variant_task(step.variant)
+            variants[step.stage, step.variant, share] = with_torch_threads(made, share)
+        return variants[step.stage, step.variant, share]
+
+    def lookup(source: Input) -> Any:
+        future = futures[source.step]
+        return future if source.field is None else field_of(future.result(), source)
 
     while True:
         for step in list(waiting):
@@ -153,7 +164,7 @@ def submit_when_ready(
                 if step.stage in limited and running_limited >= most:
                     continue  # waits for a slot; later steps of other stages go first
                 waiting.remove(step)
-                arguments = resolve(step.arguments, lambda source: futures[source.step])
+                arguments = resolve(step.arguments, lookup)
                 future = task_of(step).submit(**arguments)
                 futures[step.id], ids[id(future)] = future, step.id
                 future.add_done_callback(done.put)

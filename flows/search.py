@@ -17,7 +17,6 @@ import json
 import math
 import socket
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -41,30 +40,18 @@ from compalign.search import (
 )
 from compalign.train import resolve_device
 from flows import artifacts
-from flows.graph import Input, Step, probe_steps, resolve, search_steps
+from flows.graph import Input, Step, field_of, probe_steps, resolve, search_steps
 from flows.plan import ModelSpec, reference_model_name
 from flows.runtime import report_finished
-from tasks import tracking
-from tasks.align import align_task
-from tasks.audit import audit_task
-from tasks.compress import compress_task
-from tasks.costs import costs_task
-from tasks.data import prepare_task
-from tasks.logs import publish_progress, stage_logger
-from tasks.search import publish_search
-from tasks.store import artifact_of, entry_dir, is_complete, stage_key
-from tasks.train import train_reference_task
+from tasks import stage
+from tasks.infra import tracking
+from tasks.infra.logs import publish_progress, stage_logger
+from tasks.infra.paths import SEARCH_REPORT_DIR
+from tasks.infra.store import artifact_of, entry_dir, is_complete, stage_key
+from tasks.reports.search import publish_search
 
-REPORT_DIR = Path("reports/search")
+REPORT_DIR = SEARCH_REPORT_DIR
 PROBE_SPLIT = "val"  # every probe is judged on the validation split; the chosen model on test
-TASKS = {
-    "prepare": prepare_task,
-    "reference": train_reference_task,
-    "compress": compress_task,
-    "align": align_task,
-    "audit": audit_task,
-    "costs": costs_task,
-}
 # the columns of probes.parquet besides the rules' values
 SHOWN_METRICS = (
     "accuracy",
@@ -108,15 +95,15 @@ class StepRunner:
     states: list[dict[str, str]] = field(default_factory=list)
 
     def _lookup(self, source: Input) -> Any:
-        result = self.results[source.step]
-        return result if source.field is None else result[source.field]
+        return field_of(self.results[source.step], source)
 
     def run(self, steps: list[Step]) -> bool:
         """Run `steps`; True when every one of them was a cache hit."""
         publish_progress("planned", count=len(steps))
         cached = True
         for step in steps:
-            state = TASKS[step.stage](**resolve(step.arguments, self._lookup), return_state=True)
+            task = stage(step.stage).task
+            state = task(**resolve(step.arguments, self._lookup), return_state=True)
             report_finished(state)
             self.states.append({"stage": step.stage, "model": step.model, "state": state.name})
             self.results[step.id] = state.result()  # a failed task raises its own error here
@@ -129,8 +116,7 @@ class StepRunner:
         found: dict[str, Any] = {}
 
         def lookup(source: Input) -> Any:
-            result = found.get(source.step, self.results.get(source.step))
-            return result if source.field is None else result[source.field]
+            return field_of(found.get(source.step, self.results.get(source.step)), source)
 
         for step in steps:
             directory = entry_dir(stage_key(step.stage, resolve(step.arguments, lookup)))

@@ -5,8 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from prefect import task
-
 from compalign.checkpoint import load_checkpoint, read_checkpoint_manifest, save_checkpoint
 from compalign.compressors import COMPRESSORS
 from compalign.config import TrainingParams
@@ -15,9 +13,11 @@ from compalign.finetune import fine_tune
 from compalign.losses import LOSSES, AdaptiveLoss
 from compalign.pruning import weight_sparsity
 from compalign.tuning import tunable, tune_loss
-from tasks.logs import epoch_logger, stage_logger
-from tasks.options import task_options
-from tasks.store import Artifact, materialize, require
+from tasks.infra import paths
+from tasks.infra.code import compression_entries
+from tasks.infra.logs import epoch_logger, stage_logger
+from tasks.infra.stage import Stage, compressed_name
+from tasks.infra.store import Artifact, materialize, require
 from tasks.train import train_config
 
 TUNING_FILE = "tuning.csv"
@@ -135,4 +135,12 @@ def align(
     return materialize("align", parameters, build, out_dir)
 
 
-align_task = task(align, **task_options("align"))
+STAGE = Stage(
+    name="align",
+    function=align,
+    run_name=lambda p: f"align {compressed_name(p['method'], p['level'])}-{p['loss']}",
+    inputs=("data", "reference", "compressed"),
+    code=compression_entries,
+    params=("align", "compress", "run.device"),
+    out=(paths.ALIGNED_DIR / "{model}").as_posix(),
+)

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from prefect import task
 
 from compalign.audit import AuditInputs, ReferenceAudit, audit, predictions_frame
 from compalign.audit.metrics import METRICS
@@ -26,11 +26,14 @@ from compalign.data import load_split, read_manifest
 from compalign.files import sha256_file
 from compalign.report.figures import draw_figures
 from compalign.train import predict_logits
-from tasks.code import code_digest
-from tasks.logs import stage_logger
-from tasks.options import task_options
-from tasks.store import MANIFEST, Artifact, materialize, require, stage_key
-from tasks.tracking import EXAMPLE_SIZE, Tracking, log_child_once, registered_model_name
+from tasks.infra import paths
+from tasks.infra.code import code_digest
+from tasks.infra.logs import stage_logger
+from tasks.infra.stage import Stage
+from tasks.infra.store import MANIFEST, Artifact, materialize, require, stage_key
+
+if TYPE_CHECKING:
+    from tasks.infra.tracking import Tracking
 
 SPLITS = ("test", "val")  # what an audit may be on: the test split, or validation for a search
 PREDICTIONS_FILE = "predictions.parquet"
@@ -173,6 +176,8 @@ def audit_model(
     "val" (compalign search). Returns the audit artifact with the child's `run_id`, `metrics`
     and `labels`.
     """
+    from tasks.infra.tracking import EXAMPLE_SIZE, log_child_once, registered_model_name
+
     if split not in SPLITS:
         raise ValueError(f"split {split!r}: choose one of {', '.join(SPLITS)}")
     parameters = {
@@ -184,7 +189,7 @@ def audit_model(
         "tracking": tracking,
         "device": device,
         "baseline_audit": baseline_audit,
-        "split": split,  # in the key only when not "test" (tasks.store.ONLY_WHEN)
+        "split": split,  # in the key only when not "test" (tasks.infra.store.ONLY_WHEN)
     }
 
     def build(scratch: Path) -> None:
@@ -212,7 +217,7 @@ def audit_model(
         tags["baseline_run_id"] = baseline_audit["run_id"]
     params = {f"loss.{k}": v for k, v in checkpoint.get("hyperparameters", {}).items()}
     artifacts = [("checkpoint", model_dir)]  # (artifact folder, local path)
-    for name in (PREDICTIONS_FILE, METRICS_FILE, AGREEMENT_FILE, FIGURE_FILE):
+    for name in STAGE.logs:
         if (directory / name).is_file():
             artifacts.append(("", directory / name))
     if (model_dir / TUNING_FILE).is_file():
@@ -270,4 +275,57 @@ def audit_model(
     return {**artifact, "run_id": run_id, "metrics": metrics, "labels": labels}
 
 
-audit_task = task(audit_model, **task_options("audit"))
+def metric_keys() -> frozenset[str]:
+    """The keys of the `audit` section an audit reads: the settings every metric shares
+    (compalign.audit.base.AuditSettings) and each metric's options, as the metric registry
+    declares them (a section named after a metric counts whole). The latency settings are the
+    costs stage's, not these."""
+    from compalign.audit.base import AuditSettings
+
+    keys = set(AuditSettings.model_fields) | set(METRICS)
+    for entry in METRICS.values():
+        keys |= set(entry.options.model_fields)
+    return frozenset(keys)
+
+
+def metric_settings(parameters: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The parameters an audit's key covers: every one, the `audit` section cut to the keys the
+    metrics read (changing audit.latency_repeats reruns the costs, not the audits)."""
+    audit = parameters.get("audit")
+    if not isinstance(audit, Mapping):
+        return parameters
+    keys = metric_keys()
+    return {**parameters, "audit": {key: value for key, value in audit.items() if key in keys}}
+
+
+def audit_code(parameters: Mapping[str, Any] | None) -> list[Any]:
+    """Every metric, and the compressor that rebuilds the checkpoint (every one: None)."""
+    from compalign.compressors import COMPRESSORS
+
+    if parameters is None:
+        return [*METRICS.values(), *COMPRESSORS.values()]
+    compressor = (parameters.get("labels") or {}).get("compressor")
+    named = [COMPRESSORS[compressor]] if compressor in COMPRESSORS else []
+    return [*METRICS.values(), *named]
+
+
+STAGE = Stage(
+    name="audit",
+    function=audit_model,
+    run_name=lambda p: f"audit {p['labels']['name']}",
+    inputs=("data", "model", "reference_audit", "baseline_audit"),
+    code=audit_code,
+    key=metric_settings,
+    params=(
+        "audit",
+        "align.losses",
+        "align.quantization_aware",
+        "compress",
+        "data.source",
+        "reference.model",
+        "run.device",
+        "run.experiment",
+    ),
+    logs=(PREDICTIONS_FILE, METRICS_FILE, AGREEMENT_FILE, FIGURE_FILE),
+    out=(paths.AUDIT_MODELS_DIR / "{model}").as_posix(),
+)

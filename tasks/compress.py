@@ -5,19 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-from prefect import task
-
+from compalign.calibration import calibration_sample
 from compalign.checkpoint import load_checkpoint, read_checkpoint_manifest, save_checkpoint
 from compalign.compressors import COMPRESSORS, Calibration
 from compalign.data import load_split, read_manifest
-from compalign.losses import LOSSES
 from compalign.pruning import weight_sparsity
-from tasks.logs import stage_logger
-from tasks.options import task_options
-from tasks.store import Artifact, materialize, require
-
-CALIBRATION_SEED = 0  # which training examples calibrate: a fixed, seeded sample
+from tasks.infra import paths
+from tasks.infra.code import compression_entries
+from tasks.infra.logs import stage_logger
+from tasks.infra.stage import Stage, compressed_name
+from tasks.infra.store import Artifact, materialize, require
 
 
 def calibration_data(
@@ -27,30 +24,15 @@ def calibration_data(
     loss: str | None,
     hyperparameters: dict[str, Any] | None,
 ) -> Calibration:
-    """A seeded sample of training batches and, with a loss, the gradient function of Taylor
-    importance (the loss against the frozen reference, summed over those batches), and for
-    iterative pruning the loss, the reference and the training split themselves."""
+    """The calibration sample of the prepared data's training split (compalign.calibration),
+    with the Taylor-importance gradient function of `loss` against the reference checkpoint
+    in `reference_dir` when a loss is given."""
     data_dir = require(data, "prepared dataset")
     train = load_split(data_dir, "train", read_manifest(data_dir))
-    size = calibration["batch_size"]
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(CALIBRATION_SEED))
-    chunks = [order[start : start + size] for start in range(0, len(train), size)]
-    chunks = chunks[: calibration["batches"]]
-    batches = [train.normalise(train.images[index]) for index in chunks]
-    gradient_fn = reference = loss_fn = None
-    if loss is not None:
-        reference = load_checkpoint(reference_dir).eval()
-        loss_fn = LOSSES[loss](**(hyperparameters or {}))
-
-        def gradient_fn(model: torch.nn.Module) -> None:
-            model.eval()  # rank channels without moving the copy's batch-norm statistics
-            model.zero_grad()
-            for images, index in zip(batches, chunks, strict=True):
-                with torch.no_grad():
-                    reference_logits = reference(images)
-                loss_fn(model(images), reference_logits, train.labels[index]).backward()
-
-    return Calibration(batches, gradient_fn, loss, loss_fn, reference, train)
+    reference = load_checkpoint(reference_dir) if loss is not None else None
+    return calibration_sample(
+        train, calibration["batches"], calibration["batch_size"], reference, loss, hyperparameters
+    )
 
 
 def compress(
@@ -105,4 +87,27 @@ def compress(
     return materialize("compress", parameters, build, out_dir)
 
 
-compress_task = task(compress, **task_options("compress"))
+def loss_params() -> tuple[str, ...]:
+    """The `align` keys DVC's compress stage reads: a loss's options rank channels for Taylor
+    importance (every loss with options)."""
+    from compalign.losses import LOSSES
+    from compalign.options import has_options
+
+    return ("align.losses",) + tuple(
+        f"align.{name}" for name, entry in LOSSES.items() if has_options(entry.options)
+    )
+
+
+STAGE = Stage(
+    name="compress",
+    function=compress,
+    run_name=lambda p: (
+        "compress "
+        + compressed_name(p["method"], p["level"])
+        + (f" by {p['loss']}" if p.get("loss") else "")
+    ),
+    inputs=("data", "reference"),
+    code=compression_entries,
+    params=("compress", *loss_params()),
+    out=(paths.COMPRESSED_DIR / "{model}").as_posix(),
+)

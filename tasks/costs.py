@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
-
-from prefect import task
+from typing import TYPE_CHECKING, Any
 
 from compalign.checkpoint import load_checkpoint, read_checkpoint_manifest
 from compalign.costs import LatencyOptions, measure_latency, parameter_counts, serialized_size
@@ -19,10 +17,12 @@ from compalign.data import load_split, read_manifest
 from compalign.files import sha256_file
 from compalign.models import build_model
 from compalign.pruning import count_macs
-from tasks.logs import stage_logger
-from tasks.options import task_options
-from tasks.store import MANIFEST, Artifact, materialize, require
-from tasks.tracking import Tracking, client, log_metrics
+from tasks.infra.logs import stage_logger
+from tasks.infra.stage import Stage
+from tasks.infra.store import MANIFEST, Artifact, materialize, require
+
+if TYPE_CHECKING:
+    from tasks.infra.tracking import Tracking
 
 COSTS_FILE = "costs.json"
 
@@ -75,6 +75,8 @@ def measure_costs(
 ) -> dict[str, Any]:
     """Measure one model's costs and log them to its child run `run_id` (if not there yet);
     `latency` is `latency_settings(audit params)`."""
+    from tasks.infra.tracking import client, log_metrics
+
     settings = latency
     parameters = {
         "data": data,
@@ -109,4 +111,10 @@ def measure_costs(
     return {**artifact, "costs": costs, "name": name}
 
 
-costs_task = task(measure_costs, **task_options("costs"))
+STAGE = Stage(
+    name="costs",
+    function=measure_costs,
+    run_name=lambda p: f"costs {p['name']}",
+    inputs=("data", "model", "run_id"),
+    dvc_stage="audit",  # measured within DVC's audit stage, into each model's metrics file
+)

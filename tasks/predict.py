@@ -6,14 +6,13 @@ import json
 from pathlib import Path
 
 import numpy as np
-from prefect import task
 
 from compalign.checkpoint import load_checkpoint
 from compalign.data import load_split, read_manifest
 from compalign.files import sha256_file
 from compalign.train import predict_logits
-from tasks.options import task_options
-from tasks.store import MANIFEST, Artifact, materialize, require
+from tasks.infra.stage import Stage, short_digest
+from tasks.infra.store import MANIFEST, Artifact, materialize, require
 
 PREDICTIONS_FILE = "predictions.npy"
 
@@ -42,4 +41,9 @@ def load_predictions(artifact: Artifact) -> np.ndarray:
     return np.load(require(artifact, "predictions") / PREDICTIONS_FILE)
 
 
-predict_task = task(predict, **task_options("predict"))
+STAGE = Stage(
+    name="predict",
+    function=predict,
+    run_name=lambda p: f"predict model {short_digest(p['model'])}",
+    inputs=("data", "model"),
+)

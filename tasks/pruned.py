@@ -8,8 +8,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from prefect import task
-
 from compalign.checkpoint import load_checkpoint, save_checkpoint
 from compalign.compressors import COMPRESSORS
 from compalign.config import ReferenceParams
@@ -17,9 +15,10 @@ from compalign.data import load_split, read_manifest
 from compalign.losses import LOSSES
 from compalign.models import build_model
 from compalign.pruning import weight_sparsity
-from tasks.logs import epoch_logger, stage_logger
-from tasks.options import task_options
-from tasks.store import Artifact, materialize, require
+from tasks.infra.code import compression_entries
+from tasks.infra.logs import epoch_logger, stage_logger
+from tasks.infra.stage import Stage
+from tasks.infra.store import Artifact, materialize, require
 from tasks.train import architecture_of, train_config, validation_accuracy
 
 # A compressed member's seed is its dense member's seed moved by the level, so that no two
@@ -111,4 +110,9 @@ def train_pruned_member(
     return materialize("pruned", parameters, build)
 
 
-train_pruned_task = task(train_pruned_member, **task_options("pruned"))
+STAGE = Stage(
+    name="pruned",
+    function=train_pruned_member,
+    inputs=("data", "teacher"),
+    code=compression_entries,
+)

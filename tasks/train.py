@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-
-from prefect import task
 
 from compalign.checkpoint import read_checkpoint_manifest, save_checkpoint
 from compalign.config import ReferenceParams, TrainingParams
@@ -15,9 +14,10 @@ from compalign.data import load_split, read_manifest
 from compalign.losses import LOSSES
 from compalign.models import build_model
 from compalign.train import TrainConfig, fit, predict_logits
-from tasks.logs import epoch_logger, stage_logger
-from tasks.options import task_options
-from tasks.store import (
+from tasks.infra import paths
+from tasks.infra.logs import epoch_logger, stage_logger
+from tasks.infra.stage import Stage, Variant, model_name
+from tasks.infra.store import (
     Artifact,
     entry_dir,
     is_complete,
@@ -90,9 +90,6 @@ def train_reference(
     return materialize(
         "reference", {"data": data, "reference": reference, "device": device}, build, out_dir
     )
-
-
-train_reference_task = task(train_reference, **task_options("reference"))
 
 
 def import_reference(
@@ -206,7 +203,7 @@ def train_population(
     configs = [train_config(params.model_copy(update={"seed": seed})) for seed in seeds]
     train, val = load_split(data_dir, "train", manifest), load_split(data_dir, "val", manifest)
     stage_logger().info("training %d members of %s as one batched model", len(seeds), params.model)
-    # resume points of the batched training, named by the members' keys (tasks.store)
+    # resume points of the batched training, named by the members' keys (tasks.infra.store)
     group = hashlib.sha256("".join(stage_key("reference", m) for m in members).encode())
     resume_dir = resume_dir_of(entry_dir(f"reference-group-{group.hexdigest()[:24]}"))
     if refresh_requested():
@@ -237,15 +234,58 @@ def _unreachable(scratch: Path) -> None:
     raise RuntimeError("a finished store entry was rebuilt")
 
 
-train_population_task = task(
-    train_population,
-    **{
-        **task_options("reference"),
-        "name": "reference-population",
-        "task_run_name": lambda parameters: (
-            f"reference {parameters['reference']['model']} seeds "
-            + ", ".join(map(str, parameters["seeds"]))
-        ),
-        "cache_key_fn": prefect_group_cache_key("reference", member_parameters),
+def reference_file(parameters: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The parameters and, for reference.source=file, the content digest of the model file (a
+    path names no content)."""
+    reference = parameters.get("reference") or {}
+    if reference.get("source") != "file":
+        return parameters
+    from compalign.files import sha256_file
+    from compalign.model_sources import spec_files
+
+    files = spec_files(str(reference.get("path")))
+    digests = [sha256_file(path) if path.is_file() else None for path in files]
+    return {**parameters, "reference_file": digests}
+
+
+def reference_code(parameters: Mapping[str, Any] | None) -> list[Any]:
+    """Trained with plain cross-entropy, or read by a model source (every source: None)."""
+    from compalign.errors import UserError
+    from compalign.model_sources import MODEL_SOURCES, parse_spec
+
+    if parameters is None:
+        return [LOSSES["ce"], *MODEL_SOURCES.values()]
+    reference = parameters.get("reference") or {}
+    if reference.get("source") != "file":
+        return [LOSSES["ce"]]
+    try:
+        source = parse_spec(str(reference.get("path")))[0]
+    except UserError:
+        return []
+    return [MODEL_SOURCES[source]] if source in MODEL_SOURCES else []
+
+
+STAGE = Stage(
+    name="reference",
+    function=train_reference,
+    run_name=lambda p: f"reference {model_name(p['reference'])}",
+    inputs=("data",),
+    code=reference_code,
+    key=reference_file,
+    params=("reference", "run.device", "data.transform", "data.class_names"),
+    out=paths.REFERENCE_DIR.as_posix(),
+    variants={
+        # the dense members of a population, trained together as one batched model
+        "population": Variant(
+            train_population,
+            {
+                "name": "reference-population",
+                "task_run_name": lambda parameters: (
+                    f"reference {parameters['reference']['model']} seeds "
+                    + ", ".join(map(str, parameters["seeds"]))
+                ),
+                "cache_key_fn": prefect_group_cache_key("reference", member_parameters),
+            },
+        )
     },
 )

@@ -20,30 +20,53 @@ from conftest import BIN, ROOT, TINY, cli_env, run_cli
 SUMMARY = "reports/pipeline/summary.parquet"
 
 
-@pytest.mark.parametrize(
-    ("args", "needle"),
-    [
-        (["run", "--set", "reference.epochs=-1"], "reference.epochs"),
-        (["run", "--set", "align.losses=[ce,nope]"], "align.losses"),
-        (["run", "--params", "missing.yaml"], "missing.yaml"),
-        (["stage", "nope"], "stage 'nope'"),
-        (["run", "--set", "noequals"], "section.key=value"),
-        (["run", "--set", "data.source=cifar10"], "data/raw/cifar-10-batches-py"),
-        (["run", "--set", "data.source=imagefolder", "--set", "data.root=nowhere"], "nowhere"),
-        (["reproduce", "meyer", "--profile", "paper"], "data/raw/celeba/img_align_celeba"),
-        (["reproduce", "nobody"], "joseph, meyer, hooker, all"),
-    ],
-)
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, needle):
+BAD_INPUT = [
+    (["run", "--set", "reference.epochs=-1"], "reference.epochs"),
+    (["run", "--set", "align.losses=[ce,nope]"], "align.losses"),
+    (["run", "--params", "missing.yaml"], "missing.yaml"),
+    (["stage", "nope"], "stage 'nope'"),
+    (["run", "--set", "noequals"], "section.key=value"),
+    (["run", "--set", "data.source=cifar10"], "data/raw/cifar-10-batches-py"),
+    (["run", "--set", "data.source=imagefolder", "--set", "data.root=nowhere"], "nowhere"),
+    (["reproduce", "meyer", "--profile", "paper"], "data/raw/celeba/img_align_celeba"),
+    (["reproduce", "nobody"], "joseph, meyer, hooker, all"),
+]
+# the installed command itself, in a process of its own, for a refusal by the params models
+# and one by the command line; the others run the same entry point in this process (each new
+# process would import torch again only to refuse: 4-5 s of CPU each)
+IN_A_PROCESS = ({"run", "--set", "reference.epochs=-1"}, {"reproduce", "nobody"})
+
+
+def check_refused(args, needle, stderr, returncode, folder, before) -> None:
+    """One line naming what is wrong, exit 2, no traceback; `run` and `reproduce` write
+    nothing (validation comes before any set-up: no Prefect home)."""
+    assert returncode == 2, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], lines
+    assert "Traceback" not in stderr
+    if args[0] in ("run", "reproduce"):
+        assert sorted(p.name for p in folder.iterdir()) == before
+
+
+@pytest.mark.parametrize(("args", "needle"), BAD_INPUT)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(
+    tmp_path, monkeypatch, capsys, args, needle
+):
     (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
     before = sorted(p.name for p in tmp_path.iterdir())
-    result = run_cli(*args, cwd=tmp_path, timeout=120)
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0]
-    assert "Traceback" not in result.stderr
-    if args[0] in ("run", "reproduce"):  # validation comes before any set-up: no Prefect home
-        assert sorted(p.name for p in tmp_path.iterdir()) == before
+    if set(args) in IN_A_PROCESS:
+        result = run_cli(*args, cwd=tmp_path, timeout=120)
+        check_refused(args, needle, result.stderr, result.returncode, tmp_path, before)
+        return
+    from flows.entry import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.argv", ["compalign", *args])
+    for name in ("PREFECT_HOME", "PREFECT_API_URL", "MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(SystemExit) as exited:
+        main()
+    check_refused(args, needle, capsys.readouterr().err, exited.value.code, tmp_path, before)
 
 
 def wait_for_alignment(process, project):
@@ -167,14 +190,14 @@ def test_same_seed_same_numbers_in_a_fresh_project(tmp_path):
 
 QUICK_CHECK = """
 import sys
-from flows.quick import replay
+from flows.rerun import replay
 print("answered" if replay(sys.argv[1:]) else "declined")
 print("torch imported" if "torch" in sys.modules else "torch not imported")
 """
 
 
 def quick(project, *args, env=None):
-    """flows.quick.replay of `compalign <args>` in `project`, in a process of its own with the
+    """flows.rerun.replay of `compalign <args>` in `project`, in a process of its own with the
     environment run_cli gives the command: its two lines (answered?, torch imported?)."""
     result = subprocess.run(
         [str(BIN / "python"), "-c", QUICK_CHECK, *args],
@@ -188,7 +211,7 @@ def quick(project, *args, env=None):
 
 
 def check_quick_rerun(first_run, project):
-    """The same command again is answered by flows/quick.py without importing torch: the same
+    """The same command again is answered by flows/rerun.py without importing torch: the same
     summary, every task Cached, nothing recorded; changed params, --refresh or a store entry
     that no longer matches its digest go to the usual path."""
     rerun = run_cli(
@@ -196,10 +219,10 @@ def check_quick_rerun(first_run, project):
     )
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     imported = [line.rsplit("|", 1)[-1].strip() for line in rerun.stderr.splitlines()]
-    assert "flows.quick" in imported and "torch" not in imported and "prefect" not in imported
-    table = first_run.stdout.split("34 tasks:")[0]
+    assert "flows.rerun" in imported and "torch" not in imported and "prefect" not in imported
+    table = first_run.stdout.split("35 tasks:")[0]
     assert rerun.stdout.startswith(table)
-    assert "34 tasks: 34 Cached, 0 run\nNothing ran: every task is cached" in rerun.stdout
+    assert "35 tasks: 35 Cached, 0 run\nNothing ran: every task is cached" in rerun.stdout
     assert "MLflow parent run" in rerun.stdout
     with sqlite3.connect(project / ".compalign" / "prefect" / "prefect.db") as db:
         assert db.execute("SELECT count(*) FROM flow_run").fetchone() == (1,)
@@ -222,7 +245,7 @@ def check_plain_output(result, project):
     lines = (result.stdout + result.stderr).splitlines()
     assert len(lines) <= 40, "\n".join(lines)
     assert not any(" epoch " in line for line in lines)
-    assert any(line.startswith("34/34 tasks, 0 cached") for line in result.stderr.splitlines())
+    assert any(line.startswith("35/35 tasks, 0 cached") for line in result.stderr.splitlines())
     assert "magnitude_global vs reference" in result.stdout
     assert "Reference: accuracy" in result.stdout
     assert "In reports/pipeline/summary.md and reports/pipeline/report.html: " in result.stdout

@@ -1,4 +1,4 @@
-"""Cache keys follow the code a stage call really uses (tasks.code)."""
+"""Cache keys follow the code a stage call really uses (tasks.infra.code)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import shutil
 import pytest
 
 from conftest import ROOT
-from tasks import code, store
+from tasks import STAGES
+from tasks.infra import code, store
 
 DATA = {"path": "artifacts/prepare/x", "digest": "d1"}
 REFERENCE = {"path": "artifacts/reference/y", "digest": "d2"}
@@ -96,14 +97,14 @@ def test_stage_files_hold_no_unused_entries():
     assert {"compalign/losses/kd.py", "compalign/compressors/magnitude_global.py"} <= set(align)
     assert "compalign/losses/pw.py" not in align
     assert "compalign/compressors/structured.py" not in align
-    for stage in code.STAGE_MODULES:  # nothing that cannot change a result
+    for stage in STAGES:  # nothing that cannot change a result
         assert "compalign/config.py" not in code.stage_files(stage)
 
 
 def test_dvc_yaml_code_deps_are_up_to_date(tmp_path):
     copy = tmp_path / "dvc.yaml"
     shutil.copy(ROOT / "dvc.yaml", copy)
-    assert not code.update_dvc_yaml(copy), "run: python -m tasks.code"
+    assert not code.update_dvc_yaml(copy), "run: python -m tasks.infra.code"
 
 
 def test_computing_a_key_imports_no_orchestration():
@@ -112,13 +113,46 @@ def test_computing_a_key_imports_no_orchestration():
     import sys
 
     script = (
-        "import sys; from tasks.store import stage_key; "
+        "import sys; from tasks.infra.store import stage_key; "
         "stage_key('prepare', {'data': {'source': 'digits'}}); "
         "stage_key('audit', {'labels': {'compressor': 'half'}}); "
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'prefect', 'mlflow'}))"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert result.stdout.strip() == "[]", result.stderr
+
+
+def test_an_audit_key_covers_what_its_metrics_read_and_the_latency_settings_only_costs():
+    """The `audit` section holds the metrics' options and the latency settings: changing how
+    latency is measured reruns the costs, never an audit; changing a metric's option, or a
+    setting every metric shares, reruns the audits."""
+    from compalign.config import AuditParams
+    from compalign.costs import CompileOptions, LatencyOptions
+    from tasks.audit import metric_keys
+    from tasks.costs import latency_settings
+
+    audit = AuditParams().model_dump()
+    latency = set(LatencyOptions.model_fields) | set(CompileOptions.model_fields)
+    assert metric_keys() >= set(audit) - latency and not metric_keys() & latency
+    call = {"data": DATA, "model": COMPRESSED, "labels": calls()["audit-global"]["labels"]}
+    key = store.stage_key("audit", {**call, "audit": audit})
+    costs = {"data": DATA, "model": COMPRESSED, "name": "m", "run_id": "r"}
+    costs_key = store.stage_key("costs", {**costs, "latency": latency_settings(audit)})
+    for name, value in (
+        ("latency_repeats", 7),
+        ("latency_warmup", 0),
+        ("latency_batch_sizes", [1]),
+    ):
+        changed = {**audit, name: value}
+        assert store.stage_key("audit", {**call, "audit": changed}) == key
+        assert (
+            store.stage_key("costs", {**costs, "latency": latency_settings(changed)}) != costs_key
+        )
+    assert (
+        store.stage_key("audit", {**call, "audit": {**audit, "latency_compile_timeout": 5}}) == key
+    )
+    for name, value in (("bootstrap_samples", 200), ("attribution_samples", 3), ("seed", 1)):
+        assert store.stage_key("audit", {**call, "audit": {**audit, name: value}}) != key, name
 
 
 def test_editing_one_data_source_leaves_the_others(edited):

@@ -110,7 +110,9 @@ def test_a_fixed_batch_onnx_model_is_timed_at_its_batch_and_labelled(comparison,
         2 * summary.loc["onnx", "latency_ms_b1"]
     )
     assert summary.drop(index="onnx")["latency_fixed_batch"].isna().all()
-    page = comparison.to_html(tmp_path / "page.html").read_text()
+    from compalign.report.html import comparison_page
+
+    page = comparison_page(comparison, tmp_path / "page.html").read_text()
     assert ", batch 2 x 2</td>" in page and ", batch 2 x 1</td>" in page
     assert page.count("batch 2 x") == 2  # the onnx row only
 
@@ -142,10 +144,12 @@ def test_progress_is_a_step_per_model_and_metric_then_costs():
 
 
 def test_writes_tables_and_a_page(comparison, tmp_path):
+    from compalign.report.html import comparison_page
+
     written = comparison.write(tmp_path / "compare")
     assert pd.read_parquet(written["summary"]).shape[0] == 5
     assert pd.read_parquet(written["predictions"]).shape[0] == len(comparison.predictions)
-    page = written["report"].read_text()
+    page = comparison_page(comparison, tmp_path / "compare" / "report.html").read_text()
     assert "swapped" in page and "<script" not in page and "data:image/png;base64" in page
     assert (tmp_path / "compare" / "models" / "same" / "attribution_agreement.png").is_file()
 
@@ -187,7 +191,8 @@ def test_class_names_pick_the_model_outputs_of_the_data_classes(byom, byom_test_
 
 def test_modules_callables_and_a_data_loader(byom, tmp_path, monkeypatch):
     """The Python API without files: an nn.Module reference, a plain function candidate, a
-    DataLoader of float images (given to the models as they are); logged to MLflow on request."""
+    DataLoader of float images (given to the models as they are); logged to MLflow by the task
+    layer (tasks.reports.compare.log_to_mlflow)."""
     model = byom["model"]
     images = torch.randn(12, 3, 32, 32)
     labels = torch.tensor([0, 1, 2] * 4)
@@ -202,14 +207,16 @@ def test_modules_callables_and_a_data_loader(byom, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     try:
+        from tasks.reports.compare import log_to_mlflow
+
         result = compalign.audit_models(
             model,
             {"function": lambda batch: model(batch), "negated": lambda batch: -model(batch)},
             loader,
             costs=False,
-            mlflow="api-test",
             **FAST,
         )
+        log_to_mlflow(result, "api-test")
     finally:
         mlflow.set_tracking_uri(previous)
     assert result.metrics["function"]["mismatches"] == 0

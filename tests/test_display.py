@@ -1,4 +1,4 @@
-"""flows/display.py and the progress events behind it (tasks/logs.py, flows/runtime.py): tasks
+"""flows/display.py and the progress events behind it (tasks/infra/logs.py, flows/runtime.py): tasks
 of a real flow on the thread-pool runner report to the display; plain output is a few lines."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from rich.console import Console
 
 from flows.display import FlowDisplay
 from flows.runtime import wait_or_raise_first_failure
-from tasks.logs import add_progress_listener, computing, epoch_logger, publish_progress
+from tasks.infra.logs import add_progress_listener, computing, epoch_logger, publish_progress
 
 
 @task

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 
+import pandas as pd
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
@@ -43,7 +44,7 @@ def test_repro_metrics_plots_status_and_push(tmp_path):
     subprocess.run(["git", "init", "-q"], cwd=project, check=True)
 
     log = dvc("repro", cwd=project)
-    for stage in ("prepare", "reference", "compress", "align", "audit"):
+    for stage in ("prepare", "reference", "compress", "align", "audit", "predictions"):
         assert f"Running stage '{stage}'" in log
     assert (project / "data/prepared/dataset.parquet").is_file()
     assert (project / "models/reference/model.pt").is_file()
@@ -55,6 +56,13 @@ def test_repro_metrics_plots_status_and_push(tmp_path):
     kd_metrics = json.loads((metrics_dir / f"magnitude_global-{LEVELS[-1]}-kd.json").read_text())
     assert {"accuracy", "mismatches", "mismatches_ref_correct", "recall.0"} <= set(kd_metrics)
     assert {"macs", "size_bytes", "latency_ms_b1", "latency_ms_b64"} <= set(kd_metrics)  # costs
+    # the predictions stage: every audited model's per-example predictions, one table
+    table = pd.read_parquet(project / "reports/audit/predictions/predictions.parquet")
+    assert table.groupby("model").size().to_dict() == {
+        name.stem: 200 for name in metrics_dir.glob("*.json")
+    }
+    kd_rows = table[table["model"] == f"magnitude_global-{LEVELS[-1]}-kd"]
+    assert kd_rows["mismatch"].sum() == kd_metrics["mismatches"]
 
     shown = dvc("metrics", "show", cwd=project)
     assert "reports/audit/metrics/reference.json" in shown and "mismatches" in shown
@@ -95,6 +103,7 @@ def test_repro_metrics_plots_status_and_push(tmp_path):
     assert set(json.loads(status[status.index("{") :])) == {"align"}
     log = dvc("repro", cwd=project)
     assert "Running stage 'align'" in log and "Running stage 'audit'" in log
+    assert "Running stage 'predictions'" in log
     assert "Running stage 'reference'" not in log and "Running stage 'compress'" not in log
     # `dvc plots diff` draws the committed run and the workspace's together
     [plot] = show_plots(project, "diff", "HEAD")["mismatches"]

@@ -82,8 +82,10 @@ def test_planted_pickle_result_record_is_recomputed(project, prefect_server):
 
     from prefect import flow
 
-    from tasks.data import prepare_task
-    from tasks.store import PREFECT_RESULTS_DIR, stage_key
+    from tasks import stage
+    from tasks.infra.store import PREFECT_RESULTS_DIR, stage_key
+
+    prepare_task = stage("prepare").task
 
     data = {"source": "digits", "limit": 20}
 

@@ -1,46 +1,43 @@
-"""The pipeline's task graph: the same calls for the flow and the cached-run check."""
+"""The run graph: the same calls for the flow, the rerun check, DVC and the populations flow."""
 
 from __future__ import annotations
 
 import inspect
 import os
 
-from flows.graph import Input, pipeline_steps
+from flows.graph import Input, inputs_of, pipeline_steps
 
 
 def test_every_step_gives_its_task_every_argument_and_needs_only_earlier_steps(tiny_params):
     """Prefect keys a task on its bound arguments with defaults applied; a step that names
-    them all gets the same key from the cached-run check as from the flow."""
-    from tasks.align import align
-    from tasks.audit import audit_model
-    from tasks.compress import compress
-    from tasks.costs import latency_settings, measure_costs
-    from tasks.data import prepare
-    from tasks.train import train_reference
+    them all gets the same key from the rerun check as from the flow. Each step's Inputs are
+    arguments its stage declares as inputs."""
+    from tasks import stage
+    from tasks.costs import latency_settings
 
-    functions = {
-        "prepare": prepare,
-        "reference": train_reference,
-        "compress": compress,
-        "align": align,
-        "audit": audit_model,
-        "costs": measure_costs,
-    }
     params = tiny_params()
     track = {"uri": "sqlite:///mlflow.db", "experiment_id": "1", "store_id": "x"}
     steps = pipeline_steps(params, "cpu", track, "parent")
     seen = set()
     for step in steps:
-        assert set(step.arguments) == set(inspect.signature(functions[step.stage]).parameters)
+        function = stage(step.stage).function
+        assert set(step.arguments) == set(inspect.signature(function).parameters)
+        taken = {name for name, value in step.arguments.items() if inputs_of(value)}
+        assert taken <= set(stage(step.stage).inputs), step.id
         assert set(step.needs) <= seen, step.id
         seen.add(step.id)
         if step.stage == "costs":
             assert step.arguments["latency"] == latency_settings(params.audit.model_dump())
             assert step.arguments["run_id"] == Input(f"audit:{step.model}", "run_id")
     stages = [step.stage for step in steps]
-    # 2 levels x 5 losses (4 fine-tuned), one compress per level, an audit and costs per model
+    # 2 levels x 5 losses (4 fine-tuned), one compress per level, an audit and costs per model,
+    # one table of every audited model's predictions
     assert [stages.count(s) for s in ("prepare", "reference", "compress", "align")] == [1, 1, 2, 8]
     assert stages.count("audit") == stages.count("costs") == 11
+    [predictions] = [step for step in steps if step.stage == "predictions"]
+    assert predictions.arguments["audits"] == {
+        step.model: Input(step.id) for step in steps if step.stage == "audit"
+    }
 
 
 def test_a_step_can_overlap_only_the_steps_it_neither_needs_nor_feeds(tiny_params):
@@ -58,6 +55,7 @@ def test_a_step_can_overlap_only_the_steps_it_neither_needs_nor_feeds(tiny_param
         "compress:magnitude_global-0.9": 2,
         "align:magnitude_global-0.9-ce": 2,
         "audit:magnitude_global-0.9-ce": 1,  # needs the reference's audit and the fine-tuning
+        "predictions": 1,  # needs every audit: it changes no other step's count
     }
 
 
@@ -126,7 +124,7 @@ def test_a_search_probe_is_the_pipelines_own_task_calls(tiny_params):
     probe's audit is the pipeline's call for an un-fine-tuned model (a cache hit)."""
     from flows.graph import probe_steps, search_steps
     from flows.plan import ModelSpec
-    from tasks.store import stage_key
+    from tasks.infra.store import stage_key
 
     params = tiny_params("compress.methods=[quantize_static]")
     track = {"uri": "sqlite:///mlflow.db", "experiment_id": "1", "store_id": "x"}
@@ -163,3 +161,73 @@ def test_a_search_probe_is_the_pipelines_own_task_calls(tiny_params):
         )["compress"]
     )
     assert tested["audit"] == pipeline["audit"] and tested["costs"] == pipeline["costs"]
+
+
+def test_population_steps_name_every_member_and_give_every_argument(tiny_params):
+    """The populations flow's graph: the dense members (one batched task, or one per seed), per
+    level and seed the compressed member of each loss (compressed from dense member k and
+    fine-tuned, or trained from scratch with the pruning inside), then every member's
+    predictions, each with its population (`about`) and every argument of its task."""
+    from flows.graph import population_steps
+    from tasks import stage
+    from tasks.pruned import pruned_seed
+
+    base = [
+        "populations.size=2",
+        "populations.sparsities=[0.5]",
+        "populations.losses=[none,ce]",
+        "populations.compressor=magnitude_global",
+    ]
+    for overrides, expected in (
+        (
+            ["populations.protocol=from_dense"],
+            ["prepare", "reference:seed0", "reference:seed1"]
+            + [f"compress:magnitude_global-0.5:seed{s}" for s in (0, 1)],
+        ),
+        (
+            ["populations.vectorise=true"],
+            ["prepare", "reference:population"]
+            + [f"compress:magnitude_global-0.5:seed{s}" for s in (0, 1)],
+        ),
+    ):
+        steps = population_steps(tiny_params(*base, *overrides), "cpu")
+        ids = [step.id for step in steps]
+        assert [i for i in ids if not i.startswith(("align", "predict"))] == expected, ids
+        seen: set[str] = set()
+        for step in steps:
+            declared = stage(step.stage)
+            function = (
+                declared.variants[step.variant].function if step.variant else declared.function
+            )
+            parameters = inspect.signature(function).parameters
+            assert set(step.arguments) <= set(parameters), step.id
+            assert {n for n, p in parameters.items() if p.default is p.empty} <= set(step.arguments)
+            assert set(step.needs) <= seen, step.id
+            seen.add(step.id)
+        predictions = {s.model: s.about for s in steps if s.stage == "predict"}
+        assert predictions == {
+            "dense 0": {"group": None, "seed": 0},
+            "dense 1": {"group": None, "seed": 1},
+            **{
+                f"magnitude_global-0.5-{loss} seed {s}": {"group": (0.5, loss), "seed": s}
+                for loss in ("none", "ce")
+                for s in (0, 1)
+            },
+        }
+    vectorised = population_steps(tiny_params(*base, "populations.vectorise=true"), "cpu")
+    compress = next(step for step in vectorised if step.stage == "compress")
+    assert compress.arguments["reference"] == Input("reference:population", 0)
+    scratch = population_steps(
+        tiny_params(
+            "populations.size=2",
+            "populations.sparsities=[0.5]",
+            "populations.losses=[kd]",
+            "populations.compressor=gradual_magnitude",
+            "populations.protocol=from_scratch",
+        ),
+        "cpu",
+    )
+    pruned = [step for step in scratch if step.stage == "pruned"]
+    assert [step.model for step in pruned] == ["0.5-kd seed 0", "0.5-kd seed 1"]
+    assert pruned[1].arguments["reference"]["seed"] == pruned_seed(1, 0.5)
+    assert pruned[1].arguments["teacher"] == Input("reference:seed1")  # kd reads the dense one

@@ -789,7 +789,7 @@ def test_a_store_creation_killed_half_way_leaves_no_half_made_mlflow_db(tmp_path
     """MLflow's migrations commit one by one: an audit killed during them left a mlflow.db
     every later run failed on ("table secrets already exists"). The store is now made under
     another name and renamed; a dead process's leftover is removed."""
-    from tasks import tracking
+    from tasks.infra import tracking
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -18,7 +18,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import BIN, ROOT, TINY, free_port, healthy, poll, run_cli, stop_group
-from tasks.tracking import ui_links
+from tasks.infra.tracking import ui_links
 
 pytestmark = pytest.mark.slow
 

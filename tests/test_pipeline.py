@@ -161,12 +161,27 @@ def test_child_artifacts_agree_with_metrics_and_load_back(runs):
     assert torch.allclose(checkpoint(images), logged(images), atol=1e-6)
 
 
+def test_the_predictions_stage_holds_every_audited_models_predictions(runs):
+    """tasks/predictions.py: one row per model and test example, the models in the summary's
+    order; each model's mismatches and accuracy are its audit's."""
+    _, first, _, _ = runs
+    table = pd.read_parquet(Path(first["predictions"]) / "predictions.parquet")
+    names = [row["name"] for row in first["summary"]]
+    assert list(dict.fromkeys(table["model"])) == names == ["reference", *COMPRESSED]
+    for name, rows in table.groupby("model", sort=False):
+        metrics = first["metrics"][name]
+        assert len(rows) == 200 and rows["correct"].mean() == pytest.approx(metrics["accuracy"])
+        assert rows["mismatch"].sum() == metrics.get("mismatches", 0)
+    reference = table[table["model"] == "reference"]
+    assert (reference["role"] == "reference").all() and not reference["mismatch"].any()
+
+
 def test_rerun_with_nothing_changed_is_all_cached_and_logs_no_children(runs):
     _, first, second, _ = runs
     assert {task["state"] for task in second["tasks"]} == {"Cached"}, [
         t for t in second["tasks"] if t["state"] != "Cached"
     ]
-    assert len(second["tasks"]) == len(first["tasks"]) == 1 + 1 + 2 + 8 + 11 + 11
+    assert len(second["tasks"]) == len(first["tasks"]) == 1 + 1 + 2 + 8 + 11 + 1 + 11
     client = MlflowClient(second["tracking_uri"])
     assert children_of(client, second) == {}
     parent = client.get_run(second["parent_run_id"])
@@ -189,6 +204,7 @@ def test_changing_an_align_setting_reruns_only_alignment_and_its_audits(runs):
     # un-fine-tuned models' through their reduction factor against the (retrained) ce model
     assert stages["audit"] == Counter({"Cached": 1, "Completed": 10})
     assert stages["costs"] == Counter({"Cached": 1, "Completed": 10})  # new runs get their costs
+    assert stages["predictions"] == Counter({"Completed": 1})  # ten audits are new
     client = MlflowClient(third["tracking_uri"])
     new_children = children_of(client, third)
     assert sorted(new_children) == sorted(COMPRESSED)
@@ -229,15 +245,14 @@ def test_two_fine_tunings_run_at_once_with_two_workers(runs):
 
 
 def test_a_rerun_of_a_recorded_run_is_answered_from_the_store(runs, monkeypatch):
-    """The cached-run check (no Prefect, no MLflow) finds the recorded result of the runs with
+    """The rerun check (no Prefect, no MLflow) finds the recorded result of the runs with
     the same params, and declines changed params, changed code, a deleted store entry and
     --refresh."""
-    import tasks.code
+    import tasks.infra.code
     from compalign.config import load_params
     from conftest import TINY
-    from flows.cached import cached_run, task_keys, tracking_identity
-    from flows.graph import REPORT_DIR
-    from tasks import tracking
+    from flows.rerun import REPORT_DIR, cached_run, task_keys, tracking_identity
+    from tasks.infra import tracking
 
     project, first, second, third = runs
     monkeypatch.chdir(project)
@@ -258,9 +273,9 @@ def test_a_rerun_of_a_recorded_run_is_answered_from_the_store(runs, monkeypatch)
     assert cached_run(load_params(TINY), REPORT_DIR) is None
     monkeypatch.delenv("COMPALIGN_REFRESH")
     # an edited loss changes the keys of its alignments and their audits
-    read_source = tasks.code.read_source
+    read_source = tasks.infra.code.read_source
     monkeypatch.setattr(
-        tasks.code,
+        tasks.infra.code,
         "read_source",
         lambda name: read_source(name) + (b"\n# edited" if name.endswith("losses/kd.py") else b""),
     )

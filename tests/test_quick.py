@@ -1,5 +1,6 @@
-"""flows/quick.py: what a remembered answer depends on, checked without running a pipeline
-(the command itself is exercised in test_cli.py::test_same_seed_same_numbers_in_a_fresh_project)."""
+"""flows/rerun.py's quick path: what a remembered answer depends on, checked without running a
+pipeline (the command itself is exercised in
+test_cli.py::test_same_seed_same_numbers_in_a_fresh_project)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from flows import quick
+from flows import rerun as quick
 
 
 @pytest.mark.parametrize(
@@ -80,7 +81,7 @@ def test_files_and_folders_the_params_name_are_witnessed(tmp_path):
 
 
 def test_the_console_width_of_logs_is_the_summary_tables():
-    """flows/quick.py keys a remembered summary by the width print_summary gives a non-terminal
+    """flows/rerun.py keys a remembered summary by the width print_summary gives a non-terminal
     (its own copy of the constant: compalign.report.tables imports pandas and torch)."""
     from compalign.report.tables import TERMINAL_WIDTH
 

@@ -11,10 +11,10 @@ from compalign.config import Params
 from compalign.errors import UserError
 from compalign.preprocess import TransformParams
 from compalign.train import predict_logits
-from tasks.code import stage_files
 from tasks.compress import compress
 from tasks.data import prepare
-from tasks.store import stage_key
+from tasks.infra.code import stage_files
+from tasks.infra.store import stage_key
 from tasks.train import train_reference
 
 

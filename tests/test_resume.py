@@ -332,7 +332,7 @@ def test_killed_reference_stage_resumes_to_the_uninterrupted_result(tmp_path, mo
 def test_run_resume_every_reaches_the_stages(tmp_path, monkeypatch, every, saved):
     """`run.resume_every` (COMPALIGN_RESUME_EVERY, set by the CLI) decides whether a stage's
     training saves resume points; 0 turns them off."""
-    from tasks.store import training_runtime
+    from tasks.infra.store import training_runtime
 
     monkeypatch.setenv("COMPALIGN_RESUME_EVERY", every)
     with training_runtime(tmp_path / "points"):

@@ -244,9 +244,8 @@ def test_trainings_wait_for_a_gpu_slot_while_other_tasks_go_on(tiny_params):
         in_flight["all"] -= 1
         in_flight["limited"] -= stage_of[id(future)] in ("reference", "align")
 
-    tasks = {
-        stage: FakeTask(stage) for stage in ("prepare", "reference", "compress", "align", "audit")
-    }
+    stages = ("prepare", "reference", "compress", "align", "audit", "predictions")
+    tasks = {stage: FakeTask(stage) for stage in stages}
     result: dict = {}
     flow = threading.Thread(
         target=lambda: result.update(

@@ -1,5 +1,6 @@
-"""flows/stages.py: the DVC stages are the pipeline's five stages; each writes its fixed output
-paths from the same store the flow uses (the audit stage runs in test_dvc.py)."""
+"""flows/stages.py: the DVC stages are the table's stages with a DVC output; each runs the run
+graph's steps of its stage into its fixed output paths, from the same store the flow uses (the
+audit and predictions stages run in test_dvc.py)."""
 
 from __future__ import annotations
 
@@ -12,14 +13,10 @@ import yaml
 import tasks.compress
 from compalign.data import read_manifest
 from conftest import ROOT, TINY
-from flows.stages import (
-    ALIGNED_DIR,
-    COMPRESSED_DIR,
-    DATA_DIR,
-    REFERENCE_DIR,
-    STAGES,
-)
-from tasks.store import PIPELINE_STAGES, artifact_of, entry_dir, is_complete, stage_key
+from flows.stages import run_stage
+from tasks import dvc_stages
+from tasks.infra.paths import ALIGNED_DIR, COMPRESSED_DIR, DATA_DIR, REFERENCE_DIR
+from tasks.infra.store import artifact_of, entry_dir, is_complete, stage_key
 from tiny_stages import must_not_run
 
 OVERRIDES = [
@@ -33,10 +30,9 @@ OVERRIDES = [
 ]
 
 
-def test_stages_are_the_five_dvc_stages_in_order():
+def test_stages_are_the_dvc_stages_in_order():
     dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    assert list(STAGES) == PIPELINE_STAGES == list(dvc)
-    assert all(callable(stage) for stage in STAGES.values())
+    assert dvc_stages() == list(dvc)
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +48,7 @@ def staged(tmp_path_factory):
         for folder in (COMPRESSED_DIR, ALIGNED_DIR):
             (folder / "stale-model").mkdir(parents=True)
         for name in ("prepare", "reference", "compress", "align"):
-            STAGES[name](params)
+            run_stage(name, params)
         yield params
 
 
@@ -88,5 +84,5 @@ def test_align_writes_one_folder_per_fine_tuned_model(staged):
 def test_a_stage_rerun_copies_finished_entries_instead_of_recomputing(staged, monkeypatch):
     before = {name: artifact_of(COMPRESSED_DIR / name) for name in names(COMPRESSED_DIR)}
     monkeypatch.setattr(tasks.compress, "load_checkpoint", must_not_run)
-    STAGES["compress"](staged)
+    run_stage("compress", staged)
     assert {name: artifact_of(COMPRESSED_DIR / name) for name in names(COMPRESSED_DIR)} == before

@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from compalign.config import DataParams
-from tasks import store
 from tasks.data import prepare
+from tasks.infra import store
 
 
 def manifest_builder(calls):
@@ -109,7 +109,7 @@ def test_prepare_key_covers_the_images_on_disk(project):
 def test_tune_budget_enters_the_align_key_only_when_tuning():
     """Prefect hands the cache key every argument (tune_budget with tune off too); the task
     hands materialize tune_budget only when tuning: both give the same key."""
-    from tasks.store import stage_key
+    from tasks.infra.store import stage_key
 
     parameters = {"method": "magnitude_global", "level": 0.9, "loss": "kd", "tune": False}
     assert stage_key("align", {**parameters, "tune_budget": 6}) == stage_key("align", parameters)

@@ -13,7 +13,7 @@ from compalign.checkpoint import load_checkpoint, read_checkpoint_manifest
 from compalign.models import build_model
 from compalign.pruning import weight_sparsity
 from tasks.compress import calibration_data, compress
-from tasks.store import is_complete
+from tasks.infra.store import is_complete
 from tiny_stages import must_not_run, stage_store
 
 CALIBRATION = {"batches": 2, "batch_size": 8}

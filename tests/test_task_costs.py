@@ -12,10 +12,10 @@ import pytest
 import tasks.costs
 from compalign.config import Params
 from compalign.costs import COST_METRICS
-from tasks import tracking
 from tasks.compress import compress
 from tasks.costs import COSTS_FILE, LATENCY_SETTINGS, latency_settings, measure_costs
-from tasks.store import is_complete
+from tasks.infra import tracking
+from tasks.infra.store import is_complete
 from tiny_stages import must_not_run, stage_store
 
 QUICK = {"latency_warmup": 0, "latency_repeats": 1, "latency_batch_sizes": [1]}

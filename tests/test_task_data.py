@@ -12,7 +12,7 @@ from pydantic import ValidationError
 import tasks.data
 from compalign.files import sha256_file
 from tasks.data import prepare
-from tasks.store import is_complete
+from tasks.infra.store import is_complete
 from tiny_stages import TINY_DATA, must_not_run
 
 

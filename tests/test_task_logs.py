@@ -1,4 +1,4 @@
-"""tasks/logs.py: stages log to Prefect's run logger inside a task run, plain logging outside,
+"""tasks/infra/logs.py: stages log to Prefect's run logger inside a task run, plain logging outside,
 one line per epoch."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import logging
 
 from prefect import flow, task
 
-from tasks.logs import epoch_logger, stage_logger
+from tasks.infra.logs import epoch_logger, stage_logger
 
 
 def test_outside_a_task_run_stages_log_to_the_compalign_logger():

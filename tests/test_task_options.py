@@ -1,11 +1,12 @@
-"""tasks/options.py: every stage task caches on its store key and persists its result as JSON."""
+"""tasks/infra/stage.py: every stage task caches on its store key and persists its result as
+JSON; its task runs are named as its module declares."""
 
 from __future__ import annotations
 
 from prefect import task
 
-from tasks.options import task_options
-from tasks.store import stage_key
+from tasks.infra.stage import task_options
+from tasks.infra.store import stage_key
 
 PARAMETERS = {"data": {"path": "artifacts/prepare/x", "digest": "d1"}, "device": "cpu"}
 
@@ -41,12 +42,12 @@ def test_prefect_accepts_the_options(project):
 def test_task_runs_are_named_after_what_they_do():
     from prefect._internal.engine import resolve_custom_task_run_name
 
-    from tasks.align import align_task
-    from tasks.audit import audit_task
-    from tasks.compress import compress_task
-    from tasks.costs import costs_task
-    from tasks.data import prepare_task
-    from tasks.train import train_population_task, train_reference_task
+    from tasks import stage
+
+    prepare_task, train_reference_task = stage("prepare").task, stage("reference").task
+    train_population_task = stage("reference").variant_task("population")
+    compress_task, align_task = stage("compress").task, stage("align").task
+    audit_task, costs_task = stage("audit").task, stage("costs").task
 
     cases = [
         (prepare_task, {"data": {"source": "digits"}}, "prepare digits"),
@@ -86,6 +87,7 @@ def test_task_runs_are_named_after_what_they_do():
             "audit magnitude_global-0.9-kd",
         ),
         (costs_task, {"name": "reference"}, "costs reference"),
+        (stage("predictions").task, {"audits": {"a": {}, "b": {}}}, "predictions of 2 models"),
     ]
     for stage_task, parameters, expected in cases:
         assert resolve_custom_task_run_name(stage_task, parameters) == expected

@@ -1,8 +1,8 @@
-"""tasks/populations.py: the names under which a population's results are logged."""
+"""tasks/reports/populations.py: the names under which a population's results are logged."""
 
 from __future__ import annotations
 
-from tasks.populations import _slug
+from tasks.reports.populations import _slug
 
 
 def test_slug_names_level_and_loss():

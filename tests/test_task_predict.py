@@ -11,8 +11,8 @@ import tasks.predict
 from compalign.checkpoint import load_checkpoint
 from compalign.data import load_split, read_manifest
 from compalign.train import predict_logits
+from tasks.infra.store import is_complete
 from tasks.predict import PREDICTIONS_FILE, load_predictions, predict
-from tasks.store import is_complete
 from tiny_stages import must_not_run, stage_store
 
 

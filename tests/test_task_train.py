@@ -13,7 +13,7 @@ from compalign.checkpoint import load_checkpoint, read_checkpoint_manifest
 from compalign.config import AlignParams, ReferenceParams
 from compalign.data import read_manifest
 from compalign.train import TrainConfig
-from tasks.store import is_complete
+from tasks.infra.store import is_complete
 from tasks.train import architecture_of, member_parameters, train_config, train_reference
 from tiny_stages import must_not_run, reference_settings, stage_store
 

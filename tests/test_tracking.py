@@ -1,4 +1,4 @@
-"""tasks/tracking.py: the experiment and its store, parent runs and their end states, orphaned
+"""tasks/infra/tracking.py: the experiment and its store, parent runs and their end states, orphaned
 runs, children logged once per key, metric names and values, the code version."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import mlflow
 import pandas as pd
 import pytest
 
-from tasks import tracking
+from tasks.infra import tracking
 
 SHA = "0123456789abcdef" * 4
 

@@ -933,3 +933,12 @@ def hooker_pie_figure(
     right.set_xlabel("sparsity")
     right.set_ylabel("mean top-1 of the population")
     return figure
+
+
+def draw_comparison_figures(comparison: Any, directory: str | Path) -> list[Path]:
+    """Draw the figures of every model of a compalign.compare.Comparison into
+    `directory`/models/<name>/, beside the files Comparison.write put there."""
+    written: list[Path] = []
+    for name, outputs in comparison.outputs.items():
+        written += draw_figures(outputs, Path(directory) / "models" / name)
+    return written

@@ -684,3 +684,33 @@ def compare_report(
     page.subheading("Model files")
     page.table(summary[[column for column in FILE_COLUMNS if column in summary]])
     return page.write(path)
+
+
+def comparison_page(comparison: Any, path: str | Path, title: str | None = None) -> Path:
+    """Write the self-contained HTML page of a compalign.compare.Comparison (what
+    compalign.audit_models returns) to `path`: compare_report with its attribution figures
+    drawn and its preprocessing noted. Returns `path`."""
+    import tempfile
+
+    from compalign.audit.metrics.attribution import FIGURE_FILE
+    from compalign.report.figures import draw_figures
+
+    pngs = {}
+    for name, outputs in comparison.outputs.items():
+        if FIGURE_FILE in outputs:
+            with tempfile.TemporaryDirectory() as scratch:
+                draw_figures({FIGURE_FILE: outputs[FIGURE_FILE]}, scratch)
+                pngs[name] = (Path(scratch) / FIGURE_FILE).read_bytes()
+    notes = [f"Preprocessing of every model: {comparison.transform}.", *comparison.notes]
+    return compare_report(
+        comparison.summary,
+        comparison.metrics,
+        comparison.class_names,
+        path,
+        title or "What the candidates changed against the reference",
+        notes=notes,
+        attribution_pngs=pngs,
+        layers=comparison.layers,
+        layer_notes=comparison.layer_notes,
+        verdicts=comparison.verdicts,
+    )

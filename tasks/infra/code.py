@@ -1,13 +1,14 @@
 """Which source files a stage's result depends on: the code half of every cache key.
 
-A stage's code is the import closure of its task module and of the registry entries the call
-uses (its loss, its compressor, its data source, ...), read from the source with `ast` (imports
-inside functions count; `if TYPE_CHECKING:` blocks do not). Two kinds of module are left out:
+A stage's code is the import closure of its module (tasks/__init__.py's table) and of the
+registry entries the call uses (its loss, its compressor, its data source, ...), read from the
+source with `ast` (imports inside functions count; `if TYPE_CHECKING:` blocks do not). Two kinds
+of module are left out:
 
 - registry tables (`REGISTRIES`: the `__init__` of compalign.losses, compalign.compressors, ...):
   a stage reaches an entry only through the names in its params, so the entries it uses are
-  added by name (`code_entries`) and the others never enter its key. Adding
-  or editing a loss therefore leaves `prepare` and `reference` cached.
+  added by name (the stage's declared `code`, from its parameters) and the others never enter
+  its key. Adding or editing a loss therefore leaves `prepare` and `reference` cached.
 - code that cannot change a result (`NOT_RESULTS`: params validation, error types, the store and
   logging of the task layer, presentation).
 
@@ -27,7 +28,7 @@ from typing import Any
 
 # The checkout this module belongs to. Not from compalign.__file__: loading an MLflow model logged
 # with `code_paths` re-imports compalign from the model's temporary copy of it.
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("compalign", "tasks")
 
 # Packages whose __init__ is a name -> entry table; their entries are reached by name only.
@@ -47,23 +48,16 @@ NOT_RESULTS = (
     "compalign.errors",
     "compalign.options",
     "compalign.report",
-    "tasks",
-    "tasks.code",
-    "tasks.logs",
-    "tasks.options",
-    "tasks.store",
+    "tasks",  # the table of stages
+    "tasks.infra",  # the package __init__ (tracking, below it, is in the keys of its users)
+    "tasks.infra.code",
+    "tasks.infra.logs",
+    "tasks.infra.paths",
+    "tasks.infra.stage",
+    "tasks.infra.store",
 )
-# The task module of each stage: its own file is the root of the stage's closure.
-STAGE_MODULES = {
-    "prepare": "tasks.data",
-    "reference": "tasks.train",
-    "compress": "tasks.compress",
-    "align": "tasks.align",
-    "audit": "tasks.audit",
-    "costs": "tasks.costs",
-    "predict": "tasks.predict",
-    "pruned": "tasks.pruned",
-}
+# the package __init__s of NOT_RESULTS: left out themselves, not what is below them
+PACKAGE_INITS = ("compalign", "tasks", "tasks.infra")
 
 
 def module_file(name: str) -> Path | None:
@@ -79,7 +73,7 @@ def module_file(name: str) -> Path | None:
 
 def _excluded(name: str) -> bool:
     return name in REGISTRIES or any(
-        name == skip or (skip != "compalign" and skip != "tasks" and name.startswith(skip + "."))
+        name == skip or (skip not in PACKAGE_INITS and name.startswith(skip + "."))
         for skip in NOT_RESULTS
     )
 
@@ -145,62 +139,30 @@ def entry_module(entry: Any) -> str:
     raise TypeError(f"{entry!r} is not a registry entry")
 
 
-def _named(registry: Mapping[str, Any], *names: Any) -> list[Any]:
-    return [registry[name] for name in names if isinstance(name, str) and name in registry]
-
-
-def code_entries(stage: str, parameters: Mapping[str, Any] | None) -> list[Any]:
-    """The registry entries a stage call uses, read from its store parameters (None: every
-    entry the stage could use). Read here, not from the task modules, so that computing a key
-    imports no orchestration."""
-    from compalign.audit.metrics import METRICS
+def compression_entries(parameters: Mapping[str, Any] | None) -> list[Any]:
+    """The compressor and the loss (Taylor importance, fine-tuning, training a pruned member) a
+    call of compress, align or pruned uses, by the names in its parameters (None: every
+    compressor and loss). Here, not in a stage module, so that no stage imports another's."""
     from compalign.compressors import COMPRESSORS
-    from compalign.data.sources import SOURCES
     from compalign.losses import LOSSES
-    from compalign.model_sources import MODEL_SOURCES
 
-    every = parameters is None
-    parameters = parameters or {}
-    if stage == "prepare":  # the data source
-        data = parameters.get("data") or {}
-        return list(SOURCES.values()) if every else _named(SOURCES, data.get("source"))
-    if stage == "reference":  # trained with plain cross-entropy, or read by a model source
-        reference = parameters.get("reference") or {}
-        if every:
-            return [LOSSES["ce"], *MODEL_SOURCES.values()]
-        if reference.get("source") == "file":
-            return _named(MODEL_SOURCES, _spec_source(reference.get("path")))
-        return [LOSSES["ce"]]
-    # the compressor, and the loss (Taylor importance, align, training a pruned member)
-    if stage in ("compress", "align", "pruned"):
-        if every:
-            return [*COMPRESSORS.values(), *LOSSES.values()]
-        return _named(COMPRESSORS, parameters.get("method")) + _named(
-            LOSSES, parameters.get("loss")
-        )
-    if stage == "audit":  # every metric, and the compressor that rebuilds the checkpoint
-        if every:
-            return [*METRICS.values(), *COMPRESSORS.values()]
-        labels = parameters.get("labels") or {}
-        return [*METRICS.values(), *_named(COMPRESSORS, labels.get("compressor"))]
-    return []
-
-
-def _spec_source(spec: Any) -> str | None:
-    """The model source a reference.path spec names (None when it names none)."""
-    from compalign.errors import UserError
-    from compalign.model_sources import parse_spec
-
-    try:
-        return parse_spec(str(spec))[0]
-    except UserError:
-        return None
+    if parameters is None:
+        return [*COMPRESSORS.values(), *LOSSES.values()]
+    method, loss = parameters.get("method"), parameters.get("loss")
+    return [
+        registry[name]
+        for registry, name in ((COMPRESSORS, method), (LOSSES, loss))
+        if isinstance(name, str) and name in registry
+    ]
 
 
 def stage_files(stage: str, parameters: Mapping[str, Any] | None = None) -> list[str]:
     """The files a stage call's result depends on; parameters=None: every entry it could use."""
-    entries = code_entries(stage, parameters)
-    roots = (STAGE_MODULES[stage], *sorted({entry_module(entry) for entry in entries}))
+    from tasks import STAGES
+    from tasks import stage as declared
+
+    entries = declared(stage).code(parameters)
+    roots = (STAGES[stage], *sorted({entry_module(entry) for entry in entries}))
     return [relative(name) for name in closure(roots)]
 
 
@@ -219,12 +181,16 @@ def read_source(name: str) -> bytes:
 
 
 def dvc_code(stage: str) -> list[str]:
-    """The code deps of a DVC stage: every file the stage could depend on (DVC's audit stage
-    also measures costs). Where a stage may use every entry of a registry, the registry's folder
-    stands for them, so adding an entry needs no change to dvc.yaml."""
+    """The code deps of a DVC stage: every file the stage could depend on, and those of the
+    stages that run within it (DVC's audit stage also measures costs). Where a stage may use
+    every entry of a registry, the registry's folder stands for them, so adding an entry needs
+    no change to dvc.yaml."""
+    from tasks import stages
+
     files = set(stage_files(stage))
-    if stage == "audit":
-        files |= set(stage_files("costs"))
+    for name, declared in stages().items():
+        if declared.dvc_stage == stage:
+            files |= set(stage_files(name))
     for package in sorted(REGISTRIES):
         folder = ROOT.joinpath(*package.split("."))
         entries = {
@@ -242,40 +208,36 @@ def is_code(dep: str) -> bool:
     return dep.split("/")[0] in PACKAGES
 
 
-def dvc_loss_params() -> list[str]:
-    """The `align` keys DVC's compress stage reads: a loss's options rank channels for Taylor
-    importance (every loss with options)."""
-    from compalign.losses import LOSSES
-    from compalign.options import has_options
-
-    return ["align.losses"] + [
-        f"align.{name}" for name, entry in LOSSES.items() if has_options(entry.options)
-    ]
-
-
 def update_dvc_yaml(path: str | Path = ROOT / "dvc.yaml") -> bool:
     """Rewrite, in dvc.yaml, the code deps (the `.py` lines of each stage's `deps:`) to
-    `dvc_code(stage)` and the compress stage's `align.*` params to `dvc_loss_params()`, keeping
-    everything else as written; True if the file changed."""
+    `dvc_code(stage)` and each stage's `params:` to the params its declaration names (a
+    comment after a param is kept), keeping everything else as written; True if the file
+    changed."""
+    from tasks import stage as declared
+
     path = Path(path)
     lines = path.read_text().splitlines(keepends=True)
     out: list[str] = []
     stage, block = None, None
+    comments: dict[str, str] = {}  # param -> its comment, of the params block being read
     for line in lines + ["  end:\n"]:
         stripped = line.strip()
         indent = len(line) - len(line.lstrip())
         if stripped.endswith(":") and not stripped.startswith("#") and indent in (2, 4):
             if block == "deps:":
                 out += [f"      - {name}\n" for name in dvc_code(stage)]
-            elif block == "params:" and stage == "compress":
-                out += [f"      - {key}\n" for key in dvc_loss_params()]
+            elif block == "params:":
+                out += [f"      - {key}{comments.get(key, '')}\n" for key in declared(stage).params]
+                comments = {}
             block = stripped if indent == 4 else None
             if indent == 2:
                 stage = stripped[:-1]
-        generated = (block == "deps:" and is_code(stripped.removeprefix("- "))) or (
-            block == "params:" and stage == "compress" and stripped.startswith("- align.")
-        )
-        if stripped.startswith("- ") and generated:
+        if block == "params:" and stripped.startswith("- "):
+            key, hash_, comment = stripped.removeprefix("- ").partition("#")
+            if hash_:
+                comments[key.strip()] = " " * (len(key) - len(key.rstrip())) + "#" + comment
+            continue
+        if block == "deps:" and stripped.startswith("- ") and is_code(stripped[2:]):
             continue
         out.append(line)
     out.pop()
@@ -285,5 +247,7 @@ def update_dvc_yaml(path: str | Path = ROOT / "dvc.yaml") -> bool:
     return changed
 
 
-if __name__ == "__main__":  # python -m tasks.code: bring dvc.yaml's code deps up to date
+if (
+    __name__ == "__main__"
+):  # python -m tasks.infra.code: bring dvc.yaml's code deps and params up to date
     print("dvc.yaml updated" if update_dvc_yaml() else "dvc.yaml already up to date")

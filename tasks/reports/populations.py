@@ -13,7 +13,7 @@ from compalign.data import load_split, read_manifest
 from compalign.populations import analyse_populations
 from compalign.report.figures import pie_gallery
 from compalign.report.tables import populations_markdown
-from tasks.tracking import Tracking, log_artifacts, log_metrics
+from tasks.infra.tracking import Tracking, log_artifacts, log_metrics
 
 
 def _slug(level: float | None, loss: str) -> str:

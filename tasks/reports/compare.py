@@ -1,5 +1,6 @@
 """Audit of models you bring (`compalign audit`): read the prepared test split, call the core
-comparison (compalign.compare), write reports/compare/ and log a child run per model.
+comparison (compalign.compare), write reports/compare/ (its files and page) and log a child run
+per model; `log_to_mlflow` logs a comparison made from Python (compalign.audit_models).
 
 Not cached in the store: the models are files outside it, read afresh each run (the prepared
 data still comes from the store).
@@ -7,6 +8,8 @@ data still comes from the store).
 
 from __future__ import annotations
 
+import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +20,9 @@ from prefect.cache_policies import NO_CACHE
 from compalign.compare import (
     REFERENCE,
     REFERENCE2,
+    REPORT_FILE,
+    Comparison,
     check_models,
-    child_params,
-    parent_record,
     run_comparison,
 )
 from compalign.config import AuditParams, DataParams
@@ -27,9 +30,11 @@ from compalign.data import load_split, read_manifest
 from compalign.errors import UserError
 from compalign.files import atomic_directory
 from compalign.localize import checkpoint_kind
-from tasks.logs import stage_logger, step_reporter
-from tasks.store import Artifact, require
-from tasks.tracking import (
+from compalign.report.figures import draw_comparison_figures
+from compalign.report.html import comparison_page
+from tasks.infra.logs import stage_logger, step_reporter
+from tasks.infra.store import Artifact, require
+from tasks.infra.tracking import (
     Tracking,
     log_artifacts,
     log_child_once,
@@ -90,10 +95,12 @@ def audit_brought_models(
         if any(
             checkpoint_kind(model.loaded) == "quantize_static" for model in prepared.models.values()
         ):
-            from tasks.compress import calibration_data
+            from compalign.calibration import calibration_sample
 
             # the pipeline's seeded sample of training batches: what its int8 models saw
-            calibration = calibration_data(data, data_dir, localize, None, None).batches
+            train = load_split(data_dir, "train", manifest)
+            sample = calibration_sample(train, localize["batches"], localize["batch_size"])
+            calibration = sample.batches
         for name, frame in comparison.localize(prepared, calibration).items():
             top = frame.iloc[0] if len(frame) else None
             logger.info(
@@ -114,10 +121,10 @@ def audit_brought_models(
     title = audit_title(dataset or manifest["source"], reference)
     # the folder is replaced whole: never half-written, never another audit's models beside
     with atomic_directory(report_dir) as scratch:
-        written = {
-            key: Path(report_dir) / path.relative_to(scratch)
-            for key, path in comparison.write(scratch, title).items()
-        }
+        files = comparison.write(scratch)
+        draw_comparison_figures(comparison, scratch)
+        files["report"] = comparison_page(comparison, scratch / REPORT_FILE, title)
+        written = {key: Path(report_dir) / path.relative_to(scratch) for key, path in files.items()}
     metrics = {name: comparison.gate_metrics(name) for name in comparison.metrics}
     for row in comparison.summary.to_dict(orient="records"):
         name = row["name"]
@@ -185,3 +192,105 @@ audit_brought_models_task = task(
     cache_policy=NO_CACHE,
     persist_result=False,
 )
+
+
+def log_to_mlflow(comparison: Comparison, experiment: str = "compalign") -> str:
+    """Log a comparison (what compalign.audit_models returns) to MLflow, its current tracking
+    URI: a parent run with the summary, the predictions and the page, each model's headline
+    numbers and the gate's verdicts (`parent_record`), a nested child per model with its
+    metrics. Returns the parent's run id."""
+    import tempfile
+
+    import mlflow
+
+    mlflow.set_experiment(experiment)
+    metrics, tags, description = parent_record(comparison, "audit-models")
+    with mlflow.start_run(run_name="audit-models", description=description) as parent:
+        mlflow.set_tags({"role": "audit", "transform": comparison.transform, **tags})
+        mlflow.log_metrics(metrics)
+        with tempfile.TemporaryDirectory() as scratch:
+            comparison.write(scratch)
+            draw_comparison_figures(comparison, scratch)
+            comparison_page(comparison, Path(scratch) / REPORT_FILE)
+            mlflow.log_artifacts(scratch)
+        for name in comparison.metrics:
+            row = comparison.summary.set_index("name").loc[name]
+            with mlflow.start_run(run_name=name, nested=True):
+                mlflow.set_tags({"role": str(row["role"]), "source": str(row["source"])})
+                mlflow.log_params(child_params(row))
+                finite = {
+                    _mlflow_name(key): float(value)
+                    for key, value in comparison.gate_metrics(name).items()
+                    if math.isfinite(value)
+                }
+                mlflow.log_metrics(finite)
+        return parent.info.run_id
+
+
+# the numbers of each model an audit's parent run repeats as `<model>/<column>`
+PARENT_COLUMNS = (
+    "accuracy",
+    "accuracy_change",
+    "mismatches",
+    "mismatches_ci_high",
+    "mismatches_ref_correct",
+    "mismatches_ref_correct_ci_high",
+    "worst_class_recall_change",
+    "attribution_agreement",
+    "ece",
+    "ece_change",
+    "size_bytes_ratio",
+    "latency_ms_b64_ratio",
+)
+
+
+def child_params(row: pd.Series) -> dict[str, str]:
+    """What a model's child run records as parameters (MLflow's Compare lists them): its
+    spec, format and file digest."""
+    return {key: str(row[key]) for key in ("spec", "source", "sha256") if key in row}
+
+
+def parent_record(
+    comparison: Comparison, title: str
+) -> tuple[dict[str, float], dict[str, str], str]:
+    """What an audit's MLflow parent run shows: metrics (each model's headline numbers as
+    `<model>/<column>`; per candidate and rule `gate/<candidate>/<metric>`, the value the rule
+    read, and `gate/<candidate>/passed`, 1 or 0; `gate/passed`), tags (`gate`: passed, failed or
+    no rules; `gate.rules`; `gate.<candidate>`: passed, or the rules it failed) and the
+    description (the headline and the gate, Markdown)."""
+    from compalign.gate import gate_status
+    from compalign.report.headline import audit_headline
+
+    metrics: dict[str, float] = {}
+    for row in comparison.summary.to_dict(orient="records"):
+        for column in PARENT_COLUMNS:
+            value = row.get(column)
+            if isinstance(value, int | float) and math.isfinite(value):
+                metrics[_mlflow_name(f"{row['name']}/{column}")] = float(value)
+    verdicts = comparison.verdicts
+    tags = {"gate": gate_status(verdicts)}
+    if verdicts:
+        tags["gate.rules"] = "; ".join(dict.fromkeys(str(v.rule) for v in verdicts))
+        metrics["gate/passed"] = float(tags["gate"] == "passed")
+        for name in comparison.candidates:
+            mine = [v for v in verdicts if v.candidate == name]
+            failed = [v for v in mine if not v.passed]
+            metrics[_mlflow_name(f"gate/{name}/passed")] = float(not failed)
+            for verdict in mine:
+                if math.isfinite(verdict.value):
+                    metrics[_mlflow_name(f"gate/{name}/{verdict.rule.metric}")] = verdict.value
+            tags[_mlflow_name(f"gate.{name}")] = (
+                "failed: "
+                + "; ".join(
+                    f"{v.rule.metric} = {v.shown}, bound {v.rule.operator} {v.rule.bound:g}"
+                    for v in failed
+                )
+                if failed
+                else "passed"
+            )
+    return metrics, tags, audit_headline(comparison.summary, title, verdicts)
+
+
+def _mlflow_name(name: str) -> str:
+    """A metric or tag name MLflow accepts (other characters become `_`)."""
+    return re.sub(r"[^\w\-./ ]", "_", name)

@@ -13,7 +13,7 @@ import pandas as pd
 from compalign.report.figures import compressed_rows, level_figure, loss_colors
 from compalign.report.headline import fewest_mismatches_per_loss, headline_markdown
 from compalign.report.tables import headline_columns, summary_frame, summary_markdown
-from tasks.tracking import (
+from tasks.infra.tracking import (
     Tracking,
     log_artifacts,
     log_figure,

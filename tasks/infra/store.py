@@ -1,9 +1,9 @@
 """The content-addressed artifact store and the cache keys of the pipeline's stages.
 
 Every stage output lives in `artifacts/<stage>/<key>/`, where the key hashes what the output
-depends on: the code the call really uses (tasks.code), its own params, and the content digests
-of its inputs -- never paths, tensors or modules. The same key serves Prefect (as the task's `cache_key_fn`) and the DVC
-stage commands (which copy a finished store entry instead of recomputing it). A store entry
+depends on: the code the call really uses (tasks.infra.code), its own params, and the content
+digests of its inputs -- never paths, tensors or modules. The same key serves Prefect (as the
+task's `cache_key_fn`) and the DVC stage commands (which copy a finished store entry instead of recomputing it). A store entry
 appears atomically, so a killed run leaves nothing half-written, and a rerun reuses every entry
 that was finished.
 """
@@ -23,16 +23,13 @@ from typing import Any, TypedDict
 import compalign
 from compalign.errors import UserError
 from compalign.files import atomic_directory, sha256_file
-from tasks.code import code_digest
-from tasks.logs import computing
+from tasks.infra.code import code_digest
+from tasks.infra.logs import computing
+from tasks.infra.paths import ARTIFACTS_DIR, PREFECT_RESULTS_DIR
 
-ARTIFACTS_DIR = Path("artifacts")
-# Prefect's result records live beside the entries they point to: deleting artifacts/ drops both.
-PREFECT_RESULTS_DIR = ARTIFACTS_DIR / ".prefect-results"
 MANIFEST = "manifest.json"
 
 PACKAGE_DIR = Path(compalign.__file__).resolve().parent
-PIPELINE_STAGES = ["prepare", "reference", "compress", "align", "audit"]  # the DVC stages
 
 # Parameters that say where or under which parent to put a result, not what the result is.
 NOT_IN_KEY = frozenset({"out_dir", "parent_run_id"})
@@ -43,37 +40,6 @@ ONLY_WHEN: dict[str, Callable[[Mapping[str, Any]], bool]] = {
     "tune_budget": lambda parameters: bool(parameters.get("tune") and parameters["tune_budget"]),
     # an audit on the validation split (compalign search's probes); the test split is the default
     "split": lambda parameters: parameters.get("split", "test") != "test",
-}
-
-
-def _data_files(parameters: Mapping[str, Any]) -> dict[str, Any]:
-    """The fingerprint of the files under data.root that the `data` params section names (none
-    for a call without one, as the store's own tests make)."""
-    if "data" not in parameters:
-        return {}
-    from compalign.config import DataParams
-    from compalign.data import fingerprint
-
-    return {"files": fingerprint(DataParams.model_validate(parameters["data"]))}
-
-
-# What a stage's key covers beyond its parameters, derived from them: prepare reads files its
-# params only name, so adding or changing an image must change its key. Derived inside stage_key
-# so that every key of one call agrees: Prefect's cache_key_fn, materialize's, and the CLI's.
-def _reference_file(parameters: Mapping[str, Any]) -> dict[str, Any]:
-    """reference.source=file: the content digest of the model file (a path names no content)."""
-    reference = parameters.get("reference") or {}
-    if reference.get("source") != "file":
-        return {}
-    from compalign.model_sources import spec_files
-
-    files = spec_files(str(reference.get("path")))
-    return {"reference_file": [sha256_file(path) if path.is_file() else None for path in files]}
-
-
-KEY_CONTENT: dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
-    "prepare": _data_files,
-    "reference": _reference_file,
 }
 
 
@@ -97,11 +63,15 @@ def _keyable(value: Any) -> Any:
 
 
 def stage_key(stage: str, parameters: Mapping[str, Any]) -> str:
-    """The cache key of one stage call: its code, its params and its inputs' digests."""
+    """The cache key of one stage call: its code, the parameters its declaration says the key
+    covers (tasks.infra.stage.Stage.key: with the digests of files the parameters only name)
+    and its inputs' digests. Derived here so that every key of one call agrees: Prefect's
+    cache_key_fn, materialize's, and the CLI's."""
     import torch
 
-    if stage in KEY_CONTENT:
-        parameters = {**parameters, **KEY_CONTENT[stage](parameters)}
+    from tasks import stage as declared
+
+    parameters = declared(stage).key(parameters)
     content = {
         "stage": stage,
         "code": code_digest(stage, parameters),
@@ -213,7 +183,7 @@ def require(artifact: Mapping[str, Any], what: str) -> Path:
     return directory
 
 
-# The serializer every task of the project persists its results with (tasks/options.py):
+# The serializer every task of the project persists its results with (tasks/infra/stage.py):
 # Prefect's JSON serializer with its defaults. A record naming anything else is never read.
 JSON_SERIALIZER = {
     "type": "json",

@@ -13,7 +13,7 @@ import pandas as pd
 
 from compalign.files import atomic_directory
 from compalign.report.search import probes_table, search_figure, search_report
-from tasks.tracking import (
+from tasks.infra.tracking import (
     Tracking,
     log_artifacts,
     log_figure,

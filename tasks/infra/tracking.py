@@ -33,7 +33,7 @@ from torch import nn
 import compalign
 from compalign.files import pid_alive
 from compalign.pruning import folded_copy
-from tasks.store import PACKAGE_DIR, refresh_requested
+from tasks.infra.store import PACKAGE_DIR, refresh_requested
 
 DEFAULT_STORE = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
