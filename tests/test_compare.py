@@ -144,12 +144,12 @@ def test_progress_is_a_step_per_model_and_metric_then_costs():
 
 
 def test_writes_tables_and_a_page(comparison, tmp_path):
-    from compalign.report.html import comparison_page
+    from compalign.report.html import write_comparison
 
-    written = comparison.write(tmp_path / "compare")
+    written = write_comparison(comparison, tmp_path / "compare")
     assert pd.read_parquet(written["summary"]).shape[0] == 5
     assert pd.read_parquet(written["predictions"]).shape[0] == len(comparison.predictions)
-    page = comparison_page(comparison, tmp_path / "compare" / "report.html").read_text()
+    page = written["report"].read_text()
     assert "swapped" in page and "<script" not in page and "data:image/png;base64" in page
     assert (tmp_path / "compare" / "models" / "same" / "attribution_agreement.png").is_file()
 

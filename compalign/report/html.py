@@ -714,3 +714,19 @@ def comparison_page(comparison: Any, path: str | Path, title: str | None = None)
         layer_notes=comparison.layer_notes,
         verdicts=comparison.verdicts,
     )
+
+
+def write_comparison(
+    comparison: Any, directory: str | Path, title: str | None = None
+) -> dict[str, Path]:
+    """Write everything of a compalign.compare.Comparison under `directory`: its tables and
+    per-model files (Comparison.write), the figures its metrics left (the attribution
+    agreement PNG in models/<name>/) and the HTML page (report.html). Returns the written
+    paths by kind, the page's as "report"."""
+    from compalign.compare import REPORT_FILE
+    from compalign.report.figures import draw_comparison_figures
+
+    written = comparison.write(directory)
+    draw_comparison_figures(comparison, directory)
+    written["report"] = comparison_page(comparison, Path(directory) / REPORT_FILE, title)
+    return written

@@ -30,8 +30,7 @@ from compalign.data import load_split, read_manifest
 from compalign.errors import UserError
 from compalign.files import atomic_directory
 from compalign.localize import checkpoint_kind
-from compalign.report.figures import draw_comparison_figures
-from compalign.report.html import comparison_page
+from compalign.report.html import write_comparison
 from tasks.infra.logs import stage_logger, step_reporter
 from tasks.infra.store import Artifact, require
 from tasks.infra.tracking import (
@@ -121,9 +120,7 @@ def audit_brought_models(
     title = audit_title(dataset or manifest["source"], reference)
     # the folder is replaced whole: never half-written, never another audit's models beside
     with atomic_directory(report_dir) as scratch:
-        files = comparison.write(scratch)
-        draw_comparison_figures(comparison, scratch)
-        files["report"] = comparison_page(comparison, scratch / REPORT_FILE, title)
+        files = write_comparison(comparison, scratch, title)
         written = {key: Path(report_dir) / path.relative_to(scratch) for key, path in files.items()}
     metrics = {name: comparison.gate_metrics(name) for name in comparison.metrics}
     for row in comparison.summary.to_dict(orient="records"):
@@ -209,9 +206,7 @@ def log_to_mlflow(comparison: Comparison, experiment: str = "compalign") -> str:
         mlflow.set_tags({"role": "audit", "transform": comparison.transform, **tags})
         mlflow.log_metrics(metrics)
         with tempfile.TemporaryDirectory() as scratch:
-            comparison.write(scratch)
-            draw_comparison_figures(comparison, scratch)
-            comparison_page(comparison, Path(scratch) / REPORT_FILE)
+            write_comparison(comparison, scratch)
             mlflow.log_artifacts(scratch)
         for name in comparison.metrics:
             row = comparison.summary.set_index("name").loc[name]
