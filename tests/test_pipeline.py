@@ -164,8 +164,8 @@ def test_child_artifacts_agree_with_metrics_and_load_back(runs):
 def test_the_predictions_stage_holds_every_audited_models_predictions(runs):
     """tasks/predictions.py: one row per model and test example, the models in the summary's
     order; each model's mismatches and accuracy are its audit's."""
-    _, first, _, _ = runs
-    table = pd.read_parquet(Path(first["predictions"]) / "predictions.parquet")
+    project, first, _, _ = runs
+    table = pd.read_parquet(project / first["predictions"] / "predictions.parquet")
     names = [row["name"] for row in first["summary"]]
     assert list(dict.fromkeys(table["model"])) == names == ["reference", *COMPRESSED]
     for name, rows in table.groupby("model", sort=False):
