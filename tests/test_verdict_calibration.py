@@ -1,7 +1,8 @@
 """Every verdict rule, checked by simulation at the cpu profiles' sizes: on 1,000 draws with no
-effect it says "held" in at most 5% of them (its false-positive rate), and on 1,000 draws with
+effect it says "held" in at most 5% of them (its false-positive rate), and on 300 draws with
 the paper's effect (or, where the paper gives no figure, the effect its rule states) the test
-prints how often it does (its power). `pytest -s` shows the table."""
+prints how often it does (its power, to within about 3 points: the suite checks only that the
+reduction rules have teeth). `pytest -s` shows the table."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from compalign.verdicts import simulate
 from compalign.verdicts.rules import RULES
 
 DRAWS = 1000
+EFFECT_DRAWS = 300  # power is printed and checked loosely: its standard error <= 2.9 points
 PERMUTATIONS = 100  # per Hooker test in the simulation (reports use 1,000): p >= 1/101
 DESIGNS = {
     "joseph": simulate.JosephDesign(),
@@ -31,7 +33,7 @@ def table():
             paper, design, DRAWS, False, seed=11, permutations=PERMUTATIONS
         )
         effect = simulate.positive_rates(
-            paper, design, DRAWS, True, seed=12, permutations=PERMUTATIONS
+            paper, design, EFFECT_DRAWS, True, seed=12, permutations=PERMUTATIONS
         )
         for key in null:
             rows[key] = (null[key], effect[key])
