@@ -19,7 +19,7 @@ otherwise), on the data, model and training the params file and --set overrides 
   own reference), on the validation split (for choosing) and the TEST split (for reporting).
 
 Every cell is the mean over seeds of the mismatch count (compressed vs its own seed's
-reference) and of the mismatches where the reference is right, with the 95% interval over
+reference) and of the mismatches where the reference is right, with the 95% interval (clipped at 0) over
 training seeds and test examples (compalign.verdicts: SeedEvidence(*measures.count(...))), and
 the reduction factor against `ce` at the same level (ce's mismatches over the loss's, summed
 over seeds) with its Fieller interval (Ratio(...).interval()); intervals need >= 2 seeds.
@@ -279,6 +279,7 @@ def table(collected: Collected, seeds: list[int], split: str, order: list[str]) 
         for measure in ("mismatches", "mismatches_ref_right"):
             estimate = measured[measure].estimate()
             low, high = estimate.interval()
+            low = max(0.0, low)  # a count: its interval is clipped at 0, as the reports' are
             row |= {measure: estimate.point, f"{measure}_low": low, f"{measure}_high": high}
             if baseline is not None and label != BASELINE:
                 ratio = Ratio(baseline[measure], measured[measure])
