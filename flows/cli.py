@@ -35,6 +35,15 @@ ParamsOption = Annotated[
         "--params", "-p", metavar="FILE", help="params file (YAML, one section per stage)"
     ),
 ]
+OptionalParamsOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--params",
+        "-p",
+        metavar="FILE",
+        help="params file (default: params.yaml if there is one, else the defaults)",
+    ),
+]
 SetOption = Annotated[
     list[str] | None,
     typer.Option(
@@ -455,15 +464,7 @@ def audit_command(
             help="a candidate, e.g. int8=model_int8.onnx (repeatable)",
         ),
     ],
-    params_file: Annotated[
-        Path | None,
-        typer.Option(
-            "--params",
-            "-p",
-            metavar="FILE",
-            help="params file (default: params.yaml if there is one, else the defaults)",
-        ),
-    ] = None,
+    params_file: OptionalParamsOption = None,
     overrides: SetOption = None,
     fail_on: Annotated[
         list[str] | None,
@@ -739,15 +740,7 @@ def stage(
 
 @app.command("params", short_help="Print the params in use, every key with its description.")
 def show_params(
-    params_file: Annotated[
-        Path | None,
-        typer.Option(
-            "--params",
-            "-p",
-            metavar="FILE",
-            help="params file (default: params.yaml if there is one, else the defaults)",
-        ),
-    ] = None,
+    params_file: OptionalParamsOption = None,
     overrides: SetOption = None,
 ) -> None:
     """Validate the params and print them in full as a params file: defaults included, each
