@@ -145,3 +145,18 @@ def test_unaligned_models_close_to_the_others_share_their_panel():
     panels = _panels(rows, "accuracy", interval=False, baseline=(0.9, "reference"))
     assert list(panels) == ["magnitude", "quantizers"]
     assert panels["magnitude"][0] == {"none", "ce", "kd", "reference"}
+
+
+def test_the_pie_figure_draws_a_count_outside_its_interval():
+    """A population's PIE count can lie below its interval from resampling the members
+    (resampling adds disagreement): the figure draws it (errorbar refused negative errors)."""
+    from compalign.report.figures import hooker_pie_figure
+
+    pruning = pd.DataFrame(
+        {"level": [0.5, 0.9], "pie_count": [3, 10], "pie_low": [5.0, 8.0], "pie_high": [9.0, 14.0]}
+    )
+    figure = hooker_pie_figure(pruning, {"half": 2}, floor=(1, 2.0, 6.0))
+    [left, _] = figure.axes
+    assert [list(line.get_ydata()) for line in left.lines if line.get_label() == "pruning"] == [
+        [3, 10]
+    ]

@@ -880,6 +880,14 @@ def meyer_group_figure(table: pd.DataFrame, group: str) -> Figure:
     return figure
 
 
+def _interval_bars(axis: Any, x: Any, low: Any, high: Any, color: str) -> None:
+    """Vertical bars from `low` to `high` at `x`, with caps (an interval, drawn apart from its
+    point estimate)."""
+    axis.vlines(x, low, high, color=color, linewidth=1)
+    axis.plot(x, low, marker="_", color=color, linestyle="none", markersize=8)
+    axis.plot(x, high, marker="_", color=color, linestyle="none", markersize=8)
+
+
 def hooker_pie_figure(
     pruning: pd.DataFrame,
     quantization: dict[str, int],
@@ -891,24 +899,16 @@ def hooker_pie_figure(
     and top-1 of the dense and the pruned population on PIEs and on the rest."""
     figure = Figure(figsize=(10, 3.8))
     left, right = figure.add_subplot(1, 2, 1), figure.add_subplot(1, 2, 2)
+    # a count over a population's modal labels can lie outside its interval from resampling
+    # the members (resampling adds disagreement): the intervals are drawn as bars of their own,
+    # never as errors around the point (which would be negative)
     if "pie_low" in pruning:
-        errors = [pruning.pie_count - pruning.pie_low, pruning.pie_high - pruning.pie_count]
-        left.errorbar(
-            pruning.level, pruning.pie_count, yerr=errors, marker="o", capsize=3, label="pruning"
-        )
-    else:
-        left.plot(pruning.level, pruning.pie_count, marker="o", label="pruning")
+        _interval_bars(left, pruning.level, pruning.pie_low, pruning.pie_high, "C0")
+    left.plot(pruning.level, pruning.pie_count, marker="o", color="C0", label="pruning")
     if floor is not None:
         count, low, high = floor
-        left.errorbar(
-            [0.0],
-            [count],
-            yerr=[[count - low], [high - count]],
-            marker="s",
-            color="grey",
-            capsize=3,
-            label="second dense population",
-        )
+        _interval_bars(left, [0.0], [low], [high], "grey")
+        left.plot([0.0], [count], marker="s", color="grey", label="second dense population")
     for method, count in quantization.items():
         left.axhline(count, linestyle="--", linewidth=1, label=method)
     left.set_ylim(bottom=0)

@@ -736,7 +736,10 @@ def hooker(
         "",
         "## PIEs and impacted classes by sparsity, beside the noise floor",
         "",
-        "PIE counts with 95% intervals from resampling the members of both populations.",
+        "PIE counts with 95% intervals from resampling the members of both populations. A "
+        "resample repeats some members and leaves others out, which changes the modal labels, "
+        "so an interval can lie above its count (as where the populations agree closely); the "
+        "verdicts use the permutation tests above, not these intervals.",
         "",
         _markdown(report.tables["pies_by_sparsity"]),
         "",
