@@ -204,22 +204,23 @@ def _reference_line(row: pd.Series) -> str:
 # Populations
 
 
+# a population summary's numbers per level and loss: its table's columns, its MLflow metrics
+PIE_MEASURES = (
+    "pie_count",
+    "pie_fraction",
+    "pies_compressed_mode_correct",
+    "reference_top1_on_pies",
+    "reference_top1_on_rest",
+    "compressed_top1_on_pies",
+    "compressed_top1_on_rest",
+    "pies_shared_with_first_loss",
+    "impacted_classes",
+)
+
+
 def populations_markdown(summary: pd.DataFrame, impact: pd.DataFrame) -> str:
     """The PIE table and the impacted classes as Markdown."""
-    columns = [
-        "level",
-        "loss",
-        "pie_count",
-        "pie_fraction",
-        "pies_compressed_mode_correct",
-        "reference_top1_on_pies",
-        "reference_top1_on_rest",
-        "compressed_top1_on_pies",
-        "compressed_top1_on_rest",
-        "pies_shared_with_first_loss",
-        "impacted_classes",
-        "impacted_classes_raw",
-    ]
+    columns = ["level", "loss", *PIE_MEASURES, "impacted_classes_raw"]
     columns = [column for column in columns if column in summary]
     text = "PIEs per compression level and loss:\n\n" + summary[columns].to_markdown(
         index=False, floatfmt=".4f"

@@ -12,7 +12,7 @@ import numpy as np
 from compalign.data import load_split, read_manifest
 from compalign.populations import analyse_populations
 from compalign.report.figures import pie_gallery
-from compalign.report.tables import populations_markdown
+from compalign.report.tables import PIE_MEASURES, populations_markdown
 from tasks.infra.tracking import Tracking, log_artifacts, log_metrics
 
 
@@ -73,18 +73,7 @@ def publish(tracking: Tracking, parent_run_id: str, analysis: dict[str, Any]) ->
     metrics = {}
     for _, row in analysis["summary"].iterrows():
         prefix = f"{_slug(row['level'], row['loss']).replace('-', '/', 1)}/"
-        for name in (
-            "pie_count",
-            "pie_fraction",
-            "pies_compressed_mode_correct",
-            "reference_top1_on_pies",
-            "reference_top1_on_rest",
-            "compressed_top1_on_pies",
-            "compressed_top1_on_rest",
-            "compressed_top1",
-            "impacted_classes",
-            "pies_shared_with_first_loss",
-        ):
+        for name in (*PIE_MEASURES, "compressed_top1"):
             metrics[prefix + name] = row[name]
     if len(analysis["summary"]):
         metrics["reference_top1"] = analysis["summary"].reference_top1.iloc[0]
