@@ -59,7 +59,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
 
 import torch
-import torch_pruning as tp
 from pydantic import Field
 from torch import nn
 
@@ -428,6 +427,8 @@ def remove_masked(
     for name, keep in flags.items():
         filters[name].flags = keep.clone()
         filters[name].apply()
+    import torch_pruning as tp  # here, not at import: it imports torchvision and timm (seconds)
+
     dead = _dead_inputs(model, example)
     graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
     # every layer touched, with the union of its channels to remove (torch-pruning 1.6.1's

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
 
 from compalign.audit.base import AuditInputs, Column, Metric, number
 from compalign.audit.metrics.groups import GroupOptions, selected_groups
@@ -35,6 +34,8 @@ def probabilities(logits: torch.Tensor) -> np.ndarray:
 def class_aurocs(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """One-vs-rest AUROC of each class (NaN where the examples hold only that class or none,
     or where the model's scores are not finite: a diverged model has no ranking to judge)."""
+    from sklearn.metrics import roc_auc_score  # here, not at import: a second a run may not need
+
     result = np.full(scores.shape[1], NAN)
     for index in range(scores.shape[1]):
         positive = labels == index
