@@ -102,6 +102,41 @@ def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 600):
     )
 
 
+@pytest.fixture
+def cli_here(monkeypatch, capsys):
+    """`run_cli` in this process, for the commands a user's mistake stops before any work: the
+    same entry point, working directory, arguments and environment (cli_env's), and a
+    CompletedProcess of its exit code, stdout and stderr. A new process would import torch
+    again only to refuse (4-5 s of CPU each); the suite keeps a few refusals of the installed
+    command in a process of its own (tests/test_cli.py's IN_A_PROCESS)."""
+
+    def run(*args: str, cwd: Path, env: dict | None = None, timeout: int | None = None):
+        from flows.entry import main
+
+        saved = dict(os.environ)
+        capsys.readouterr()  # what earlier steps of the test printed is not this command's
+        try:
+            with monkeypatch.context() as patch:
+                patch.chdir(cwd)
+                patch.setattr("sys.argv", ["compalign", *args])
+                for name in os.environ.keys() - cli_env().keys():
+                    patch.delenv(name)
+                for name, value in (env or {}).items():
+                    patch.setenv(name, value)
+                try:
+                    main()
+                    code = 0
+                except SystemExit as exited:
+                    code = exited.code if isinstance(exited.code, int) else int(bool(exited.code))
+        finally:  # what the command exported itself (not through monkeypatch) is undone too
+            os.environ.clear()
+            os.environ.update(saved)
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(["compalign", *args], code, out, err)
+
+    return run
+
+
 def copy_project(destination: Path) -> Path:
     """The project's tracked source files (what a fresh clone has) copied into `destination`."""
     files = subprocess.run(

@@ -200,7 +200,7 @@ def check_progress_and_pointers(result, project, parent):
         ),
     ],
 )
-def test_audit_mistakes_are_one_line_and_exit_2(tmp_path, byom, arguments, needle):
+def test_audit_mistakes_are_one_line_and_exit_2(tmp_path, byom, cli_here, arguments, needle):
     project = _project(tmp_path, byom)
     filled = []
     for argument in arguments:
@@ -208,7 +208,7 @@ def test_audit_mistakes_are_one_line_and_exit_2(tmp_path, byom, arguments, needl
             argument = argument.replace("{" + key + "}", str(value))
         filled.append(argument)
     before = sorted(path.name for path in project.iterdir())
-    result = run_cli(
+    result = cli_here(
         "audit", "--reference", f"torchvision:resnet18@{byom['state.pt']}", *filled, cwd=project
     )
     assert result.returncode == 2, result.stdout + result.stderr

@@ -92,10 +92,12 @@ def test_a_search_chooses_a_level_and_a_tighter_rerun_reuses_its_probes(tmp_path
         (["--method", "magnitude_global", "--fail-on", "mismatch<=1"], "unknown metric 'mismatch'"),
     ],
 )
-def test_search_mistakes_are_one_line_exit_2_and_write_nothing(tmp_path, arguments, needle):
+def test_search_mistakes_are_one_line_exit_2_and_write_nothing(
+    tmp_path, cli_here, arguments, needle
+):
     project = _project(tmp_path)
     before = sorted(path.name for path in project.iterdir())
-    result = run_cli("search", *arguments, cwd=project)
+    result = cli_here("search", *arguments, cwd=project)
     assert result.returncode == 2, result.stdout + result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], lines

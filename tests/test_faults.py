@@ -150,12 +150,12 @@ def bad_data_cases(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
         "params is a directory",
     ],
 )
-def test_bad_data_is_one_line_and_writes_nothing(tmp_path, case):
+def test_bad_data_is_one_line_and_writes_nothing(tmp_path, cli_here, case):
     project = tmp_path / "project"
     project.mkdir()
     (project / "params.yaml").write_text((ROOT / "params.yaml").read_text())
     args, needle = bad_data_cases(tmp_path)[case]
-    result = run_cli("run", *args, cwd=project, timeout=120)
+    result = cli_here("run", *args, cwd=project, timeout=120)
     one_line_exit_2(result, needle)
     assert "Traceback" not in result.stderr
     assert not NOTHING & {path.name for path in project.iterdir()}

@@ -598,11 +598,9 @@ def one_line_exit_2(result, needle: str) -> str:
         ("looping image folder", "b/up is a symbolic link to a folder"),
     ],
 )
-def test_a_refused_run_writes_nothing(cli_files, tmp_path, case, needle):
+def test_a_refused_run_writes_nothing(cli_files, cli_here, tmp_path, case, needle):
     """Each was found after .compalign/, artifacts/ (or MLflow and Prefect) were written, or
     not at all; now before anything is."""
-    from conftest import run_cli
-
     audit = ["audit", "--params", str(cli_files["params"]), "-r", str(cli_files["good.ts"])]
     arguments = {
         "hostile .pt2": [*audit, "-c", f"x={cli_files['hostile.pt2']}"],
@@ -622,7 +620,7 @@ def test_a_refused_run_writes_nothing(cli_files, tmp_path, case, needle):
             f"data.root={cli_files['loop']}",
         ],
     }[case]
-    result = run_cli(*arguments, cwd=tmp_path, timeout=300)
+    result = cli_here(*arguments, cwd=tmp_path, timeout=300)
     one_line_exit_2(result, needle)
     assert not WRITTEN & {path.name for path in tmp_path.iterdir()}
     assert not cli_files["marker"].exists()
