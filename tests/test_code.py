@@ -163,3 +163,19 @@ def test_editing_one_data_source_leaves_the_others(edited):
     assert "compalign/data/sources/cifar10.py" not in code.stage_files(
         "prepare", calls()["prepare"]
     )
+
+
+def test_starting_the_cli_loads_no_library_only_some_methods_use():
+    """torch-pruning (which imports timm, torchvision and torch._dynamo: 1.4 s), scikit-learn,
+    captum, fairlearn, onnxruntime and torchao load where a method uses them: every `compalign`
+    process paid 3 s for them at start when one was imported at module level."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, compalign.config, compalign.compressors, compalign.audit, flows.cli, "
+        "flows.pipeline; print(sorted({m.split('.')[0] for m in sys.modules} & {'torch_pruning', "
+        "'timm', 'torchvision', 'sklearn', 'captum', 'fairlearn', 'onnxruntime', 'torchao'}))"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.stdout.strip() == "[]", result.stdout + result.stderr
