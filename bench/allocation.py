@@ -93,7 +93,7 @@ def main() -> None:
     }
     home = Path(tempfile.mkdtemp(prefix="compalign-allocation-"))
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # this bench's lines only
-    from flows.runtime import configure_environment
+    from flows.environment import configure_environment
     from flows.server import start_api_server, wait_for_api_server
 
     configure_environment(home)

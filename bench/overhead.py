@@ -280,7 +280,7 @@ def main() -> None:
     params = load_params(arguments.params, arguments.overrides)
     home = Path(tempfile.mkdtemp(prefix="compalign-bench-"))
     os.environ.pop("MLFLOW_TRACKING_URI", None)
-    from flows.runtime import configure_environment
+    from flows.environment import configure_environment
     from flows.server import start_api_server, wait_for_api_server
 
     configure_environment(home)

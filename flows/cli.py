@@ -146,8 +146,8 @@ def _prepare_process(params: Params, refresh: bool = False, flows: bool = False)
     the normal shutdown: finally blocks and atexit hooks run, so the temporary Prefect server
     stops instead of outliving the process.
     """
+    from flows.environment import configure_environment
     from flows.preflight import check_project
-    from flows.runtime import configure_environment
 
     check_project()  # writable, space left, its databases readable: before the first write
     configure_environment()

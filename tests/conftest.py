@@ -27,7 +27,7 @@ os.environ["PREFECT_HOME"] = str(_SESSION_HOME / "prefect")
 os.environ.pop("PREFECT_API_URL", None)
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 
-from flows.runtime import configure_environment  # noqa: E402
+from flows.environment import configure_environment  # noqa: E402
 
 configure_environment(_SESSION_HOME)
 

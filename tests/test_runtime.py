@@ -1,4 +1,4 @@
-"""flows/runtime.py: the process environment Prefect must find when it is first imported (each
+"""flows/environment.py: the process environment Prefect must find when it is first imported (each
 case in a fresh interpreter: Prefect reads its settings once, at import)."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ NAMES = (
 
 CONFIGURE = f"""
 import json, os, sys
-from flows.runtime import configure_environment
+from flows.environment import configure_environment
 configure_environment(*sys.argv[1:])
 print(json.dumps({{name: os.environ.get(name) for name in {NAMES!r}}}))
 """
@@ -91,7 +91,7 @@ def test_a_real_prefect_server_keeps_its_own_home(tmp_path):
 def test_refuses_to_run_once_prefect_is_imported(tmp_path, module):
     code = (
         f"import {module}, os\n"
-        "from flows.runtime import configure_environment\n"
+        "from flows.environment import configure_environment\n"
         "try:\n"
         "    configure_environment()\n"
         "except RuntimeError as error:\n"

@@ -10,7 +10,7 @@ Its Prefect task is built on first use (`Stage.task`): importing a stage imports
 the cache keys of a whole run are computed without it (flows/rerun.py). Every task caches
 across runs on the store key, persists its result as JSON and names its runs after what they do
 (`align magnitude_global-0.9-kd`, not `align-870`). Results are persisted where
-`PREFECT_LOCAL_STORAGE_PATH` points; `flows.runtime` sets it to `artifacts/.prefect-results`
+`PREFECT_LOCAL_STORAGE_PATH` points; `flows.environment` sets it to `artifacts/.prefect-results`
 (tasks.infra.paths), beside the store entries the results point to.
 """
 
