@@ -5,7 +5,9 @@
 #   PIP_CONSTRAINTS=file     another lock (e.g. a CPU-only or CUDA torch); default constraints.txt
 #   ARGS="--set k=v"         extra arguments for `compalign run` (for `make test`: pytest's)
 #   TEST_WORKERS=2           pytest-xdist processes of `make test` (auto: one per core); each
-#                            takes whole test files, so a module's fixtures run once
+#                            takes whole test files, so a module's fixtures run once, in the
+#                            order tests/conftest.py gives (heaviest first: --no-loadscope-reorder
+#                            keeps it; xdist would otherwise order files by their number of tests)
 #   PORT=5000                port of `make ui`
 #   DOCS_PORT=8000           port of `make docs-serve`
 
@@ -34,7 +36,7 @@ run: setup
 	$(BIN)/compalign run $(ARGS)
 
 test: setup browser
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(ARGS)
 
 ui: setup
 	@echo "MLflow UI at http://127.0.0.1:$(PORT) (Ctrl-C stops it)"
