@@ -38,28 +38,31 @@ from flows.environment import configure_environment  # noqa: E402
 configure_environment(_SESSION_HOME)
 
 
-# Seconds each heavy file takes on 2 cores (a fresh clone's `make test`, rounded; the files not
-# named take a few seconds each). For the order only: a stale figure costs balance, never a result.
+# Seconds each heavy file takes on 2 cores (a fresh clone's `make test` of 2026-12-07, rounded to
+# 5 s; the files not named take a few seconds each). For the order only: a stale figure costs
+# balance, never a result.
 FILE_SECONDS = {
-    "test_cli.py": 155,
-    "test_faults.py": 110,
-    "test_profiles.py": 105,
+    "test_cli.py": 170,
+    "test_faults.py": 115,
+    "test_profiles.py": 95,
     "test_dvc.py": 90,
-    "test_cli_audit.py": 80,
+    "test_compressors_pipeline.py": 70,
     "test_serve.py": 70,
-    "test_quantize.py": 55,
-    "test_verdict_calibration.py": 55,
-    "test_mlflow_ui.py": 50,
-    "test_compressors_pipeline.py": 45,
+    "test_mlflow_ui.py": 65,
+    "test_verdict_calibration.py": 65,
+    "test_cli_audit.py": 60,
+    "test_quantize.py": 45,
     "test_populations_flow.py": 45,
-    "test_hostile.py": 40,
-    "test_cli_search.py": 40,
-    "test_example.py": 35,
-    "test_vectorised.py": 30,
+    "test_cli_search.py": 30,
     "test_pipeline.py": 30,
-    "test_runtime.py": 20,
-    "test_compare.py": 20,
-    "test_pipeline_dask.py": 20,
+    "test_pipeline_dask.py": 25,
+    "test_example.py": 15,
+    "test_compare.py": 15,
+    "test_reference_file.py": 15,
+    "test_hostile.py": 10,
+    "test_code.py": 10,
+    "test_report_html.py": 10,
+    "test_costs.py": 10,
 }
 
 

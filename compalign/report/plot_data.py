@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.stats import binomtest
 
 LEVELS_FILE = "levels.csv"
 CONFUSION_DIR = "confusion"
@@ -19,6 +18,8 @@ COUNTS = ("mismatches", "mismatches_ref_correct")
 
 def accuracy_interval(correct: int, total: int, level: float) -> tuple[float, float]:
     """Wilson score interval of an accuracy of `correct` / `total` at confidence `level`."""
+    from scipy.stats import binomtest  # here, not at import: scipy.stats takes 0.6 s to load
+
     if total == 0:
         return (float("nan"), float("nan"))
     interval = binomtest(int(correct), int(total)).proportion_ci(level, method="wilson")
