@@ -240,3 +240,43 @@ def test_hooker_shows_the_floor_and_judges_by_permutation(tmp_path):
     assert "**not judged** (true by construction" in report.verdicts[-1]
     quantized = pd.read_csv(tmp_path / "quantization_vs_pruning.csv")
     assert "PIEs, of the same members (authors') [95% CI]" in quantized.columns
+
+
+def test_joseph_compares_every_other_loss_of_the_run_against_ce(tmp_path, joseph_evidence):
+    """focal_distillation here a copy of ce (factor 1) and pw of label_preserving: each beside
+    ce on the same seeds and test examples, in the "Losses compared" section and its CSV."""
+    models = dict(joseph_evidence.models)
+    for (compressor, level, loss), outcomes in joseph_evidence.models.items():
+        copies = {"ce": "focal_distillation", "label_preserving": "pw"}
+        if loss in copies:
+            models[(compressor, level, copies[loss])] = Outcomes(
+                outcomes.predictions.copy(), attribution=outcomes.attribution
+            )
+    more = SeedRunsEvidence(
+        joseph_evidence.labels, 10, joseph_evidence.seeds, joseph_evidence.reference, models
+    )
+    report = paper_reports.joseph(joseph_summary(more), more, tmp_path, record("joseph"))
+    table = report.tables["losses_compared"].set_index(["sparsity", "loss"])
+    paper = {loss for *_, loss in joseph_evidence.models} - {"none"}
+    assert set(table.index.get_level_values("loss")) == paper | {"focal_distillation", "pw"}
+    assert table.loc[(0.98, "focal_distillation"), "vs ce"].startswith("1.00x [")
+    assert table.loc[(0.98, "pw"), "vs ce"] == table.loc[(0.98, "label_preserving"), "vs ce"]
+    assert table.loc[(0.98, "ce"), "vs ce"] == "–"
+    text = "\n".join(report.sections)
+    assert "## Losses compared" in text and "then focal_distillation, pw." in text
+    # the paper's verdicts are label_preserving's: the other losses change none of them
+    plain = paper_reports.joseph(
+        joseph_summary(joseph_evidence), joseph_evidence, tmp_path, record("joseph")
+    )
+    assert report.verdicts == plain.verdicts
+
+
+def test_joseph_with_the_papers_losses_only_says_how_to_compare_others(tmp_path, joseph_evidence):
+    report = paper_reports.joseph(
+        joseph_summary(joseph_evidence), joseph_evidence, tmp_path, record("joseph")
+    )
+    assert "losses_compared" not in report.tables
+    text = "\n".join(report.sections)
+    section = text[text.index("## Losses compared") :]
+    assert "align.losses=[ce,kd,label_preserving,focal_distillation,pw]" in section
+    assert "bench/losses.py compare" in section

@@ -284,15 +284,17 @@ def _mismatch_rows(evidence: SeedRunsEvidence, loss_order: list[str]) -> pd.Data
     return pd.DataFrame(rows)
 
 
-def _reduction_rows(evidence: SeedRunsEvidence) -> pd.DataFrame:
-    """Reduction factors of kd and label_preserving against ce (ratio of sums over seeds) with
-    95% Fieller intervals per cell, all and where the reference is right."""
+def _reduction_rows(
+    evidence: SeedRunsEvidence, losses: tuple[str, ...] = ("kd", "label_preserving")
+) -> pd.DataFrame:
+    """Reduction factors of `losses` (the paper's: kd and label_preserving) against ce (ratio of
+    sums over seeds) with 95% Fieller intervals per cell, all and where the reference is right."""
     from compalign.verdicts.estimate import Ratio
     from compalign.verdicts.rules import mismatch_counts
 
     rows = []
     for cell in evidence.cells("ce"):
-        for loss in ("kd", "label_preserving"):
+        for loss in losses:
             if (*cell, loss) not in evidence.models:
                 continue
             row: dict[str, Any] = {"compressor": cell[0], "sparsity": cell[1], "loss": loss}
@@ -320,6 +322,9 @@ def _floor_text(floor: list[dict[str, Any]]) -> str:
     )
 
 
+JOSEPH_LOSSES = ("none", "ce", "kd", "label_preserving")  # the paper's, in its tables' order
+
+
 def joseph(
     summary: pd.DataFrame,
     evidence: SeedRunsEvidence,
@@ -335,11 +340,7 @@ def joseph(
     report = PaperReport("joseph", f"Joseph et al. (arXiv 2012.01604), {profile} profile", record)
     seeds = evidence.seeds
     report.judged = _judged_with_power("joseph", judge_joseph(evidence), evidence)
-    losses = [
-        loss
-        for loss in ("none", "ce", "kd", "label_preserving")
-        if any(key[2] == loss for key in evidence.models)
-    ]
+    losses = [loss for loss in JOSEPH_LOSSES if any(key[2] == loss for key in evidence.models)]
     counts = _mismatch_rows(evidence, losses)
     floor = reference_floor(evidence)
     digits = 0 if len(seeds) == 1 else 1
@@ -424,8 +425,67 @@ def joseph(
                 "",
                 _markdown(report.tables[name]),
             ]
+    report.sections += ["", *_losses_compared(evidence, report, digits)]
     report.sections += ["", "Each seed's own numbers are in `per_seed.csv`."]
     return report
+
+
+def _losses_compared(evidence: SeedRunsEvidence, report: PaperReport, digits: int) -> list[str]:
+    """The "Losses compared" section: every other loss of the run (focal_distillation, pw, …)
+    against ce on the same seeds and test examples, beside the paper's; without any, how to add
+    them. SoftAdapt's weighting is label_preserving under another option, so a second run's
+    (bench/losses.py compare puts both in one table: docs/losses.md)."""
+    others = sorted({key[2] for key in evidence.models} - set(JOSEPH_LOSSES))
+    heading = ["## Losses compared", ""]
+    pointer = (
+        "SoftAdapt's weighting of label_preserving (`align.label_preserving.weighting=softadapt`) "
+        "is the same loss under another option, so it needs a run of its own: "
+        "`bench/losses.py compare` puts every loss, both weightings included, in one table "
+        "(docs/losses.md, with its figures on the digits and on Fashion-MNIST)."
+    )
+    if not others:
+        return [
+            *heading,
+            "This run holds the paper's losses only. `--set align.losses=[ce,kd,label_preserving,"
+            "focal_distillation,pw]` adds positive-congruent training's focal distillation and "
+            "Meyer & Wong's performance-weighted loss to this section. " + pointer,
+        ]
+    compared = ("kd", "label_preserving", *others)
+    counts = _mismatch_rows(evidence, ["ce", *compared])
+    factors = _reduction_rows(evidence, compared).set_index(["compressor", "sparsity", "loss"])
+    rows = []
+    for model in counts.itertuples():
+        key = (model.compressor, model.sparsity, model.loss)
+        found = factors.loc[key] if key in factors.index else None
+        rows.append(
+            {
+                "compressor": model.compressor,
+                "sparsity": model.sparsity,
+                "loss": model.loss,
+                "accuracy": round(model.accuracy, 4),
+                "mismatches": _count_text(
+                    model.mismatches, model.mismatches_ci_low, model.mismatches_ci_high, digits
+                ),
+                "vs ce": "–" if found is None else found["reduction"],
+                "ref. right": _count_text(
+                    model.mismatches_ref_correct,
+                    model.mismatches_ref_correct_ci_low,
+                    model.mismatches_ref_correct_ci_high,
+                    digits,
+                ),
+                "vs ce, ref. right": "–" if found is None else found["reduction, ref. right"],
+            }
+        )
+    report.tables["losses_compared"] = pd.DataFrame(rows)
+    return [
+        *heading,
+        f"Every loss of this run against ce on the same seeds and test examples: the paper's, "
+        f"then {', '.join(others)}. Mean over seeds [95% interval, clipped at 0]; the factor is "
+        "ce's mismatches over the loss's (ratio of the sums over seeds, 95% Fieller interval "
+        "per cell; no verdict is drawn from it). " + pointer,
+        "",
+        _markdown(report.tables["losses_compared"]),
+    ]
 
 
 # --------------------------------------------------------------------------------------------
