@@ -323,7 +323,9 @@ def test_softadapt_updates_every_n_epochs_and_reports_through_fit():
     """softadapt_every=2: the weights change only after epochs 2, 4, ...; fit hands each
     epoch's record to on_epoch (the stage's log lines) beside the loss."""
     seen = []
-    loss = LOSSES["label_preserving"](weighting="softadapt", softadapt_every=2, softadapt_beta=50)
+    loss = LOSSES["label_preserving"](
+        w_logit=0.1, weighting="softadapt", softadapt_every=2, softadapt_beta=50
+    )
     fine_tuned(loss, epochs=4, on_epoch=lambda epoch, metrics: seen.append(metrics))
     assert len(seen) == 4
     assert all(set(m) >= {"loss", "train_accuracy", "softadapt.w_ce", "softadapt.mm"} for m in seen)

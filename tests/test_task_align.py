@@ -72,6 +72,7 @@ def test_softadapt_weights_are_logged_per_epoch_and_kept_in_the_manifest(store, 
     it as MLflow metric histories); a fixed loss records none."""
     options = {
         **AlignParams().loss_hyperparameters("label_preserving"),
+        "w_logit": 0.1,  # every term active (the default leaves the logit term out)
         "weighting": "softadapt",
         "softadapt_beta": 10.0,
     }
