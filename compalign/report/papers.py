@@ -450,9 +450,11 @@ def _losses_compared(evidence: SeedRunsEvidence, report: PaperReport, digits: in
             "focal_distillation,pw]` adds positive-congruent training's focal distillation and "
             "Meyer & Wong's performance-weighted loss to this section. " + pointer,
         ]
-    compared = ("kd", "label_preserving", *others)
-    counts = _mismatch_rows(evidence, ["ce", *compared])
-    factors = _reduction_rows(evidence, compared).set_index(["compressor", "sparsity", "loss"])
+    counts = _mismatch_rows(evidence, ["ce", "kd", "label_preserving", *others])
+    # the paper's losses' factors are the report's reduction_factors table: only the others' are new
+    factors = pd.concat(
+        [report.tables["reduction_factors"], _reduction_rows(evidence, tuple(others))]
+    ).set_index(["compressor", "sparsity", "loss"])
     rows = []
     for model in counts.itertuples():
         key = (model.compressor, model.sparsity, model.loss)
