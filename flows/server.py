@@ -12,6 +12,10 @@ Its start (5-6 s of imports and database set-up in the server process) overlaps 
 imports and MLflow's set-up: `start_api_server` binds the port and returns,
 `wait_for_api_server` waits for it just before the first flow.
 
+A new project's database is a copy of an empty one that Prefect's own migrations made once per
+Prefect version and machine (`seed_database`): migrating a new database took 6 s of the server's
+11 s start, in every new folder.
+
 A user's own server (PREFECT_API_URL set) is used as it is.
 """
 
@@ -20,9 +24,12 @@ from __future__ import annotations
 import atexit
 import importlib.util
 import os
+import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -30,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from compalign.errors import UserError
+from tasks.infra.paths import template_dir
 
 # Runs in the server process: a thread that stops the server once its parent is gone, then
 # Prefect's API app under uvicorn (what Prefect's temporary server runs).
@@ -45,6 +53,8 @@ def watch():
     os._exit(1)
 
 threading.Thread(target=watch, daemon=True).start()
+from flows.server import seed_database
+seed_database()
 import socket
 import uvicorn
 # the socket compalign bound and listens on: no other process can take the port meanwhile
@@ -54,6 +64,73 @@ config = uvicorn.Config("prefect.server.api.server:create_app", factory=True,
 uvicorn.Server(config).run(sockets=[listening])
 """
 STARTUP_TIMEOUT_S = 120
+
+SQLITE_URL = "sqlite+aiosqlite:///"
+# Run by `_build_template` with the database URL pointed at the template being made: Prefect's
+# own migrations, as its server runs them on a new database
+MIGRATE = """
+import asyncio
+from prefect.server.database import provide_database_interface
+asyncio.run(provide_database_interface().create_db())
+"""
+
+
+def seed_database() -> None:
+    """Give a project whose Prefect database does not exist yet a copy of a migrated empty one
+    (made once per Prefect version by `_build_template`), so its server starts without running
+    the migrations (6 s of CPU). Runs in the server's process, before Prefect's app starts; a
+    database that exists, one that is not a local SQLite file, or any failure here leave the
+    server to create the database itself, as it did before. The copy is linked into place only
+    if no database appeared meanwhile (a second run starting in the same new folder), so a
+    server never has its database replaced under it."""
+    try:
+        from prefect import __version__
+        from prefect.settings import get_current_settings
+
+        url = get_current_settings().server.database.connection_url
+        url = url.get_secret_value() if url is not None else ""
+        if not url.startswith(SQLITE_URL) or "?" in url or ":memory:" in url:
+            return
+        database = Path(url.removeprefix(SQLITE_URL))
+        if database.exists():
+            return
+        template = template_dir() / f"prefect-{__version__}.db"
+        if not template.exists():
+            _build_template(template)
+        database.parent.mkdir(parents=True, exist_ok=True)
+        scratch = database.with_name(f".{database.name}.{os.getpid()}.seeding")
+        shutil.copyfile(template, scratch)
+        try:
+            os.link(scratch, database)
+        except FileExistsError:
+            pass
+        finally:
+            scratch.unlink(missing_ok=True)
+    except Exception:  # noqa: BLE001  only a start that is slower, as before
+        return
+
+
+def _build_template(template: Path) -> None:
+    """Prefect's migrations on a scratch database, in a process of its own (Prefect reads its
+    database URL once, at import), then one clean file (`VACUUM INTO`: no write-ahead log
+    beside it) renamed into place, so a reader never sees half a template."""
+    template.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=template.parent) as scratch_dir:
+        scratch = Path(scratch_dir) / "prefect.db"
+        env = {
+            **os.environ,
+            "PREFECT_HOME": scratch_dir,
+            "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"{SQLITE_URL}{scratch}",
+        }
+        env.pop("PREFECT_API_DATABASE_CONNECTION_URL", None)
+        subprocess.run(
+            [sys.executable, "-c", MIGRATE], env=env, check=True, capture_output=True, timeout=300
+        )
+        made = Path(scratch_dir) / "template.db"
+        with sqlite3.connect(scratch) as connection:
+            connection.execute("VACUUM INTO ?", (str(made),))
+        connection.close()
+        os.replace(made, template)
 
 
 def _healthy(url: str) -> bool:

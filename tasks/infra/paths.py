@@ -7,6 +7,7 @@ before torch is imported.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 # the content-addressed store of stage outputs (tasks/infra/store.py), and Prefect's result
@@ -31,6 +32,14 @@ PIPELINE_REPORT_DIR = REPORTS_DIR / "pipeline"  # compalign run: summary.md, rep
 POPULATIONS_REPORT_DIR = REPORTS_DIR / "populations"  # compalign populations
 COMPARE_REPORT_DIR = REPORTS_DIR / "compare"  # compalign audit (models you bring)
 SEARCH_REPORT_DIR = REPORTS_DIR / "search"  # compalign search
+
+
+def template_dir() -> Path:
+    """Outside any project: the user's cache ($XDG_CACHE_HOME/compalign), where the migrated
+    empty Prefect and MLflow databases are kept that a new project's stores start as a copy of
+    (one per library version)."""
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "compalign"
 
 
 def paper_report_dir(paper: str) -> Path:

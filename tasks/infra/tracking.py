@@ -14,8 +14,11 @@ import logging
 import math
 import os
 import re
+import shutil
 import socket
+import sqlite3
 import subprocess
+import tempfile
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -33,6 +36,7 @@ from torch import nn
 import compalign
 from compalign.files import pid_alive
 from compalign.pruning import folded_copy
+from tasks.infra.paths import template_dir
 from tasks.infra.store import PACKAGE_DIR, refresh_requested
 
 DEFAULT_STORE = "mlflow.db"
@@ -122,22 +126,54 @@ def store_lock(uri: str) -> Iterator[None]:
 def _create_store(uri: str) -> None:
     """A new local SQLite store made under another name, then renamed into place: MLflow's
     migrations take seconds and commit one by one, so a run killed while they ran left a
-    half-made mlflow.db that every later run failed on ("table ... already exists")."""
+    half-made mlflow.db that every later run failed on ("table ... already exists").
+
+    The scratch store is a copy of a migrated empty one kept per MLflow version
+    (`_store_template`): the migrations took 1.6 s in every new project. MLflow adds its
+    Default experiment, with this project's artifact location, when it first opens the copy."""
     if not uri.startswith("sqlite:///"):
         return
     database = Path(uri.removeprefix("sqlite:///"))
     if database.exists():
         return
-    from compalign.files import pid_alive
-
     for stale in database.parent.glob(f".{database.name}.*.creating"):
         pid = stale.name.removeprefix(f".{database.name}.").removesuffix(".creating")
         if pid.isdigit() and not pid_alive(int(pid)):
             stale.unlink(missing_ok=True)
     scratch = database.with_name(f".{database.name}.{os.getpid()}.creating")
     scratch.unlink(missing_ok=True)
+    template = _store_template()
+    if template is not None:
+        shutil.copyfile(template, scratch)
     MlflowClient(f"sqlite:///{scratch}").search_experiments(max_results=1)  # runs migrations
     os.replace(scratch, database)
+
+
+def _store_template() -> Path | None:
+    """A migrated MLflow store without experiments, made once per MLflow version in the user's
+    cache (`paths.template_dir`) and renamed into place whole; None where it cannot be made
+    (a new store then runs the migrations itself, as before)."""
+    template = template_dir() / f"mlflow-{mlflow.__version__}.db"
+    if template.exists():
+        return template
+    try:
+        template.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=template.parent) as scratch_dir:
+            scratch = Path(scratch_dir) / "mlflow.db"
+            MlflowClient(f"sqlite:///{scratch}").search_experiments(max_results=1)
+            made = Path(scratch_dir) / "template.db"
+            connection = sqlite3.connect(scratch)
+            try:
+                with connection:
+                    connection.execute("DELETE FROM experiment_tags")
+                    connection.execute("DELETE FROM experiments")
+                connection.execute("VACUUM INTO ?", (str(made),))
+            finally:
+                connection.close()
+            os.replace(made, template)
+    except (OSError, sqlite3.Error):
+        return None
+    return template
 
 
 def setup(experiment: str) -> Tracking:
