@@ -125,3 +125,39 @@ def test_format_3_int8_checkpoint_loads_with_the_torch_ao_path(tmp_path):
     images = torch.randn(6, 1, 8, 8, generator=generator)
     with torch.no_grad():
         assert torch.equal(load_checkpoint(tmp_path)(images), model(images))
+
+
+@pytest.mark.parametrize("backend", ["pt2e", "fx"])
+def test_static_int8_checkpoints_of_one_structure_are_traced_once(tmp_path, monkeypatch, backend):
+    """Loading traces an empty int8 model once per structure and process and copies it after:
+    two checkpoints of one structure (different weights and ranges) each load exactly, in either
+    order and again, so loading one changes nothing of another."""
+    from compalign import checkpoint
+    from compalign.compressors import Calibration
+    from compalign.compressors import quantize_static as static
+
+    monkeypatch.setattr(checkpoint, "_TRACED", {})
+    traced = []
+    quantize = static.quantize_static
+    monkeypatch.setattr(
+        static, "quantize_static", lambda *args: traced.append(args) or quantize(*args)
+    )
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(6, 1, 8, 8, generator=generator)
+    options = {"backend": backend}
+    saved = []
+    for seed in (1, 2):
+        batches = [torch.randn(16, 1, 8, 8, generator=generator) * seed]
+        model = COMPRESSORS["quantize_static"](
+            build_model(**ARCH, seed=seed), None, options, Calibration(batches)
+        ).eval()
+        save_checkpoint(model, ARCH, tmp_path / str(seed), kind="quantize_static", options=options)
+        saved.append((tmp_path / str(seed), model))
+    traced.clear()
+    with torch.no_grad():
+        outputs = [model(images) for _, model in saved]
+        assert not torch.equal(*outputs)
+        pairs = list(zip([folder for folder, _ in saved], outputs, strict=True))
+        for folder, expected in [*pairs, *pairs[::-1]]:
+            assert torch.equal(load_checkpoint(folder)(images), expected)
+    assert len(traced) == 1
