@@ -25,14 +25,10 @@ import pandas as pd
 
 from compalign.config import Params
 from compalign.data import read_manifest
-from compalign.report.html import pipeline_report
-from compalign.report.plot_data import write_plot_data
-from compalign.report.tables import print_summary
 from compalign.train import resolve_device
 from flows.graph import Input, Step, audited_models, field_of, pipeline_steps, resolve
 from tasks import stage
 from tasks.audit import METRICS_FILE, PREDICTIONS_FILE
-from tasks.infra import tracking
 from tasks.infra.paths import (
     AUDIT_METRICS_DIR,
     AUDIT_PLOTS_DIR,
@@ -40,7 +36,6 @@ from tasks.infra.paths import (
     DATA_DIR,
 )
 from tasks.infra.store import artifact_of
-from tasks.reports.pipeline import publish_summary
 
 
 def dvc_stage_of(name: str) -> str | None:
@@ -96,6 +91,13 @@ def run_audit(params: Params) -> None:
     """Audit every model and measure its costs under one MLflow parent run, then write one
     metrics JSON per model for `dvc metrics show`, the tables of `dvc plots show`
     (compalign.report.plot_data), the summary and the HTML report."""
+    # here, not at the top: the other stages' processes import neither MLflow nor the report
+    from compalign.report.html import pipeline_report
+    from compalign.report.plot_data import write_plot_data
+    from compalign.report.tables import print_summary
+    from tasks.infra import tracking
+    from tasks.reports.pipeline import publish_summary
+
     _fresh(AUDIT_METRICS_DIR)
     device = str(resolve_device(params.run.device))
     track = tracking.setup(params.run.experiment)

@@ -73,6 +73,8 @@ def computing(stage: str) -> Iterator[None]:
 
 def stage_logger() -> logging.Logger | logging.LoggerAdapter:
     """Prefect's run logger when called from a task run, else the `compalign` logger."""
+    if "prefect" not in sys.modules:  # plain functions (DVC stages): no task run, and no 1 s
+        return logging.getLogger("compalign")  # of importing Prefect only to find that out
     from prefect.context import TaskRunContext
     from prefect.logging import get_run_logger
 
