@@ -73,3 +73,33 @@ def test_a_users_own_server_that_answers_is_used(monkeypatch):
         wait_for_api_server()
         health.shutdown()
     assert asked == ["/api/health"]
+
+
+SEED = "from flows.server import seed_database; seed_database()"
+
+
+def test_a_new_projects_database_is_a_copy_of_the_migrated_template(tmp_path):
+    """In the server's process: the first new project makes the template (Prefect's own
+    migrations, once per version), later ones copy it; an existing database is left as it is;
+    the copy is a database Prefect's server starts on (every CLI test in a new folder)."""
+    import sqlite3
+
+    cache = tmp_path / "cache"
+
+    def seed(home):
+        env = {**os.environ, "PREFECT_HOME": str(home), "XDG_CACHE_HOME": str(cache)}
+        env.pop("PREFECT_API_URL", None)
+        subprocess.run([sys.executable, "-c", SEED], env=env, check=True, timeout=300)
+        return home / "prefect.db"
+
+    first = seed(tmp_path / "a")
+    [template] = (cache / "compalign").glob("prefect-*.db")
+    second = seed(tmp_path / "b")
+    assert first.read_bytes() == second.read_bytes() == template.read_bytes()
+    with sqlite3.connect(second) as connection:
+        [(version,)] = connection.execute("SELECT version_num FROM alembic_version")
+    assert version
+    existing = tmp_path / "c" / "prefect.db"
+    existing.parent.mkdir()
+    existing.write_bytes(b"a project's own history")
+    assert seed(existing.parent).read_bytes() == b"a project's own history"

@@ -407,3 +407,27 @@ def test_warm_up_does_mlflows_first_model_work_ahead(monkeypatch):
     tracking.warm_up()
     assert "torch" in requirements_utils._MODULES_TO_PACKAGES["torch"]
     assert "torch" in requirements_utils._PACKAGES_TO_MODULES
+
+
+@pytest.mark.parametrize("cache", ["writable", "a file"])
+def test_a_new_store_is_a_copy_of_the_template_or_migrates_itself(tmp_path, monkeypatch, cache):
+    """A new project's store starts as a copy of the migrated empty store in the user's cache
+    (made by the first new store), with its own Default experiment; where the cache cannot be
+    written, each new store migrates itself, as before. Either way every project gets the same
+    experiment ids and its artifacts beside its store."""
+    folder = tmp_path / "cache"
+    if cache == "a file":
+        folder.write_text("not a folder")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(folder))
+    for name in ("a", "b"):
+        project = tmp_path / name
+        project.mkdir()
+        monkeypatch.chdir(project)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")
+        made = tracking.setup("tiny")
+        assert made["experiment_id"] == "1"
+        store = tracking.client(made["uri"])
+        assert store.get_experiment("0").artifact_location == str(project / "mlruns" / "0")
+        assert store.get_experiment("1").artifact_location == (project / "mlartifacts").as_uri()
+    templates = list((folder / "compalign").glob("mlflow-*.db")) if folder.is_dir() else []
+    assert len(templates) == (1 if cache == "writable" else 0)

@@ -144,7 +144,10 @@ def _create_store(uri: str) -> None:
     scratch.unlink(missing_ok=True)
     template = _store_template()
     if template is not None:
-        shutil.copyfile(template, scratch)
+        try:
+            shutil.copyfile(template, scratch)
+        except OSError:  # MLflow then migrates the scratch store itself
+            scratch.unlink(missing_ok=True)
     MlflowClient(f"sqlite:///{scratch}").search_experiments(max_results=1)  # runs migrations
     os.replace(scratch, database)
 
@@ -153,10 +156,10 @@ def _store_template() -> Path | None:
     """A migrated MLflow store without experiments, made once per MLflow version in the user's
     cache (`paths.template_dir`) and renamed into place whole; None where it cannot be made
     (a new store then runs the migrations itself, as before)."""
-    template = template_dir() / f"mlflow-{mlflow.__version__}.db"
-    if template.exists():
-        return template
-    try:
+    try:  # no home folder, a cache that cannot be read or written: no template
+        template = template_dir() / f"mlflow-{mlflow.__version__}.db"
+        if template.exists():
+            return template
         template.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=template.parent) as scratch_dir:
             scratch = Path(scratch_dir) / "mlflow.db"
@@ -171,7 +174,7 @@ def _store_template() -> Path | None:
             finally:
                 connection.close()
             os.replace(made, template)
-    except (OSError, sqlite3.Error):
+    except Exception:  # noqa: BLE001  only slower: each new store then migrates itself
         return None
     return template
 
