@@ -12,7 +12,6 @@ built, then the saved int8/half state loaded into it).
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import pickle
@@ -163,17 +162,11 @@ def _traced_empty(
     at every load of a static int8 checkpoint (each audit, prediction and report of one)."""
     key = json.dumps([kind, architecture, options.model_dump(mode="json")], sort_keys=True)
     with _TRACED_LOCK:
-        cached = _TRACED.get(key)
-        if cached is not None:
-            with contextlib.suppress(Exception):
-                return copy.deepcopy(cached)
-    empty = entry.rebuild(model.eval(), example, options)
-    try:  # kept only if it can be copied
-        kept = copy.deepcopy(empty)
-    except Exception:  # noqa: BLE001  every load then traces, as before
-        return empty
-    with _TRACED_LOCK:
-        if len(_TRACED) >= _TRACED_MOST:
-            _TRACED.pop(next(iter(_TRACED)))
-        _TRACED[key] = kept
-    return empty
+        empty = _TRACED.get(key)
+    if empty is None:
+        empty = entry.rebuild(model.eval(), example, options)
+        with _TRACED_LOCK:
+            if len(_TRACED) >= _TRACED_MOST:
+                _TRACED.pop(next(iter(_TRACED)))
+            _TRACED[key] = empty
+    return copy.deepcopy(empty)

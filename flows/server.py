@@ -26,10 +26,8 @@ import importlib.util
 import os
 import shutil
 import socket
-import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -38,6 +36,7 @@ from pathlib import Path
 
 from compalign.errors import UserError
 from tasks.infra.paths import template_dir
+from tasks.infra.templates import make_template
 
 # Runs in the server process: a thread that stops the server once its parent is gone, then
 # Prefect's API app under uvicorn (what Prefect's temporary server runs).
@@ -66,8 +65,8 @@ uvicorn.Server(config).run(sockets=[listening])
 STARTUP_TIMEOUT_S = 120
 
 SQLITE_URL = "sqlite+aiosqlite:///"
-# Run by `_build_template` with the database URL pointed at the template being made: Prefect's
-# own migrations, as its server runs them on a new database
+# Run by `_migrate` with the database URL pointed at the template being made: Prefect's own
+# migrations, as its server runs them on a new database
 MIGRATE = """
 import asyncio
 from prefect.server.database import provide_database_interface
@@ -77,7 +76,7 @@ asyncio.run(provide_database_interface().create_db())
 
 def seed_database() -> None:
     """Give a project whose Prefect database does not exist yet a copy of a migrated empty one
-    (made once per Prefect version by `_build_template`), so its server starts without running
+    (made once per Prefect version with Prefect's own migrations), so its server starts without running
     the migrations (6 s of CPU). Runs in the server's process, before Prefect's app starts; a
     database that exists, one that is not a local SQLite file, or any failure here leave the
     server to create the database itself, as it did before. The copy is linked into place only
@@ -96,7 +95,7 @@ def seed_database() -> None:
             return
         template = template_dir() / f"prefect-{__version__}.db"
         if not template.exists():
-            _build_template(template)
+            make_template(template, _migrate)
         database.parent.mkdir(parents=True, exist_ok=True)
         scratch = database.with_name(f".{database.name}.{os.getpid()}.seeding")
         shutil.copyfile(template, scratch)
@@ -110,27 +109,18 @@ def seed_database() -> None:
         return
 
 
-def _build_template(template: Path) -> None:
-    """Prefect's migrations on a scratch database, in a process of its own (Prefect reads its
-    database URL once, at import), then one clean file (`VACUUM INTO`: no write-ahead log
-    beside it) renamed into place, so a reader never sees half a template."""
-    template.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=template.parent) as scratch_dir:
-        scratch = Path(scratch_dir) / "prefect.db"
-        env = {
-            **os.environ,
-            "PREFECT_HOME": scratch_dir,
-            "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"{SQLITE_URL}{scratch}",
-        }
-        env.pop("PREFECT_API_DATABASE_CONNECTION_URL", None)
-        subprocess.run(
-            [sys.executable, "-c", MIGRATE], env=env, check=True, capture_output=True, timeout=300
-        )
-        made = Path(scratch_dir) / "template.db"
-        with sqlite3.connect(scratch) as connection:
-            connection.execute("VACUUM INTO ?", (str(made),))
-        connection.close()
-        os.replace(made, template)
+def _migrate(database: Path) -> None:
+    """Prefect's migrations on `database`, in a process of its own (Prefect reads its database
+    URL once, at import)."""
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(database.parent),
+        "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"{SQLITE_URL}{database}",
+    }
+    env.pop("PREFECT_API_DATABASE_CONNECTION_URL", None)
+    subprocess.run(
+        [sys.executable, "-c", MIGRATE], env=env, check=True, capture_output=True, timeout=300
+    )
 
 
 def _healthy(url: str) -> bool:

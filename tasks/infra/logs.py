@@ -73,14 +73,11 @@ def computing(stage: str) -> Iterator[None]:
 
 def stage_logger() -> logging.Logger | logging.LoggerAdapter:
     """Prefect's run logger when called from a task run, else the `compalign` logger."""
-    if "prefect" not in sys.modules:  # plain functions (DVC stages): no task run, and no 1 s
-        return logging.getLogger("compalign")  # of importing Prefect only to find that out
-    from prefect.context import TaskRunContext
+    if _task_run()[0] is None:  # a DVC stage imports no Prefect to find that out
+        return logging.getLogger("compalign")
     from prefect.logging import get_run_logger
 
-    if TaskRunContext.get() is not None:
-        return get_run_logger()
-    return logging.getLogger("compalign")
+    return get_run_logger()
 
 
 def epoch_logger(what: str, epochs: int):

@@ -16,9 +16,7 @@ import os
 import re
 import shutil
 import socket
-import sqlite3
 import subprocess
-import tempfile
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -38,6 +36,7 @@ from compalign.files import pid_alive
 from compalign.pruning import folded_copy
 from tasks.infra.paths import template_dir
 from tasks.infra.store import PACKAGE_DIR, refresh_requested
+from tasks.infra.templates import make_template
 
 DEFAULT_STORE = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
@@ -160,20 +159,11 @@ def _store_template() -> Path | None:
         template = template_dir() / f"mlflow-{mlflow.__version__}.db"
         if template.exists():
             return template
-        template.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=template.parent) as scratch_dir:
-            scratch = Path(scratch_dir) / "mlflow.db"
-            MlflowClient(f"sqlite:///{scratch}").search_experiments(max_results=1)
-            made = Path(scratch_dir) / "template.db"
-            connection = sqlite3.connect(scratch)
-            try:
-                with connection:
-                    connection.execute("DELETE FROM experiment_tags")
-                    connection.execute("DELETE FROM experiments")
-                connection.execute("VACUUM INTO ?", (str(made),))
-            finally:
-                connection.close()
-            os.replace(made, template)
+        make_template(
+            template,
+            lambda scratch: MlflowClient(f"sqlite:///{scratch}").search_experiments(max_results=1),
+            emptied=("experiment_tags", "experiments"),
+        )
     except Exception:  # noqa: BLE001  only slower: each new store then migrates itself
         return None
     return template
